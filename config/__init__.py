@@ -1,0 +1,1 @@
+"""Deployment configuration: settings, Celery wiring, retry policies, policy files."""

@@ -1,0 +1,70 @@
+"""Celery configuration for the fleet, built from Settings.
+
+JSON only on the wire; late acks with requeue on worker loss (every stage is idempotent); one
+queue per stage so slow partners can be scaled apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from config.retry import LONGEST_COUNTDOWN
+from config.settings import ConfigError, Settings
+from offers_workers.states import STAGES
+
+#: Longest a task may run before the worker kills it (prefork pool).
+TASK_TIME_LIMIT = 120
+
+#: Task name → queue. Upstream services depend on the first three names and queues.
+ROUTES: dict[str, str] = {
+    "offers.submit": "offers.intake",
+    "offers.cancel": "offers.intake",
+    "offers.validate_draft": "offers.realtime",
+    **{stage.task: stage.queue for stage in STAGES},
+    "offers.publish_event": "offers.events",
+    "offers.release_hold": "offers.payment",
+}
+QUEUES = sorted(set(ROUTES.values()))
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    if not settings.broker_url:
+        raise ConfigError("invalid configuration: OFFERS_BROKER_URL is required")
+    # Redis re-delivers an unacked message after the visibility timeout: it must exceed the
+    # longest task plus the longest retry countdown, or a slow task runs twice at once.
+    visibility_timeout = 10 * (TASK_TIME_LIMIT + LONGEST_COUNTDOWN)
+    prefix = settings.redis_key_prefix
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout, "global_keyprefix": prefix},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_TIME_LIMIT - 15,
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+        "task_default_queue": "offers.intake",
+        # Refuse to invent queues for misrouted tasks: a typo must fail loudly, not strand work.
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": False,
+        "worker_max_tasks_per_child": 1000,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+    results = settings.effective_redis_url
+    if results:
+        config["result_backend"] = results
+        config["result_backend_transport_options"] = {"global_keyprefix": prefix}
+        config["result_expires"] = 3600
+    return config

@@ -1,0 +1,48 @@
+"""Retry policy per stage: how often and how patiently a transient failure is retried.
+
+Countdowns stay short (well under the broker's visibility timeout) and are spent by the broker,
+never by a sleeping worker. When the attempts run out the stage goes to its dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    #: Retries after the first attempt.
+    max_retries: int
+    #: Countdown of the first retry, in seconds; doubles on every further retry.
+    base_delay: float
+    #: The longest countdown, in seconds.
+    max_delay: float
+    #: Full jitter: the countdown is drawn from [delay / 2, delay] so retries do not stampede.
+    jitter: bool = True
+
+    def countdown(self, retries_done: int) -> float:
+        delay = min(self.max_delay, self.base_delay * (2**retries_done))
+        return random.uniform(delay / 2, delay) if self.jitter else delay
+
+
+DEFAULT = RetryPolicy(max_retries=5, base_delay=0.5, max_delay=30)
+
+#: Per stage (DLQ stage names). Partners get more patience than our own stores.
+POLICIES: dict[str, RetryPolicy] = {
+    "intake": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
+    "validation": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
+    "payment": RetryPolicy(max_retries=6, base_delay=1, max_delay=60),
+    "risk": RetryPolicy(max_retries=6, base_delay=1, max_delay=60),
+    "auction": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=60),
+    "audit": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
+    "events": RetryPolicy(max_retries=10, base_delay=1, max_delay=60),
+    "compensation": RetryPolicy(max_retries=10, base_delay=1, max_delay=60),
+}
+
+#: The longest a message can wait for its retry; the broker's visibility timeout must exceed it.
+LONGEST_COUNTDOWN = max(p.max_delay for p in POLICIES.values())
+
+
+def policy_for(stage: str) -> RetryPolicy:
+    return POLICIES.get(stage, DEFAULT)

@@ -1,0 +1,189 @@
+"""Settings from the environment (prefix ``OFFERS_``), validated once at start-up.
+
+Any secret may come from a file instead: ``OFFERS_STRIPE_API_KEY_FILE=/run/secrets/stripe`` (Vault
+agent and Kubernetes secret mounts). ``OFFERS_SANDBOX=1`` points every partner at the local sandbox
+and fills in test credentials, so a developer needs no setting at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+PREFIX = "OFFERS_"
+
+#: Ports of the local sandbox partners (DESIGN.md).
+SANDBOX_PORTS = {"stripe": 12111, "sift": 12112, "plaid": 12113, "aws": 12114}
+
+#: What OFFERS_SANDBOX=1 fills in where nothing is set. Test keys only: the sandbox accepts any.
+SANDBOX_DEFAULTS: dict[str, str] = {
+    "stripe_api_key": "sk_test_sandbox",
+    "stripe_api_base": f"http://127.0.0.1:{SANDBOX_PORTS['stripe']}",
+    "sift_api_key": "sandbox-sift-key",
+    "sift_account_id": "sandbox-account",
+    "sift_api_url": f"http://127.0.0.1:{SANDBOX_PORTS['sift']}",
+    "plaid_client_id": "sandbox-client",
+    "plaid_secret": "sandbox-secret",
+    "plaid_host": f"http://127.0.0.1:{SANDBOX_PORTS['plaid']}",
+    "aws_endpoint_url": f"http://127.0.0.1:{SANDBOX_PORTS['aws']}",
+    "sns_submitted_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-submitted",
+    "sns_cancelled_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-cancelled",
+    "audit_bucket": "offers-audit",
+}
+
+#: Settings a production deployment must give (the sandbox fills them in).
+REQUIRED_OUTSIDE_SANDBOX = (
+    "stripe_api_key",
+    "sift_api_key",
+    "sift_account_id",
+    "plaid_client_id",
+    "plaid_secret",
+    "sns_submitted_topic_arn",
+    "sns_cancelled_topic_arn",
+    "audit_bucket",
+)
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it, never its value."""
+
+
+def env_name(field: str) -> str:
+    return f"{PREFIX}{field.upper()}"
+
+
+class _FileSecretsSource(PydanticBaseSettingsSource):
+    """Reads ``OFFERS_<NAME>_FILE``: the setting's value is the named file's content."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(env_name(field_name) + "_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            return Path(path).read_text().strip(), field_name, False
+        except OSError as exc:
+            raise ConfigError(f"{env_name(field_name)}_FILE: cannot read the file ({exc.strerror})") from None
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", hide_input_in_errors=True)
+
+    sandbox: bool = False
+
+    # Stores. Unset database/broker means "start embedded ones" for dev, demo and tests.
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_url: str | None = None
+    #: Every Redis key this fleet writes (queues, results, caches) starts with this prefix.
+    redis_key_prefix: str = "offers:"
+    db_pool_size: int = Field(default=4, ge=1, le=100)
+
+    # Partners.
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    sift_api_key: SecretStr | None = None
+    sift_account_id: str | None = None
+    sift_api_url: str = "https://api.sift.com"
+    plaid_client_id: str | None = None
+    plaid_secret: SecretStr | None = None
+    plaid_host: str = "https://production.plaid.com"
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    # The runbook's "commerce-offers-events@2025-09" is not a legal bus name ('@'); see README.
+    event_bus_name: str = Field(default="commerce-offers-events-2025-09", pattern=r"^[/\.\-_A-Za-z0-9]+$")
+    sns_submitted_topic_arn: str | None = None
+    sns_cancelled_topic_arn: str | None = None
+    audit_bucket: str | None = None
+    audit_storage_class: Literal["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"] = "GLACIER"
+
+    #: Connect and read timeouts (seconds) for every partner call.
+    partner_connect_timeout: float = Field(default=2.0, gt=0, le=30)
+    partner_read_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    # Risk policy.
+    #: A Sift payment-abuse score at or above this blocks the offer.
+    risk_block_threshold: float = Field(default=0.8, ge=0, le=1)
+    #: A Plaid Signal return-risk score (1-99) at or above this blocks a bank-funded offer.
+    return_risk_block_threshold: int = Field(default=80, ge=1, le=99)
+
+    #: Seconds a worker keeps listings and maker policies cached in Redis.
+    policy_cache_seconds: int = Field(default=300, ge=0)
+
+    #: Where embedded Postgres/Redis and sandbox state live when no URLs are configured.
+    state_dir: Path = Path(".offers-workers")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSecretsSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sandbox_defaults(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if str(values.get("sandbox", "")).lower() in {"1", "true", "yes", "on"}:
+            for name, value in SANDBOX_DEFAULTS.items():
+                values.setdefault(name, value)
+        return values
+
+    @model_validator(mode="after")
+    def _required_outside_sandbox(self) -> "Settings":
+        if not self.sandbox:
+            for name in REQUIRED_OUTSIDE_SANDBOX:
+                if getattr(self, name) in (None, ""):
+                    raise ValueError(f"{env_name(name)} is required (or set OFFERS_SANDBOX=1)")
+        return self
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        """Redis for caches and results: OFFERS_REDIS_URL, else the broker when it is Redis."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+            return self.broker_url
+        return None
+
+    def secret(self, name: str) -> str:
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    if field:
+        return f"{env_name(field)}: {msg}"
+    return msg
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; raise ConfigError with one line naming the bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_one_line(exc)}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,341 @@
+"""``offers-workers``: the operator CLI. Exit codes: 0 ok, 1 not found / check failed, 2 usage error."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import ConfigError, Settings, get_settings
+from offers_workers import states, store
+from offers_workers.payload import json_schema
+from offers_workers.runtime import Runtime
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"offers-workers: {message}", markup=False, highlight=False)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def runtime_or_exit() -> Runtime:
+    settings = settings_or_exit()
+    if not settings.database_url:
+        fail("invalid configuration: OFFERS_DATABASE_URL is required for this command", 2)
+    return Runtime(settings)
+
+
+DURATION = re.compile(r"^(\d+)([smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: str) -> timedelta:
+    match = DURATION.match(value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a duration like 30m, 1h, 7d")
+    return timedelta(**{UNITS[match[2]]: int(match[1])})
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """``--since`` takes an ISO timestamp or a duration back from now (``1h``)."""
+    if value is None:
+        return None
+    if DURATION.match(value.strip()):
+        return datetime.now(timezone.utc) - parse_duration(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither an ISO timestamp nor a duration like 1h") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Operate the offer-submission worker fleet."""
+
+
+# --- db, policy, schema ------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (safe to run twice, and from two processes at once)."""
+    from offers_workers.db import migrate
+
+    settings = settings_or_exit()
+    if not settings.database_url:
+        fail("invalid configuration: OFFERS_DATABASE_URL is required", 2)
+    applied = migrate(settings.database_url)
+    if applied:
+        for m in applied:
+            click.echo(f"applied {m.version:04d}_{m.name}")
+    else:
+        click.echo("database is up to date")
+
+
+@main.group()
+def policy() -> None:
+    """Maker policies and listings."""
+
+
+@policy.command("load")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def policy_load(file: Path) -> None:
+    """Load makers and listings from a YAML or JSON FILE; caches are invalidated at once."""
+    from offers_workers.policy import PolicyFileError, read_policy_file
+
+    try:
+        policy_file = read_policy_file(file)
+    except PolicyFileError as exc:
+        fail(str(exc), 2)
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        makers, listings = rt.policies.load(conn, policy_file)
+        store.record_audit(conn, None, "policy_loaded", actor="cli", data={"file": file.name, "makers": makers, "listings": listings})
+    rt.policies.invalidate()
+    click.echo(f"loaded {makers} makers and {listings} listings from {file.name}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the offer payload's JSON Schema (for upstream services in any language)."""
+    print_json(json_schema())
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def read_messages(source: str) -> list[Any]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    stripped = text.strip()
+    if not stripped:
+        raise click.UsageError(f"{source}: no offers in it")
+    try:
+        value = json.loads(stripped)
+        return value if isinstance(value, list) else [value]
+    except json.JSONDecodeError:
+        pass
+    messages = []
+    for n, line in enumerate(stripped.splitlines(), 1):
+        if line.strip():
+            try:
+                messages.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise click.UsageError(f"{source}: line {n} is not JSON ({exc.msg})") from None
+    return messages
+
+
+@main.command()
+@click.argument("source", metavar="FILE|-")
+def submit(source: str) -> None:
+    """Send offers.submit for each offer in FILE (a JSON object, an array, or JSON lines)."""
+    if source != "-" and not Path(source).is_file():
+        fail(f"{source}: no such file", 2)
+    messages = read_messages(source)
+    settings_or_exit()
+    from tasks.app import app
+
+    for message in messages:
+        app.send_task("offers.submit", kwargs={"offer": message})
+    click.echo(f"sent {len(messages)} offer(s) to offers.intake")
+
+
+# --- offers, intake ----------------------------------------------------------------------------
+
+
+@main.group()
+def offers() -> None:
+    """Look at offers."""
+
+
+@offers.command("show")
+@click.argument("offer_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def offers_show(offer_id: str, as_json: bool) -> None:
+    """One offer with its state history."""
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        row = conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+        if row is None:
+            fail(f"no offer {offer_id!r}", 1)
+        summary = store.offer_summary(row) | {"history": store.offer_history(conn, offer_id)}
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"offer {offer_id}", show_header=False)
+    for key, value in summary.items():
+        if key != "history" and value is not None:
+            table.add_row(key, str(value))
+    console.print(table)
+    history = Table(title="history")
+    for col in ("state", "at", "reason", "by"):
+        history.add_column(col)
+    for step in summary["history"]:
+        history.add_row(step["state"], step["at"], step["reason"] or "", step["by"])
+    console.print(history)
+
+
+@offers.command("list")
+@click.option("--state", type=click.Choice(sorted(states.ALL_STATES)))
+@click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def offers_list(state: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """Offers, newest first."""
+    moment = parse_since(since)
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        rows = conn.execute(
+            "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+            " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+            " ORDER BY received_at DESC LIMIT %(limit)s",
+            {"state": state, "since": moment, "limit": limit},
+        ).fetchall()
+    summaries = [store.offer_summary(r) for r in rows]
+    if as_json:
+        print_json(summaries)
+        return
+    table = Table(title=f"{len(rows)} offer(s)")
+    for col in ("offer_id", "state", "reason", "amount", "payment", "received"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(
+            s["offer_id"], s["state"], s["reason"] or "", f"{s['amount_cents'] / 100:,.2f} {s['currency']}",
+            s["payment_method"], s["received_at"][:19],
+        )
+    console.print(table)
+
+
+@main.group()
+def intake() -> None:
+    """Messages that did not yield a usable offer."""
+
+
+@intake.command("rejections")
+@click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def intake_rejections(since: str | None, limit: int, as_json: bool) -> None:
+    """Intake rejections, newest first, with their field-level errors."""
+    moment = parse_since(since)
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        rows = conn.execute(
+            "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
+            " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s) ORDER BY id DESC LIMIT %(limit)s",
+            {"since": moment, "limit": limit},
+        ).fetchall()
+    if as_json:
+        print_json([{**r, "received_at": r["received_at"].isoformat()} for r in rows])
+        return
+    table = Table(title=f"{len(rows)} intake rejection(s)")
+    for col in ("id", "received", "offer_id", "reason", "errors", "bytes"):
+        table.add_column(col)
+    for r in rows:
+        errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
+        table.add_row(str(r["id"]), r["received_at"].isoformat()[:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
+    console.print(table)
+
+
+# --- sandbox, dev, demo --------------------------------------------------------------------------
+
+
+@main.group()
+def sandbox() -> None:
+    """Local partner sandbox (Stripe, Sift, Plaid, AWS via moto)."""
+
+
+@sandbox.command("serve")
+def sandbox_serve() -> None:
+    """Serve every sandbox partner on its default port until Ctrl-C."""
+    from offers_workers.sandbox import serve
+
+    serve(settings_or_exit())
+
+
+def _stop_on_sigterm() -> None:
+    # Turn SIGTERM into KeyboardInterrupt so `finally` blocks stop what was started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+@main.command()
+def dev() -> None:
+    """Everything in the foreground: stores, sandbox, every Procfile process. Ctrl-C stops it all."""
+    from offers_workers.stack import Stack
+
+    _stop_on_sigterm()
+    stack = Stack(settings_or_exit())
+    try:
+        settings = stack.start()
+        console.print(f"[green]fleet running[/green]: {', '.join(stack.fleet.processes)}; logs in {stack.fleet.log_dir}")
+        console.print(f"OFFERS_DATABASE_URL={settings.database_url}\nOFFERS_BROKER_URL={settings.broker_url}")
+        while True:
+            dead = stack.fleet.dead()
+            if dead:
+                fail(f"process {', '.join(dead)} exited; see {stack.fleet.log_dir}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        stack.stop()
+
+
+@main.command()
+@click.option("--offers", "count", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--timeout", default=300, show_default=True, type=click.IntRange(10, 3600), help="Seconds to wait for the offers to settle.")
+def demo(count: int, timeout: int) -> None:
+    """Start the fleet, push sample offers through every path, print a report, stop everything."""
+    from offers_workers import demo as demo_run
+    from offers_workers.stack import Stack
+
+    _stop_on_sigterm()
+    stack = Stack(settings_or_exit(), sandbox_ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    try:
+        with console.status("starting stores, sandbox and workers…"):
+            settings = stack.start()
+            from tasks.app import app
+
+            stack.wait_for_workers(app)
+        rt = Runtime(settings)
+        result = demo_run.run(rt, lambda m: app.send_task("offers.submit", kwargs={"offer": m}), count, console=console, timeout=timeout)
+        demo_run.print_report(rt, result, console)
+        rt.close()
+    except KeyboardInterrupt:
+        fail("interrupted", 1)
+    except (RuntimeError, ConfigError) as exc:
+        fail(str(exc), 1)
+    finally:
+        with console.status("stopping everything the demo started…"):
+            stack.stop()
+    sys.exit(0 if result.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

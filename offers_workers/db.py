@@ -1,0 +1,117 @@
+"""Postgres access: one connection pool per process, and the versioned migrations.
+
+Postgres is the source of truth. Every statement is parametrised; identifiers that vary come from
+code (never input) and go through ``psycopg.sql.Identifier``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock key that serialises `db migrate` across processes ("offersmg" in ASCII).
+MIGRATION_LOCK_KEY = 0x6F66666572736D67
+
+
+class Database:
+    """A lazily opened connection pool. Safe to share between threads; re-opened after fork."""
+
+    def __init__(self, url: str, *, max_size: int = 4) -> None:
+        self.url = url
+        self.max_size = max_size
+        self._pool: ConnectionPool | None = None
+        self._pid = os.getpid()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        # A pool inherited through fork shares sockets with the parent: build a fresh one.
+        if self._pool is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._pool = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.max_size,
+                kwargs={"row_factory": dict_row, "autocommit": False},
+                # Drop connections that died with a Postgres restart instead of handing them out.
+                check=ConnectionPool.check_connection,
+                open=True,
+                name="offers",
+            )
+        return self._pool
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+        self._pool = None
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("offers_workers.migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrate(url: str) -> list[Migration]:
+    """Apply the migrations not applied yet; returns those it applied.
+
+    Safe to run twice and from two processes at once: a session advisory lock makes the second
+    wait, and it then finds nothing left to do.
+    """
+    applied: list[Migration] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in migrations():
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied
+
+
+def pending_migrations(url: str) -> list[Migration]:
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
+    return [m for m in migrations() if m.version not in done]

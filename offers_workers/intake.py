@@ -1,0 +1,106 @@
+"""Intake: turn one ``offers.submit`` message into a durable record.
+
+Every message ends as either an offer row (``received``) or an intake-rejection row holding the
+truncated raw body and field-level errors. ``offer_id`` is the idempotency key: the same body again
+is processed once; the same id with another body is a ``duplicate_conflict`` and leaves the first
+offer untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from offers_workers import states, store
+from offers_workers.payload import (
+    RAW_BODY_KEEP_BYTES,
+    FieldError,
+    PayloadRejected,
+    body_sha256,
+    canonical_json,
+    parse_offer,
+)
+from offers_workers.runtime import Runtime
+from offers_workers.saga import Dispatch, hand_on
+
+log = logging.getLogger(__name__)
+
+ACTOR = "offers.submit"
+OFFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """``outcome`` is ``accepted``, ``duplicate``, ``duplicate_conflict`` or ``invalid_payload``."""
+
+    outcome: str
+    offer_id: str | None
+    dispatches: list[Dispatch]
+    rejection_id: int | None = None
+
+
+def _raw_text(raw: Any) -> tuple[str, int]:
+    try:
+        text = canonical_json(raw)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(raw)
+    encoded = text.encode("utf-8", errors="replace")
+    # Keep whole characters only; Postgres text refuses NUL, so it is escaped.
+    kept = encoded[:RAW_BODY_KEEP_BYTES].decode("utf-8", errors="ignore").replace("\x00", "\\u0000")
+    return kept, len(encoded)
+
+
+def _claimed_offer_id(raw: Any) -> str | None:
+    claimed = raw.get("offer_id") if isinstance(raw, dict) else None
+    return claimed if isinstance(claimed, str) and OFFER_ID.fullmatch(claimed) else None
+
+
+def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dict[str, Any] | None = None) -> IntakeResult:
+    """Record one submitted message; returns what happened and the stage to send next."""
+    try:
+        if unexpected:
+            raise PayloadRejected(
+                [FieldError(field=k, code="unexpected_argument", message="offers.submit takes only 'offer'") for k in sorted(unexpected)]
+            )
+        if raw is None:
+            raise PayloadRejected([FieldError(field="offer", code="missing", message="the 'offer' argument is required")])
+        offer = parse_offer(raw)
+    except PayloadRejected as rejected:
+        return _reject(rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=_claimed_offer_id(raw))
+
+    with rt.db.transaction() as conn:
+        if store.insert_offer(conn, offer, raw, actor=ACTOR):
+            log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
+            return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED))
+        existing = conn.execute(
+            "SELECT body_sha256, state FROM offers WHERE offer_id = %s", (offer.offer_id,)
+        ).fetchone()
+        if existing["body_sha256"] == body_sha256(raw):
+            store.record_audit(conn, offer.offer_id, "duplicate_ignored", actor=ACTOR, data={"task_id": task_id})
+            log.info("duplicate submit ignored", extra={"offer_id": offer.offer_id, "stage": "intake"})
+            # A redelivery after a crash between commit and send must still hand the offer on.
+            dispatches = hand_on(offer.offer_id, states.RECEIVED) if existing["state"] == states.RECEIVED else []
+            return IntakeResult("duplicate", offer.offer_id, dispatches)
+    error = FieldError(
+        field="offer_id",
+        code="duplicate_conflict",
+        message="an offer with this id was already submitted with a different body",
+    )
+    return _reject(rt, raw, "duplicate_conflict", [error], task_id=task_id, offer_id=offer.offer_id)
+
+
+def _reject(
+    rt: Runtime, raw: Any, reason: str, errors: list[FieldError], *, task_id: str | None, offer_id: str | None
+) -> IntakeResult:
+    text, size = _raw_text(raw)
+    with rt.db.transaction() as conn:
+        rejection_id = store.record_intake_rejection(
+            conn, reason=reason, errors=errors, raw_body=text, raw_size=size, offer_id=offer_id, task_id=task_id
+        )
+    log.warning(
+        "submission rejected",
+        extra={"offer_id": offer_id, "stage": "intake", "reason": reason, "errors": [e.field for e in errors][:10]},
+    )
+    return IntakeResult(reason, offer_id, [], rejection_id)

@@ -1,0 +1,42 @@
+"""JSON logs: one object a line, carrying the offer, stage, task and attempt where known."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+#: Fields the task glue binds for the duration of one task run.
+task_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("task_context", default={})
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(task_context.get())
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None})
+        if record.exc_info:
+            entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Request-by-request chatter of HTTP clients and the AWS sandbox is noise at INFO.
+    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

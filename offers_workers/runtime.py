@@ -1,0 +1,77 @@
+"""What a stage needs at run time: settings, the database, Redis and the partner adapters.
+
+Built once per process and lazily, so a forked worker child opens its own connections.
+"""
+
+from __future__ import annotations
+
+import functools
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import redis
+
+from config.settings import ConfigError, Settings, get_settings
+from offers_workers.db import Database
+from offers_workers.policy import PolicyStore
+
+if TYPE_CHECKING:
+    from offers_workers.partners.aws_events import EventPublisher
+    from offers_workers.partners.plaid_funds import PlaidFunds
+    from offers_workers.partners.sift_risk import SiftRisk
+    from offers_workers.partners.stripe_payments import StripePayments
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def db(self) -> Database:
+        if not self.settings.database_url:
+            raise ConfigError("invalid configuration: OFFERS_DATABASE_URL is required to run workers")
+        return Database(self.settings.database_url, max_size=self.settings.db_pool_size)
+
+    @cached_property
+    def redis(self) -> redis.Redis | None:
+        url = self.settings.effective_redis_url
+        return redis.Redis.from_url(url, socket_timeout=5, health_check_interval=30) if url else None
+
+    @cached_property
+    def policies(self) -> PolicyStore:
+        return PolicyStore(
+            self.redis, key_prefix=self.settings.redis_key_prefix, cache_seconds=self.settings.policy_cache_seconds
+        )
+
+    @cached_property
+    def stripe(self) -> "StripePayments":
+        from offers_workers.partners.stripe_payments import StripePayments
+
+        return StripePayments(self.settings)
+
+    @cached_property
+    def sift(self) -> "SiftRisk":
+        from offers_workers.partners.sift_risk import SiftRisk
+
+        return SiftRisk(self.settings)
+
+    @cached_property
+    def plaid(self) -> "PlaidFunds":
+        from offers_workers.partners.plaid_funds import PlaidFunds
+
+        return PlaidFunds(self.settings)
+
+    @cached_property
+    def events(self) -> "EventPublisher":
+        from offers_workers.partners.aws_events import EventPublisher
+
+        return EventPublisher(self.settings)
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.close()
+
+
+@functools.cache
+def get_runtime() -> Runtime:
+    return Runtime(get_settings())

@@ -1,0 +1,43 @@
+"""The Celery app. Workers run ``celery -A tasks.app worker …`` (see Procfile)."""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery, signals
+
+from config.celery import celery_config
+from config.settings import ConfigError, get_settings
+from offers_workers import logs
+
+TASK_MODULES = [
+    "tasks.intake",
+    "tasks.validation",
+    "tasks.payment",
+    "tasks.risk",
+    "tasks.auction",
+    "tasks.audit",
+    "tasks.events",
+]
+
+
+def create_app() -> Celery:
+    try:
+        config = celery_config(get_settings())
+    except ConfigError as exc:
+        # One line naming the setting, then stop: a worker must not start half-configured.
+        print(f"offers-workers: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    celery = Celery("offers_workers", set_as_current=True)
+    celery.config_from_object(config)
+    celery.conf.include = TASK_MODULES
+    return celery
+
+
+@signals.setup_logging.connect
+def _json_logs(**_: object) -> None:
+    # Connecting here stops Celery from installing its own text handlers.
+    logs.setup()
+
+
+app = create_app()

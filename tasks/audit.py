@@ -1,0 +1,14 @@
+"""``offers.stage.complete`` on ``offers.audit``: Checks the offer's audit trail and marks it submitted."""
+
+from __future__ import annotations
+
+from offers_workers import saga, states
+from offers_workers.runtime import get_runtime
+from offers_workers.saga import Dispatch
+from tasks.app import app
+from tasks.base import OffersTask
+
+
+@app.task(name="offers.stage.complete", base=OffersTask, bind=True, stage="audit", from_state=states.AUCTION_TRIGGERED)
+def complete(self: OffersTask, offer_id: str) -> list[Dispatch]:
+    return saga.complete(get_runtime(), offer_id)

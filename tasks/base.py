@@ -1,0 +1,84 @@
+"""The one base task: logging context, retries with backoff, dead-lettering, after-commit sends."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import psycopg
+import redis
+from celery import Task
+from celery.exceptions import Retry
+
+from config.retry import policy_for
+from offers_workers import deadletter, logs
+from offers_workers.errors import PartnerError, TransientError
+from offers_workers.runtime import get_runtime
+from offers_workers.saga import Dispatch
+
+log = logging.getLogger("offers_workers.tasks")
+
+#: Failures worth retrying: partners' transient errors and our own stores being briefly away.
+RETRYABLE = (TransientError, psycopg.OperationalError, psycopg.errors.SerializationFailure, redis.ConnectionError, redis.TimeoutError)
+
+
+class OffersTask(Task):
+    """A saga step. ``stage`` names its dead-letter queue and retry policy.
+
+    The task body returns the messages to send next; they are sent here, after the body's
+    transaction has committed, never from inside it.
+    """
+
+    abstract = True
+    stage: str = "intake"
+    #: The state an offer is moved out of when this step is dead-lettered (stages only).
+    from_state: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        policy = policy_for(self.stage)
+        context = {"task_id": self.request.id, "stage": self.stage, "attempt": self.request.retries + 1}
+        if "offer_id" in kwargs:
+            context["offer_id"] = kwargs["offer_id"]
+        token = logs.task_context.set(context)
+        try:
+            result = self.run(*args, **kwargs)
+            self.send_all(result)
+            return None if isinstance(result, list) else result
+        except Retry:
+            raise
+        except RETRYABLE as exc:
+            fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
+            if self.request.retries < policy.max_retries:
+                countdown = policy.countdown(self.request.retries)
+                log.warning("transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)})
+                raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+            self.dead_letter(exc, kwargs, fields)
+        except Exception as exc:  # noqa: BLE001 - anything unexpected goes to the DLQ, never lost
+            fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
+            self.dead_letter(exc, kwargs, fields)
+        finally:
+            logs.task_context.reset(token)
+        return None
+
+    def send_all(self, result: Any) -> None:
+        if isinstance(result, list):
+            for dispatch in result:
+                if isinstance(dispatch, Dispatch):
+                    self.app.send_task(dispatch.task, kwargs=dispatch.kwargs)
+
+    def dead_letter(self, exc: BaseException, kwargs: dict[str, Any], fields: dict[str, Any]) -> None:
+        log.error(
+            "stage failed; dead-lettered",
+            extra={**fields, "error_type": type(exc).__name__, "error": str(exc)[:500]},
+        )
+        deadletter.record(
+            get_runtime(),
+            stage=self.stage,
+            task_name=self.name,
+            kwargs=kwargs,
+            error=exc,
+            traceback_text="".join(traceback.format_exception(exc))[-8000:],
+            attempts=self.request.retries + 1,
+            from_state=self.from_state,
+        )

@@ -1,0 +1,18 @@
+"""``offers.submit`` on ``offers.intake``: what upstream services send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from offers_workers import intake
+from offers_workers.runtime import get_runtime
+from offers_workers.saga import Dispatch
+from tasks.app import app
+from tasks.base import OffersTask
+
+
+@app.task(name="offers.submit", base=OffersTask, bind=True, stage="intake")
+def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispatch]:
+    # Missing or extra kwargs are a bad message, recorded like any other, not a crash.
+    result = intake.submit(get_runtime(), offer, task_id=self.request.id, unexpected=unexpected)
+    return result.dispatches
