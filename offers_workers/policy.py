@@ -1,12 +1,13 @@
 """Makers' offer policies and their listings: loaded from a file into Postgres, cached in Redis.
 
-The cache is one Redis hash (listing id → listing with its maker's policy). Loading a policy file
-deletes the hash in the same step, so every worker sees the new policy on its next lookup.
+The cache is one Redis hash (listing id → listing with its maker's policy, and when it was cached).
+Loading a policy file deletes the hash, so every worker sees the new policy on its next lookup.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -129,15 +130,15 @@ class PolicyStore:
         if self.redis is not None:
             cached = self.redis.hget(self.cache_key, listing_id)
             if cached:
-                return ListingPolicy.model_validate_json(cached)
+                entry = json.loads(cached)
+                # Each entry carries its age: staleness stays bounded should an invalidation be missed.
+                if time.time() - entry["at"] < self.cache_seconds:
+                    return ListingPolicy.model_validate(entry["policy"])
         with db.transaction() as conn:
             found = self._from_db(conn, listing_id)
         if found is not None and self.redis is not None:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(self.cache_key, listing_id, found.model_dump_json())
-                # A TTL bounds staleness should an invalidation ever be missed.
-                pipe.expire(self.cache_key, self.cache_seconds, nx=True)
-                pipe.execute()
+            entry = {"at": time.time(), "policy": found.model_dump(mode="json")}
+            self.redis.hset(self.cache_key, listing_id, json.dumps(entry))
         return found
 
     @staticmethod

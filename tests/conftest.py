@@ -1,0 +1,165 @@
+"""Shared fixtures: every test run gets its own Postgres database and Redis key space, a sandbox
+on free ports, and (for integration tests) the Procfile's worker processes, all stopped at the end.
+
+With OFFERS_DATABASE_URL / OFFERS_BROKER_URL set (CI), the run makes a fresh database on that
+server and a unique key prefix on that Redis; without them it starts embedded servers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+RUN_ID = secrets.token_hex(4)
+
+
+def _create_database(server_url: str) -> tuple[str, str]:
+    name = f"offers_test_{RUN_ID}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    return make_conninfo(server_url, dbname=name), name
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """OFFERS_DATABASE_URL, OFFERS_BROKER_URL and OFFERS_REDIS_KEY_PREFIX private to this run."""
+    from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    started: list[Any] = []
+    state = tmp_path_factory.mktemp("stores")
+    server_url = os.environ.get("OFFERS_DATABASE_URL")
+    broker_url = os.environ.get("OFFERS_BROKER_URL")
+    try:
+        if not server_url:
+            pg = EmbeddedPostgres(state)
+            started.append(pg)
+            server_url = pg.start()
+        if not broker_url:
+            rd = EmbeddedRedis(state)
+            started.append(rd)
+            broker_url = rd.start()
+        db_url, db_name = _create_database(server_url)
+        prefix = f"offers-test-{RUN_ID}:"
+        try:
+            yield {"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": broker_url, "OFFERS_REDIS_KEY_PREFIX": prefix}
+        finally:
+            _drop_database(server_url, db_name)
+            client = redis.Redis.from_url(broker_url)
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Any]:
+    from offers_workers.sandbox import Sandbox
+
+    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    box.start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def offers_env(stores: dict[str, str], sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of this run, applied to the test process (and handed to workers)."""
+    from config import settings as settings_module
+    from offers_workers import db
+    from offers_workers.sandbox import ensure_aws_resources
+    from offers_workers.stack import load_sample_policy
+
+    env = {**stores, **sandbox.settings_env(), "OFFERS_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    settings_module.get_settings.cache_clear()
+    settings = settings_module.get_settings()
+    db.migrate(settings.database_url)
+    load_sample_policy(settings)
+    ensure_aws_resources(settings)
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        settings_module.get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings(offers_env: dict[str, str]):  # noqa: ANN201
+    from config.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def runtime(settings):  # noqa: ANN001, ANN201
+    from offers_workers.runtime import Runtime
+
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def celery_app(offers_env: dict[str, str]):  # noqa: ANN201
+    from tasks.app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def fleet(offers_env: dict[str, str], celery_app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The Procfile's worker processes, as a deployment runs them."""
+    from offers_workers.fleet import Fleet, read_procfile
+
+    log_dir = tmp_path_factory.mktemp("fleet-logs")
+    workers = [t for t in read_procfile() if t.is_worker]
+    with Fleet(offers_env, log_dir) as running:
+        for ptype in workers:
+            running.start(ptype)
+        deadline = time.monotonic() + 60
+        while len(celery_app.control.ping(timeout=0.5) or []) < len(workers):
+            assert not running.dead(), f"worker exited at start-up; logs in {log_dir}"
+            assert time.monotonic() < deadline, f"workers did not answer a ping; logs in {log_dir}"
+        yield running
+
+
+def new_id(prefix: str = "t") -> str:
+    return f"{prefix}_{RUN_ID}_{secrets.token_hex(4)}"
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

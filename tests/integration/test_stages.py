@@ -1,0 +1,130 @@
+"""The stage functions called directly (no broker): real Postgres, real SDKs against the sandbox.
+
+Nothing here sends a message, so the running workers never see these offers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from offers_workers import intake, saga, states, store
+from offers_workers.samples import base_offer
+from tests.conftest import new_id
+
+
+def received(runtime, **changes) -> str:  # noqa: ANN001
+    offer = base_offer(new_id("stage"), 5) | changes
+    result = intake.submit(runtime, offer)
+    assert result.outcome == "accepted"
+    assert [d.task for d in result.dispatches] == ["offers.stage.validate"]
+    return offer["offer_id"]
+
+
+def state_of(runtime, offer_id: str) -> dict:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+
+
+def test_each_stage_hands_on_to_the_next_and_a_rerun_changes_nothing(runtime) -> None:  # noqa: ANN001
+    offer_id = received(runtime)
+    chain = [
+        (saga.validate, states.VALIDATED, "offers.stage.hold_payment"),
+        (saga.hold_payment, states.PAYMENT_HELD, "offers.stage.score_risk"),
+        (saga.score_risk, states.RISK_CLEARED, "offers.stage.trigger_auction"),
+        (saga.trigger_auction, states.AUCTION_TRIGGERED, "offers.stage.complete"),
+    ]
+    for stage, state, next_task in chain:
+        first = stage(runtime, offer_id)
+        assert [d.task for d in first] == [next_task]
+        assert state_of(runtime, offer_id)["state"] == state
+        # A redelivery of the same stage only hands on again: the state does not move twice.
+        assert [d.task for d in stage(runtime, offer_id)] == [next_task]
+        assert state_of(runtime, offer_id)["state"] == state
+    assert saga.complete(runtime, offer_id) == []
+    row = state_of(runtime, offer_id)
+    assert row["state"] == states.SUBMITTED and row["hold_status"] == "held"
+    # An earlier stage delivered late finds the offer far along and does nothing at all.
+    assert saga.validate(runtime, offer_id) == []
+    with runtime.db.transaction() as conn:
+        trail = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
+    assert trail == list(states.HAPPY_PATH)
+
+
+def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:  # noqa: ANN001
+    offer_id = received(runtime)
+    saga.validate(runtime, offer_id)
+    # Two deliveries that both loaded the offer before either committed: simulate by calling the
+    # partner through the stage twice with the offer moved back in between.
+    saga.hold_payment(runtime, offer_id)
+    first_pi = state_of(runtime, offer_id)["payment_intent_id"]
+    with runtime.db.transaction() as conn:
+        conn.execute("UPDATE offers SET state = 'validated' WHERE offer_id = %s", (offer_id,))
+    saga.hold_payment(runtime, offer_id)
+    assert state_of(runtime, offer_id)["payment_intent_id"] == first_pi
+    holds = [h for h in runtime.stripe.list_holds() if h["offer_id"] == offer_id]
+    assert [h["id"] for h in holds] == [first_pi]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"payment": {"method": "card", "payment_method_id": "pm_card_chargeDeclined"}}, "payment_declined"),
+        ({"payment": {"method": "card", "payment_method_id": "pm_card_chargeDeclinedInsufficientFunds"}}, "insufficient_funds"),
+        (
+            {"payment": {"method": "bank_account", "plaid_access_token": "access-sandbox-low-balance", "plaid_account_id": "acc_1"}},
+            "insufficient_funds",
+        ),
+    ],
+)
+def test_a_failed_payment_is_a_business_rejection(runtime, changes, reason) -> None:  # noqa: ANN001
+    offer_id = received(runtime, **changes)
+    saga.validate(runtime, offer_id)
+    dispatches = saga.hold_payment(runtime, offer_id)
+    row = state_of(runtime, offer_id)
+    assert (row["state"], row["reason"], row["hold_status"]) == (states.REJECTED, reason, "none")
+    # The rejection event waits in the outbox; no hold to release.
+    assert [d.task for d in dispatches] == [saga.PUBLISH_EVENT_TASK]
+
+
+def test_a_risk_block_releases_the_hold(runtime) -> None:  # noqa: ANN001
+    offer_id = received(runtime, buyer_id="risky_buyer")
+    saga.validate(runtime, offer_id)
+    saga.hold_payment(runtime, offer_id)
+    dispatches = saga.score_risk(runtime, offer_id)
+    assert sorted(d.task for d in dispatches) == [saga.PUBLISH_EVENT_TASK, saga.RELEASE_HOLD_TASK]
+    row = state_of(runtime, offer_id)
+    assert (row["state"], row["reason"]) == (states.REJECTED, "risk_blocked")
+    assert row["risk_score"] >= runtime.settings.risk_block_threshold
+
+    assert saga.release_hold(runtime, offer_id) == "canceled"
+    assert runtime.stripe.get_hold(row["payment_intent_id"]).status == "canceled"
+    assert state_of(runtime, offer_id)["hold_status"] == "released"
+    # Releasing again is a no-op: there is no hold left.
+    assert saga.release_hold(runtime, offer_id) is None
+
+
+def test_a_resent_body_is_a_duplicate_and_another_body_a_conflict(runtime) -> None:  # noqa: ANN001
+    offer = base_offer(new_id("conflict"), 9)
+    assert intake.submit(runtime, offer).outcome == "accepted"
+    again = intake.submit(runtime, dict(offer))
+    assert again.outcome == "duplicate"
+    # Still `received`: the duplicate hands the offer on (its first run may have died before sending).
+    assert [d.task for d in again.dispatches] == ["offers.stage.validate"]
+    conflict = intake.submit(runtime, offer | {"amount_cents": 99999})
+    assert conflict.outcome == "duplicate_conflict"
+    row = state_of(runtime, offer["offer_id"])
+    assert row["amount_cents"] == offer["amount_cents"] and row["state"] == states.RECEIVED
+    with runtime.db.transaction() as conn:
+        rejection = conn.execute("SELECT * FROM intake_rejections WHERE id = %s", (conflict.rejection_id,)).fetchone()
+    assert rejection["reason"] == "duplicate_conflict" and rejection["offer_id"] == offer["offer_id"]
+    assert '"amount_cents":99999' in rejection["raw_body"]
+
+
+def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:  # noqa: ANN001
+    offer_id = received(runtime)
+    with runtime.db.transaction() as conn:
+        assert store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
+    with runtime.db.transaction() as conn:
+        assert not store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
+        with pytest.raises(states.IllegalTransition):
+            store.transition(conn, offer_id, states.VALIDATED, states.SUBMITTED, actor="test")

@@ -1,0 +1,94 @@
+"""Settings: one clear line for a bad setting, secrets from files, no secret ever shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from config.retry import POLICIES, LONGEST_COUNTDOWN
+from config.celery import TASK_TIME_LIMIT, celery_config
+from config.settings import ConfigError, load_settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OFFERS_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_sandbox_needs_no_setting(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    settings = load_settings()
+    assert settings.stripe_api_base.startswith("http://127.0.0.1:")
+    assert settings.audit_storage_class == "GLACIER"
+
+
+def test_a_missing_setting_is_named(clean_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="OFFERS_STRIPE_API_KEY is required"):
+        load_settings()
+
+
+def test_a_malformed_setting_is_named_without_its_value(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_PARTNER_READ_TIMEOUT", "soon-ish")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "OFFERS_PARTNER_READ_TIMEOUT" in str(caught.value)
+    assert "soon-ish" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_invalid_bus_name_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_EVENT_BUS_NAME", "commerce-offers-events@2025-09")
+    with pytest.raises(ConfigError, match="OFFERS_EVENT_BUS_NAME"):
+        load_settings()
+
+
+def test_secrets_come_from_files_and_are_masked(clean_env: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    secret = tmp_path / "stripe"
+    secret.write_text("sk_test_from_a_file\n")
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_STRIPE_API_KEY_FILE", str(secret))
+    settings = load_settings()
+    assert settings.secret("stripe_api_key") == "sk_test_from_a_file"
+    assert "sk_test_from_a_file" not in repr(settings)
+    assert "sk_test_from_a_file" not in str(settings.model_dump())
+
+
+def test_an_unreadable_secret_file_is_named(clean_env: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_SIFT_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="OFFERS_SIFT_API_KEY_FILE"):
+        load_settings()
+
+
+def test_a_worker_with_a_bad_setting_stops_with_one_line(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:1/0")
+    clean_env.setenv("OFFERS_DB_POOL_SIZE", "many")
+    result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["offers-workers: invalid configuration: OFFERS_DB_POOL_SIZE: Input should be a valid integer, unable to parse string as an integer"]
+
+
+def test_celery_is_json_only_with_late_acks(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:6379/0")
+    config = celery_config(load_settings())
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["broker_transport_options"]["visibility_timeout"] > TASK_TIME_LIMIT + LONGEST_COUNTDOWN
+
+
+def test_retry_countdowns_stay_within_their_caps() -> None:
+    for policy in POLICIES.values():
+        for retries in range(policy.max_retries + 1):
+            assert 0 < policy.countdown(retries) <= policy.max_delay
