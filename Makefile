@@ -1,0 +1,29 @@
+# offers-workers — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Start everything (embedded Postgres/Redis when no URLs are set), push 200 sample offers, report.
+demo: install
+	$(BIN)/offers-workers demo --offers 200
+
+## The whole suite (uses OFFERS_DATABASE_URL / OFFERS_BROKER_URL when set, else embedded servers).
+test: install
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .offers-workers .pytest_cache
