@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -291,6 +292,7 @@ def dev() -> None:
     from offers_workers.stack import Stack
 
     _stop_on_sigterm()
+    os.environ.setdefault("OFFERS_SANDBOX", "1")  # dev talks to the sandbox it starts
     stack = Stack(settings_or_exit())
     try:
         settings = stack.start()
@@ -316,6 +318,7 @@ def demo(count: int, timeout: int) -> None:
     from offers_workers.stack import Stack
 
     _stop_on_sigterm()
+    os.environ.setdefault("OFFERS_SANDBOX", "1")  # the demo talks to the sandbox it starts
     stack = Stack(settings_or_exit(), sandbox_ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
     try:
         with console.status("starting stores, sandbox and workers…"):

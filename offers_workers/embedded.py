@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import redis
@@ -24,7 +25,10 @@ class EmbeddedPostgres:
         self._server = None
 
     def start(self) -> str:
-        import pgserver  # the `embedded` extra
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset (normal on servers) and falls back.
+            warnings.simplefilter("ignore")
+            import pgserver  # the `embedded` extra
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")

@@ -10,7 +10,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, get_settings
 from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
 from offers_workers.fleet import PROJECT_ROOT, Fleet, read_procfile
 from offers_workers.policy import read_policy_file
@@ -58,7 +58,8 @@ class Stack:
             self.env.update(sandbox.settings_env())
         # This process (the CLI) talks to the same stack as the processes it starts.
         os.environ.update(self.env)
-        self.settings = load_settings()
+        get_settings.cache_clear()
+        self.settings = get_settings()
         if with_sandbox:
             ensure_aws_resources(self.settings)
 
