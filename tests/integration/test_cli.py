@@ -1,0 +1,146 @@
+"""The operator CLI as an operator runs it: exit codes, --json output, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from offers_workers import intake, saga
+from offers_workers.samples import base_offer
+from tests.conftest import new_id, project_root
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offers_workers.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=project_root(),
+        env=os.environ.copy(),
+    )
+
+
+@pytest.fixture(scope="module")
+def rejected_offer(runtime) -> str:  # noqa: ANN001
+    offer = base_offer(new_id("cli"), 4) | {"listing_id": "lst_3"}
+    intake.submit(runtime, offer)
+    saga.validate(runtime, offer["offer_id"])
+    return offer["offer_id"]
+
+
+def test_offers_show_json_has_the_contract_fields(rejected_offer: str) -> None:
+    result = cli("offers", "show", rejected_offer, "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert {"offer_id", "state", "reason", "amount_cents", "currency", "payment_intent_id", "risk_score", "history"} <= set(shown)
+    assert (shown["state"], shown["reason"]) == ("rejected", "listing_unavailable")
+    assert [h["state"] for h in shown["history"]] == ["received", "rejected"]
+    assert all(h["at"] for h in shown["history"])
+
+
+def test_offers_show_unknown_is_exit_1() -> None:
+    result = cli("offers", "show", "no_such_offer")
+    assert result.returncode == 1
+    assert "no offer 'no_such_offer'" in result.stderr
+
+
+def test_offers_list_json_filters_by_state(rejected_offer: str) -> None:
+    result = cli("offers", "list", "--state", "rejected", "--since", "1h", "--json", "--limit", "100000")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert rejected_offer in {o["offer_id"] for o in listed}
+    assert {o["state"] for o in listed} == {"rejected"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("offers", "list", "--state", "lost"),
+        ("offers", "list", "--since", "yesterday-ish"),
+        ("submit", "no-such-file.json"),
+        ("policy", "load"),
+    ],
+)
+def test_usage_errors_are_exit_2(args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip()
+
+
+def test_a_bad_policy_file_is_named_and_loads_nothing(tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("makers:\n  - maker_id: mkr_9\n    min_offer_cents: -1\n")
+    result = cli("policy", "load", str(bad))
+    assert result.returncode == 2
+    assert "makers.0.min_offer_cents" in result.stderr
+
+
+def test_policy_load_takes_effect_at_once(runtime, tmp_path) -> None:  # noqa: ANN001
+    listing = new_id("lst")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({
+        "makers": [{"maker_id": "mkr_cli", "min_offer_cents": 100}],
+        "listings": [{"listing_id": listing, "maker_id": "mkr_cli", "asking_price_cents": 5000, "currency": "USD"}],
+    }))
+    assert cli("policy", "load", str(policy)).returncode == 0
+    assert runtime.policies.lookup(runtime.db, listing).listing.status == "active"  # now cached
+    data = json.loads(policy.read_text())
+    data["listings"][0]["status"] = "paused"
+    policy.write_text(json.dumps(data))
+    result = cli("policy", "load", str(policy))
+    assert result.returncode == 0 and "loaded 1 makers and 1 listings" in result.stdout
+    assert runtime.policies.lookup(runtime.db, listing).listing.status == "paused"
+
+
+def test_intake_rejections_lists_what_was_refused(runtime) -> None:  # noqa: ANN001
+    offer_id = new_id("refused")
+    intake.submit(runtime, base_offer(offer_id, 1) | {"amount_cents": -1})
+    result = cli("intake", "rejections", "--since", "10m", "--json")
+    assert result.returncode == 0, result.stderr
+    mine = [r for r in json.loads(result.stdout) if r["offer_id"] == offer_id]
+    assert len(mine) == 1 and mine[0]["errors"][0]["field"] == "amount_cents"
+
+
+def test_schema_is_json_schema() -> None:
+    result = cli("schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["title"] == "Offer payload v1"
+
+
+def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # noqa: ANN001
+    # Given a brand-new database
+    name = new_id("mig").lower()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(settings.database_url, dbname=name)
+    env = os.environ | {"OFFERS_DATABASE_URL": url}
+    try:
+        # When two release phases run at once
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "db", "migrate"], cwd=project_root(), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=60) for p in procs]
+        # Then both succeed, one applied everything and the other found nothing left to do
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert sorted("applied" in out for out, _ in outputs) == [False, True]
+        with psycopg.connect(url) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+        assert versions == sorted(set(versions)) and versions
+        # and a third run is a no-op
+        again = subprocess.run([sys.executable, "-m", "offers_workers.cli", "db", "migrate"], cwd=project_root(), env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "up to date" in again.stdout
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
