@@ -1,0 +1,106 @@
+"""AWS: offer events to EventBridge and, optionally, an SNS topic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from config.settings import Settings
+from offers_workers.errors import PermanentError, TransientError
+
+SOURCE = "offers.submission"
+RETRYABLE_CODES = {
+    "InternalFailure",
+    "InternalError",
+    "InternalErrorException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "KMSThrottlingException",
+}
+
+
+def sort_error(exc: Exception) -> Exception:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code") or "ClientError"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = error.get("Message") or str(exc)
+        if code in RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429)):
+            return TransientError("aws", code, message, status)
+        return PermanentError("aws", code, message, status)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, connect/read timeouts, resets
+        return TransientError("aws", type(exc).__name__, str(exc)[:300])
+    return PermanentError("aws", type(exc).__name__, str(exc)[:300])
+
+
+def _subject(detail_type: str) -> str:
+    # SNS subjects: printable ASCII, no line breaks, under 100 characters.
+    clean = "".join(c if 32 <= ord(c) < 127 else " " for c in detail_type).strip()
+    return (clean or "offer event")[:99]
+
+
+class EventPublisher:
+    def __init__(self, settings: Settings) -> None:
+        config = Config(
+            connect_timeout=settings.partner_connect_timeout,
+            read_timeout=settings.partner_read_timeout,
+            # total_max_attempts=1 is "no SDK retry"; max_attempts=1 would still retry once (legacy meaning).
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
+        if settings.aws_endpoint_url:  # sandbox: moto accepts any credentials
+            kwargs.update(
+                endpoint_url=settings.aws_endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing"
+            )
+        self._events = boto3.client("events", **kwargs)
+        self._sns = boto3.client("sns", **kwargs)
+        self._bus = settings.event_bus_name
+
+    def publish(self, *, event_id: str, detail_type: str, detail: dict[str, Any], sns_topic_arn: str | None) -> None:
+        """Put one event on the bus, then notify the topic.
+
+        ``event_id`` goes into the detail: a retry after a failed SNS publish re-puts the event, and
+        EventBridge has no dedup, so consumers drop repeats by ``event_id``.
+        """
+        body = json.dumps({**detail, "event_id": event_id}, separators=(",", ":"), default=str)
+        entry = {"Source": SOURCE, "DetailType": detail_type, "Detail": body, "EventBusName": self._bus}
+        try:
+            result = self._events.put_events(Entries=[entry])
+        except (BotoCoreError, ClientError) as exc:
+            raise sort_error(exc) from None
+        if result.get("FailedEntryCount"):
+            failed = result["Entries"][0]
+            code = failed.get("ErrorCode") or "FailedEntry"
+            message = failed.get("ErrorMessage") or "EventBridge rejected the entry"
+            kind = TransientError if code in RETRYABLE_CODES else PermanentError
+            raise kind("aws", code, message)
+        if not sns_topic_arn:
+            return
+        try:
+            self._sns.publish(
+                TopicArn=sns_topic_arn,
+                Message=json.dumps(
+                    {"event_id": event_id, "detail_type": detail_type, "detail": json.loads(body)},
+                    separators=(",", ":"),
+                ),
+                Subject=_subject(detail_type),
+                MessageAttributes={
+                    "event_type": {"DataType": "String", "StringValue": detail_type},
+                    "event_id": {"DataType": "String", "StringValue": event_id},
+                },
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise sort_error(exc) from None

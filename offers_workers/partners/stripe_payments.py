@@ -1,0 +1,118 @@
+"""Stripe: card holds as manual-capture PaymentIntents, with a stable idempotency key per saga step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from config.settings import Settings
+from offers_workers.errors import OfferRejected, PermanentError, TransientError
+
+
+@dataclass(frozen=True)
+class Hold:
+    payment_intent_id: str
+    status: str
+
+
+def _code(exc: stripe.StripeError) -> str:
+    code = exc.code or (exc.error.code if exc.error else None)
+    return code or type(exc).__name__
+
+
+def sort_error(exc: stripe.StripeError) -> Exception:
+    """Map a Stripe SDK error to OfferRejected / TransientError / PermanentError (see PARTNERS.md)."""
+    code, status = _code(exc), exc.http_status
+    message = " ".join((exc.user_message or type(exc).__name__).split())[:300]
+    if isinstance(exc, stripe.CardError):
+        decline = exc.error.decline_code if exc.error else None
+        reason = "insufficient_funds" if "insufficient_funds" in (decline, exc.code) else "payment_declined"
+        return OfferRejected(reason, decline or code)
+    if isinstance(exc, stripe.RateLimitError):
+        return TransientError("stripe", code, message, status)
+    if isinstance(exc, stripe.APIConnectionError):
+        # should_retry is False for TLS and malformed-request failures: a retry would fail the same way.
+        kind = TransientError if exc.should_retry else PermanentError
+        return kind("stripe", code, message, status)
+    # APIError covers 5xx and 409 (idempotency_key_in_use, lock_timeout): the same request may succeed later.
+    if isinstance(exc, stripe.APIError) and status is not None and (status >= 500 or status == 409):
+        return TransientError("stripe", code, message, status)
+    return PermanentError("stripe", code, message, status)
+
+
+class StripePayments:
+    def __init__(self, settings: Settings) -> None:
+        self._client = stripe.StripeClient(
+            settings.secret("stripe_api_key"),
+            base_addresses={"api": settings.stripe_api_base},
+            http_client=stripe.RequestsClient(
+                timeout=(settings.partner_connect_timeout, settings.partner_read_timeout)
+            ),
+            max_network_retries=0,  # the saga retries, with the same idempotency key
+        )
+
+    def place_hold(
+        self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
+    ) -> Hold:
+        """Authorise ``amount_cents`` without capturing. Normally returns status ``requires_capture``."""
+        params: dict[str, Any] = {
+            "amount": amount_cents,
+            "currency": currency.lower(),
+            "payment_method": payment_method_id,
+            "payment_method_types": ["card"],
+            "capture_method": "manual",
+            "confirm": True,
+            "metadata": {**metadata, "offer_id": offer_id},
+        }
+        try:
+            pi = self._client.v1.payment_intents.create(params, {"idempotency_key": f"offer:{offer_id}:hold"})
+        except stripe.StripeError as exc:
+            raise sort_error(exc) from None
+        return Hold(pi.id, pi.status)
+
+    def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
+        """Cancel the hold; an already-canceled hold counts as released. Returns the final status."""
+        try:
+            pi = self._client.v1.payment_intents.cancel(
+                payment_intent_id,
+                {"cancellation_reason": "abandoned"},
+                {"idempotency_key": f"offer:{offer_id}:release"},
+            )
+            return pi.status
+        except stripe.InvalidRequestError as exc:
+            if _code(exc) != "payment_intent_unexpected_state":
+                raise sort_error(exc) from None
+        except stripe.StripeError as exc:
+            raise sort_error(exc) from None
+        status = self.get_hold(payment_intent_id).status
+        if status == "canceled":
+            return status
+        code = "payment_intent_captured" if status == "succeeded" else "payment_intent_unexpected_state"
+        raise PermanentError("stripe", code, f"cannot release {payment_intent_id}: it is {status}", 400)
+
+    def get_hold(self, payment_intent_id: str) -> Hold:
+        try:
+            pi = self._client.v1.payment_intents.retrieve(payment_intent_id)
+        except stripe.StripeError as exc:
+            raise sort_error(exc) from None
+        return Hold(pi.id, pi.status)
+
+    def list_holds(self, *, status: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every PaymentIntent, newest first (Stripe's list has no status filter: filtered here)."""
+        try:
+            for pi in self._client.v1.payment_intents.list({"limit": 100}).auto_paging_iter():
+                if status is None or pi.status == status:
+                    metadata = pi.metadata.to_dict() if pi.metadata else {}
+                    yield {
+                        "id": pi.id,
+                        "status": pi.status,
+                        "amount": pi.amount,
+                        "currency": pi.currency,
+                        "offer_id": metadata.get("offer_id"),
+                        "created": pi.created,
+                    }
+        except stripe.StripeError as exc:
+            raise sort_error(exc) from None

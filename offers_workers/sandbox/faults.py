@@ -1,0 +1,158 @@
+"""Fault injection: state held by each sandbox server, and client helpers that set it over HTTP.
+
+A fault is ``{"status": int | None, "rate": 0..1, "latency_ms": int}``. Every request to that partner
+first waits ``latency_ms``, then with probability ``rate`` is answered with ``status`` in the
+partner's own error shape. Control endpoint on each partner's port: ``GET|PUT|DELETE /__sandbox/faults``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PARTNERS = ("stripe", "sift", "plaid", "aws")
+FAULTS_PATH = "/__sandbox/faults"
+
+
+@dataclass(frozen=True)
+class Fault:
+    status: int | None = None
+    rate: float = 1.0
+    latency_ms: int = 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise ValueError("fault must be a JSON object")
+        unknown = set(data) - {"status", "rate", "latency_ms"}
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        status = data.get("status")
+        rate = data.get("rate", 1.0)
+        latency_ms = data.get("latency_ms", 0)
+        if status is not None and (not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599):
+            raise ValueError("status must be an HTTP status code or null")
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise ValueError("rate must be a number in [0, 1]")
+        if not isinstance(latency_ms, int) or isinstance(latency_ms, bool) or latency_ms < 0:
+            raise ValueError("latency_ms must be a non-negative integer")
+        return cls(status=status, rate=float(rate), latency_ms=latency_ms)
+
+
+class FaultState:
+    """One partner's current fault plus request counters; shared by all of its handler threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fault: Fault | None = None
+        self._requests = 0
+        self._injected = 0
+
+    def set(self, fault: Fault | None) -> None:
+        """Replace the fault; setting one (not clearing) restarts the counters."""
+        with self._lock:
+            self._fault = fault
+            if fault is not None:
+                self._requests = self._injected = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            fault = asdict(self._fault) if self._fault else None
+            return {"fault": fault, "requests": self._requests, "injected": self._injected}
+
+    def apply(self) -> int | None:
+        """Count the request, sleep the latency, and return the status to inject (None: serve it)."""
+        with self._lock:
+            self._requests += 1
+            fault = self._fault
+        if fault is None:
+            return None
+        if fault.latency_ms:
+            time.sleep(fault.latency_ms / 1000)
+        if fault.status is None or random.random() >= fault.rate:
+            return None
+        with self._lock:
+            self._injected += 1
+        return fault.status
+
+    def control(self, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Serve the control endpoint; returns (HTTP status, JSON body)."""
+        if method == "PUT":
+            try:
+                self.set(Fault.from_json(json.loads(body or b"{}")))
+            except ValueError as exc:  # includes JSONDecodeError
+                return 400, {"error": str(exc)}
+        elif method == "DELETE":
+            self.set(None)
+        elif method != "GET":
+            return 405, {"error": "use GET, PUT or DELETE"}
+        return 200, self.snapshot()
+
+
+# --- client helpers (any process) -------------------------------------------------------------
+
+
+def partner_urls(target: Any) -> dict[str, str]:
+    """Base URLs by partner from a ``Sandbox``, a ``Settings`` or a ``{partner: url}`` mapping."""
+    if isinstance(target, Mapping):
+        urls = dict(target)
+    elif hasattr(target, "urls"):
+        urls = dict(target.urls)
+    else:
+        urls = {
+            "stripe": target.stripe_api_base,
+            "sift": target.sift_api_url,
+            "plaid": target.plaid_host,
+            "aws": target.aws_endpoint_url,
+        }
+    return {p: u.rstrip("/") for p, u in urls.items() if u}
+
+
+# The sandbox is local: never route control calls through an HTTP proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _call(url: str, method: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url + FAULTS_PATH, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(req, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise ValueError(f"sandbox refused the fault: {exc.read().decode(errors='replace')}") from None
+
+
+def _url_for(target: Any, partner: str) -> str:
+    if partner not in PARTNERS:
+        raise ValueError(f"unknown partner {partner!r}; expected one of {PARTNERS}")
+    urls = partner_urls(target)
+    if partner not in urls:
+        raise ValueError(f"no sandbox URL for {partner}")
+    return urls[partner]
+
+
+def set_fault(
+    target: Any, partner: str, status: int | None = None, rate: float = 1.0, latency_ms: int = 0
+) -> dict[str, Any]:
+    """Inject a fault into every request to ``partner``; returns the sandbox's fault snapshot."""
+    return _call(_url_for(target, partner), "PUT", {"status": status, "rate": rate, "latency_ms": latency_ms})
+
+
+def clear_faults(target: Any, partner: str | None = None) -> None:
+    """Clear one partner's fault, or every partner's."""
+    for name in [partner] if partner else [p for p in PARTNERS if p in partner_urls(target)]:
+        _call(_url_for(target, name), "DELETE")
+
+
+def get_faults(target: Any, partner: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{partner: {"fault": {...} | None, "requests": n, "injected": n}}`` (counts since the last ``set_fault``)."""
+    names = [partner] if partner else [p for p in PARTNERS if p in partner_urls(target)]
+    return {name: _call(_url_for(target, name), "GET") for name in names}

@@ -1,0 +1,82 @@
+"""EventPublisher against moto in server mode, read back through SQS."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import boto3
+
+from config.settings import Settings
+from offers_workers.partners.aws_events import SOURCE, EventPublisher
+from offers_workers.sandbox import ensure_aws_resources
+
+
+def client(settings: Settings, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=settings.aws_endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def queue(settings: Settings) -> tuple[str, str]:
+    sqs = client(settings, "sqs")
+    url = sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def receive(settings: Settings, url: str) -> list[dict[str, Any]]:
+    messages = client(settings, "sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+
+def test_resources_exist_and_ensure_is_idempotent(settings: Settings) -> None:
+    ensure_aws_resources(settings)
+    assert (
+        client(settings, "events").describe_event_bus(Name=settings.event_bus_name)["Name"] == settings.event_bus_name
+    )
+    arns = {t["TopicArn"] for t in client(settings, "sns").list_topics()["Topics"]}
+    assert {settings.sns_submitted_topic_arn, settings.sns_cancelled_topic_arn} <= arns
+    client(settings, "s3").head_bucket(Bucket=settings.audit_bucket)
+
+
+def test_event_reaches_eventbridge_and_sns(settings: Settings) -> None:
+    rule_queue, rule_queue_arn = queue(settings)
+    events = client(settings, "events")
+    rule = f"r-{uuid.uuid4().hex[:8]}"
+    events.put_rule(
+        Name=rule,
+        EventBusName=settings.event_bus_name,
+        EventPattern=json.dumps({"source": [SOURCE], "detail-type": ["OfferSubmitted"]}),
+    )
+    events.put_targets(Rule=rule, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": rule_queue_arn}])
+    topic_queue, topic_queue_arn = queue(settings)
+    client(settings, "sns").subscribe(
+        TopicArn=settings.sns_submitted_topic_arn, Protocol="sqs", Endpoint=topic_queue_arn
+    )
+
+    event_id = str(uuid.uuid4())
+    EventPublisher(settings).publish(
+        event_id=event_id,
+        detail_type="OfferSubmitted",
+        detail={"offer_id": "off_1", "amount_cents": 12_500},
+        sns_topic_arn=settings.sns_submitted_topic_arn,
+    )
+
+    [event] = receive(settings, rule_queue)
+    assert (event["source"], event["detail-type"]) == (SOURCE, "OfferSubmitted")
+    assert event["detail"] == {"offer_id": "off_1", "amount_cents": 12_500, "event_id": event_id}
+    [note] = receive(settings, topic_queue)
+    assert note["Subject"] == "OfferSubmitted"
+    assert json.loads(note["Message"])["event_id"] == event_id
+    assert note["MessageAttributes"]["event_id"]["Value"] == event_id
+    assert note["MessageAttributes"]["event_type"]["Value"] == "OfferSubmitted"
+
+
+def test_publish_without_topic_only_hits_the_bus(settings: Settings) -> None:
+    EventPublisher(settings).publish(event_id="e-1", detail_type="OfferCancelled", detail={}, sns_topic_arn=None)

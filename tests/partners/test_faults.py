@@ -1,0 +1,96 @@
+"""Fault injection, seen through each adapter: injected errors and timeouts are TransientErrors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from config.settings import Settings
+from offers_workers.errors import TransientError
+from offers_workers.partners.aws_events import EventPublisher
+from offers_workers.partners.plaid_funds import PlaidFunds
+from offers_workers.partners.sift_risk import SiftRisk
+from offers_workers.partners.stripe_payments import StripePayments
+from offers_workers.sandbox import PARTNERS, Sandbox, clear_faults, get_faults, set_fault
+
+
+def call(partner: str, settings: Settings) -> Callable[[], object]:
+    """One representative adapter call per partner (fresh ids, so no idempotent replay)."""
+    offer_id = f"off_{uuid.uuid4().hex}"
+    if partner == "stripe":
+        payments = StripePayments(settings)
+        return lambda: payments.place_hold(
+            offer_id=offer_id, amount_cents=1000, currency="usd", payment_method_id="pm_card_visa", metadata={}
+        )
+    if partner == "sift":
+        risk = SiftRisk(settings)
+        return lambda: risk.score_order(
+            offer_id=offer_id,
+            buyer_id="alice",
+            amount_cents=1000,
+            currency="usd",
+            email=None,
+            ip=None,
+            session_id=None,
+            payment_method="card",
+        )
+    if partner == "plaid":
+        funds = PlaidFunds(settings)
+        return lambda: funds.available_cents(access_token="access-sandbox-1", account_id="acc_1")
+    publisher = EventPublisher(settings)
+    return lambda: publisher.publish(
+        event_id=offer_id, detail_type="OfferSubmitted", detail={}, sns_topic_arn=settings.sns_submitted_topic_arn
+    )
+
+
+@pytest.mark.parametrize("partner", PARTNERS)
+@pytest.mark.parametrize("status", [503, 429, 500])
+def test_injected_status_is_transient_then_clears(
+    sandbox: Sandbox, settings: Settings, partner: str, status: int
+) -> None:
+    attempt = call(partner, settings)
+    set_fault(sandbox, partner, status=status, rate=1.0)
+    before = get_faults(sandbox, partner)[partner]
+    with pytest.raises(TransientError) as info:
+        attempt()
+    assert info.value.partner == partner and info.value.http_status == status
+    after = get_faults(sandbox, partner)[partner]
+    # One call, one request: no SDK retried behind our back.
+    assert (after["requests"] - before["requests"], after["injected"] - before["injected"]) == (1, 1)
+    clear_faults(sandbox, partner)
+    attempt()
+
+
+@pytest.mark.parametrize("partner", PARTNERS)
+def test_latency_beyond_read_timeout_is_transient(sandbox: Sandbox, fast_settings: Settings, partner: str) -> None:
+    attempt = call(partner, fast_settings)
+    set_fault(sandbox, partner, latency_ms=int(fast_settings.partner_read_timeout * 1000) + 250)
+    with pytest.raises(TransientError) as info:
+        attempt()
+    assert info.value.http_status is None
+    clear_faults(sandbox, partner)
+    attempt()
+
+
+def test_latency_below_timeout_and_zero_rate_pass(sandbox: Sandbox, settings: Settings) -> None:
+    attempt = call("sift", settings)
+    set_fault(sandbox, "sift", status=503, rate=0.0, latency_ms=20)
+    attempt()
+    snapshot = get_faults(sandbox, "sift")["sift"]
+    assert snapshot["fault"] == {"status": 503, "rate": 0.0, "latency_ms": 20} and snapshot["injected"] == 0
+
+
+def test_faults_are_shared_through_settings_urls(sandbox: Sandbox, settings: Settings) -> None:
+    set_fault(settings, "plaid", status=503)  # any process holding the settings sees the same faults
+    assert get_faults(sandbox)["plaid"]["fault"]["status"] == 503
+    clear_faults(settings)
+    assert all(f["fault"] is None for f in get_faults(sandbox).values())
+
+
+def test_bad_fault_is_refused(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError):
+        set_fault(sandbox, "stripe", status=503, rate=2.0)
+    with pytest.raises(ValueError):
+        set_fault(sandbox, "paypal", status=503)
