@@ -38,5 +38,6 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Request-by-request chatter of HTTP clients and the AWS sandbox is noise at INFO.
-    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp"):
+    # celery.app.trace logs every task's kwargs (buyer emails, IPs): our own lines carry the ids instead.
+    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp", "celery.app.trace"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

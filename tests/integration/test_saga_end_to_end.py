@@ -253,3 +253,28 @@ def test_invalid_messages_are_recorded_and_the_worker_keeps_serving(celery_app, 
         assert len(row["raw_body"].encode()) <= 4096
     with runtime.db.transaction() as conn:
         assert conn.execute("SELECT count(*) AS n FROM dead_letters WHERE stage = %s", ("intake",)).fetchone()["n"] == 0
+
+
+def test_submit_from_the_cli_reads_json_lines_from_stdin(runtime) -> None:  # noqa: ANN001
+    offers = [base_offer(new_id("cli_submit"), n) for n in range(3)]
+    result = subprocess.run(
+        [sys.executable, "-m", "offers_workers.cli", "submit", "-"],
+        input="\n".join(json.dumps(o) for o in offers),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sent 3 offer(s)" in result.stdout
+    for offer in offers:
+        wait_until(lambda o=offer: _state(runtime, o["offer_id"]) == states.SUBMITTED, message="CLI-submitted offers")
+
+
+def test_submit_refuses_a_file_that_is_not_json(tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "offers.json"
+    bad.write_text('{"offer_id": "x"}\nnot json at all\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "offers_workers.cli", "submit", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "line 2 is not JSON" in result.stderr
