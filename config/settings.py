@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     #: A Plaid Signal return-risk score (1-99) at or above this blocks a bank-funded offer.
     return_risk_block_threshold: int = Field(default=80, ge=1, le=99)
 
+    #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
+    retry_delay_scale: float = Field(default=1.0, gt=0, le=10)
+
     #: Seconds a worker keeps listings and maker policies cached in Redis.
     policy_cache_seconds: int = Field(default=300, ge=0)
 

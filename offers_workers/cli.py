@@ -265,6 +265,187 @@ def intake_rejections(since: str | None, limit: int, as_json: bool) -> None:
     console.print(table)
 
 
+# --- dead letters, holds -----------------------------------------------------------------------
+
+STAGE_NAMES = sorted([*states.STAGE_BY_NAME, "intake", "events", "compensation"])
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter queues, one per stage (the runbook's requeue_events)."""
+
+
+@dlq.command("list")
+@click.option("--stage", type=click.Choice(STAGE_NAMES))
+@click.option("--all", "include_resolved", is_flag=True, help="Include replayed and discarded entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def dlq_list(stage: str | None, include_resolved: bool, as_json: bool) -> None:
+    """Dead-lettered stage runs, oldest first."""
+    from offers_workers import deadletter
+
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        rows = deadletter.entries(conn, stage=stage, status=None if include_resolved else "pending")
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} dead letter(s)")
+    for col in ("id", "stage", "offer_id", "error", "attempts", "replays", "last failed", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["stage"], r["offer_id"] or "", f"{r['error_type']}: {r['error_message'][:60]}",
+            str(r["attempts"]), str(r["replay_count"]), r["last_failed_at"].isoformat()[:19], r["status"],
+        )
+    console.print(table)
+
+
+@dlq.command("show")
+@click.argument("entry_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_show(entry_id: int, as_json: bool) -> None:
+    """One entry with its kwargs and traceback."""
+    from offers_workers import deadletter
+
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        row = deadletter.entry(conn, entry_id)
+    if row is None:
+        fail(f"no dead letter {entry_id}", 1)
+    if as_json:
+        print_json(row)
+        return
+    table = Table(title=f"dead letter {entry_id}", show_header=False)
+    for key, value in row.items():
+        if key != "traceback" and value is not None:
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+    if row["traceback"]:
+        console.print(row["traceback"], markup=False, highlight=False)
+
+
+@dlq.command("replay")
+@click.argument("entry_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Every pending entry (of --stage).")
+@click.option("--stage", type=click.Choice(STAGE_NAMES))
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
+def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_run: bool) -> None:
+    """Re-send dead-lettered stages with their original kwargs (same idempotency keys)."""
+    from rich.progress import track
+
+    from offers_workers import deadletter
+
+    if (entry_id is None) == (not replay_all):
+        raise click.UsageError("give either an entry ID or --all")
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        if replay_all:
+            ids = [r["id"] for r in deadletter.entries(conn, stage=stage)]
+        else:
+            row = deadletter.entry(conn, entry_id)
+            if row is None:
+                fail(f"no dead letter {entry_id}", 1)
+            ids = [entry_id] if row["status"] == "pending" else []
+            if not ids:
+                click.echo(f"dead letter {entry_id} is {row['status']}; nothing to replay")
+                return
+    if dry_run:
+        click.echo(f"would replay {len(ids)} dead letter(s): {', '.join(map(str, ids[:50]))}")
+        return
+    from tasks.app import app
+
+    replayed = 0
+    for one in track(ids, description="replaying", console=err_console, disable=len(ids) < 2):
+        dispatch = deadletter.claim_for_replay(rt, one)
+        if dispatch is not None:
+            app.send_task(dispatch.task, kwargs=dispatch.kwargs)
+            replayed += 1
+    click.echo(f"replayed {replayed} of {len(ids)} dead letter(s)" + ("" if replayed == len(ids) else "; the rest were replayed by someone else"))
+
+
+@dlq.command("discard")
+@click.argument("entry_id", type=int)
+@click.option("--reason", required=True, help="Why it is not replayed (kept in the audit trail).")
+def dlq_discard(entry_id: int, reason: str) -> None:
+    """Close an entry without replaying it."""
+    from offers_workers import deadletter
+
+    rt = runtime_or_exit()
+    if not deadletter.discard(rt, entry_id, reason=reason):
+        fail(f"no pending dead letter {entry_id}", 1)
+    click.echo(f"discarded dead letter {entry_id}")
+
+
+@main.group()
+def holds() -> None:
+    """Payment holds (the runbook's release_holds)."""
+
+
+HOLD_QUERY = """
+    SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at
+    FROM offers WHERE hold_status = 'held'
+      AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)
+      AND (NOT %(dead_lettered)s OR state = 'dead_lettered')
+      AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)
+    ORDER BY payment_held_at
+"""
+
+
+def _holds(rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None) -> list[dict[str, Any]]:
+    cutoff = datetime.now(timezone.utc) - older_than if older_than else None
+    with rt.db.transaction() as conn:
+        return conn.execute(HOLD_QUERY, {"offer_id": offer_id, "dead_lettered": dead_lettered, "older_than": cutoff}).fetchall()
+
+
+@holds.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def holds_list(as_json: bool) -> None:
+    """Offers holding a card authorization, oldest first."""
+    rows = _holds(runtime_or_exit())
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} active hold(s)")
+    for col in ("offer_id", "state", "payment_intent_id", "amount", "held since"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["offer_id"], r["state"], r["payment_intent_id"], f"{r['amount_cents'] / 100:,.2f} {r['currency']}",
+                      r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "")
+    console.print(table)
+
+
+@holds.command("release")
+@click.option("--offer", "offer_id", help="Only this offer.")
+@click.option("--dead-lettered", is_flag=True, help="Only offers waiting in a dead-letter queue.")
+@click.option("--older-than", "older_than", help="Only holds older than this (24h, 6d).")
+@click.option("--dry-run", is_flag=True, help="Say what would be released; change nothing.")
+def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | None, dry_run: bool) -> None:
+    """Cancel the PaymentIntents of the chosen holds, record why, and print what was done."""
+    from rich.progress import track
+
+    from offers_workers import saga
+
+    age = parse_duration(older_than) if older_than else None
+    if not (offer_id or dead_lettered or age):
+        raise click.UsageError("choose holds with --offer, --dead-lettered or --older-than")
+    rt = runtime_or_exit()
+    rows = _holds(rt, offer_id, dead_lettered, age)
+    if offer_id and not rows:
+        fail(f"offer {offer_id!r} has no active hold", 1)
+    if dry_run:
+        for r in rows:
+            click.echo(f"would release {r['payment_intent_id']} of {r['offer_id']} ({r['state']})")
+        click.echo(f"{len(rows)} hold(s) would be released")
+        return
+    released = 0
+    for r in track(rows, description="releasing", console=err_console, disable=len(rows) < 2):
+        status = saga.release_hold(rt, r["offer_id"], why="released by an operator", actor="cli")
+        if status is not None:
+            released += 1
+            click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
+    click.echo(f"{released} hold(s) released")
+
+
 # --- sandbox, dev, demo --------------------------------------------------------------------------
 
 
@@ -284,6 +465,42 @@ def sandbox_serve() -> None:
 def _stop_on_sigterm() -> None:
     # Turn SIGTERM into KeyboardInterrupt so `finally` blocks stop what was started.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+@sandbox.group("faults")
+def sandbox_faults() -> None:
+    """Partner outage drills: faults seen by every process using the sandbox."""
+
+
+@sandbox_faults.command("set")
+@click.argument("partner", type=click.Choice(["stripe", "sift", "plaid", "aws"]))
+@click.option("--status", type=click.IntRange(400, 599), help="HTTP status to answer with.")
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests hit.")
+@click.option("--latency-ms", default=0, show_default=True, type=click.IntRange(0, 120_000), help="Delay before answering.")
+def sandbox_faults_set(partner: str, status: int | None, rate: float, latency_ms: int) -> None:
+    """Inject a fault into PARTNER's sandbox."""
+    from offers_workers.sandbox import set_fault
+
+    if status is None and latency_ms == 0:
+        raise click.UsageError("give --status and/or --latency-ms")
+    try:
+        set_fault(settings_or_exit(), partner, status=status, rate=rate, latency_ms=latency_ms)
+    except OSError as exc:
+        fail(f"sandbox not reachable: {exc}", 1)
+    click.echo(f"{partner}: status={status} rate={rate} latency_ms={latency_ms}")
+
+
+@sandbox_faults.command("clear")
+@click.argument("partner", required=False, type=click.Choice(["stripe", "sift", "plaid", "aws"]))
+def sandbox_faults_clear(partner: str | None) -> None:
+    """Clear PARTNER's fault, or every partner's."""
+    from offers_workers.sandbox import clear_faults
+
+    try:
+        clear_faults(settings_or_exit(), partner)
+    except OSError as exc:
+        fail(f"sandbox not reachable: {exc}", 1)
+    click.echo(f"cleared faults of {partner or 'every partner'}")
 
 
 @main.command()

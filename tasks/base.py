@@ -50,7 +50,7 @@ class OffersTask(Task):
         except RETRYABLE as exc:
             fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
             if self.request.retries < policy.max_retries:
-                countdown = policy.countdown(self.request.retries)
+                countdown = policy.countdown(self.request.retries) * get_runtime().settings.retry_delay_scale
                 log.warning("transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)})
                 raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
             self.dead_letter(exc, kwargs, fields)

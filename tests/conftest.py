@@ -87,7 +87,13 @@ def offers_env(stores: dict[str, str], sandbox: Any, tmp_path_factory: pytest.Te
     from offers_workers.sandbox import ensure_aws_resources
     from offers_workers.stack import load_sample_policy
 
-    env = {**stores, **sandbox.settings_env(), "OFFERS_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
+    env = {
+        **stores,
+        **sandbox.settings_env(),
+        "OFFERS_STATE_DIR": str(tmp_path_factory.mktemp("state")),
+        # Retry waits of seconds become tens of milliseconds: outage drills finish in test time.
+        "OFFERS_RETRY_DELAY_SCALE": "0.02",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     settings_module.get_settings.cache_clear()

@@ -1,0 +1,154 @@
+"""Partner outages end in durable dead letters that an operator replays or compensates from the CLI.
+
+Real worker processes, real Postgres and Redis, the sandbox with injected faults.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from offers_workers import states
+from offers_workers.samples import base_offer
+from offers_workers.sandbox import clear_faults, set_fault
+from tests.conftest import new_id, wait_until
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def rows(runtime, offer_ids: list[str]) -> dict[str, dict]:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return {
+            r["offer_id"]: r
+            for r in conn.execute("SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (offer_ids,))
+        }
+
+
+def dead_letters(runtime, offer_ids: list[str]) -> list[dict]:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return conn.execute(
+            "SELECT * FROM dead_letters WHERE offer_id = ANY(%s) ORDER BY id", (offer_ids,)
+        ).fetchall()
+
+
+def trail(runtime, offer_id: str) -> list[tuple]:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return [(r["kind"], r["from_state"], r["to_state"], r["actor"]) for r in conn.execute(
+            "SELECT * FROM audit_events WHERE offer_id = %s ORDER BY id", (offer_id,))]
+
+
+def all_in(runtime, offer_ids: list[str], state: str) -> bool:  # noqa: ANN001
+    found = rows(runtime, offer_ids)
+    return len(found) == len(offer_ids) and all(r["state"] == state for r in found.values())
+
+
+def send_offers(celery_app, prefix: str, count: int) -> list[str]:  # noqa: ANN001
+    offers = [base_offer(new_id(prefix), n) for n in range(count)]
+    for offer in offers:
+        celery_app.send_task("offers.submit", kwargs={"offer": offer})
+    return [o["offer_id"] for o in offers]
+
+
+def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+    # Given Sift answers 503 to everything
+    set_fault(sandbox, "sift", status=503, rate=1.0)
+    try:
+        ids = send_offers(celery_app, "outage", 20)
+        # Then every offer ends dead-lettered at the risk stage after its retries, its hold kept
+        wait_until(lambda: all_in(runtime, ids, states.DEAD_LETTERED), timeout=90, message="offers to be dead-lettered")
+    finally:
+        clear_faults(sandbox, "sift")
+    assert {r["hold_status"] for r in rows(runtime, ids).values()} == {"held"}
+    entries = dead_letters(runtime, ids)
+    assert len(entries) == len(ids)
+    assert {(e["stage"], e["status"], e["error_type"]) for e in entries} == {("risk", "pending", "TransientError")}
+    assert all(e["attempts"] == 7 for e in entries)  # the first try and six retries
+
+    # When the operator replays the risk queue (the fault cleared)
+    listed = cli("dlq", "list", "--stage", "risk", "--json")
+    assert listed.returncode == 0 and {e["offer_id"] for e in json.loads(listed.stdout)} >= set(ids)
+    dry = cli("dlq", "replay", "--all", "--stage", "risk", "--dry-run")
+    assert dry.returncode == 0 and "would replay" in dry.stdout
+    assert all_in(runtime, ids, states.DEAD_LETTERED)
+    replay = cli("dlq", "replay", "--all", "--stage", "risk")
+    assert replay.returncode == 0, replay.stderr
+
+    # Then every offer is submitted, with exactly one PaymentIntent each
+    try:
+        wait_until(lambda: all_in(runtime, ids, states.SUBMITTED), timeout=60, message="replayed offers to be submitted")
+    except AssertionError:
+        raise AssertionError((replay.stdout, replay.stderr[-2000:], sorted({r["state"] for r in rows(runtime, ids).values()}), [(e["status"], e["error_message"][:200]) for e in dead_letters(runtime, ids)][:3], trail(runtime, ids[0])))
+    holds = {}
+    for pi in runtime.stripe.list_holds():
+        if pi["offer_id"] in ids:
+            holds.setdefault(pi["offer_id"], []).append(pi["status"])
+    assert holds == {offer_id: ["requires_capture"] for offer_id in ids}
+    assert {(e["status"], e["replay_count"]) for e in dead_letters(runtime, ids)} == {("replayed", 1)}
+
+    # and replaying again changes nothing
+    again = cli("dlq", "replay", str(entries[0]["id"]))
+    assert again.returncode == 0 and "nothing to replay" in again.stdout
+    assert {(e["status"], e["replay_count"]) for e in dead_letters(runtime, ids)} == {("replayed", 1)}
+
+
+def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+    set_fault(sandbox, "sift", status=503, rate=1.0)
+    try:
+        [offer_id] = send_offers(celery_app, "again", 1)
+        wait_until(lambda: all_in(runtime, [offer_id], states.DEAD_LETTERED), timeout=60, message="dead letter")
+        [entry] = dead_letters(runtime, [offer_id])
+        assert cli("dlq", "replay", str(entry["id"])).returncode == 0
+        wait_until(
+            lambda: dead_letters(runtime, [offer_id])[0]["status"] == "pending" and all_in(runtime, [offer_id], states.DEAD_LETTERED),
+            timeout=60,
+            message="the replay to fail again",
+        )
+    finally:
+        clear_faults(sandbox, "sift")
+    [back] = dead_letters(runtime, [offer_id])
+    assert (back["id"], back["replay_count"], back["attempts"]) == (entry["id"], 1, 14)
+    assert cli("dlq", "discard", str(entry["id"]), "--reason", "drill").returncode == 0
+    assert dead_letters(runtime, [offer_id])[0]["status"] == "discarded"
+    assert cli("dlq", "discard", str(entry["id"]), "--reason", "drill").returncode == 1
+
+
+def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+    set_fault(sandbox, "sift", status=503, rate=1.0)
+    try:
+        ids = send_offers(celery_app, "release", 5)
+        wait_until(lambda: all_in(runtime, ids, states.DEAD_LETTERED), timeout=90, message="offers to be dead-lettered")
+    finally:
+        clear_faults(sandbox, "sift")
+    intents = {r["offer_id"]: r["payment_intent_id"] for r in rows(runtime, ids).values()}
+
+    dry = cli("holds", "release", "--dead-lettered", "--dry-run")
+    assert dry.returncode == 0 and all(pi in dry.stdout for pi in intents.values())
+    assert {runtime.stripe.get_hold(pi).status for pi in intents.values()} == {"requires_capture"}
+
+    released = cli("holds", "release", "--dead-lettered")
+    assert released.returncode == 0, released.stderr
+    assert {runtime.stripe.get_hold(pi).status for pi in intents.values()} == {"canceled"}
+    assert {r["hold_status"] for r in rows(runtime, ids).values()} == {"released"}
+    # A second run finds nothing of ours to release
+    second = cli("holds", "release", "--dead-lettered")
+    assert second.returncode == 0 and not any(pi in second.stdout for pi in intents.values())
+
+    for entry in dead_letters(runtime, ids):
+        assert cli("dlq", "discard", str(entry["id"]), "--reason", "hold released in a drill").returncode == 0
+
+
+def test_faults_are_set_and_cleared_from_the_cli(sandbox) -> None:  # noqa: ANN001
+    from offers_workers.sandbox import get_faults
+
+    assert cli("sandbox", "faults", "set", "plaid", "--status", "503", "--rate", "0.5").returncode == 0
+    assert get_faults(sandbox, "plaid")["plaid"]["fault"]["status"] == 503
+    assert cli("sandbox", "faults", "clear").returncode == 0
+    assert get_faults(sandbox, "plaid")["plaid"]["fault"] is None
+    assert cli("sandbox", "faults", "set", "plaid").returncode == 2
