@@ -10,6 +10,7 @@ from typing import Any
 
 from kombu import Queue
 
+from config.beat import beat_schedule
 from config.retry import LONGEST_COUNTDOWN
 from config.settings import ConfigError, Settings
 from offers_workers.states import STAGES
@@ -25,6 +26,7 @@ ROUTES: dict[str, str] = {
     **{stage.task: stage.queue for stage in STAGES},
     "offers.publish_event": "offers.events",
     "offers.release_hold": "offers.payment",
+    "offers.recover": "offers.maintenance",
 }
 QUEUES = sorted(set(ROUTES.values()))
 
@@ -59,6 +61,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": 1000,
         "worker_send_task_events": False,
         "task_send_sent_event": False,
+        "beat_schedule": beat_schedule(settings),
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_key_prefix": f"{prefix}redbeat",
         "enable_utc": True,
         "timezone": "UTC",
     }
@@ -67,4 +72,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["result_backend"] = results
         config["result_backend_transport_options"] = {"global_keyprefix": prefix}
         config["result_expires"] = 3600
+        config["redbeat_redis_url"] = results
     return config

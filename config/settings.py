@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
     retry_delay_scale: float = Field(default=1.0, gt=0, le=10)
 
+    #: How often the beat sweeps for stuck work, and how long an open offer may sit before it is re-sent.
+    recovery_interval_seconds: float = Field(default=30, gt=0)
+    recovery_after_seconds: float = Field(default=300, gt=0)
+
     #: Seconds a worker keeps listings and maker policies cached in Redis.
     policy_cache_seconds: int = Field(default=300, ge=0)
 

@@ -18,6 +18,7 @@ TASK_MODULES = [
     "tasks.auction",
     "tasks.audit",
     "tasks.events",
+    "tasks.maintenance",
 ]
 
 

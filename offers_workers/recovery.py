@@ -1,0 +1,40 @@
+"""Recovery: a lost message, a flushed Redis or a dead worker delays an offer, never loses it.
+
+Postgres knows where every offer stands. A periodic sweep re-sends the stage of offers that have
+sat in an open state too long, publishes outbox events still unpublished, and releases holds of
+offers that ended without their release being recorded. Every stage is idempotent, so re-sending
+work that was merely slow costs a duplicate message, nothing more.
+"""
+
+from __future__ import annotations
+
+from offers_workers import states
+from offers_workers.runtime import Runtime
+from offers_workers.saga import PUBLISH_EVENT_TASK, RELEASE_HOLD_TASK, Dispatch, hand_on
+
+#: At most this many offers are re-sent per sweep, so a backlog drains without a flood.
+BATCH = 500
+
+
+def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
+    params = {"open": list(states.OPEN), "ended": list(states.TERMINAL), "age": stuck_after_s, "batch": BATCH}
+    with rt.db.transaction() as conn:
+        stuck = conn.execute(
+            "SELECT offer_id, state FROM offers WHERE state = ANY(%(open)s)"
+            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s) ORDER BY updated_at LIMIT %(batch)s",
+            params,
+        ).fetchall()
+        events = conn.execute(
+            "SELECT event_id FROM offer_events WHERE published_at IS NULL"
+            " AND created_at < clock_timestamp() - make_interval(secs => %(age)s) ORDER BY created_at LIMIT %(batch)s",
+            params,
+        ).fetchall()
+        holds = conn.execute(
+            "SELECT offer_id FROM offers WHERE hold_status = 'held' AND state = ANY(%(ended)s)"
+            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s) LIMIT %(batch)s",
+            params,
+        ).fetchall()
+    dispatches = [d for row in stuck for d in hand_on(row["offer_id"], row["state"])]
+    dispatches += [Dispatch(PUBLISH_EVENT_TASK, {"event_id": row["event_id"]}) for row in events]
+    dispatches += [Dispatch(RELEASE_HOLD_TASK, {"offer_id": row["offer_id"]}) for row in holds]
+    return dispatches

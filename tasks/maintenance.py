@@ -1,0 +1,21 @@
+"""Periodic jobs sent by the single beat (Procfile ``beat:``), on ``offers.maintenance``."""
+
+from __future__ import annotations
+
+import logging
+
+from offers_workers import recovery
+from offers_workers.runtime import get_runtime
+from offers_workers.saga import Dispatch
+from tasks.app import app
+from tasks.base import OffersTask
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="offers.recover", base=OffersTask, bind=True, stage="maintenance")
+def recover(self: OffersTask, stuck_after_s: float) -> list[Dispatch]:
+    dispatches = recovery.sweep(get_runtime(), stuck_after_s=stuck_after_s)
+    if dispatches:
+        log.warning("recovery re-sent work", extra={"messages": len(dispatches)})
+    return dispatches

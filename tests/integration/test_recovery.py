@@ -1,0 +1,58 @@
+"""Recovery: an offer whose message was lost is completed by the beat's sweep, from Postgres alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from offers_workers import intake, saga, states
+from offers_workers.fleet import Fleet, read_procfile
+from offers_workers.samples import base_offer
+from tests.conftest import new_id, wait_until
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, offers_env, tmp_path) -> None:  # noqa: ANN001
+    # Given offers recorded but whose next message never reached the broker (a crash between
+    # commit and send): intake and stage functions called directly, their dispatches dropped
+    lost_at_intake = base_offer(new_id("lost"), 1)
+    assert intake.submit(runtime, lost_at_intake).dispatches  # dropped
+    lost_mid_saga = base_offer(new_id("lost"), 2)
+    intake.submit(runtime, lost_mid_saga)
+    saga.validate(runtime, lost_mid_saga["offer_id"])
+    assert saga.hold_payment(runtime, lost_mid_saga["offer_id"])  # dropped: risk never sent
+    rejected = base_offer(new_id("lost"), 3) | {"buyer_id": "risky_lost"}
+    intake.submit(runtime, rejected)
+    saga.validate(runtime, rejected["offer_id"])
+    saga.hold_payment(runtime, rejected["offer_id"])
+    assert saga.score_risk(runtime, rejected["offer_id"])  # dropped: no event published, hold not released
+    ids = [lost_at_intake["offer_id"], lost_mid_saga["offer_id"], rejected["offer_id"]]
+
+    # When the single beat runs with a short sweep
+    beat = next(t for t in read_procfile() if t.name == "beat")
+    env = offers_env | {"OFFERS_RECOVERY_INTERVAL_SECONDS": "1", "OFFERS_RECOVERY_AFTER_SECONDS": "1"}
+    with Fleet(env, tmp_path) as fleet:
+        fleet.start(beat)
+
+        # Then the lost offers complete, and the rejected one has its event published and hold released
+        def done() -> bool:
+            with runtime.db.transaction() as conn:
+                rows = {r["offer_id"]: r for r in conn.execute(
+                    "SELECT offer_id, state, hold_status FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+                published = conn.execute(
+                    "SELECT count(*) AS n FROM offer_events WHERE offer_id = %s AND published_at IS NOT NULL",
+                    (rejected["offer_id"],),
+                ).fetchone()["n"]
+            return (
+                rows[ids[0]]["state"] == states.SUBMITTED
+                and rows[ids[1]]["state"] == states.SUBMITTED
+                and rows[ids[2]]["hold_status"] == "released"
+                and published == 1
+            )
+
+        wait_until(done, timeout=60, message=f"the sweep to complete the lost work (beat log in {tmp_path})")
+        assert not fleet.dead(), "beat exited"
+    holds = [h for h in runtime.stripe.list_holds() if h["offer_id"] in ids]
+    assert sorted((h["offer_id"], h["status"]) for h in holds) == sorted(
+        [(ids[0], "requires_capture"), (ids[1], "requires_capture"), (ids[2], "canceled")]
+    )
