@@ -56,15 +56,21 @@ def send_offers(celery_app, prefix: str, count: int) -> list[str]:  # noqa: ANN0
     return [o["offer_id"] for o in offers]
 
 
-def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
-    # Given Sift answers 503 to everything
+def through_sift_outage(celery_app, runtime, sandbox, prefix: str, count: int) -> list[str]:  # noqa: ANN001
+    """Send offers while Sift answers 503 to everything; return once all are dead-lettered."""
     set_fault(sandbox, "sift", status=503, rate=1.0)
     try:
-        ids = send_offers(celery_app, "outage", 20)
-        # Then every offer ends dead-lettered at the risk stage after its retries, its hold kept
+        ids = send_offers(celery_app, prefix, count)
         wait_until(lambda: all_in(runtime, ids, states.DEAD_LETTERED), timeout=90, message="offers to be dead-lettered")
     finally:
         clear_faults(sandbox, "sift")
+    return ids
+
+
+def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+    # Given Sift answered 503 to everything: every offer ends dead-lettered at the risk stage
+    # after its retries, its hold kept
+    ids = through_sift_outage(celery_app, runtime, sandbox, "outage", 20)
     assert {r["hold_status"] for r in rows(runtime, ids).values()} == {"held"}
     entries = dead_letters(runtime, ids)
     assert len(entries) == len(ids)
@@ -120,12 +126,7 @@ def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, run
 
 
 def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
-    set_fault(sandbox, "sift", status=503, rate=1.0)
-    try:
-        ids = send_offers(celery_app, "release", 5)
-        wait_until(lambda: all_in(runtime, ids, states.DEAD_LETTERED), timeout=90, message="offers to be dead-lettered")
-    finally:
-        clear_faults(sandbox, "sift")
+    ids = through_sift_outage(celery_app, runtime, sandbox, "release", 5)
     intents = {r["offer_id"]: r["payment_intent_id"] for r in rows(runtime, ids).values()}
 
     dry = cli("holds", "release", "--dead-lettered", "--dry-run")
