@@ -109,9 +109,3 @@ def migrate(url: str) -> list[Migration]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied
 
-
-def pending_migrations(url: str) -> list[Migration]:
-    with psycopg.connect(url) as conn:
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
-        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
-    return [m for m in migrations() if m.version not in done]

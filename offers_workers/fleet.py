@@ -85,14 +85,6 @@ class Fleet:
     def dead(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.poll() is not None]
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.processes[name]
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
     def stop(self, timeout: float = 20) -> None:
         for proc in self.processes.values():
             if proc.poll() is None:

@@ -6,7 +6,6 @@ transaction: a redelivered task finds the state already moved and changes nothin
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -260,6 +259,3 @@ def offer_history(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any
     ).fetchall()
     return [{"state": r["to_state"], "at": r["at"].isoformat(), "reason": r["reason"], "by": r["actor"]} for r in rows]
 
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -20,6 +20,11 @@ HIGH_RISK = "access-sandbox-high-risk"
 LOGIN_REQUIRED = "access-sandbox-login-required"
 
 
+
+def missing_fields(names: list[str]) -> "PlaidApiError":
+    """Plaid's answer to a request lacking required fields."""
+    return PlaidApiError(400, "INVALID_REQUEST", "MISSING_FIELDS", f"the following required fields are missing: {', '.join(names)}")
+
 class PlaidApiError(Exception):
     def __init__(self, status: int, error_type: str, error_code: str, message: str, display: str | None = None) -> None:
         super().__init__(message)
@@ -86,12 +91,7 @@ class PlaidHandler(PartnerHandler):
         secret = self.headers.get("PLAID-SECRET") or req.get("secret")
         missing = [n for n, v in (("client_id", client_id), ("secret", secret)) if not v]
         if missing:
-            raise PlaidApiError(
-                400,
-                "INVALID_REQUEST",
-                "MISSING_FIELDS",
-                f"the following required fields are missing: {', '.join(missing)}",
-            )
+            raise missing_fields(missing)
         token = req.get("access_token")
         if not isinstance(token, str) or not token:
             raise PlaidApiError(
@@ -164,12 +164,7 @@ class PlaidHandler(PartnerHandler):
             n for n, v in (("account_id", account_id), ("client_transaction_id", txn), ("amount", amount)) if v is None
         ]
         if missing:
-            raise PlaidApiError(
-                400,
-                "INVALID_REQUEST",
-                "MISSING_FIELDS",
-                f"the following required fields are missing: {', '.join(missing)}",
-            )
+            raise missing_fields(missing)
         if not isinstance(txn, str) or not 1 <= len(txn) <= 36:
             raise PlaidApiError(
                 400, "INVALID_REQUEST", "INVALID_FIELD", "client_transaction_id must be 1 to 36 characters"
