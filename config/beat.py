@@ -16,4 +16,10 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             # A sweep that waited longer than one interval is stale; the next one replaces it.
             "options": {"expires": settings.recovery_interval_seconds},
         },
+        "release-expiring-holds": {
+            "task": "offers.release_expiring_holds",
+            "schedule": settings.hold_watch_interval_seconds,
+            "kwargs": {"older_than_s": settings.hold_release_after.total_seconds()},
+            "options": {"expires": settings.hold_watch_interval_seconds},
+        },
     }

@@ -27,6 +27,7 @@ ROUTES: dict[str, str] = {
     "offers.publish_event": "offers.events",
     "offers.release_hold": "offers.payment",
     "offers.recover": "offers.maintenance",
+    "offers.release_expiring_holds": "offers.maintenance",
 }
 QUEUES = sorted(set(ROUTES.values()))
 
@@ -62,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "beat_schedule": beat_schedule(settings),
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "offers_workers.beat:OffersBeatScheduler",
         "redbeat_key_prefix": f"{prefix}redbeat",
         "enable_utc": True,
         "timezone": "UTC",

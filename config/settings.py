@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +127,12 @@ class Settings(BaseSettings):
     #: How often the beat sweeps for stuck work, and how long an open offer may sit before it is re-sent.
     recovery_interval_seconds: float = Field(default=30, gt=0)
     recovery_after_seconds: float = Field(default=300, gt=0)
+
+    #: Holds older than this are released even if their offer is still open: Stripe lets an uncaptured
+    #: card authorization lapse after about 7 days. ISO 8601 ("P6D") or seconds.
+    hold_release_after: timedelta = Field(default=timedelta(days=6), gt=timedelta(0), le=timedelta(days=7))
+    #: How often the beat looks for such holds.
+    hold_watch_interval_seconds: float = Field(default=600, gt=0)
 
     #: Seconds a worker keeps listings and maker policies cached in Redis.
     policy_cache_seconds: int = Field(default=300, ge=0)

@@ -12,6 +12,9 @@ from offers_workers import states
 from offers_workers.runtime import Runtime
 from offers_workers.saga import PUBLISH_EVENT_TASK, RELEASE_HOLD_TASK, Dispatch, hand_on
 
+#: Why a hold was released by the authorization-window job (audit trail, `holds list`).
+AUTHORIZATION_WINDOW = "authorization_window"
+
 #: At most this many offers are re-sent per sweep, so a backlog drains without a flood.
 BATCH = 500
 
@@ -21,7 +24,9 @@ def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
     with rt.db.transaction() as conn:
         stuck = conn.execute(
             "SELECT offer_id, state FROM offers WHERE state = ANY(%(open)s)"
-            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s) ORDER BY updated_at LIMIT %(batch)s",
+            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
+            " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
+            " ORDER BY updated_at LIMIT %(batch)s",
             params,
         ).fetchall()
         events = conn.execute(
@@ -38,3 +43,15 @@ def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
     dispatches += [Dispatch(PUBLISH_EVENT_TASK, {"event_id": row["event_id"]}) for row in events]
     dispatches += [Dispatch(RELEASE_HOLD_TASK, {"offer_id": row["offer_id"]}) for row in holds]
     return dispatches
+
+
+def expiring_holds(rt: Runtime, *, older_than_s: float) -> list[Dispatch]:
+    """Release holds placed longer ago than ``older_than_s``, whatever their offer's state: an
+    authorization Stripe lets lapse is worth nothing, and a released one is at least on record."""
+    with rt.db.transaction() as conn:
+        rows = conn.execute(
+            "SELECT offer_id FROM offers WHERE hold_status = 'held'"
+            " AND payment_held_at < clock_timestamp() - make_interval(secs => %s) ORDER BY payment_held_at LIMIT %s",
+            (older_than_s, BATCH),
+        ).fetchall()
+    return [Dispatch(RELEASE_HOLD_TASK, {"offer_id": row["offer_id"], "reason": AUTHORIZATION_WINDOW}) for row in rows]

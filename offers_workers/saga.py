@@ -244,7 +244,7 @@ def publish_event(rt: Runtime, event_id: str) -> None:
         store.mark_event_published(conn, event_id)
 
 
-def release_hold(rt: Runtime, offer_id: str, *, why: str = "offer ended", actor: str = RELEASE_HOLD_TASK) -> str | None:
+def release_hold(rt: Runtime, offer_id: str, *, why: str = "offer_ended", actor: str = RELEASE_HOLD_TASK) -> str | None:
     """Cancel the offer's PaymentIntent (stable idempotency key) and record it; None if no hold."""
     with rt.db.transaction() as conn:
         offer = store.load_offer(conn, offer_id)

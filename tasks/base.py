@@ -11,7 +11,7 @@ import redis
 from celery import Task
 from celery.exceptions import Retry
 
-from config.retry import policy_for
+from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
 from offers_workers import deadletter, logs
 from offers_workers.errors import PartnerError, TransientError
 from offers_workers.runtime import get_runtime
@@ -19,8 +19,10 @@ from offers_workers.saga import Dispatch
 
 log = logging.getLogger("offers_workers.tasks")
 
-#: Failures worth retrying: partners' transient errors and our own stores being briefly away.
-RETRYABLE = (TransientError, psycopg.OperationalError, psycopg.errors.SerializationFailure, redis.ConnectionError, redis.TimeoutError)
+#: Our own stores briefly away (a Postgres restart, a serialization conflict, Redis failing over).
+STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
+#: Failures worth retrying: partners' transient errors and store outages.
+RETRYABLE = (TransientError, *STORE_ERRORS)
 
 
 class OffersTask(Task):
@@ -36,7 +38,6 @@ class OffersTask(Task):
     from_state: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        policy = policy_for(self.stage)
         context = {"task_id": self.request.id, "stage": self.stage, "attempt": self.request.retries + 1}
         if "offer_id" in kwargs:
             context["offer_id"] = kwargs["offer_id"]
@@ -49,17 +50,45 @@ class OffersTask(Task):
             raise
         except RETRYABLE as exc:
             fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
+            policy = STORE_OUTAGE if isinstance(exc, STORE_ERRORS) else policy_for(self.stage)
             if self.request.retries < policy.max_retries:
-                countdown = policy.countdown(self.request.retries) * get_runtime().settings.retry_delay_scale
-                log.warning("transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)})
-                raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
-            self.dead_letter(exc, kwargs, fields)
+                self.retry_later(exc, policy, fields)
+            self.dead_letter_or_retry(exc, kwargs, fields)
         except Exception as exc:  # noqa: BLE001 - anything unexpected goes to the DLQ, never lost
             fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
-            self.dead_letter(exc, kwargs, fields)
+            self.dead_letter_or_retry(exc, kwargs, fields)
         finally:
             logs.task_context.reset(token)
         return None
+
+    def retry_later(self, exc: BaseException, policy: RetryPolicy, fields: dict[str, Any], *, limit: bool = True) -> None:
+        countdown = policy.countdown(self.request.retries) * get_runtime().settings.retry_delay_scale
+        log.warning("transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)})
+        if not isinstance(exc, STORE_ERRORS):
+            self.note_retry_due(countdown)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries if limit else None)
+
+    def note_retry_due(self, countdown: float) -> None:
+        """Tell the recovery sweep a retry is pending, so it does not start a second chain."""
+        offer_id = self.request.kwargs.get("offer_id") if self.request.kwargs else None
+        if self.from_state is None or not isinstance(offer_id, str):
+            return
+        try:
+            with get_runtime().db.transaction() as conn:
+                conn.execute(
+                    "UPDATE offers SET retry_due_at = clock_timestamp() + make_interval(secs => %s) WHERE offer_id = %s",
+                    (countdown, offer_id),
+                )
+        except STORE_ERRORS:
+            # Only a hint: the retry is sent anyway, and at worst the sweep re-sends the stage too.
+            log.warning("could not note the pending retry", exc_info=True)
+
+    def dead_letter_or_retry(self, exc: BaseException, kwargs: dict[str, Any], fields: dict[str, Any]) -> None:
+        try:
+            self.dead_letter(exc, kwargs, fields)
+        except STORE_ERRORS as store_exc:
+            # The DLQ is in Postgres: while it cannot be written the message stays with the broker.
+            self.retry_later(store_exc, STORE_OUTAGE, fields, limit=False)
 
     def send_all(self, result: Any) -> None:
         if isinstance(result, list):
@@ -68,11 +97,7 @@ class OffersTask(Task):
                     self.app.send_task(dispatch.task, kwargs=dispatch.kwargs)
 
     def dead_letter(self, exc: BaseException, kwargs: dict[str, Any], fields: dict[str, Any]) -> None:
-        log.error(
-            "stage failed; dead-lettered",
-            extra={**fields, "error_type": type(exc).__name__, "error": str(exc)[:500]},
-        )
-        deadletter.record(
+        entry_id = deadletter.record(
             get_runtime(),
             stage=self.stage,
             task_name=self.name,
@@ -81,4 +106,8 @@ class OffersTask(Task):
             traceback_text="".join(traceback.format_exception(exc))[-8000:],
             attempts=self.request.retries + 1,
             from_state=self.from_state,
+        )
+        log.error(
+            "stage failed; dead-lettered",
+            extra={**fields, "error_type": type(exc).__name__, "error": str(exc)[:500], "dead_letter_id": entry_id},
         )

@@ -19,3 +19,11 @@ def recover(self: OffersTask, stuck_after_s: float) -> list[Dispatch]:
     if dispatches:
         log.warning("recovery re-sent work", extra={"messages": len(dispatches)})
     return dispatches
+
+
+@app.task(name="offers.release_expiring_holds", base=OffersTask, bind=True, stage="maintenance")
+def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispatch]:
+    dispatches = recovery.expiring_holds(get_runtime(), older_than_s=older_than_s)
+    if dispatches:
+        log.warning("releasing holds before their authorization lapses", extra={"holds": len(dispatches)})
+    return dispatches

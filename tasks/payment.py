@@ -15,5 +15,5 @@ def hold_payment(self: OffersTask, offer_id: str) -> list[Dispatch]:
 
 
 @app.task(name="offers.release_hold", base=OffersTask, bind=True, stage="compensation")
-def release_hold(self: OffersTask, offer_id: str) -> None:
-    saga.release_hold(get_runtime(), offer_id)
+def release_hold(self: OffersTask, offer_id: str, reason: str = "offer_ended") -> None:
+    saga.release_hold(get_runtime(), offer_id, why=reason)

@@ -75,7 +75,7 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     entries = dead_letters(runtime, ids)
     assert len(entries) == len(ids)
     assert {(e["stage"], e["status"], e["error_type"]) for e in entries} == {("risk", "pending", "TransientError")}
-    assert all(e["attempts"] == 7 for e in entries)  # the first try and six retries
+    assert all(e["attempts"] == 17 for e in entries)  # the first try and sixteen retries
 
     # When the operator replays the risk queue (the fault cleared)
     listed = cli("dlq", "list", "--stage", "risk", "--json")
@@ -119,7 +119,7 @@ def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, run
     finally:
         clear_faults(sandbox, "sift")
     [back] = dead_letters(runtime, [offer_id])
-    assert (back["id"], back["replay_count"], back["attempts"]) == (entry["id"], 1, 14)
+    assert (back["id"], back["replay_count"], back["attempts"]) == (entry["id"], 1, 34)
     assert cli("dlq", "discard", str(entry["id"]), "--reason", "drill").returncode == 0
     assert dead_letters(runtime, [offer_id])[0]["status"] == "discarded"
     assert cli("dlq", "discard", str(entry["id"]), "--reason", "drill").returncode == 1
