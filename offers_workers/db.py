@@ -45,6 +45,8 @@ class Database:
                 kwargs={"row_factory": dict_row, "autocommit": False},
                 # Drop connections that died with a Postgres restart instead of handing them out.
                 check=ConnectionPool.check_connection,
+                # While Postgres is away a task gives up waiting and retries, instead of blocking.
+                timeout=10,
                 open=True,
                 name="offers",
             )

@@ -34,6 +34,15 @@ class EmbeddedPostgres:
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         return self._server.get_uri()
 
+    def restart(self, downtime_s: float = 0) -> None:
+        """Stop the server (fast: open connections are cut), wait, start it again. For drills."""
+        from pgserver._commands import pg_ctl
+
+        assert self._server is not None, "not started"
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        time.sleep(downtime_s)
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()

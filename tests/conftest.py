@@ -21,6 +21,21 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 RUN_ID = secrets.token_hex(4)
 
+#: Figures of the fault drills (tests/integration/test_drills.py), printed at the end of the run.
+DRILL_RESULTS: list[dict[str, Any]] = []
+
+DRILL_COLUMNS = ("drill", "offers", "faults", "lost", "duplicate_holds", "orphan_holds", "dead_lettered", "retries", "swept", "drain_s")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not DRILL_RESULTS:
+        return
+    terminalreporter.section("fault drills")
+    rows = [[str(r.get(c, "")) for c in DRILL_COLUMNS] for r in DRILL_RESULTS]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(DRILL_COLUMNS)]
+    for row in [list(DRILL_COLUMNS), *rows]:
+        terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
 
 def _create_database(server_url: str) -> tuple[str, str]:
     name = f"offers_test_{RUN_ID}"

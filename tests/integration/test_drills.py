@@ -1,0 +1,306 @@
+"""Fault drills: partners flaky or slow, workers killed, Redis flushed, Postgres restarted.
+
+Each drill runs its own fleet (the Procfile's workers and beat) on its own Redis key space, sends a
+mix of sample offers while the fault happens, waits for them to drain, then compares every offer
+with the outcome it was built for and with the PaymentIntents the Stripe sandbox holds: nothing
+lost, no buyer held twice, no hold left on an offer that ended. The figures of each drill are
+printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from config.celery import celery_config
+from config.settings import Settings
+from offers_workers import db, states
+from offers_workers.demo import check, send_samples, settled
+from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
+from offers_workers.fleet import Fleet, ProcessType, read_procfile
+from offers_workers.runtime import Runtime
+from offers_workers.samples import Sample, make_samples
+from offers_workers.sandbox import PARTNERS, clear_faults, get_faults, set_fault
+from offers_workers.stack import load_sample_policy
+from tests.conftest import RUN_ID, DRILL_RESULTS
+
+#: A sweep that notices lost work within seconds, so drills drain in test time.
+FAST_RECOVERY = {"OFFERS_RECOVERY_INTERVAL_SECONDS": "2", "OFFERS_RECOVERY_AFTER_SECONDS": "10"}
+#: A sweep that stays out of the way: what recovers the offers is the retries alone.
+NO_RECOVERY = {"OFFERS_RECOVERY_AFTER_SECONDS": "3600"}
+#: Longer than a task waits for a pooled connection (db.py), so tasks fail and retry.
+DB_DOWNTIME_S = 12
+
+
+@dataclass
+class Drill:
+    name: str
+    env: dict[str, str]
+    runtime: Runtime
+    app: Celery
+    fleet: Fleet
+    types: dict[str, ProcessType]
+    started: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, count: int, seed: int) -> list[Sample]:
+        samples = make_samples(count, f"{self.name}-{RUN_ID}", seed=seed)
+        self.started = time.monotonic()
+        send_samples(lambda offer: self.app.send_task("offers.submit", kwargs={"offer": offer}), samples)
+        self.figures["offers"] = len(samples)
+        return samples
+
+    def settled_count(self, samples: list[Sample]) -> int:
+        return settled(self.runtime, samples)[0]
+
+    def drain(self, samples: list[Sample], timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while self.settled_count(samples) < len(samples) and time.monotonic() < deadline:
+            self.restart_dead_workers()
+            time.sleep(0.25)
+        self.figures["drain_s"] = round(time.monotonic() - self.started, 1)
+
+    def restart_dead_workers(self) -> None:
+        """What a process manager does: a worker that died is started again."""
+        for name, proc in list(self.fleet.processes.items()):
+            if name.startswith("worker") and proc.poll() is not None:
+                _kill_group(proc.pid)  # pool children orphaned by a killed parent go too
+                self.fleet.start(self.types[name])
+
+    def verify(self, samples: list[Sample]) -> dict[str, Any]:
+        """Compare offers with their scenarios and with Stripe; record and return the figures."""
+        done, offers, rejections = settled(self.runtime, samples)
+        ids = {s.offer_id for s in samples}
+        holds: dict[str, list[str]] = defaultdict(list)
+        for pi in self.runtime.stripe.list_holds():
+            if pi["offer_id"] in ids:
+                holds[pi["offer_id"]].append(pi["status"])
+        ended = {o for o, row in offers.items() if row["state"] in states.TERMINAL}
+        problems = check(samples, offers, rejections, holds)
+        self.figures.update(
+            lost=len(samples) - done,
+            dead_lettered=sum(1 for row in offers.values() if row["state"] == states.DEAD_LETTERED),
+            duplicate_holds=sum(len(v) - 1 for v in holds.values() if len(v) > 1),
+            orphan_holds=sum(
+                1 for o, sts in holds.items() for st in sts if st == "requires_capture" and (o not in offers or o in ended)
+            ),
+            wrong_outcome=len(problems),
+            retries=sum(self.retries_logged().values()),
+            swept=self.swept(),
+        )
+        DRILL_RESULTS.append({"drill": self.name, **self.figures})
+        assert problems == [], f"{self.name}: {len(problems)} offers missed their outcome: {problems[:10]}"
+        assert (self.figures["lost"], self.figures["duplicate_holds"], self.figures["orphan_holds"]) == (0, 0, 0)
+        assert self.figures["dead_lettered"] == 0
+        return self.figures
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        """The workers' JSON log records with this message."""
+        records = []
+        for path in self.fleet.log_dir.glob("worker*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if f'"msg": "{message}"' in line:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        pass
+        return records
+
+    def retries_logged(self) -> Counter[str]:
+        """Retries by stage."""
+        return Counter(r.get("stage", "?") for r in self.logged("transient failure; retrying"))
+
+    def swept(self) -> int:
+        """Messages the recovery sweep re-sent."""
+        return sum(r.get("messages", 0) for r in self.logged("recovery re-sent work"))
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("OFFERS_").lower(): v for k, v in env.items() if k.startswith("OFFERS_")})
+
+
+@contextmanager
+def drill(name: str, offers_env: dict[str, str], log_dir: Path, **overrides: str) -> Iterator[Drill]:
+    """The Procfile's workers and beat on their own key space (and the stores given in overrides)."""
+    prefix = f"{offers_env['OFFERS_REDIS_KEY_PREFIX']}{name}:"
+    env = {**offers_env, "OFFERS_REDIS_KEY_PREFIX": prefix, **overrides}
+    settings = _settings(env)
+    app = Celery(f"drill-{name}", set_as_current=False)
+    app.config_from_object(celery_config(settings))
+    runtime = Runtime(settings)
+    types = {t.name: t for t in read_procfile()}
+    fleet = Fleet(env, log_dir)
+    try:
+        for ptype in ("worker", "worker_partners", "beat"):
+            fleet.start(types[ptype])
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5) or []) < 2:
+            assert not fleet.dead(), f"a process exited at start-up; logs in {log_dir}"
+            assert time.monotonic() < deadline, f"workers did not answer a ping; logs in {log_dir}"
+        yield Drill(name, env, runtime, app, fleet, types)
+    finally:
+        fleet.stop()
+        runtime.close()
+        app.close()
+        client = redis.Redis.from_url(settings.broker_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+
+
+@pytest.fixture
+def clean_faults(sandbox: Any) -> Iterator[None]:
+    yield
+    clear_faults(sandbox)
+
+
+def test_flaky_partners_every_offer_reaches_its_outcome(offers_env, sandbox, clean_faults, tmp_path) -> None:  # noqa: ANN001
+    with drill("flaky", offers_env, tmp_path, **NO_RECOVERY) as d:
+        # Given every partner answers 30 % of requests with a 503
+        for partner in PARTNERS:
+            set_fault(sandbox, partner, status=503, rate=0.3)
+        # When 200 offers go through
+        samples = d.send(200, seed=11)
+        d.drain(samples)
+        injected = {p: f["injected"] for p, f in get_faults(sandbox).items()}
+        clear_faults(sandbox)
+        d.figures["faults"] = "30% 503: " + ", ".join(f"{p} {n}" for p, n in injected.items())
+        # Then every offer ends as designed, none dead-lettered, one PaymentIntent at most each
+        d.verify(samples)
+        assert all(n > 0 for n in injected.values()), injected
+        assert sum(d.retries_logged().values()) >= sum(injected.values()) * 0.9
+
+
+def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(offers_env, sandbox, clean_faults, tmp_path) -> None:  # noqa: ANN001
+    with drill("slow", offers_env, tmp_path, OFFERS_PARTNER_READ_TIMEOUT="1", **NO_RECOVERY) as d:
+        # Given every partner answers after 1.5 s, beyond the 1 s read timeout
+        for partner in PARTNERS:
+            set_fault(sandbox, partner, latency_ms=1500)
+        # When offers go in and the partners stay slow for six seconds
+        samples = d.send(60, seed=12)
+        time.sleep(6)
+        requests_while_slow = sum(f["requests"] for f in get_faults(sandbox).values())
+        clear_faults(sandbox)
+        d.figures["faults"] = f"1.5 s latency on every partner for 6 s ({requests_while_slow} requests)"
+        # Then the timeouts were retried as transient failures and every offer completes
+        d.drain(samples)
+        d.verify(samples)
+        retried = d.retries_logged()
+        assert retried["payment"] > 0, retried
+
+
+def test_killed_workers_lose_nothing_and_hold_no_buyer_twice(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
+    with drill("kill", offers_env, tmp_path, **FAST_RECOVERY) as d:
+        # When workers (pool children and whole worker processes) are killed with SIGKILL,
+        # over and over, while 300 offers go through, and restarted as a supervisor would
+        samples = d.send(300, seed=13)
+        rng = random.Random(RUN_ID)
+        kills: Counter[str] = Counter()
+        while d.settled_count(samples) < len(samples) and sum(kills.values()) < 12:
+            time.sleep(rng.uniform(1.0, 2.0))
+            d.restart_dead_workers()
+            name, pid = rng.choice(_worker_processes(d.fleet))
+            os.kill(pid, signal.SIGKILL)
+            kills[name] += 1
+        d.figures["faults"] = "kill -9: " + ", ".join(f"{n} x{k}" for n, k in sorted(kills.items()))
+        d.drain(samples)
+        # Then every offer reaches its outcome: 0 lost, 0 duplicate holds, 0 orphan holds
+        d.verify(samples)
+        assert sum(kills.values()) >= 5, kills
+
+
+def _worker_processes(fleet: Fleet) -> list[tuple[str, int]]:
+    found = []
+    for name, proc in fleet.processes.items():
+        if name.startswith("worker") and proc.poll() is None:
+            found.append((name, proc.pid))
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            if children.exists():
+                found += [(f"{name} pool child", int(pid)) for pid in children.read_text().split()]
+    return found
+
+
+def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
+    private = EmbeddedRedis(tmp_path / "redis")
+    url = private.start()
+    try:
+        with drill("flush", offers_env, tmp_path / "logs", OFFERS_BROKER_URL=url, **FAST_RECOVERY) as d:
+            samples = d.send(150, seed=14)
+            # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
+            # once intake has recorded every message and the saga is mid-way
+            _wait(lambda: _intake_done(d.runtime, samples), "intake to record every message")
+            open_at_flush = _open_offers(d.runtime, samples)
+            redis.Redis.from_url(url).flushall()
+            d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga"
+            # Then the recovery sweep finds them in Postgres and every offer completes
+            d.drain(samples)
+            d.verify(samples)
+            assert open_at_flush > 0, "the flush came too late to test anything"
+            assert d.figures["swept"] > 0
+            assert not d.fleet.dead(), "a process died after the flush"
+    finally:
+        private.stop()
+
+
+def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
+    private = EmbeddedPostgres(tmp_path / "pg")
+    url = private.start()
+    db.migrate(url)
+    settings = _settings({**offers_env, "OFFERS_DATABASE_URL": url})
+    load_sample_policy(settings)
+    try:
+        with drill("pgrestart", offers_env, tmp_path / "logs", OFFERS_DATABASE_URL=url, **NO_RECOVERY) as d:
+            samples = d.send(150, seed=15)
+            # When Postgres stops (fast shutdown: every connection cut) mid-run, for longer than a
+            # task waits for a pooled connection
+            _wait(lambda: d.settled_count(samples) >= 10, "the first offers to settle")
+            open_at_restart = _open_offers(d.runtime, samples)
+            private.restart(downtime_s=DB_DOWNTIME_S)
+            d.figures["faults"] = f"Postgres down {DB_DOWNTIME_S} s with {open_at_restart} offers open"
+            # Then the stages retry until it is back, and every offer completes
+            d.drain(samples)
+            d.verify(samples)
+            assert d.retries_logged()["intake"] + d.retries_logged()["validation"] > 0
+    finally:
+        private.stop()
+
+
+def _wait(predicate, message: str, timeout: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {message}"
+        time.sleep(0.05)
+
+
+def _intake_done(rt: Runtime, samples: list[Sample]) -> bool:
+    _, offers, rejections = settled(rt, samples)
+    return all(
+        (s.scenario.state is None or s.offer_id in offers)
+        and (s.scenario.intake_rejection is None or s.scenario.intake_rejection in rejections.get(s.offer_id, []))
+        for s in samples
+    )
+
+
+def _open_offers(rt: Runtime, samples: list[Sample]) -> int:
+    _, offers, _ = settled(rt, samples)
+    return sum(1 for row in offers.values() if row["state"] in states.OPEN)
