@@ -1,4 +1,5 @@
-"""Recovery: an offer whose message was lost is completed by the beat's sweep, from Postgres alone."""
+"""Recovery from the beat: lost work completed from Postgres alone, and holds released before
+Stripe lets their authorization lapse."""
 
 from __future__ import annotations
 
@@ -56,3 +57,34 @@ def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, off
     assert sorted((h["offer_id"], h["status"]) for h in holds) == sorted(
         [(ids[0], "requires_capture"), (ids[1], "requires_capture"), (ids[2], "canceled")]
     )
+
+
+def test_holds_are_released_before_their_authorization_window_lapses(celery_app, runtime, offers_env, tmp_path) -> None:  # noqa: ANN001
+    # Given card offers submitted, each holding its buyer's card
+    offers = [base_offer(new_id("window"), n) for n in range(3)]
+    for offer in offers:
+        celery_app.send_task("offers.submit", kwargs={"offer": offer})
+    ids = [o["offer_id"] for o in offers]
+
+    def rows() -> dict[str, dict]:
+        with runtime.db.transaction() as conn:
+            return {r["offer_id"]: r for r in conn.execute(
+                "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+
+    wait_until(lambda: all(r["state"] == states.SUBMITTED for r in rows().values()) and len(rows()) == 3, message="submitted")
+    intents = {r["payment_intent_id"] for r in rows().values()}
+    assert {runtime.stripe.get_hold(pi).status for pi in intents} == {"requires_capture"}
+
+    # When the beat runs with an authorization window of two seconds
+    beat = next(t for t in read_procfile() if t.name == "beat")
+    env = offers_env | {"OFFERS_HOLD_RELEASE_AFTER": "2", "OFFERS_HOLD_WATCH_INTERVAL_SECONDS": "1"}
+    with Fleet(env, tmp_path) as fleet:
+        fleet.start(beat)
+        # Then each hold is cancelled at Stripe and recorded as released for that reason
+        wait_until(lambda: {r["hold_status"] for r in rows().values()} == {"released"}, message=f"holds released (logs in {tmp_path})")
+    assert {runtime.stripe.get_hold(pi).status for pi in intents} == {"canceled"}
+    assert {r["state"] for r in rows().values()} == {states.SUBMITTED}
+    with runtime.db.transaction() as conn:
+        reasons = [r["reason"] for r in conn.execute(
+            "SELECT reason FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'hold_released'", (ids,))]
+    assert reasons == ["authorization_window"] * 3

@@ -92,3 +92,16 @@ def test_retry_countdowns_stay_within_their_caps() -> None:
     for policy in POLICIES.values():
         for retries in range(policy.max_retries + 1):
             assert 0 < policy.countdown(retries) <= policy.max_delay
+
+
+def test_the_hold_window_takes_iso_durations_and_refuses_one_past_stripes(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    assert load_settings().hold_release_after.days == 6
+    clean_env.setenv("OFFERS_HOLD_RELEASE_AFTER", "P5DT12H")
+    assert load_settings().hold_release_after.total_seconds() == 5.5 * 86400
+    clean_env.setenv("OFFERS_HOLD_RELEASE_AFTER", "3600")
+    assert load_settings().hold_release_after.total_seconds() == 3600
+    # Stripe lets an uncaptured authorization lapse after about seven days
+    clean_env.setenv("OFFERS_HOLD_RELEASE_AFTER", "P8D")
+    with pytest.raises(ConfigError, match="OFFERS_HOLD_RELEASE_AFTER"):
+        load_settings()
