@@ -401,16 +401,21 @@ def _holds(rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def holds_list(as_json: bool) -> None:
     """Offers holding a card authorization, oldest first."""
-    rows = _holds(runtime_or_exit())
+    rt = runtime_or_exit()
+    rows = _holds(rt)
+    for r in rows:
+        # When the beat releases it at the latest (OFFERS_HOLD_RELEASE_AFTER), before Stripe lets it lapse.
+        r["release_due_at"] = r["payment_held_at"] + rt.settings.hold_release_after if r["payment_held_at"] else None
     if as_json:
         print_json(rows)
         return
     table = Table(title=f"{len(rows)} active hold(s)")
-    for col in ("offer_id", "state", "payment_intent_id", "amount", "held since"):
+    for col in ("offer_id", "state", "payment_intent_id", "amount", "held since", "released by"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["offer_id"], r["state"], r["payment_intent_id"], f"{r['amount_cents'] / 100:,.2f} {r['currency']}",
-                      r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "")
+                      r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "",
+                      r["release_due_at"].isoformat()[:19] if r["release_due_at"] else "")
     console.print(table)
 
 

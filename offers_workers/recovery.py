@@ -22,11 +22,15 @@ BATCH = 500
 def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
     params = {"open": list(states.OPEN), "ended": list(states.TERMINAL), "age": stuck_after_s, "batch": BATCH}
     with rt.db.transaction() as conn:
+        # The re-send counts as a pending retry: an offer that is merely queued behind a backlog
+        # gets one more message per `age`, not one per sweep; SKIP LOCKED lets two sweeps overlap.
         stuck = conn.execute(
-            "SELECT offer_id, state FROM offers WHERE state = ANY(%(open)s)"
+            "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
+            " SELECT offer_id FROM offers WHERE state = ANY(%(open)s)"
             " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
             " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
-            " ORDER BY updated_at LIMIT %(batch)s",
+            " ORDER BY updated_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING offer_id, state",
             params,
         ).fetchall()
         events = conn.execute(

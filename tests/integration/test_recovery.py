@@ -3,9 +3,11 @@ Stripe lets their authorization lapse."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from offers_workers import intake, saga, states
+from offers_workers import intake, recovery, saga, states
 from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
 from tests.conftest import new_id, wait_until
@@ -88,3 +90,24 @@ def test_holds_are_released_before_their_authorization_window_lapses(celery_app,
         reasons = [r["reason"] for r in conn.execute(
             "SELECT reason FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'hold_released'", (ids,))]
     assert reasons == ["authorization_window"] * 3
+
+
+def test_the_sweep_leaves_offers_with_a_pending_retry_alone_and_resends_each_once_per_window(runtime) -> None:  # noqa: ANN001
+    offer = base_offer(new_id("sweep"), 1)
+    intake.submit(runtime, offer)  # its validation message dropped
+    offer_id = offer["offer_id"]
+
+    def swept() -> bool:
+        return any(d.kwargs.get("offer_id") == offer_id for d in recovery.sweep(runtime, stuck_after_s=1))
+
+    time.sleep(1.1)
+    assert swept()
+    # Re-sent once: the next sweeps within the window leave it to that message
+    assert not swept()
+    time.sleep(1.1)
+    assert swept()
+    # A stage retry due later keeps the sweep away until it is overdue
+    with runtime.db.transaction() as conn:
+        conn.execute("UPDATE offers SET retry_due_at = clock_timestamp() + interval '30 seconds' WHERE offer_id = %s", (offer_id,))
+    time.sleep(1.1)
+    assert not swept()
