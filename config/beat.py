@@ -16,6 +16,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             # A sweep that waited longer than one interval is stale; the next one replaces it.
             "options": {"expires": settings.recovery_interval_seconds},
         },
+        "expire-offers-past-maker-sla": {
+            "task": "offers.expire_offers",
+            "schedule": settings.sla_check_interval_seconds,
+            "options": {"expires": settings.sla_check_interval_seconds},
+        },
         "release-expiring-holds": {
             "task": "offers.release_expiring_holds",
             "schedule": settings.hold_watch_interval_seconds,

@@ -15,8 +15,6 @@ from config.retry import LONGEST_COUNTDOWN
 from config.settings import ConfigError, Settings
 from offers_workers.states import STAGES
 
-#: Longest a task may run before the worker kills it (prefork pool).
-TASK_TIME_LIMIT = 120
 
 #: Task name → queue. Upstream services depend on the first three names and queues.
 ROUTES: dict[str, str] = {
@@ -28,6 +26,7 @@ ROUTES: dict[str, str] = {
     "offers.release_hold": "offers.payment",
     "offers.recover": "offers.maintenance",
     "offers.release_expiring_holds": "offers.maintenance",
+    "offers.expire_offers": "offers.maintenance",
 }
 QUEUES = sorted(set(ROUTES.values()))
 
@@ -35,14 +34,19 @@ QUEUES = sorted(set(ROUTES.values()))
 def celery_config(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url:
         raise ConfigError("invalid configuration: OFFERS_BROKER_URL is required")
-    # Redis re-delivers an unacked message after the visibility timeout: it must exceed the
-    # longest task plus the longest retry countdown, or a slow task runs twice at once.
-    visibility_timeout = 10 * (TASK_TIME_LIMIT + LONGEST_COUNTDOWN)
+    visibility_timeout = broker_visibility_timeout(settings)
+    time_limit = settings.task_time_limit_seconds
     prefix = settings.redis_key_prefix
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": visibility_timeout, "global_keyprefix": prefix},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "global_keyprefix": prefix,
+            # Look for messages of dead workers ten times per timeout, not every 100 s (kombu's default).
+            "unacked_restore_interval": max(1, visibility_timeout // 10),
+            "unacked_restore_throttle": 1,
+        },
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -51,8 +55,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
-        "task_time_limit": TASK_TIME_LIMIT,
-        "task_soft_time_limit": TASK_TIME_LIMIT - 15,
+        "task_time_limit": time_limit,
+        "task_soft_time_limit": max(1, time_limit - 15),
         "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
         "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
         "task_default_queue": "offers.intake",
@@ -75,3 +79,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
     return config
+
+
+def broker_visibility_timeout(settings: Settings) -> int:
+    """Seconds before Redis hands an unacked message (a dead worker's) to another worker.
+
+    It must exceed the longest a healthy worker keeps a message unacked: the task's time limit
+    plus the longest retry countdown it holds the message for, or a slow task runs twice at once.
+    Shorter brings a killed worker's messages back sooner.
+    """
+    floor = settings.task_time_limit_seconds + LONGEST_COUNTDOWN * settings.retry_delay_scale
+    if settings.broker_visibility_timeout_seconds is None:
+        return int(2 * floor)
+    if settings.broker_visibility_timeout_seconds <= floor:
+        raise ConfigError(
+            f"invalid configuration: OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed the task time limit plus"
+            f" the longest retry countdown ({floor:.0f} s)"
+        )
+    return settings.broker_visibility_timeout_seconds

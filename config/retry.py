@@ -35,6 +35,7 @@ PARTNER = RetryPolicy(max_retries=16, base_delay=1, max_delay=60)
 #: Per stage (DLQ stage names), for a partner's transient errors.
 POLICIES: dict[str, RetryPolicy] = {
     "intake": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
+    "cancellation": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
     "validation": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
     "payment": PARTNER,
     "risk": PARTNER,

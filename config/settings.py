@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     #: A Plaid Signal return-risk score (1-99) at or above this blocks a bank-funded offer.
     return_risk_block_threshold: int = Field(default=80, ge=1, le=99)
 
+    #: Longest a task may run before the worker stops it.
+    task_time_limit_seconds: int = Field(default=120, ge=5, le=3600)
+    #: Redis broker: seconds before a dead worker's unacked messages go to another worker.
+    #: Unset: twice the task time limit plus the longest retry countdown.
+    broker_visibility_timeout_seconds: int | None = Field(default=None, gt=0)
+
     #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
     retry_delay_scale: float = Field(default=1.0, gt=0, le=10)
 
@@ -133,6 +139,19 @@ class Settings(BaseSettings):
     hold_release_after: timedelta = Field(default=timedelta(days=6), gt=timedelta(0), le=timedelta(days=7))
     #: How often the beat looks for such holds.
     hold_watch_interval_seconds: float = Field(default=600, gt=0)
+    #: How often the beat cancels submitted offers past their maker's SLA window (policy sla_hours).
+    sla_check_interval_seconds: float = Field(default=60, gt=0)
+
+    # High-value cancellation watch (`stats`, `health`).
+    #: An offer of at least this amount (minor units) is high-value.
+    high_value_cents: int = Field(default=100_000, gt=0)
+    #: Recent window, and the trailing window it is compared with.
+    cancel_spike_window_seconds: float = Field(default=3600, gt=0)
+    cancel_spike_trailing_seconds: float = Field(default=86400, gt=0)
+    #: A spike: the recent window's rate of high-value cancellations is at least this many times the
+    #: trailing rate, and there are at least `cancel_spike_min` of them.
+    cancel_spike_ratio: float = Field(default=3.0, gt=1)
+    cancel_spike_min: int = Field(default=5, ge=1)
 
     #: Seconds a worker keeps listings and maker policies cached in Redis.
     policy_cache_seconds: int = Field(default=300, ge=0)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from offers_workers import states, store
+from offers_workers import cancellation, states, store
 from offers_workers.payload import (
     RAW_BODY_KEEP_BYTES,
     FieldError,
@@ -33,7 +33,8 @@ OFFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 @dataclass(frozen=True)
 class IntakeResult:
-    """``outcome`` is ``accepted``, ``duplicate``, ``duplicate_conflict`` or ``invalid_payload``."""
+    """``outcome``: ``accepted``, ``cancelled`` (a cancel came first), ``duplicate``,
+    ``duplicate_conflict`` or ``invalid_payload``."""
 
     outcome: str
     offer_id: str | None
@@ -71,8 +72,12 @@ def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dic
         return _reject(rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=_claimed_offer_id(raw))
 
     with rt.db.transaction() as conn:
+        cancellation.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
         if store.insert_offer(conn, offer, raw, actor=ACTOR):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
+            cancelled = cancellation.apply_tombstone(conn, offer.offer_id)
+            if cancelled is not None:
+                return IntakeResult("cancelled", offer.offer_id, cancelled)
             return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED))
         existing = conn.execute(
             "SELECT body_sha256, state FROM offers WHERE offer_id = %s", (offer.offer_id,)

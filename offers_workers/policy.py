@@ -30,7 +30,8 @@ class MakerPolicy(BaseModel):
     #: Offers under this percentage of the asking price are rejected without bothering the maker.
     auto_reject_below_pct: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=2)
     accepts_bank_payments: bool = True
-    sla_hours: int = Field(default=48, gt=0)
+    #: Hours a maker has to answer a submitted offer before it is cancelled ``maker_sla_expired``.
+    sla_hours: Decimal = Field(default=Decimal(48), gt=0, lt=100000, decimal_places=3)
 
 
 class Listing(BaseModel):

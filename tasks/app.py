@@ -12,6 +12,7 @@ from offers_workers import logs
 
 TASK_MODULES = [
     "tasks.intake",
+    "tasks.cancellation",
     "tasks.validation",
     "tasks.payment",
     "tasks.risk",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from offers_workers import recovery
+from offers_workers import cancellation, recovery
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import Dispatch
 from tasks.app import app
@@ -26,4 +26,12 @@ def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispat
     dispatches = recovery.expiring_holds(get_runtime(), older_than_s=older_than_s)
     if dispatches:
         log.warning("releasing holds before their authorization lapses", extra={"holds": len(dispatches)})
+    return dispatches
+
+
+@app.task(name="offers.expire_offers", base=OffersTask, bind=True, stage="maintenance")
+def expire_offers(self: OffersTask) -> list[Dispatch]:
+    dispatches = cancellation.expire_overdue(get_runtime())
+    if dispatches:
+        log.info("offers past their maker's SLA cancelled", extra={"messages": len(dispatches)})
     return dispatches

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from config.retry import POLICIES, LONGEST_COUNTDOWN
-from config.celery import TASK_TIME_LIMIT, celery_config
+from config.celery import celery_config
 from config.settings import ConfigError, load_settings
 
 
@@ -85,7 +85,18 @@ def test_celery_is_json_only_with_late_acks(clean_env: pytest.MonkeyPatch) -> No
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1
-    assert config["broker_transport_options"]["visibility_timeout"] > TASK_TIME_LIMIT + LONGEST_COUNTDOWN
+    assert config["broker_transport_options"]["visibility_timeout"] > config["task_time_limit"] + LONGEST_COUNTDOWN
+
+
+def test_a_visibility_timeout_shorter_than_a_task_can_hold_a_message_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:6379/0")
+    clean_env.setenv("OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS", "60")
+    with pytest.raises(ConfigError, match="OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed"):
+        celery_config(load_settings())
+    clean_env.setenv("OFFERS_TASK_TIME_LIMIT_SECONDS", "20")
+    clean_env.setenv("OFFERS_RETRY_DELAY_SCALE", "0.1")
+    assert celery_config(load_settings())["broker_transport_options"]["visibility_timeout"] == 60
 
 
 def test_retry_countdowns_stay_within_their_caps() -> None:
