@@ -168,6 +168,23 @@ def submit(source: str) -> None:
     click.echo(f"sent {len(messages)} offer(s) to offers.intake")
 
 
+@main.command()
+@click.argument("offer_id")
+@click.option("--reason", required=True, type=click.Choice(["buyer_withdrew", "maker_rejected", "ops"]), help="Why.")
+@click.option("--actor", default="ops", show_default=True, type=click.Choice(["buyer", "maker", "ops"]), help="Who asks.")
+def cancel(offer_id: str, reason: str, actor: str) -> None:
+    """Send offers.cancel for OFFER_ID, as an upstream service would."""
+    from offers_workers.intake import OFFER_ID
+
+    if not OFFER_ID.fullmatch(offer_id):
+        fail(f"{offer_id!r} is not an offer id (1-64 letters, digits, '_' or '-')", 2)
+    settings_or_exit()
+    from tasks.app import app
+
+    app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": reason, "actor": actor})
+    click.echo(f"sent offers.cancel for {offer_id} ({reason}, by {actor}) to offers.intake")
+
+
 # --- offers, intake ----------------------------------------------------------------------------
 
 
@@ -449,6 +466,125 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
             released += 1
             click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
     click.echo(f"{released} hold(s) released")
+
+
+# --- stats, health -------------------------------------------------------------------------------
+
+#: The runbook's symptom and first checks for each health check.
+RUNBOOK = {
+    "high_value_cancellations": (
+        "High-Value Cancellation Spike",
+        [
+            "Look at the reason distribution above (`offers-workers stats --window 1h`).",
+            "Confirm the maker policies are not misconfigured (auto-reject threshold, SLA window).",
+            "Talk to the Maker Success team if it is a legitimate business shift.",
+        ],
+    ),
+}
+
+
+def _spike(rt: Runtime, conn: Any) -> Any:
+    from offers_workers import reports
+
+    s = rt.settings
+    return reports.cancellation_spike(
+        conn,
+        high_value_cents=s.high_value_cents,
+        window_s=s.cancel_spike_window_seconds,
+        trailing_s=s.cancel_spike_trailing_seconds,
+        ratio=s.cancel_spike_ratio,
+        minimum=s.cancel_spike_min,
+    )
+
+
+@main.command()
+@click.option("--window", default="1h", show_default=True, help="How far back to look (30m, 1h, 7d).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(window: str, as_json: bool) -> None:
+    """Offers by state and reason, success rate, cancellations by reason and value band."""
+    from offers_workers import reports
+
+    age = parse_duration(window)
+    rt = runtime_or_exit()
+    scope = reports.Scope(since=datetime.now(timezone.utc) - age)
+    with rt.db.transaction() as conn:
+        outcomes = reports.outcome_counts(conn, scope)
+        rate = reports.success_rate(conn, scope)
+        cancelled = reports.cancellations(conn, scope)
+        spike = _spike(rt, conn)
+    figures = {
+        "window": window,
+        "offers_by_state": outcomes,
+        "success_rate": rate,
+        "cancellations": cancelled,
+        "high_value_cancellations": {
+            "threshold_cents": rt.settings.high_value_cents,
+            "recent": spike.recent,
+            "trailing_rate": round(spike.trailing_rate, 2),
+            "ratio": spike.ratio,
+            "spike": spike.spike,
+        },
+    }
+    if as_json:
+        print_json(figures)
+        return
+    table = Table(title=f"Offers received in the last {window}")
+    for col in ("state", "reason", "offers"):
+        table.add_column(col, justify="right" if col == "offers" else "left")
+    for row in outcomes:
+        table.add_row(row["state"], row["reason"] or "", f"{row['offers']:,}")
+    console.print(table)
+    console.print(f"success rate {rate:.1%}" if rate is not None else "success rate -")
+    reasons = Table(title=f"Cancellations in the last {window}, by reason")
+    for col in ("reason", "offers", "amount"):
+        reasons.add_column(col, justify="left" if col == "reason" else "right")
+    for row in cancelled["by_reason"]:
+        reasons.add_row(row["reason"] or "", f"{row['offers']:,}", f"{(row['amount_cents'] or 0) / 100:,.2f}")
+    console.print(reasons)
+    bands = Table(title="… by value band (offer amount, major units)")
+    bands.add_column("band")
+    bands.add_column("offers", justify="right")
+    for row in cancelled["by_value_band"]:
+        bands.add_row(row["band"], f"{row['offers']:,}")
+    console.print(bands)
+    console.print(
+        f"high-value cancellations (≥ {rt.settings.high_value_cents / 100:,.0f}): {spike.recent} in the last"
+        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {spike.trailing_rate:.1f} per window trailing"
+        + (" — [red]spike[/red]" if spike.spike else "")
+    )
+
+
+@main.command()
+def health() -> None:
+    """Check the runbook's thresholds; exit 1 on a breach, naming the symptom and its first checks."""
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        spike = _spike(rt, conn)
+    s = rt.settings
+    checks = [
+        (
+            "high_value_cancellations",
+            f"{spike.recent} in {s.cancel_spike_window_seconds / 3600:g} h ({spike.trailing_rate:.1f} trailing)",
+            f"< {s.cancel_spike_ratio:g}× trailing or < {s.cancel_spike_min}",
+            not spike.spike,
+        ),
+    ]
+    table = Table(title="Health")
+    for col in ("check", "value", "threshold", "status"):
+        table.add_column(col)
+    for name, value, threshold, ok in checks:
+        table.add_row(name, value, threshold, "[green]ok[/green]" if ok else "[red]BREACH[/red]")
+    console.print(table)
+    breaches = [name for name, _, _, ok in checks if not ok]
+    for name in breaches:
+        symptom, first_checks = RUNBOOK[name]
+        console.print(f"[bold red]Runbook symptom: {symptom}[/bold red]")
+        if name == "high_value_cancellations" and spike.by_reason:
+            console.print("  reasons: " + ", ".join(f"{r} {n}" for r, n in spike.by_reason.items()))
+        for n, step in enumerate(first_checks, 1):
+            console.print(f"  {n}. {step}")
+    if breaches:
+        sys.exit(1)
 
 
 # --- sandbox, dev, demo --------------------------------------------------------------------------

@@ -90,3 +90,88 @@ def open_offers(conn: psycopg.Connection, scope: Scope) -> int:
     where, params = scope.where()
     query = sql.SQL("SELECT count(*) AS n FROM offers WHERE state = ANY(%s) AND {}").format(where)
     return conn.execute(query, [list(states.OPEN), *params]).fetchone()["n"]
+
+
+# --- cancellations and the high-value watch ---------------------------------------------------------
+
+#: Value bands of cancelled offers, in minor units of their currency: (label, from, below).
+VALUE_BANDS = (
+    ("under 100", 0, 10_000),
+    ("100 – 999", 10_000, 100_000),
+    ("1,000 – 9,999", 100_000, 1_000_000),
+    ("10,000 and over", 1_000_000, None),
+)
+
+
+def _cancel_scope(scope: Scope) -> tuple[sql.Composable, list[Any]]:
+    # Cancellations are counted by when they happened, not when the offer came in.
+    clauses: list[sql.Composable] = [sql.SQL("state = 'cancelled'")]
+    params: list[Any] = []
+    if scope.offer_id_prefix:
+        clauses.append(sql.SQL("offer_id LIKE %s"))
+        params.append(scope.offer_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%")
+    if scope.since is not None:
+        clauses.append(sql.SQL("cancelled_at >= %s"))
+        params.append(scope.since)
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def cancellations(conn: psycopg.Connection, scope: Scope) -> dict[str, list[dict[str, Any]]]:
+    """Cancelled offers by reason and by value band."""
+    where, params = _cancel_scope(scope)
+    by_reason = conn.execute(
+        sql.SQL("SELECT reason, count(*) AS offers, sum(amount_cents) AS amount_cents FROM offers WHERE {}"
+                " GROUP BY reason ORDER BY count(*) DESC, reason").format(where),
+        params,
+    ).fetchall()
+    bands = []
+    for label, low, high in VALUE_BANDS:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) AS offers FROM offers WHERE {} AND amount_cents >= %s AND (%s::bigint IS NULL OR amount_cents < %s)").format(where),
+            [*params, low, high, high],
+        ).fetchone()
+        bands.append({"band": label, "offers": row["offers"]})
+    return {"by_reason": by_reason, "by_value_band": bands}
+
+
+@dataclass(frozen=True)
+class SpikeCheck:
+    recent: int
+    #: High-value cancellations per recent-window length over the trailing window.
+    trailing_rate: float
+    ratio: float | None
+    spike: bool
+    by_reason: dict[str, int]
+
+
+def cancellation_spike(
+    conn: psycopg.Connection,
+    *,
+    high_value_cents: int,
+    window_s: float,
+    trailing_s: float,
+    ratio: float,
+    minimum: int,
+    offer_id_prefix: str | None = None,
+) -> SpikeCheck:
+    """Compare the recent window's high-value cancellations with the trailing window's rate."""
+    prefix = (offer_id_prefix or "").replace("%", r"\%").replace("_", r"\_") + "%"
+    row = conn.execute(
+        """
+        SELECT count(*) FILTER (WHERE cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s)) AS recent,
+               count(*) FILTER (WHERE cancelled_at < clock_timestamp() - make_interval(secs => %(w)s)) AS trailing
+        FROM offers
+        WHERE state = 'cancelled' AND amount_cents >= %(hv)s AND offer_id LIKE %(prefix)s
+          AND cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s + %(t)s)
+        """,
+        {"w": window_s, "t": trailing_s, "hv": high_value_cents, "prefix": prefix},
+    ).fetchone()
+    reasons = conn.execute(
+        "SELECT reason, count(*) AS n FROM offers WHERE state = 'cancelled' AND amount_cents >= %s AND offer_id LIKE %s"
+        " AND cancelled_at >= clock_timestamp() - make_interval(secs => %s) GROUP BY reason ORDER BY count(*) DESC",
+        (high_value_cents, prefix, window_s),
+    ).fetchall()
+    trailing_rate = row["trailing"] * window_s / trailing_s
+    observed = row["recent"] / trailing_rate if trailing_rate else None
+    spike = row["recent"] >= minimum and (observed is None or observed >= ratio)
+    return SpikeCheck(row["recent"], trailing_rate, observed, spike, {r["reason"]: r["n"] for r in reasons})

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 RUN_ID = secrets.token_hex(4)
 

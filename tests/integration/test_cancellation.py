@@ -1,0 +1,307 @@
+"""Cancellation at any moment: real worker processes, real Postgres and Redis, the sandbox, and
+events read back from the bus.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import yaml
+
+from offers_workers import cancellation, intake, reports, states
+from offers_workers.fleet import Fleet, read_procfile
+from offers_workers.samples import base_offer
+from offers_workers.sandbox import clear_faults, set_fault
+from tests.bus import BusReader
+from tests.conftest import RUN_ID, new_id, wait_until
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def offers(runtime, ids: list[str]) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return {r["offer_id"]: r for r in conn.execute(
+            "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+
+
+def settled_cancelled(runtime, ids: list[str]) -> bool:  # noqa: ANN001
+    """Every offer cancelled, no hold left held, its offer.cancelled event published."""
+    rows = offers(runtime, ids)
+    if len(rows) < len(ids) or any(r["state"] != states.CANCELLED or r["hold_status"] == "held" for r in rows.values()):
+        return False
+    with runtime.db.transaction() as conn:
+        published = conn.execute(
+            "SELECT count(*) AS n FROM offer_events WHERE offer_id = ANY(%s) AND detail_type = 'offer.cancelled'"
+            " AND published_at IS NOT NULL",
+            (ids,),
+        ).fetchone()["n"]
+    return published == len(ids)
+
+
+def holds_by_offer(runtime, ids: list[str]) -> dict[str, list[str]]:  # noqa: ANN001
+    found: dict[str, list[str]] = {}
+    for pi in runtime.stripe.list_holds():
+        if pi["offer_id"] in ids:
+            found.setdefault(pi["offer_id"], []).append(pi["status"])
+    return found
+
+
+def cancelled_events(bus: BusReader, ids: list[str]) -> tuple[Counter[str], Counter[str]]:
+    """offer.cancelled events per offer on the EventBridge bus, and on the SNS offers-cancelled topic."""
+    received = bus.drain()
+    on_bus = Counter(e["detail"]["offer_id"] for e in received["bus"] if e["detail-type"] == "offer.cancelled" and e["detail"]["offer_id"] in ids)
+    on_sns = Counter(m["detail"]["offer_id"] for m in received["sns_cancelled"] if m["detail"]["offer_id"] in ids)
+    return on_bus, on_sns
+
+
+@pytest.fixture(scope="module")
+def bus(settings) -> BusReader:  # noqa: ANN001
+    return BusReader(settings)
+
+
+def test_offers_cancelled_at_random_moments_all_end_cancelled_once(celery_app, runtime, bus) -> None:  # noqa: ANN001
+    # Given 200 card offers, each with a cancel sent at a random moment: before its submit, while
+    # the saga runs, or once it is submitted
+    rng = random.Random(RUN_ID)
+    all_ids = [new_id("race") for _ in range(200)]
+    timeline: list[tuple[float, str, str]] = []
+    after_submitted: list[str] = []
+    for n, offer_id in enumerate(all_ids):
+        at = n * 0.02
+        moment = rng.random()
+        timeline.append((at, "submit", offer_id))
+        if moment < 0.15:
+            timeline.append((at - rng.uniform(0.001, 0.2), "cancel", offer_id))
+        elif moment < 0.75:
+            timeline.append((at + rng.uniform(0, 1.5), "cancel", offer_id))
+        else:
+            after_submitted.append(offer_id)
+    timeline.sort()
+    payloads = {offer_id: base_offer(offer_id, n) for n, offer_id in enumerate(all_ids)}
+
+    def cancel(offer_id: str) -> None:
+        celery_app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": "buyer_withdrew", "actor": "buyer"})
+
+    def cancel_once_submitted() -> None:
+        waiting = set(after_submitted)
+        deadline = time.monotonic() + 120
+        while waiting and time.monotonic() < deadline:
+            for offer_id, row in offers(runtime, list(waiting)).items():
+                if row["state"] == states.SUBMITTED:
+                    cancel(offer_id)
+                    waiting.discard(offer_id)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=cancel_once_submitted)
+    started = time.monotonic()
+    watcher.start()
+    base = time.monotonic() + 0.2
+    for at, kind, offer_id in timeline:
+        time.sleep(max(0.0, base + at - time.monotonic()))
+        if kind == "submit":
+            celery_app.send_task("offers.submit", kwargs={"offer": payloads[offer_id]})
+        else:
+            cancel(offer_id)
+    watcher.join()
+
+    # Then every offer ends cancelled, its hold released and its event published
+    wait_until(lambda: settled_cancelled(runtime, all_ids), timeout=120, message="every offer to settle cancelled")
+    drained = time.monotonic() - started
+    assert not any(r["state"] == states.SUBMITTED for r in offers(runtime, all_ids).values())
+    # No PaymentIntent of a cancelled offer is left requires_capture, and none was created twice
+    holds = holds_by_offer(runtime, all_ids)
+    assert [o for o, sts in holds.items() if "requires_capture" in sts] == []
+    assert [o for o, sts in holds.items() if len(sts) > 1] == []
+    # Exactly one offer.cancelled per offer, on the bus and on SNS offers-cancelled
+    on_bus, on_sns = cancelled_events(bus, all_ids)
+    assert set(on_bus) == set(all_ids) and set(on_bus.values()) == {1}
+    assert set(on_sns) == set(all_ids) and set(on_sns.values()) == {1}
+
+    with runtime.db.transaction() as conn:
+        moments = Counter(
+            r["from_state"] for r in conn.execute(
+                "SELECT from_state FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'transition' AND to_state = 'cancelled'",
+                (all_ids,))
+        )
+        tombstones = conn.execute(
+            "SELECT count(*) AS n FROM cancel_requests WHERE offer_id = ANY(%s) AND outcome = 'tombstone_applied'", (all_ids,)
+        ).fetchone()["n"]
+    print(
+        f"\nrace: {len(all_ids)} offers, cancelled before their submit (tombstone) {tombstones},"
+        f" then by state {dict(moments)}; holds placed {len(holds)}, left requires_capture 0,"
+        f" duplicate events 0; settled in {drained:.1f} s"
+    )
+    # The race covered every moment: before intake, mid-saga, and after submitted
+    assert tombstones > 0 and moments[states.SUBMITTED] > 0
+    assert sum(moments[s] for s in (states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED)) > 0
+
+
+def test_a_cancel_sent_twice_publishes_one_event_and_releases_once(celery_app, runtime, bus) -> None:  # noqa: ANN001
+    offer = base_offer(new_id("twice"), 1)
+    celery_app.send_task("offers.submit", kwargs={"offer": offer})
+    offer_id = offer["offer_id"]
+    wait_until(lambda: offers(runtime, [offer_id]).get(offer_id, {}).get("state") == states.SUBMITTED, message="submitted")
+
+    assert cli("cancel", offer_id, "--reason", "maker_rejected", "--actor", "maker").returncode == 0
+    assert cli("cancel", offer_id, "--reason", "maker_rejected", "--actor", "maker").returncode == 0
+
+    wait_until(lambda: settled_cancelled(runtime, [offer_id]), message="cancelled")
+    wait_until(lambda: len(_outcomes(runtime, offer_id)) == 2, message="both requests recorded")
+    assert _outcomes(runtime, offer_id) == ["cancelled", "already_cancelled"]
+    with runtime.db.transaction() as conn:
+        releases = conn.execute(
+            "SELECT count(*) AS n FROM audit_events WHERE offer_id = %s AND kind = 'hold_released'", (offer_id,)
+        ).fetchone()["n"]
+    assert releases == 1
+    assert holds_by_offer(runtime, [offer_id]) == {offer_id: ["canceled"]}
+    on_bus, on_sns = cancelled_events(bus, [offer_id])
+    assert (on_bus[offer_id], on_sns[offer_id]) == (1, 1)
+    assert offers(runtime, [offer_id])[offer_id]["reason"] == "maker_rejected"
+
+
+def test_a_cancel_racing_a_dlq_replay_ends_cancelled_with_one_event_and_one_release(celery_app, runtime, sandbox, bus) -> None:  # noqa: ANN001
+    # Given offers dead-lettered at the risk stage (Sift down), holding their card
+    set_fault(sandbox, "sift", status=503, rate=1.0)
+    try:
+        batch = [base_offer(new_id("replayrace"), n) for n in range(5)]
+        for offer in batch:
+            celery_app.send_task("offers.submit", kwargs={"offer": offer})
+        ids = [o["offer_id"] for o in batch]
+        wait_until(lambda: len(offers(runtime, ids)) == 5 and all(r["state"] == states.DEAD_LETTERED for r in offers(runtime, ids).values()),
+                   timeout=90, message="dead-lettered")
+    finally:
+        clear_faults(sandbox, "sift")
+    with runtime.db.transaction() as conn:
+        entries = [r["id"] for r in conn.execute("SELECT id FROM dead_letters WHERE offer_id = ANY(%s) AND status = 'pending'", (ids,))]
+    assert len(entries) == 5
+
+    # When an operator replays them while the buyers cancel, at the same moment
+    replays = [
+        subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "dlq", "replay", str(e)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for e in entries
+    ]
+    for offer_id in ids:
+        celery_app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": "buyer_withdrew", "actor": "buyer"})
+    for p in replays:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+
+    # Then each ends cancelled with exactly one event and one release, and nothing left to replay
+    wait_until(lambda: settled_cancelled(runtime, ids), timeout=60, message="cancelled")
+    with runtime.db.transaction() as conn:
+        releases = Counter(r["offer_id"] for r in conn.execute(
+            "SELECT offer_id FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'hold_released'", (ids,)))
+        pending = conn.execute("SELECT count(*) AS n FROM dead_letters WHERE offer_id = ANY(%s) AND status = 'pending'", (ids,)).fetchone()["n"]
+    assert releases == Counter({offer_id: 1 for offer_id in ids})
+    assert pending == 0
+    assert holds_by_offer(runtime, ids) == {offer_id: ["canceled"] for offer_id in ids}
+    on_bus, on_sns = cancelled_events(bus, ids)
+    assert on_bus == Counter({offer_id: 1 for offer_id in ids}) and on_sns == Counter({offer_id: 1 for offer_id in ids})
+
+
+def test_offers_past_the_makers_sla_are_cancelled_and_their_holds_released(celery_app, runtime, offers_env, tmp_path) -> None:  # noqa: ANN001
+    # Given a maker who must answer within 3.6 seconds
+    maker, listing = f"mkr_sla_{RUN_ID}", f"lst_sla_{RUN_ID}"
+    policy = {
+        "makers": [{"maker_id": maker, "min_offer_cents": 100, "sla_hours": 0.001}],
+        "listings": [{"listing_id": listing, "maker_id": maker, "asking_price_cents": 20000, "currency": "USD", "status": "active"}],
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    loaded = cli("policy", "load", str(path))
+    assert loaded.returncode == 0, loaded.stderr
+    batch = [base_offer(new_id("sla"), n) | {"listing_id": listing, "maker_id": maker} for n in range(3)]
+    for offer in batch:
+        celery_app.send_task("offers.submit", kwargs={"offer": offer})
+    ids = [o["offer_id"] for o in batch]
+    wait_until(lambda: len(offers(runtime, ids)) == 3 and {r["state"] for r in offers(runtime, ids).values()} == {states.SUBMITTED},
+               message="submitted")
+
+    # When the beat's SLA job runs every second
+    beat = next(t for t in read_procfile() if t.name == "beat")
+    with Fleet(offers_env | {"OFFERS_SLA_CHECK_INTERVAL_SECONDS": "1"}, tmp_path / "beat") as fleet:
+        fleet.start(beat)
+        # Then the offers are cancelled maker_sla_expired and their holds released
+        wait_until(lambda: settled_cancelled(runtime, ids), timeout=60, message=f"SLA expiry (logs in {tmp_path})")
+    assert {r["reason"] for r in offers(runtime, ids).values()} == {"maker_sla_expired"}
+    assert holds_by_offer(runtime, ids) == {offer_id: ["canceled"] for offer_id in ids}
+
+
+def test_a_cancel_with_bad_arguments_is_recorded_and_refused(celery_app, runtime) -> None:  # noqa: ANN001
+    offer_id, hostile = new_id("badcancel"), f"x'; DROP TABLE offers; --{RUN_ID}"
+    celery_app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": "changed_my_mind", "actor": "buyer", "extra": 1})
+    celery_app.send_task("offers.cancel", kwargs={"offer_id": hostile, "reason": "ops", "actor": "ops"})
+
+    def recorded() -> dict[str, dict[str, Any]]:
+        with runtime.db.transaction() as conn:
+            return {r["offer_id"]: r for r in conn.execute(
+                "SELECT offer_id, outcome, errors FROM cancel_requests WHERE offer_id = ANY(%s)", ([offer_id, hostile],))}
+
+    rows = wait_until(lambda: len(recorded()) == 2 and recorded(), message="both requests recorded")
+    assert rows[offer_id]["outcome"] == "invalid" and {e["field"] for e in rows[offer_id]["errors"]} == {"reason", "extra"}
+    assert rows[hostile]["outcome"] == "invalid" and {e["field"] for e in rows[hostile]["errors"]} == {"offer_id"}
+    with runtime.db.transaction() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM offers").fetchone()["n"] > 0  # still there
+    # The CLI refuses what is not an offer id; a cancel for an offer nobody submitted is kept as a tombstone
+    assert cli("cancel", "--reason", "ops", "--", "x'; DROP TABLE offers").returncode == 2
+    never = new_id("never")
+    assert cli("cancel", never, "--reason", "ops").returncode == 0
+    wait_until(lambda: _outcomes(runtime, never) == ["tombstone"], message="tombstone")
+
+
+def _outcomes(runtime, offer_id: str) -> list[str]:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return [r["outcome"] for r in conn.execute("SELECT outcome FROM cancel_requests WHERE offer_id = %s ORDER BY id", (offer_id,))]
+
+
+def test_spike_detection_fires_on_a_spike_and_not_on_normal_traffic(runtime) -> None:  # noqa: ANN001
+    def cancelled(prefix: str, count: int, hours_ago: list[float]) -> None:
+        """High-value offers cancelled at the given times (back-dated: the watch reads cancelled_at)."""
+        for n in range(count):
+            offer = base_offer(f"{prefix}-{n:04d}", n) | {"amount_cents": 150_000}
+            intake.submit(runtime, offer)
+            cancellation.cancel(runtime, offer["offer_id"], "buyer_withdrew", "buyer")
+            with runtime.db.transaction() as conn:
+                conn.execute(
+                    "UPDATE offers SET cancelled_at = clock_timestamp() - make_interval(secs => %s) WHERE offer_id = %s",
+                    (hours_ago[n] * 3600, offer["offer_id"]),
+                )
+
+    def check(prefix: str) -> reports.SpikeCheck:
+        with runtime.db.transaction() as conn:
+            return reports.cancellation_spike(
+                conn, high_value_cents=100_000, window_s=3600, trailing_s=86400, ratio=3.0, minimum=5, offer_id_prefix=prefix
+            )
+
+    # Normal traffic: five an hour over the last day, six in the last hour
+    normal = new_id("normal")
+    cancelled(normal, 126, [1 + n / 5 for n in range(120)] + [0.1] * 6)
+    assert not check(normal).spike
+    # A spike: a quiet day, then twenty in the last hour
+    spiky = new_id("spike")
+    cancelled(spiky, 44, [1 + n for n in range(24)] + [0.2] * 20)
+    found = check(spiky)
+    assert found.spike and found.recent == 20 and found.by_reason == {"buyer_withdrew": 20}
+
+    # `health` names the runbook symptom and its first checks, and exits 1
+    health = cli("health")
+    assert health.returncode == 1, health.stdout
+    assert "High-Value Cancellation Spike" in health.stdout and "SLA window" in health.stdout
+    stats = cli("stats", "--window", "1h", "--json")
+    assert stats.returncode == 0, stats.stderr
+    figures = json.loads(stats.stdout)
+    assert figures["high_value_cancellations"]["spike"] is True
+    bands = {b["band"]: b["offers"] for b in figures["cancellations"]["by_value_band"]}
+    assert bands["1,000 – 9,999"] >= 26
