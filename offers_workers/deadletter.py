@@ -89,13 +89,25 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
     once, processes it once.
     """
     with rt.db.transaction() as conn:
+        peek = conn.execute("SELECT offer_id FROM dead_letters WHERE id = %s", (entry_id,)).fetchone()
+        if peek is None:
+            return None
+        # Lock the offer before the entry, in the same order as a cancel does: no deadlock between them.
+        offer = store.load_offer(conn, peek["offer_id"], for_update=True) if peek["offer_id"] else None
         row = conn.execute(
             "SELECT * FROM dead_letters WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED", (entry_id,)
         ).fetchone()
         if row is None:
             return None
         stage = states.STAGE_BY_NAME.get(row["stage"])
-        if stage and row["offer_id"]:
+        if stage and offer is not None:
+            if offer.state != states.DEAD_LETTERED:
+                # The offer moved on (cancelled, or resumed some other way): nothing left to replay.
+                conn.execute(
+                    "UPDATE dead_letters SET status = 'discarded', resolved_at = clock_timestamp(), resolution = %s WHERE id = %s",
+                    (f"offer is {offer.state}", entry_id),
+                )
+                return None
             store.transition(
                 conn, row["offer_id"], states.DEAD_LETTERED, stage.from_state, actor=actor, data={"dead_letter_id": entry_id}
             )
