@@ -21,7 +21,7 @@ from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
 from offers_workers.sandbox import clear_faults, set_fault
 from tests.bus import BusReader
-from tests.conftest import RUN_ID, new_id, wait_until
+from tests.conftest import DRILL_RESULTS, RUN_ID, new_id, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -138,11 +138,13 @@ def test_offers_cancelled_at_random_moments_all_end_cancelled_once(celery_app, r
         tombstones = conn.execute(
             "SELECT count(*) AS n FROM cancel_requests WHERE offer_id = ANY(%s) AND outcome = 'tombstone_applied'", (all_ids,)
         ).fetchone()["n"]
-    print(
-        f"\nrace: {len(all_ids)} offers, cancelled before their submit (tombstone) {tombstones},"
-        f" then by state {dict(moments)}; holds placed {len(holds)}, left requires_capture 0,"
-        f" duplicate events 0; settled in {drained:.1f} s"
-    )
+    mid_saga = sum(moments[s] for s in (states.RECEIVED, states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED))
+    DRILL_RESULTS.append({
+        "drill": "cancel race", "offers": len(all_ids), "lost": 0, "duplicate_holds": 0, "orphan_holds": 0, "dead_lettered": 0,
+        "faults": f"cancel before submit {tombstones}, mid-saga {mid_saga - tombstones}, after submitted {moments[states.SUBMITTED]}"
+                  f" ({len(holds)} holds placed, 1 event each)",
+        "drain_s": round(drained, 1),
+    })
     # The race covered every moment: before intake, mid-saga, and after submitted
     assert tombstones > 0 and moments[states.SUBMITTED] > 0
     assert sum(moments[s] for s in (states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED)) > 0
