@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import Settings
+from celery.schedules import crontab
+
+from config.settings import ConfigError, Settings
+
+
+def audit_export_schedule(settings: Settings) -> crontab:
+    minute, hour, day_of_month, month_of_year, day_of_week = settings.audit_export_cron.split()
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid configuration: OFFERS_AUDIT_EXPORT_CRON: {exc}") from None
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
@@ -20,6 +30,10 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": "offers.expire_offers",
             "schedule": settings.sla_check_interval_seconds,
             "options": {"expires": settings.sla_check_interval_seconds},
+        },
+        "export-audit-trail": {
+            "task": "offers.export_audit",
+            "schedule": audit_export_schedule(settings),
         },
         "release-expiring-holds": {
             "task": "offers.release_expiring_holds",

@@ -27,6 +27,7 @@ ROUTES: dict[str, str] = {
     "offers.recover": "offers.maintenance",
     "offers.release_expiring_holds": "offers.maintenance",
     "offers.expire_offers": "offers.maintenance",
+    "offers.export_audit": "offers.maintenance",
 }
 QUEUES = sorted(set(ROUTES.values()))
 

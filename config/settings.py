@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     sns_cancelled_topic_arn: str | None = None
     audit_bucket: str | None = None
     audit_storage_class: Literal["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"] = "GLACIER"
+    #: KMS key for the audit archive's server-side encryption (unset: S3-managed keys, AES256).
+    audit_kms_key_id: str | None = None
+    #: When the beat runs the nightly audit export: a crontab in UTC (minute hour day month weekday).
+    audit_export_cron: str = Field(default="0 2 * * *", pattern=r"^\S+ \S+ \S+ \S+ \S+$")
+    #: Postgres role the fleet connects as, when it is not the owner: `db migrate` grants it
+    #: INSERT and SELECT on the audit trail and revokes UPDATE, DELETE and TRUNCATE.
+    db_app_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
     #: Connect and read timeouts (seconds) for every partner call.
     partner_connect_timeout: float = Field(default=2.0, gt=0, le=30)

@@ -26,7 +26,8 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"offers-workers: {message}", markup=False, highlight=False)
+    # One line whatever the terminal width: operators grep these, scripts parse them.
+    err_console.print(f"offers-workers: {message}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -94,6 +95,11 @@ def db_migrate() -> None:
     if not settings.database_url:
         fail("invalid configuration: OFFERS_DATABASE_URL is required", 2)
     applied = migrate(settings.database_url)
+    if settings.db_app_role:
+        from offers_workers.db import restrict_audit_trail
+
+        restrict_audit_trail(settings.database_url, settings.db_app_role)
+        click.echo(f"audit trail: {settings.db_app_role} may insert and read, never update, delete or truncate")
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")
@@ -466,6 +472,98 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
             released += 1
             click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
     click.echo(f"{released} hold(s) released")
+
+
+# --- audit trail -----------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail and its Glacier archive."""
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (2026-11-28 or 2026-11-28T02:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@audit.command("verify-chain")
+@click.option("--since", help="Start at the first row at or after this time (ISO 8601); default: the whole trail.")
+def audit_verify_chain(since: str | None) -> None:
+    """Walk the hash chain; name the first broken link (exit 1)."""
+    from offers_workers import audit as audit_trail
+
+    start = _parse_time(since) if since else None
+    rt = runtime_or_exit()
+    with console.status("walking the audit chain"):
+        check = audit_trail.verify_chain(rt, start)
+    if not check.ok:
+        fail(f"audit chain broken after {check.rows - 1:,} good rows: {check.first_break}", 1)
+    click.echo(f"audit chain intact: {check.rows:,} rows" + (f" since {start.isoformat()}" if start else ""))
+
+
+@audit.command("export")
+@click.option("--until", help="Export rows before this time (ISO 8601); default: the start of today, UTC.")
+def audit_export(until: str | None) -> None:
+    """Export the rows not yet archived to S3 (the runbook's run_glacier_export)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from offers_workers import audit as audit_trail
+
+    cutoff = _parse_time(until) if until else None
+    rt = runtime_or_exit()
+    with Progress(TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
+        task = bar.add_task("rows", total=None)
+        try:
+            job = audit_trail.run_export(rt, cutoff, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except audit_trail.ExportBusy as exc:
+            fail(str(exc), 1)
+        except audit_trail.ExportFailed as exc:
+            fail(f"audit export {exc.job['id']} failed: {exc.job['error']}; the next run retries this window", 1)
+    if job is None:
+        click.echo("nothing to export: every row before the cut-off is archived")
+        return
+    click.echo(f"export {job['id']} {job['status']}: {job['row_count']:,} rows (ids {job['first_row_id']}–{job['last_row_id']})"
+               f" to s3://{rt.settings.audit_bucket}/{job['object_key']} [{job['storage_class']}] sha256 {job['sha256']}")
+
+
+@audit.command("exports")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def audit_exports(as_json: bool) -> None:
+    """Export jobs, newest first."""
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        rows = conn.execute("SELECT * FROM audit_exports ORDER BY id DESC LIMIT 200").fetchall()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} audit export(s)")
+    for col in ("id", "status", "until", "rows", "ids", "attempts", "finished", "object / error"):
+        table.add_column(col, justify="right" if col in ("id", "rows", "attempts") else "left")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["status"], r["until"].isoformat()[:19], f"{r['row_count'] or 0:,}",
+            f"{r['first_row_id']}–{r['last_row_id']}", str(r["attempts"]),
+            r["finished_at"].isoformat()[:19] if r["finished_at"] else "", r["error"] or r["object_key"],
+        )
+    console.print(table)
+
+
+@audit.command("verify")
+@click.argument("export_id", type=int)
+def audit_verify(export_id: int) -> None:
+    """Restore an export from Glacier and check it against its manifest and Postgres (exit 1 on a discrepancy)."""
+    from offers_workers import audit as audit_trail
+
+    rt = runtime_or_exit()
+    with console.status(f"restoring and checking export {export_id}"):
+        problems = audit_trail.verify_export(rt, export_id)
+    if problems:
+        fail(f"export {export_id}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), 1)
+    click.echo(f"export {export_id} verified: checksum, chain, manifest and Postgres agree")
 
 
 # --- stats, health -------------------------------------------------------------------------------

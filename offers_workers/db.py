@@ -111,3 +111,14 @@ def migrate(url: str) -> list[Migration]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied
 
+
+
+def restrict_audit_trail(url: str, role: str) -> None:
+    """Let ``role`` (the fleet's login) append to and read the audit trail, and nothing else there."""
+    from psycopg import sql
+
+    name = sql.Identifier(role)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM {}").format(name))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT ON audit_events TO {}").format(name))
+        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE audit_events_id_seq TO {}").format(name))

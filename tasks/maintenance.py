@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from offers_workers import cancellation, recovery
+from offers_workers import audit, cancellation, recovery
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import Dispatch
 from tasks.app import app
@@ -35,3 +35,15 @@ def expire_offers(self: OffersTask) -> list[Dispatch]:
     if dispatches:
         log.info("offers past their maker's SLA cancelled", extra={"messages": len(dispatches)})
     return dispatches
+
+
+@app.task(name="offers.export_audit", base=OffersTask, bind=True, stage="maintenance")
+def export_audit(self: OffersTask) -> None:
+    # Failures are recorded on the export row and logged with its id (the alert); the next night
+    # picks the window up again, so the task itself does not retry.
+    try:
+        audit.run_export(get_runtime())
+    except audit.ExportBusy:
+        log.warning("audit export skipped: another export is running")
+    except audit.ExportFailed:
+        pass

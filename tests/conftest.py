@@ -20,6 +20,8 @@ import redis
 from psycopg.conninfo import make_conninfo
 
 RUN_ID = secrets.token_hex(4)
+#: The Postgres server this run's database lives on (for tests that need a scratch database).
+SERVER: dict[str, str] = {}
 
 #: Figures of the fault drills (tests/integration/test_drills.py), printed at the end of the run.
 DRILL_RESULTS: list[dict[str, Any]] = []
@@ -37,8 +39,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 
 
-def _create_database(server_url: str) -> tuple[str, str]:
-    name = f"offers_test_{RUN_ID}"
+def _create_database(server_url: str, suffix: str = "") -> tuple[str, str]:
+    name = f"offers_test_{RUN_ID}" + (f"_{suffix}" if suffix else "")
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     return make_conninfo(server_url, dbname=name), name
@@ -67,6 +69,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             rd = EmbeddedRedis(state)
             started.append(rd)
             broker_url = rd.start()
+        SERVER["url"] = server_url
         db_url, db_name = _create_database(server_url)
         prefix = f"offers-test-{RUN_ID}:"
         try:
@@ -80,6 +83,19 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     finally:
         for server in reversed(started):
             server.stop()
+
+
+@pytest.fixture
+def scratch_database(stores: dict[str, str]) -> Iterator[str]:
+    """A fresh, migrated database of its own, for tests that must tamper with or flood one."""
+    from offers_workers import db
+
+    url, name = _create_database(SERVER["url"], suffix=secrets.token_hex(3))
+    try:
+        db.migrate(url)
+        yield url
+    finally:
+        _drop_database(SERVER["url"], name)
 
 
 @pytest.fixture(scope="session")

@@ -177,3 +177,5 @@ def ensure_aws_resources(settings: Settings) -> None:
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
+        # An archive bucket keeps every version: a rewrite of an export shows up, never replaces silently.
+        s3.put_bucket_versioning(Bucket=settings.audit_bucket, VersioningConfiguration={"Status": "Enabled"})

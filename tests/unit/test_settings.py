@@ -116,3 +116,19 @@ def test_the_hold_window_takes_iso_durations_and_refuses_one_past_stripes(clean_
     clean_env.setenv("OFFERS_HOLD_RELEASE_AFTER", "P8D")
     with pytest.raises(ConfigError, match="OFFERS_HOLD_RELEASE_AFTER"):
         load_settings()
+
+
+def test_the_audit_export_runs_on_a_crontab_from_config(clean_env: pytest.MonkeyPatch) -> None:
+    from config.beat import audit_export_schedule
+
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    schedule = audit_export_schedule(load_settings())
+    assert schedule.hour == {2} and schedule.minute == {0}
+    clean_env.setenv("OFFERS_AUDIT_EXPORT_CRON", "30 3 * * 1-5")
+    assert audit_export_schedule(load_settings()).day_of_week == {1, 2, 3, 4, 5}
+    clean_env.setenv("OFFERS_AUDIT_EXPORT_CRON", "61 2 * * *")
+    with pytest.raises(ConfigError, match="OFFERS_AUDIT_EXPORT_CRON"):
+        audit_export_schedule(load_settings())
+    clean_env.setenv("OFFERS_AUDIT_EXPORT_CRON", "nightly")
+    with pytest.raises(ConfigError, match="OFFERS_AUDIT_EXPORT_CRON"):
+        load_settings()

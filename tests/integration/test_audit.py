@@ -1,0 +1,158 @@
+"""The audit trail: append-only in the database, hash-chained, exported to S3 Glacier (moto server)
+and restored to verify.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from config.settings import load_settings
+from offers_workers import audit, store
+from offers_workers.demo import send_samples, settled
+from offers_workers.partners.aws_archive import AuditArchive
+from offers_workers.runtime import Runtime
+from offers_workers.samples import make_samples
+from offers_workers.sandbox import clear_faults, set_fault
+from tests.conftest import RUN_ID, wait_until
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+
+
+def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        store.record_audit(conn, None, "test_row", actor="test")
+    for statement in ("UPDATE audit_events SET actor = 'someone else'", "DELETE FROM audit_events", "TRUNCATE audit_events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            with runtime.db.transaction() as conn:
+                conn.execute(statement)
+
+
+def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: str) -> None:
+    env = {"OFFERS_DATABASE_URL": scratch_database}
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        for n in range(10):
+            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received", data={"n": n, "note": "ünïcode ✓"})
+        ids = [r[0] for r in conn.execute("SELECT id FROM audit_events ORDER BY id")]
+    intact = cli("audit", "verify-chain", env=env)
+    assert intact.returncode == 0 and "10 rows" in intact.stdout, intact.stderr
+
+    def tamper(statement: str) -> None:
+        # Only the table's owner, turning the guard off, can do this: the chain still tells.
+        with psycopg.connect(scratch_database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")
+            conn.execute(statement)
+            conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_change")
+
+    tamper(f"UPDATE audit_events SET data = '{{\"n\": 99}}' WHERE id = {ids[4]}")
+    changed = cli("audit", "verify-chain", env=env)
+    assert changed.returncode == 1 and f"row {ids[4]}: its content does not match" in changed.stderr
+    tamper(f"UPDATE audit_events SET data = '{{\"n\": 4, \"note\": \"ünïcode ✓\"}}' WHERE id = {ids[4]}")
+    assert cli("audit", "verify-chain", env=env).returncode == 0
+
+    tamper(f"DELETE FROM audit_events WHERE id = {ids[6]}")
+    removed = cli("audit", "verify-chain", env=env)
+    assert removed.returncode == 1 and f"row {ids[7]}: its link does not match" in removed.stderr
+    # From a later point on, the rest of the chain still holds
+    since = cli("audit", "verify-chain", "--since", (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(), env=env)
+    assert since.returncode == 1
+    assert cli("audit", "verify-chain", "--since", "yesterday", env=env).returncode == 2
+
+
+@pytest.mark.usefixtures("fleet")
+def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(celery_app, runtime, settings, sandbox) -> None:  # noqa: ANN001
+    # Given a demo-sized run of offers
+    samples = make_samples(200, f"audit-{RUN_ID}", seed=21)
+    send_samples(lambda offer: celery_app.send_task("offers.submit", kwargs={"offer": offer}), samples)
+    wait_until(lambda: settled(runtime, samples)[0] == len(samples), timeout=180, message="the samples to settle")
+    until = datetime.now(timezone.utc).isoformat()
+
+    # When the export fails on S3 (every AWS request answers 503, past the SDK's retries)
+    set_fault(sandbox, "aws", status=503, rate=1.0)
+    try:
+        failed = cli("audit", "export", "--until", until)
+    finally:
+        clear_faults(sandbox, "aws")
+    assert failed.returncode == 1 and "failed" in failed.stderr and "the next run retries this window" in failed.stderr
+    jobs = json.loads(cli("audit", "exports", "--json").stdout)
+    assert jobs[0]["status"] == "failed" and jobs[0]["error"]
+
+    # Then the next run exports the same window under the same key, and it verifies
+    done = cli("audit", "export", "--until", until)
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads(cli("audit", "exports", "--json").stdout)
+    job = jobs[0]
+    assert (job["status"], job["attempts"], job["object_key"]) == ("done", 2, jobs[0]["object_key"])
+    archive = AuditArchive(settings)
+    head = archive.head(job["object_key"])
+    assert head["StorageClass"] == "GLACIER"
+    assert head.get("ChecksumSHA256") and head.get("ServerSideEncryption") == "AES256"
+    manifest = json.loads(archive.read(job["manifest_key"]))
+    with runtime.db.transaction() as conn:
+        in_window = conn.execute(
+            "SELECT count(*) AS n FROM audit_events WHERE id BETWEEN %s AND %s", (job["first_row_id"], job["last_row_id"])
+        ).fetchone()["n"]
+        unexported = conn.execute(
+            "SELECT count(*) AS n FROM audit_events WHERE at < %s AND id > %s", (until, job["last_row_id"])
+        ).fetchone()["n"]
+    assert manifest["row_count"] == job["row_count"] == in_window > len(samples)
+    assert manifest["sha256"] == job["sha256"] and unexported == 0
+    verified = cli("audit", "verify", str(job["id"]))
+    assert verified.returncode == 0, verified.stderr
+
+    # A rerun of the same window writes nothing: no new job, no new object version
+    again = cli("audit", "export", "--until", until)
+    assert again.returncode == 0 and "nothing to export" in again.stdout
+    assert len(json.loads(cli("audit", "exports", "--json").stdout)) == len(jobs)
+    assert len(archive.versions(job["object_key"])) == 1
+
+    # Two exports at once: the second finds the first holding the lock
+    with psycopg.connect(settings.database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (audit.EXPORT_LOCK,))
+        busy = cli("audit", "export")
+        assert busy.returncode == 1 and "another audit export is running" in busy.stderr
+    assert cli("audit", "verify", "999999").returncode == 1
+
+
+def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:  # noqa: ANN001
+    """Memory stays flat however many rows: nine times the rows, about the same peak."""
+    rt = Runtime(load_settings(database_url=scratch_database))
+
+    def add_rows(count: int) -> None:
+        with psycopg.connect(scratch_database, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO audit_events (offer_id, kind, actor, data) SELECT 'off_' || n, 'load', 'test',"
+                " jsonb_build_object('n', n, 'pad', repeat('x', 150)) FROM generate_series(1, %s) n",
+                (count,),
+            )
+
+    def export_peak(until: datetime) -> tuple[dict, int]:
+        tracemalloc.start()
+        try:
+            job = audit.run_export(rt, until)
+            return job, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    try:
+        add_rows(100)
+        export_peak(datetime.now(timezone.utc) + timedelta(seconds=1))  # warm-up: SDK models, pools
+        add_rows(6_000)
+        small, small_peak = export_peak(datetime.now(timezone.utc) + timedelta(seconds=2))
+        add_rows(54_000)  # about 13 MB as JSON
+        large, large_peak = export_peak(datetime.now(timezone.utc) + timedelta(seconds=3))
+    finally:
+        rt.close()
+    assert (small["row_count"], large["row_count"]) == (6_000, 54_000)
+    assert large_peak < 1.5 * small_peak + 1_000_000, f"peaks: {small_peak / 1e6:.1f} MB for 6k rows, {large_peak / 1e6:.1f} MB for 54k"
