@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from offers_workers import audit, cancellation, recovery
 from offers_workers.runtime import get_runtime
@@ -38,11 +39,11 @@ def expire_offers(self: OffersTask) -> list[Dispatch]:
 
 
 @app.task(name="offers.export_audit", base=OffersTask, bind=True, stage="maintenance")
-def export_audit(self: OffersTask) -> None:
+def export_audit(self: OffersTask, until: str | None = None) -> None:
     # Failures are recorded on the export row and logged with its id (the alert); the next night
     # picks the window up again, so the task itself does not retry.
     try:
-        audit.run_export(get_runtime())
+        audit.run_export(get_runtime(), datetime.fromisoformat(until) if until else None)
     except audit.ExportBusy:
         log.warning("audit export skipped: another export is running")
     except audit.ExportFailed:

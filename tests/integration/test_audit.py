@@ -12,6 +12,7 @@ import tracemalloc
 from datetime import datetime, timedelta, timezone
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from config.settings import load_settings
@@ -156,3 +157,35 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:  #
         rt.close()
     assert (small["row_count"], large["row_count"]) == (6_000, 54_000)
     assert large_peak < 1.5 * small_peak + 1_000_000, f"peaks: {small_peak / 1e6:.1f} MB for 6k rows, {large_peak / 1e6:.1f} MB for 54k"
+
+
+@pytest.mark.usefixtures("fleet")
+def test_the_nightly_task_exports_through_a_worker(celery_app, runtime) -> None:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        store.record_audit(conn, None, "test_row", actor="test")
+        before = conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"]
+    celery_app.send_task("offers.export_audit", kwargs={"until": datetime.now(timezone.utc).isoformat()})
+
+    def exported() -> bool:
+        with runtime.db.transaction() as conn:
+            return conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"] > before
+
+    wait_until(exported, timeout=60, message="the worker's export")
+
+
+def test_the_fleets_role_may_append_to_the_audit_trail_but_never_change_it(scratch_database: str) -> None:
+    role = f"offers_app_{RUN_ID}"
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
+        try:
+            conn.execute(psycopg.sql.SQL("GRANT ALL ON audit_events TO {}").format(psycopg.sql.Identifier(role)))
+            migrated = cli("db", "migrate", env={"OFFERS_DATABASE_URL": scratch_database, "OFFERS_DB_APP_ROLE": role})
+            assert migrated.returncode == 0, migrated.stderr
+            privileges = {
+                p: conn.execute("SELECT has_table_privilege(%s, 'audit_events', %s)", (role, p)).fetchone()[0]
+                for p in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+            }
+            assert privileges == {"SELECT": True, "INSERT": True, "UPDATE": False, "DELETE": False, "TRUNCATE": False}
+        finally:
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
+            conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
