@@ -9,12 +9,16 @@ from celery.schedules import crontab
 from config.settings import ConfigError, Settings
 
 
-def audit_export_schedule(settings: Settings) -> crontab:
-    minute, hour, day_of_month, month_of_year, day_of_week = settings.audit_export_cron.split()
+def _crontab(value: str, setting: str) -> crontab:
+    minute, hour, day_of_month, month_of_year, day_of_week = value.split()
     try:
         return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid configuration: OFFERS_AUDIT_EXPORT_CRON: {exc}") from None
+        raise ConfigError(f"invalid configuration: {setting}: {exc}") from None
+
+
+def audit_export_schedule(settings: Settings) -> crontab:
+    return _crontab(settings.audit_export_cron, "OFFERS_AUDIT_EXPORT_CRON")
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
@@ -30,6 +34,10 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": "offers.expire_offers",
             "schedule": settings.sla_check_interval_seconds,
             "options": {"expires": settings.sla_check_interval_seconds},
+        },
+        "synthetic-journey": {
+            "task": "offers.synthetic_journey",
+            "schedule": _crontab(settings.synthetic_cron, "OFFERS_SYNTHETIC_CRON"),
         },
         "export-audit-trail": {
             "task": "offers.export_audit",

@@ -160,6 +160,25 @@ class Settings(BaseSettings):
     cancel_spike_ratio: float = Field(default=3.0, gt=1)
     cancel_spike_min: int = Field(default=5, ge=1)
 
+    #: The synthetic journey: when the beat runs it (crontab, UTC) and the offer it submits.
+    synthetic_cron: str = Field(default="30 3 * * *", pattern=r"^\S+ \S+ \S+ \S+ \S+$")
+    synthetic_listing_id: str = "lst_1"
+    synthetic_maker_id: str = "mkr_1"
+    synthetic_amount_cents: int = Field(default=15000, gt=0)
+    synthetic_currency: str = "USD"
+    synthetic_payment_method_id: str = "pm_card_visa"
+
+    #: Port of `offers-workers metrics serve` (Prometheus /metrics).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    #: Seconds a worker keeps feature flags before reading them again (a change is seen within it).
+    flag_cache_seconds: float = Field(default=2, ge=0, le=60)
+    #: SOFT_LAUNCH_MODE: offers admitted per second across the whole fleet, the bucket's size, and
+    #: (optional) the comma-separated makers whose offers are admitted at all.
+    soft_launch_rate: float = Field(default=10, gt=0)
+    soft_launch_burst: int | None = Field(default=None, ge=1)
+    soft_launch_makers: str = ""
+
     #: Seconds a worker keeps listings and maker policies cached in Redis.
     policy_cache_seconds: int = Field(default=300, ge=0)
 

@@ -474,6 +474,50 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
     click.echo(f"{released} hold(s) released")
 
 
+# --- flags -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def flags() -> None:
+    """The runbook's feature flags (seen by every worker within seconds)."""
+
+
+@flags.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def flags_list(as_json: bool) -> None:
+    """Every flag, its value and its last change."""
+    from offers_workers.flags import FLAGS
+
+    rt = runtime_or_exit()
+    found = rt.flags.all()
+    if as_json:
+        print_json([{"name": f.name, "enabled": f.enabled, "updated_at": f.updated_at, "updated_by": f.updated_by} for f in found])
+        return
+    table = Table(title="Feature flags")
+    for col in ("flag", "value", "changed", "by", "effect"):
+        table.add_column(col)
+    for f in found:
+        table.add_row(f.name, "[green]on[/green]" if f.enabled else "[red]off[/red]",
+                      f.updated_at.isoformat()[:19] if f.updated_at else "", f.updated_by, FLAGS[f.name])
+    console.print(table)
+
+
+@flags.command("set")
+@click.argument("name")
+@click.argument("value", type=click.Choice(["on", "off"]))
+def flags_set(name: str, value: str) -> None:
+    """Turn NAME on or off; recorded in the audit trail."""
+    from offers_workers.flags import FLAGS, set_flag
+
+    if name not in FLAGS:
+        fail(f"unknown flag {name!r}; flags are {', '.join(FLAGS)}", 2)
+    rt = runtime_or_exit()
+    actor = f"cli:{os.environ.get('USER') or 'operator'}"
+    with rt.db.transaction() as conn:
+        changed = set_flag(conn, name, value == "on", actor=actor)
+    click.echo(f"{name} is {value}" + ("" if changed else " (unchanged)") + f"; every worker sees it within {rt.settings.flag_cache_seconds:g} s")
+
+
 # --- audit trail -----------------------------------------------------------------------------------
 
 
@@ -568,121 +612,159 @@ def audit_verify(export_id: int) -> None:
 
 # --- stats, health -------------------------------------------------------------------------------
 
-#: The runbook's symptom and first checks for each health check.
-RUNBOOK = {
-    "high_value_cancellations": (
-        "High-Value Cancellation Spike",
-        [
-            "Look at the reason distribution above (`offers-workers stats --window 1h`).",
-            "Confirm the maker policies are not misconfigured (auto-reject threshold, SLA window).",
-            "Talk to the Maker Success team if it is a legitimate business shift.",
-        ],
-    ),
-}
 
-
-def _spike(rt: Runtime, conn: Any) -> Any:
-    from offers_workers import reports
-
-    s = rt.settings
-    return reports.cancellation_spike(
-        conn,
-        high_value_cents=s.high_value_cents,
-        window_s=s.cancel_spike_window_seconds,
-        trailing_s=s.cancel_spike_trailing_seconds,
-        ratio=s.cancel_spike_ratio,
-        minimum=s.cancel_spike_min,
-    )
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 @main.command()
 @click.option("--window", default="1h", show_default=True, help="How far back to look (30m, 1h, 7d).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(window: str, as_json: bool) -> None:
-    """Offers by state and reason, success rate, cancellations by reason and value band."""
-    from offers_workers import reports
+    """Offers by state, success rate, latencies, dead letters, holds, cancellations and queues."""
+    from offers_workers.health import figures
 
     age = parse_duration(window)
     rt = runtime_or_exit()
-    scope = reports.Scope(since=datetime.now(timezone.utc) - age)
-    with rt.db.transaction() as conn:
-        outcomes = reports.outcome_counts(conn, scope)
-        rate = reports.success_rate(conn, scope)
-        cancelled = reports.cancellations(conn, scope)
-        spike = _spike(rt, conn)
-    figures = {
-        "window": window,
-        "offers_by_state": outcomes,
-        "success_rate": rate,
-        "cancellations": cancelled,
-        "high_value_cancellations": {
-            "threshold_cents": rt.settings.high_value_cents,
-            "recent": spike.recent,
-            "trailing_rate": round(spike.trailing_rate, 2),
-            "ratio": spike.ratio,
-            "spike": spike.spike,
-        },
-    }
+    found = figures(rt, age)
     if as_json:
-        print_json(figures)
+        print_json(found)
         return
-    table = Table(title=f"Offers received in the last {window}")
+    table = Table(title=f"Offers received in the last {window} (synthetic journeys left out)")
     for col in ("state", "reason", "offers"):
         table.add_column(col, justify="right" if col == "offers" else "left")
-    for row in outcomes:
+    for row in found["offers_by_state"]:
         table.add_row(row["state"], row["reason"] or "", f"{row['offers']:,}")
     console.print(table)
-    console.print(f"success rate {rate:.1%}" if rate is not None else "success rate -")
+
+    slo = Table(title="Service levels")
+    for col in ("figure", "count", "p50", "p95", "p99"):
+        slo.add_column(col, justify="left" if col == "figure" else "right")
+    rate = found["success_rate"]
+    slo.add_row("submission success rate", "", "-" if rate is None else f"{rate:.1%}", "", "")
+    for label, key in (("validation (ms)", "validation_ms"), ("intake → auction (ms)", "auction_lag_ms")):
+        f = found[key]
+        slo.add_row(label, f"{f['count']:,}", _ms(f["p50"]), _ms(f["p95"]), _ms(f["p99"]))
+    console.print(slo)
+
+    ops = Table(title="Now")
+    ops.add_column("what")
+    ops.add_column("value", justify="right")
+    for stage, n in found["dead_letters"].items():
+        ops.add_row(f"dead letters · {stage}", f"{n:,}")
+    if not found["dead_letters"]:
+        ops.add_row("dead letters", "0")
+    holds = found["active_holds"]
+    ops.add_row("active holds", f"{holds['holds']:,} ({holds['amount_cents'] / 100:,.2f})")
+    ops.add_row("stuck offers", f"{found['stuck_offers']:,}")
+    for queue, n in (found["queue_depths"] or {}).items():
+        ops.add_row(f"queue · {queue}", f"{n:,}")
+    console.print(ops)
+
     reasons = Table(title=f"Cancellations in the last {window}, by reason")
     for col in ("reason", "offers", "amount"):
         reasons.add_column(col, justify="left" if col == "reason" else "right")
-    for row in cancelled["by_reason"]:
+    for row in found["cancellations"]["by_reason"]:
         reasons.add_row(row["reason"] or "", f"{row['offers']:,}", f"{(row['amount_cents'] or 0) / 100:,.2f}")
     console.print(reasons)
     bands = Table(title="… by value band (offer amount, major units)")
     bands.add_column("band")
     bands.add_column("offers", justify="right")
-    for row in cancelled["by_value_band"]:
+    for row in found["cancellations"]["by_value_band"]:
         bands.add_row(row["band"], f"{row['offers']:,}")
     console.print(bands)
+    hv = found["high_value_cancellations"]
     console.print(
-        f"high-value cancellations (≥ {rt.settings.high_value_cents / 100:,.0f}): {spike.recent} in the last"
-        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {spike.trailing_rate:.1f} per window trailing"
-        + (" — [red]spike[/red]" if spike.spike else "")
+        f"high-value cancellations (≥ {hv['threshold_cents'] / 100:,.0f}): {hv['recent']} in the last"
+        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {hv['trailing_rate']:.1f} per window trailing"
+        + (" — [red]spike[/red]" if hv["spike"] else "")
     )
 
 
 @main.command()
-def health() -> None:
+@click.option("--window", default="1h", show_default=True, help="The window the rates and latencies cover.")
+def health(window: str) -> None:
     """Check the runbook's thresholds; exit 1 on a breach, naming the symptom and its first checks."""
+    from offers_workers.health import checks, figures
+
+    age = parse_duration(window)
     rt = runtime_or_exit()
-    with rt.db.transaction() as conn:
-        spike = _spike(rt, conn)
-    s = rt.settings
-    checks = [
-        (
-            "high_value_cancellations",
-            f"{spike.recent} in {s.cancel_spike_window_seconds / 3600:g} h ({spike.trailing_rate:.1f} trailing)",
-            f"< {s.cancel_spike_ratio:g}× trailing or < {s.cancel_spike_min}",
-            not spike.spike,
-        ),
-    ]
-    table = Table(title="Health")
+    results = checks(rt, figures(rt, age))
+    table = Table(title=f"Health (last {window})")
     for col in ("check", "value", "threshold", "status"):
         table.add_column(col)
-    for name, value, threshold, ok in checks:
-        table.add_row(name, value, threshold, "[green]ok[/green]" if ok else "[red]BREACH[/red]")
+    for c in results:
+        table.add_row(c.name, c.value, c.threshold, "[green]ok[/green]" if c.ok else "[red]BREACH[/red]")
     console.print(table)
-    breaches = [name for name, _, _, ok in checks if not ok]
-    for name in breaches:
-        symptom, first_checks = RUNBOOK[name]
-        console.print(f"[bold red]Runbook symptom: {symptom}[/bold red]")
-        if name == "high_value_cancellations" and spike.by_reason:
-            console.print("  reasons: " + ", ".join(f"{r} {n}" for r, n in spike.by_reason.items()))
-        for n, step in enumerate(first_checks, 1):
-            console.print(f"  {n}. {step}")
+    breaches = [c for c in results if not c.ok]
+    for c in breaches:
+        console.print(f"[bold red]Runbook symptom: {c.symptom}[/bold red] ({c.name}: {c.value})", soft_wrap=True)
+        if c.detail:
+            console.print("  " + ", ".join(c.detail), soft_wrap=True)
+        for n, step in enumerate(c.first_checks, 1):
+            console.print(f"  {n}. {step}", soft_wrap=True, markup=False)
     if breaches:
         sys.exit(1)
+    console.print("[green]all runbook thresholds met[/green]")
+
+
+# --- synthetic journey -----------------------------------------------------------------------------
+
+
+@main.group()
+def synthetic() -> None:
+    """The synthetic journey (the runbook's nightly check)."""
+
+
+@synthetic.command("run")
+@click.option("--timeout", "timeout_s", default=60, show_default=True, help="Seconds each step may take.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def synthetic_run(timeout_s: float, as_json: bool) -> None:
+    """Submit a synthetic offer, wait for submitted, cancel it, check hold and events (exit 1 on failure)."""
+    from offers_workers import synthetic as journey_module
+
+    rt = runtime_or_exit()
+    from tasks.app import app
+
+    with console.status("synthetic journey"):
+        journey = journey_module.run(rt, lambda name, kwargs: app.send_task(name, kwargs=kwargs), timeout_s=timeout_s)
+    if as_json:
+        print_json(journey.as_dict())
+    else:
+        table = Table(title=f"Synthetic journey {journey.offer_id}")
+        for col in ("step", "result", "ms", "detail"):
+            table.add_column(col, justify="right" if col == "ms" else "left")
+        for s in journey.steps:
+            table.add_row(s.name, "[green]pass[/green]" if s.ok else "[red]FAIL[/red]", f"{s.ms:,.0f}", s.detail)
+        console.print(table)
+    if not journey.ok:
+        sys.exit(1)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def metrics() -> None:
+    """Prometheus metrics."""
+
+
+@metrics.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, help="Default: OFFERS_METRICS_PORT (9464).")
+def metrics_serve(host: str, port: int | None) -> None:
+    """Serve /metrics until stopped (the Procfile's metrics: process)."""
+    from offers_workers import logs
+    from offers_workers.metrics import serve
+
+    logs.setup()
+    rt = runtime_or_exit()
+    try:
+        serve(rt, host, port if port is not None else rt.settings.metrics_port)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {host}:{port or rt.settings.metrics_port}: {exc.strerror}", 1)
+    except KeyboardInterrupt:
+        pass
 
 
 # --- sandbox, dev, demo --------------------------------------------------------------------------

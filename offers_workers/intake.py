@@ -40,6 +40,8 @@ class IntakeResult:
     offer_id: str | None
     dispatches: list[Dispatch]
     rejection_id: int | None = None
+    #: ``throttled``: seconds until the soft-launch bucket admits the offer (the task retries then).
+    wait_s: float = 0.0
 
 
 def _raw_text(raw: Any) -> tuple[str, int]:
@@ -71,6 +73,12 @@ def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dic
     except PayloadRejected as rejected:
         return _reject(rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=_claimed_offer_id(raw))
 
+    gate = _admission(rt, offer.offer_id, offer.maker_id)
+    if gate is not None:
+        if gate.wait_s:
+            return IntakeResult("throttled", offer.offer_id, [], wait_s=gate.wait_s)
+        return _reject(rt, raw, "submission_disabled", [gate.error], task_id=task_id, offer_id=offer.offer_id)
+
     with rt.db.transaction() as conn:
         cancellation.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
         if store.insert_offer(conn, offer, raw, actor=ACTOR):
@@ -94,6 +102,30 @@ def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dic
         message="an offer with this id was already submitted with a different body",
     )
     return _reject(rt, raw, "duplicate_conflict", [error], task_id=task_id, offer_id=offer.offer_id)
+
+
+@dataclass(frozen=True)
+class _Gate:
+    wait_s: float = 0.0
+    error: FieldError | None = None
+
+
+def _admission(rt: Runtime, offer_id: str, maker_id: str) -> _Gate | None:
+    """The runbook's flags at the door: None admits the offer."""
+    flags = rt.flags
+    submission_on, soft_launch = flags.enabled("OFFER_SUBMISSION_ENABLED"), flags.enabled("SOFT_LAUNCH_MODE")
+    if submission_on and not soft_launch:
+        return None
+    with rt.db.transaction() as conn:
+        # A redelivery of an offer already taken in is not a new submit: let it through as a duplicate.
+        if conn.execute("SELECT 1 FROM offers WHERE offer_id = %s", (offer_id,)).fetchone():
+            return None
+    if not submission_on:
+        return _Gate(error=FieldError(field="offer", code="submission_disabled", message="offer submission is switched off"))
+    admission = rt.soft_launch.admit(maker_id)
+    if admission.refused:
+        return _Gate(error=FieldError(field="maker_id", code="submission_disabled", message="soft launch: this maker is not admitted yet"))
+    return None if admission.admitted else _Gate(wait_s=admission.wait_s)
 
 
 def _reject(

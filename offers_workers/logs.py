@@ -39,5 +39,8 @@ def setup(level: str = "INFO") -> None:
     root.setLevel(level)
     # Request-by-request chatter of HTTP clients and the AWS sandbox is noise at INFO.
     # celery.app.trace logs every task's kwargs (buyer emails, IPs): our own lines carry the ids instead.
-    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp", "celery.app.trace"):
+    # celery.worker.strategy logs every received task with its kwargs: a submit's buyer email and IP.
+    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp", "celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Python warnings (Celery's running-as-root one, deprecations) become JSON lines too.
+    logging.captureWarnings(True)

@@ -31,9 +31,11 @@ class Scope:
 
     offer_id_prefix: str | None = None
     since: Any = None
+    #: Synthetic journeys (``synthetic: true``) are probes, not traffic: left out unless asked for.
+    include_synthetic: bool = False
 
     def where(self) -> tuple[sql.Composable, list[Any]]:
-        clauses: list[sql.Composable] = [sql.SQL("TRUE")]
+        clauses: list[sql.Composable] = [sql.SQL("TRUE") if self.include_synthetic else sql.SQL("NOT synthetic")]
         params: list[Any] = []
         if self.offer_id_prefix:
             clauses.append(sql.SQL("offer_id LIKE %s"))
@@ -105,7 +107,7 @@ VALUE_BANDS = (
 
 def _cancel_scope(scope: Scope) -> tuple[sql.Composable, list[Any]]:
     # Cancellations are counted by when they happened, not when the offer came in.
-    clauses: list[sql.Composable] = [sql.SQL("state = 'cancelled'")]
+    clauses: list[sql.Composable] = [sql.SQL("state = 'cancelled'"), sql.SQL("TRUE") if scope.include_synthetic else sql.SQL("NOT synthetic")]
     params: list[Any] = []
     if scope.offer_id_prefix:
         clauses.append(sql.SQL("offer_id LIKE %s"))
@@ -161,13 +163,13 @@ def cancellation_spike(
         SELECT count(*) FILTER (WHERE cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s)) AS recent,
                count(*) FILTER (WHERE cancelled_at < clock_timestamp() - make_interval(secs => %(w)s)) AS trailing
         FROM offers
-        WHERE state = 'cancelled' AND amount_cents >= %(hv)s AND offer_id LIKE %(prefix)s
+        WHERE state = 'cancelled' AND NOT synthetic AND amount_cents >= %(hv)s AND offer_id LIKE %(prefix)s
           AND cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s + %(t)s)
         """,
         {"w": window_s, "t": trailing_s, "hv": high_value_cents, "prefix": prefix},
     ).fetchone()
     reasons = conn.execute(
-        "SELECT reason, count(*) AS n FROM offers WHERE state = 'cancelled' AND amount_cents >= %s AND offer_id LIKE %s"
+        "SELECT reason, count(*) AS n FROM offers WHERE state = 'cancelled' AND NOT synthetic AND amount_cents >= %s AND offer_id LIKE %s"
         " AND cancelled_at >= clock_timestamp() - make_interval(secs => %s) GROUP BY reason ORDER BY count(*) DESC",
         (high_value_cents, prefix, window_s),
     ).fetchall()
@@ -175,3 +177,38 @@ def cancellation_spike(
     observed = row["recent"] / trailing_rate if trailing_rate else None
     spike = row["recent"] >= minimum and (observed is None or observed >= ratio)
     return SpikeCheck(row["recent"], trailing_rate, observed, spike, {r["reason"]: r["n"] for r in reasons})
+
+
+# --- operations ----------------------------------------------------------------------------------------
+
+
+def dlq_depth(conn: psycopg.Connection) -> dict[str, int]:
+    """Pending dead letters per stage."""
+    return {r["stage"]: r["n"] for r in conn.execute(
+        "SELECT stage, count(*) AS n FROM dead_letters WHERE status = 'pending' GROUP BY stage ORDER BY stage")}
+
+
+def active_holds(conn: psycopg.Connection) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT count(*) AS n, coalesce(sum(amount_cents), 0) AS cents FROM offers WHERE hold_status = 'held'"
+    ).fetchone()
+    return {"holds": row["n"], "amount_cents": int(row["cents"])}
+
+
+def stuck_offers(conn: psycopg.Connection, older_than_s: float) -> int:
+    """Open offers with no progress and no retry due for longer than the recovery threshold."""
+    return conn.execute(
+        "SELECT count(*) AS n FROM offers WHERE state = ANY(%(open)s)"
+        " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
+        " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))",
+        {"open": list(states.OPEN), "age": older_than_s},
+    ).fetchone()["n"]
+
+
+def queue_depths(client: Any, key_prefix: str, queues: list[str]) -> dict[str, int]:
+    """Messages waiting per queue on a Redis broker (kombu keeps priorities 3, 6, 9 in their own lists)."""
+    depths = {}
+    for queue in queues:
+        keys = [f"{key_prefix}{queue}"] + [f"{key_prefix}{queue}\x06\x16{p}" for p in (3, 6, 9)]
+        depths[queue] = sum(client.llen(k) for k in keys)
+    return depths

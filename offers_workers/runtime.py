@@ -16,6 +16,8 @@ from offers_workers.db import Database
 from offers_workers.policy import PolicyStore
 
 if TYPE_CHECKING:
+    from offers_workers.admission import SoftLaunch
+    from offers_workers.flags import FlagStore
     from offers_workers.partners.aws_events import EventPublisher
     from offers_workers.partners.plaid_funds import PlaidFunds
     from offers_workers.partners.sift_risk import SiftRisk
@@ -66,6 +68,27 @@ class Runtime:
         from offers_workers.partners.aws_events import EventPublisher
 
         return EventPublisher(self.settings)
+
+    @cached_property
+    def flags(self) -> "FlagStore":
+        from offers_workers.flags import FlagStore
+
+        return FlagStore(self.db, self.settings.flag_cache_seconds)
+
+    @cached_property
+    def soft_launch(self) -> "SoftLaunch":
+        from offers_workers.admission import SoftLaunch
+
+        if self.redis is None:
+            raise ConfigError("invalid configuration: SOFT_LAUNCH_MODE needs Redis (OFFERS_REDIS_URL)")
+        s = self.settings
+        return SoftLaunch(
+            self.redis,
+            key_prefix=s.redis_key_prefix,
+            rate=s.soft_launch_rate,
+            burst=s.soft_launch_burst or max(1, int(s.soft_launch_rate)),
+            makers=frozenset(m.strip() for m in s.soft_launch_makers.split(",") if m.strip()),
+        )
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -91,7 +91,7 @@ def base_offer(offer_id: str, n: int) -> dict[str, Any]:
         "buyer_context": {"email": f"buyer{n}@example.com", "ip": "203.0.113.9", "session_id": f"s{n}"},
         "message": "Would you take this?",
         "submitted_at": "2026-11-28T12:00:00Z",
-        "synthetic": True,
+        "synthetic": False,
     }
 
 

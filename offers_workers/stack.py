@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from config.settings import Settings, get_settings
-from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
+from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from offers_workers.fleet import PROJECT_ROOT, Fleet, read_procfile
 from offers_workers.policy import read_policy_file
 from offers_workers.runtime import Runtime
@@ -56,6 +56,9 @@ class Stack:
             sandbox.start()
             self._cleanup.callback(sandbox.stop)
             self.env.update(sandbox.settings_env())
+        if "OFFERS_METRICS_PORT" not in os.environ:
+            # A local stack must not collide with a metrics server already on the default port.
+            self.env["OFFERS_METRICS_PORT"] = str(free_port())
         # This process (the CLI) talks to the same stack as the processes it starts.
         os.environ.update(self.env)
         get_settings.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from celery import Celery, signals
@@ -13,6 +14,7 @@ from offers_workers import logs
 TASK_MODULES = [
     "tasks.intake",
     "tasks.cancellation",
+    "tasks.realtime",
     "tasks.validation",
     "tasks.payment",
     "tasks.risk",
@@ -41,5 +43,10 @@ def _json_logs(**_: object) -> None:
     # Connecting here stops Celery from installing its own text handlers.
     logs.setup()
 
+
+# A process started as `celery -A tasks.app …` logs JSON from its first line: Celery warns (running
+# as root, say) before its own logging set-up, and that line must not be the one plain-text line.
+if not logging.getLogger().handlers:
+    logs.setup()
 
 app = create_app()

@@ -14,6 +14,7 @@ from celery.exceptions import Retry
 from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
 from offers_workers import deadletter, logs
 from offers_workers.errors import PartnerError, TransientError
+from offers_workers.metrics import count_partner_error
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import Dispatch
 
@@ -49,17 +50,25 @@ class OffersTask(Task):
         except Retry:
             raise
         except RETRYABLE as exc:
-            fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
+            fields = self.partner_failure(exc)
             policy = STORE_OUTAGE if isinstance(exc, STORE_ERRORS) else policy_for(self.stage)
             if self.request.retries < policy.max_retries:
                 self.retry_later(exc, policy, fields)
             self.dead_letter_or_retry(exc, kwargs, fields)
         except Exception as exc:  # noqa: BLE001 - anything unexpected goes to the DLQ, never lost
-            fields = exc.log_fields() if isinstance(exc, PartnerError) else {}
+            fields = self.partner_failure(exc)
             self.dead_letter_or_retry(exc, kwargs, fields)
         finally:
             logs.task_context.reset(token)
         return None
+
+    @staticmethod
+    def partner_failure(exc: BaseException) -> dict[str, Any]:
+        """Log fields of a partner failure (stripe_error, sift_error, plaid_error…), counted for /metrics."""
+        if not isinstance(exc, PartnerError):
+            return {}
+        count_partner_error(get_runtime(), exc.partner, exc.code or type(exc).__name__)
+        return exc.log_fields()
 
     def retry_later(self, exc: BaseException, policy: RetryPolicy, fields: dict[str, Any], *, limit: bool = True) -> None:
         countdown = policy.countdown(self.request.retries) * get_runtime().settings.retry_delay_scale

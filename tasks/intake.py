@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from offers_workers import intake
@@ -15,4 +16,10 @@ from tasks.base import OffersTask
 def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispatch]:
     # Missing or extra kwargs are a bad message, recorded like any other, not a crash.
     result = intake.submit(get_runtime(), offer, task_id=self.request.id, unexpected=unexpected)
+    if result.outcome == "throttled":
+        # Soft launch: over the fleet-wide rate the offer waits on the broker, never rejected; the
+        # jitter spreads waiting offers over the next second instead of one stampede.
+        # A fresh message, not a retry: waiting is not failing, and must not spend the retry budget.
+        self.app.send_task(self.name, kwargs={"offer": offer, **unexpected}, countdown=result.wait_s + random.uniform(0, 1))
+        return []
     return result.dispatches

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from datetime import datetime
 
-from offers_workers import audit, cancellation, recovery
+from offers_workers import audit, cancellation, recovery, synthetic
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import Dispatch
 from tasks.app import app
@@ -48,3 +49,11 @@ def export_audit(self: OffersTask, until: str | None = None) -> None:
         log.warning("audit export skipped: another export is running")
     except audit.ExportFailed:
         pass
+
+
+@app.task(name="offers.synthetic_journey", bind=True)
+def synthetic_journey(self: Any) -> dict[str, Any]:
+    # Watches a whole journey (up to a few minutes, once a night) on the maintenance queue; the
+    # outcome is the log line "synthetic journey passed/failed" with its timings.
+    journey = synthetic.run(get_runtime(), lambda name, kwargs: self.app.send_task(name, kwargs=kwargs))
+    return journey.as_dict()

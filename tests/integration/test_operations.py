@@ -1,0 +1,158 @@
+"""What on-call uses: `stats`, `health`, `/metrics`, and the single beat."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from offers_workers import states
+from offers_workers.embedded import free_port
+from offers_workers.fleet import Fleet, read_procfile
+from offers_workers.samples import base_offer
+from offers_workers.sandbox import clear_faults, set_fault
+from tests.conftest import new_id, wait_until
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def dead_lettered(celery_app, runtime, sandbox) -> list[str]:  # noqa: ANN001
+    """Offers dead-lettered at the risk stage while Sift answered 503 to everything."""
+    set_fault(sandbox, "sift", status=503, rate=1.0)
+    try:
+        offers = [base_offer(new_id("ops"), n) for n in range(5)]
+        for offer in offers:
+            celery_app.send_task("offers.submit", kwargs={"offer": offer})
+        ids = [o["offer_id"] for o in offers]
+
+        def all_dead() -> bool:
+            with runtime.db.transaction() as conn:
+                found = [r["state"] for r in conn.execute("SELECT state FROM offers WHERE offer_id = ANY(%s)", (ids,))]
+            return found == [states.DEAD_LETTERED] * 5
+
+        wait_until(all_dead, timeout=90, message="dead letters")
+    finally:
+        clear_faults(sandbox, "sift")
+    return ids
+
+
+def test_health_breaches_under_a_sift_outage_and_names_the_symptom(dead_lettered) -> None:  # noqa: ANN001
+    health = cli("health", "--window", "2m")
+    assert health.returncode == 1, health.stdout
+    assert "Runbook symptom: Submission Success Rate Drops" in health.stdout
+    assert "Runbook symptom: Dead letters waiting" in health.stdout and "risk: " in health.stdout
+    assert "sift_error" in health.stdout  # the first check says where to look
+
+
+def test_stats_figures_equal_counts_taken_directly(runtime, dead_lettered) -> None:  # noqa: ANN001
+    shown = cli("stats", "--window", "1h", "--json")
+    assert shown.returncode == 0, shown.stderr
+    figures = json.loads(shown.stdout)
+    with runtime.db.transaction() as conn:
+        direct = Counter({
+            (r["state"], r["reason"]): r["n"] for r in conn.execute(
+                "SELECT state, reason, count(*) AS n FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
+                " GROUP BY state, reason")
+        })
+        dlq = {r["stage"]: r["n"] for r in conn.execute(
+            "SELECT stage, count(*) AS n FROM dead_letters WHERE status = 'pending' GROUP BY stage")}
+        holds = conn.execute("SELECT count(*) AS n FROM offers WHERE hold_status = 'held'").fetchone()["n"]
+        timed = conn.execute(
+            "SELECT count(validated_at) AS validated, count(auction_triggered_at) AS triggered,"
+            " percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM validated_at - received_at) * 1000) AS validation_p95"
+            " FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
+        ).fetchone()
+    assert Counter({(r["state"], r["reason"]): r["offers"] for r in figures["offers_by_state"]}) == direct
+    finished = sum(n for (state, _), n in direct.items() if state in ("submitted", "rejected", "cancelled", "dead_lettered"))
+    ok = sum(n for (state, _), n in direct.items() if state in ("submitted", "rejected", "cancelled"))
+    assert figures["success_rate"] == pytest.approx(ok / finished)
+    assert figures["dead_letters"] == dlq and dlq.get("risk", 0) >= 5
+    assert figures["active_holds"]["holds"] == holds
+    assert set(figures["queue_depths"]) >= {"offers.intake", "offers.payment"}
+    assert (figures["validation_ms"]["count"], figures["auction_lag_ms"]["count"]) == (timed["validated"], timed["triggered"])
+    assert figures["validation_ms"]["p95"] == pytest.approx(float(timed["validation_p95"]))
+    table = cli("stats")
+    assert table.returncode == 0 and "Service levels" in table.stdout and "dead letters · risk" in table.stdout
+
+
+def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_lettered) -> None:  # noqa: ANN001
+    port = free_port()
+    metrics = next(t for t in read_procfile() if t.name == "metrics")
+    with Fleet(offers_env | {"OFFERS_METRICS_PORT": str(port)}, tmp_path) as fleet:
+        fleet.start(metrics)
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                    return response.read().decode()
+            except OSError:
+                return None
+
+        text = wait_until(scrape, timeout=30, message=f"/metrics (log in {tmp_path})")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"offers_by_state", "offers_submission_success_rate", "offers_dead_letters", "offers_active_holds",
+            "offers_queue_depth", "offers_validation_seconds", "offers_partner_errors"} <= set(families)
+    risk = [s for s in families["offers_dead_letters"].samples if s.labels == {"stage": "risk"}]
+    assert risk and risk[0].value >= 5
+    sift = [s for s in families["offers_partner_errors"].samples if s.labels.get("partner") == "sift"]
+    assert sift and sum(s.value for s in sift) >= 5 * 17  # every attempt of every dead-lettered offer
+
+
+def test_a_second_beat_started_by_mistake_sends_nothing_twice(offers_env, tmp_path) -> None:  # noqa: ANN001
+    beat = next(t for t in read_procfile() if t.name == "beat")
+    env = offers_env | {"OFFERS_RECOVERY_INTERVAL_SECONDS": "1", "OFFERS_REDIS_KEY_PREFIX": offers_env["OFFERS_REDIS_KEY_PREFIX"] + "beats:"}
+    with Fleet(env, tmp_path) as fleet:
+        fleet.start(beat, name="beat_a")
+        fleet.start(beat, name="beat_b")
+        time.sleep(8)
+        assert not fleet.dead()
+    sent = {
+        name: sum(1 for line in (tmp_path / f"{name}.log").read_text().splitlines() if "Sending due task recover-stuck-offers" in line)
+        for name in ("beat_a", "beat_b")
+    }
+    # One beat holds the lock and sends every tick; the other waits for the lock and sends nothing
+    assert sorted(sent.values())[0] == 0 and 3 <= sorted(sent.values())[1] <= 9, sent
+
+
+def test_the_synthetic_journey_passes_and_stays_out_of_stats(runtime) -> None:  # noqa: ANN001
+    ran = cli("synthetic", "run", "--json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    journey = json.loads(ran.stdout)
+    assert [s["name"] for s in journey["steps"]] == [
+        "submitted", "hold placed", "offer.submitted published", "cancelled", "hold released", "offer.cancelled published"
+    ]
+    assert all(s["ok"] for s in journey["steps"])
+    with runtime.db.transaction() as conn:
+        row = conn.execute("SELECT state, synthetic FROM offers WHERE offer_id = %s", (journey["offer_id"],)).fetchone()
+        real = conn.execute(
+            "SELECT count(*) AS n FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
+        ).fetchone()["n"]
+    assert (row["state"], row["synthetic"]) == (states.CANCELLED, True)
+    figures = json.loads(cli("stats", "--json").stdout)
+    assert sum(r["offers"] for r in figures["offers_by_state"]) == real
+
+
+def test_worker_logs_are_json_lines_without_pii_or_secrets(fleet, settings, dead_lettered) -> None:  # noqa: ANN001
+    # The session's workers have taken submits (with buyers' emails and IPs) and seen Sift fail.
+    lines = [line for path in fleet.log_dir.glob("*.log") for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    assert len(lines) > 50
+    records = [json.loads(line) for line in lines]  # raises on any line that is not one JSON object
+    in_tasks = [r for r in records if "task_id" in r]
+    assert in_tasks and all({"stage", "attempt"} <= set(r) for r in in_tasks)
+    assert any("sift_error" in r for r in records)  # partner failures carry the partner's code
+    text = "\n".join(lines)
+    for secret in (settings.secret("stripe_api_key"), settings.secret("sift_api_key"), settings.secret("plaid_secret")):
+        assert secret and secret not in text
+    # Buyers' emails and IPs go to Sift, never into logs in clear
+    assert "@example.com" not in text and "203.0.113.9" not in text
