@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers import states, store
+from offers_workers import reports, states, store
 from offers_workers.payload import json_schema
 from offers_workers.runtime import Runtime
 
@@ -613,9 +613,6 @@ def audit_verify(export_id: int) -> None:
 # --- stats, health -------------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
 
 @main.command()
 @click.option("--window", default="1h", show_default=True, help="How far back to look (30m, 1h, 7d).")
@@ -644,7 +641,7 @@ def stats(window: str, as_json: bool) -> None:
     slo.add_row("submission success rate", "", "-" if rate is None else f"{rate:.1%}", "", "")
     for label, key in (("validation (ms)", "validation_ms"), ("intake → auction (ms)", "auction_lag_ms")):
         f = found[key]
-        slo.add_row(label, f"{f['count']:,}", _ms(f["p50"]), _ms(f["p95"]), _ms(f["p99"]))
+        slo.add_row(label, f"{f['count']:,}", reports.ms_text(f["p50"]), reports.ms_text(f["p95"]), reports.ms_text(f["p99"]))
     console.print(slo)
 
     ops = Table(title="Now")

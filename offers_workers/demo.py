@@ -127,9 +127,6 @@ def run(rt: Runtime, send: Callable[[dict[str, Any]], None], count: int, *, cons
     return DemoResult(samples, problems, elapsed, run_id)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
 
 def print_report(rt: Runtime, result: DemoResult, console: Console) -> None:
     scope = reports.Scope(offer_id_prefix=result.run_id + "-")
@@ -157,8 +154,8 @@ def print_report(rt: Runtime, result: DemoResult, console: Console) -> None:
     for col in ("stage", "offers", "p50", "p95"):
         timing.add_column(col, justify="left" if col == "stage" else "right")
     for stage, figures in stages.items():
-        timing.add_row(stage, str(figures["count"]), _ms(figures["p50"]), _ms(figures["p95"]))
-    timing.add_row("[bold]intake → auction", str(lag["count"]), _ms(lag["p50"]), _ms(lag["p95"]))
+        timing.add_row(stage, str(figures["count"]), reports.ms_text(figures["p50"]), reports.ms_text(figures["p95"]))
+    timing.add_row("[bold]intake → auction", str(lag["count"]), reports.ms_text(lag["p50"]), reports.ms_text(lag["p95"]))
     console.print(timing)
 
     scenarios = Counter(s.scenario.name for s in result.samples)

@@ -34,16 +34,22 @@ class Scope:
     #: Synthetic journeys (``synthetic: true``) are probes, not traffic: left out unless asked for.
     include_synthetic: bool = False
 
-    def where(self) -> tuple[sql.Composable, list[Any]]:
+    def where(self, time_column: str = "received_at") -> tuple[sql.Composable, list[Any]]:
+        """The scope as SQL; ``since`` applies to ``time_column`` (cancellations count by when they happened)."""
         clauses: list[sql.Composable] = [sql.SQL("TRUE") if self.include_synthetic else sql.SQL("NOT synthetic")]
         params: list[Any] = []
         if self.offer_id_prefix:
             clauses.append(sql.SQL("offer_id LIKE %s"))
             params.append(self.offer_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%")
         if self.since is not None:
-            clauses.append(sql.SQL("received_at >= %s"))
+            clauses.append(sql.SQL("{} >= %s").format(sql.Identifier(time_column)))
             params.append(self.since)
         return sql.SQL(" AND ").join(clauses), params
+
+
+def ms_text(value: float | None) -> str:
+    """Milliseconds for a report table ("-" when there is no figure)."""
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def outcome_counts(conn: psycopg.Connection, scope: Scope) -> list[dict[str, Any]]:
@@ -106,16 +112,8 @@ VALUE_BANDS = (
 
 
 def _cancel_scope(scope: Scope) -> tuple[sql.Composable, list[Any]]:
-    # Cancellations are counted by when they happened, not when the offer came in.
-    clauses: list[sql.Composable] = [sql.SQL("state = 'cancelled'"), sql.SQL("TRUE") if scope.include_synthetic else sql.SQL("NOT synthetic")]
-    params: list[Any] = []
-    if scope.offer_id_prefix:
-        clauses.append(sql.SQL("offer_id LIKE %s"))
-        params.append(scope.offer_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%")
-    if scope.since is not None:
-        clauses.append(sql.SQL("cancelled_at >= %s"))
-        params.append(scope.since)
-    return sql.SQL(" AND ").join(clauses), params
+    where, params = scope.where("cancelled_at")
+    return sql.SQL("state = 'cancelled' AND {}").format(where), params
 
 
 def cancellations(conn: psycopg.Connection, scope: Scope) -> dict[str, list[dict[str, Any]]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +198,19 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
         time.sleep(interval)
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `offers-workers ARGS` as an operator would, in this run's environment (plus ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "offers_workers.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=project_root(),
+        env={**os.environ, **(env or {})},
+    )
 
 
 def project_root() -> Path:

@@ -5,9 +5,6 @@ and restored to verify.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 from datetime import datetime, timedelta, timezone
 
@@ -22,13 +19,7 @@ from offers_workers.partners.aws_archive import AuditArchive
 from offers_workers.runtime import Runtime
 from offers_workers.samples import make_samples
 from offers_workers.sandbox import clear_faults, set_fault
-from tests.conftest import RUN_ID, wait_until
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
+from tests.conftest import RUN_ID, cli, wait_until
 
 
 def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:  # noqa: ANN001

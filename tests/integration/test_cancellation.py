@@ -21,13 +21,9 @@ from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
 from offers_workers.sandbox import clear_faults, set_fault
 from tests.bus import BusReader
-from tests.conftest import DRILL_RESULTS, RUN_ID, new_id, wait_until
+from tests.conftest import DRILL_RESULTS, RUN_ID, cli, new_id, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def offers(runtime, ids: list[str]) -> dict[str, dict[str, Any]]:  # noqa: ANN001

@@ -14,19 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from offers_workers import intake, saga
 from offers_workers.samples import base_offer
-from tests.conftest import new_id, project_root
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offers_workers.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=project_root(),
-        env=os.environ.copy(),
-    )
+from tests.conftest import cli, new_id, project_root
 
 
 @pytest.fixture(scope="module")

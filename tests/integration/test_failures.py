@@ -17,13 +17,9 @@ import pytest
 from offers_workers import states
 from offers_workers.samples import base_offer
 from offers_workers.sandbox import clear_faults, set_fault
-from tests.conftest import DRILL_RESULTS, new_id, wait_until
+from tests.conftest import DRILL_RESULTS, cli, new_id, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def rows(runtime, offer_ids: list[str]) -> dict[str, dict]:  # noqa: ANN001

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,14 +12,10 @@ import pytest
 
 from offers_workers import states
 from offers_workers.samples import base_offer
-from tests.conftest import new_id, wait_until
+from tests.conftest import cli, new_id, wait_until
 from tests.drillkit import drill
 
 pytestmark = pytest.mark.usefixtures("fleet")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -17,13 +15,9 @@ from offers_workers.embedded import free_port
 from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
 from offers_workers.sandbox import clear_faults, set_fault
-from tests.conftest import new_id, wait_until
+from tests.conftest import cli, new_id, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offers_workers.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
