@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
 import psycopg
+from psycopg import sql
 
 from offers_workers.runtime import Runtime
 
@@ -87,11 +88,17 @@ def check_chain(rows: Iterable[dict[str, Any]], expected_prev: str | None = None
     return result
 
 
-def stream_rows(conn: psycopg.Connection, where: str = "TRUE", params: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
+#: Row filters the trail is read by (fixed SQL; the values go in as parameters).
+SINCE = sql.SQL("at >= %s")
+ID_RANGE = sql.SQL("id BETWEEN %s AND %s")
+
+
+def stream_rows(conn: psycopg.Connection, where: sql.Composable = sql.SQL("TRUE"), params: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
     """Audit rows in id order through a server-side cursor: memory stays flat however many rows."""
+    query = sql.SQL("SELECT {} FROM audit_events WHERE {} ORDER BY id").format(sql.SQL(ROW_COLUMNS), where)
     with conn.cursor(name="audit_rows") as cur:
         cur.itersize = BATCH
-        cur.execute(f"SELECT {ROW_COLUMNS} FROM audit_events WHERE {where} ORDER BY id", params)  # noqa: S608 - fixed fragments
+        cur.execute(query, params)
         yield from cur
 
 
@@ -99,7 +106,7 @@ def verify_chain(rt: Runtime, since: datetime | None = None) -> ChainCheck:
     with rt.db.transaction() as conn:
         if since is None:
             return check_chain(stream_rows(conn), expected_prev=GENESIS)
-        return check_chain(stream_rows(conn, "at >= %s", (since,)))
+        return check_chain(stream_rows(conn, SINCE, (since,)))
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def _write(rt: Runtime, job: dict[str, Any], expected: int, progress: Callable[[
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
         with rt.db.transaction() as conn, gzip.GzipFile(fileobj=hasher, mode="wb", mtime=0) as gz:
-            rows = stream_rows(conn, "id BETWEEN %s AND %s", (job["first_row_id"], job["last_row_id"]))
+            rows = stream_rows(conn, ID_RANGE, (job["first_row_id"], job["last_row_id"]))
             check = check_chain(_written(rows, gz, expected, progress))
         if not check.ok:
             raise ValueError(f"the audit chain is broken, refusing to archive it: {check.first_break}")

@@ -7,19 +7,27 @@ exactly what is wrong (field-level errors) instead of having its data silently d
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 MAX_MESSAGE_BYTES = 32 * 1024
 #: How much of a rejected message's raw body is kept in its intake-rejection row.
 RAW_BODY_KEEP_BYTES = 4 * 1024
 
+#: Control characters have no place in these fields (and Postgres refuses NUL in text and jsonb).
+NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_CONTROLS)]
+
+
+def _ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # ValueError → a field error naming buyer_context.ip
+    return value
 
 
 class _Strict(BaseModel):
@@ -38,9 +46,9 @@ class BankAccountPayment(_Strict):
 
 
 class BuyerContext(_Strict):
-    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    ip: Annotated[str, StringConstraints(max_length=45)] | None = None
-    session_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")] | None = None
+    ip: Annotated[str, StringConstraints(max_length=45), AfterValidator(_ip_address)] | None = None
+    session_id: Annotated[str, StringConstraints(max_length=128, pattern=NO_CONTROLS)] | None = None
 
 
 class OfferPayload(_Strict):
@@ -54,7 +62,8 @@ class OfferPayload(_Strict):
     currency: CurrencyCode
     payment: Annotated[Union[CardPayment, BankAccountPayment], Field(discriminator="method")]
     buyer_context: BuyerContext = BuyerContext()
-    message: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    # Line breaks and tabs are fine in a message to the maker; other control characters are not.
+    message: Annotated[str, StringConstraints(max_length=1000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")] | None = None
     # Strict mode would refuse ISO strings; timestamps arrive as JSON text, so parse them leniently.
     submitted_at: Annotated[datetime, Field(strict=False)] | None = None
     synthetic: bool = False
@@ -95,7 +104,12 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
 
 def parse_offer(raw: Any) -> OfferPayload:
     """Check a decoded message against payload v1; raise PayloadRejected with field-level errors."""
-    size = len(canonical_json(raw).encode())
+    try:
+        size = len(canonical_json(raw).encode())
+    except RecursionError:
+        raise PayloadRejected([FieldError(field="", code="too_deep", message="the message is nested too deeply")]) from None
+    except ValueError as exc:  # e.g. an integer too long to print
+        raise PayloadRejected([FieldError(field="", code="not_serialisable", message=str(exc)[:200])]) from None
     if size > MAX_MESSAGE_BYTES:
         raise PayloadRejected(
             [FieldError(field="", code="too_large", message=f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")]

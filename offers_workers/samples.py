@@ -87,7 +87,7 @@ def base_offer(offer_id: str, n: int) -> dict[str, Any]:
         "buyer_id": f"usr_{n}",
         "amount_cents": 15000,
         "currency": "USD",
-        "payment": CARD,
+        "payment": dict(CARD),
         "buyer_context": {"email": f"buyer{n}@example.com", "ip": "203.0.113.9", "session_id": f"s{n}"},
         "message": "Would you take this?",
         "submitted_at": "2026-11-28T12:00:00Z",
