@@ -1,0 +1,111 @@
+"""Abuse on the wire: raw messages on our queues, each followed by a good offer that must still go
+through. Nothing is deserialised that is not JSON, nothing takes a worker down, and every message
+is recorded (an intake rejection) or refused with a clear log line.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offers_workers import states
+from offers_workers.samples import base_offer
+from tests.conftest import RUN_ID, new_id, wait_until
+
+pytestmark = pytest.mark.usefixtures("fleet")
+
+MARKER = Path(f"/tmp/offers-wire-abuse-{RUN_ID}")
+
+
+class Exploit:
+    """Unpickling this would create MARKER: proof of deserialisation if the file ever appears."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Path.touch, (str(MARKER),))  # type: ignore[return-value]
+
+
+def publish(celery_app, body: bytes, *, content_type: str = "application/json", task: str = "offers.submit", **headers: Any) -> None:  # noqa: ANN001
+    task_id = str(uuid.uuid4())
+    message_headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
+                       "retries": 0, "eta": None, "expires": None, **headers}
+    with celery_app.connection_for_write() as conn:
+        conn.Producer().publish(
+            body, exchange="", routing_key="offers.intake", content_type=content_type, content_encoding="utf-8", headers=message_headers,
+        )
+
+
+def submit_body(**kwargs: Any) -> bytes:
+    return json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+def state_of(runtime, offer_id: str) -> str | None:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        row = conn.execute("SELECT state FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+    return row["state"] if row else None
+
+
+def rejection(runtime, offer_id: str) -> dict[str, Any] | None:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return conn.execute("SELECT reason, errors FROM intake_rejections WHERE offer_id = %s", (offer_id,)).fetchone()
+
+
+def worker_log(fleet) -> str:  # noqa: ANN001
+    return "\n".join(p.read_text(errors="replace") for p in fleet.log_dir.glob("worker*.log"))
+
+
+ABUSES: dict[str, tuple[dict[str, Any], str | None]] = {
+    # name: (publish arguments, the worker log line that must say what happened; None: an intake rejection)
+    "pickle": ({"body": pickle.dumps(Exploit()), "content_type": "application/x-python-serialize"}, "untrusted content"),
+    "yaml": ({"body": b"!!python/object/apply:os.system ['touch /tmp/x']", "content_type": "application/x-yaml"}, "untrusted content"),
+    "not json": ({"body": b"{this is not json"}, "decode"),
+    "nested 10,000 deep": ({"body": b'[[], {"offer": ' + b"[" * 10_000 + b"]" * 10_000 + b"}, {}]"}, "decode"),
+    "unknown task": ({"body": submit_body(offer={}), "task": "offers.drop_tables"}, "unregistered task"),
+}
+
+
+@pytest.mark.parametrize("abuse", list(ABUSES))
+def test_a_hostile_message_is_refused_and_the_next_offer_goes_through(celery_app, runtime, fleet, abuse: str) -> None:  # noqa: ANN001
+    arguments, logged = ABUSES[abuse]
+    before = worker_log(fleet).count(logged) if logged else 0
+    publish(celery_app, **arguments)
+    good = base_offer(new_id("afterabuse"), 1)
+    celery_app.send_task("offers.submit", kwargs={"offer": good})
+
+    wait_until(lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED, timeout=60, message="the good offer after the abuse")
+    assert not fleet.dead(), "a worker died"
+    wait_until(lambda: worker_log(fleet).count(logged) > before, timeout=10, message=f"a log line saying {logged!r}")
+    assert not MARKER.exists(), "a non-JSON body was deserialised"
+
+
+@pytest.mark.parametrize("abuse", ["10 MB body", "missing kwargs", "extra kwargs", "forged retry headers"])
+def test_a_bad_submit_is_recorded_and_the_next_offer_goes_through(celery_app, runtime, fleet, abuse: str) -> None:  # noqa: ANN001
+    offer_id = new_id("abuse")
+    if abuse == "10 MB body":
+        publish(celery_app, submit_body(offer=base_offer(offer_id, 1) | {"message": "x" * 10_000_000}))
+    elif abuse == "missing kwargs":
+        publish(celery_app, submit_body())
+    elif abuse == "extra kwargs":
+        publish(celery_app, submit_body(offer=base_offer(offer_id, 1), priority="urgent", sql="DROP TABLE offers"))
+    else:
+        # Headers claiming the message was retried 99 times and already dead-lettered: it is just a message
+        publish(celery_app, submit_body(offer=base_offer(offer_id, 1)), retries=99, **{"x-death": [{"count": 5}], "dead_lettered": True})
+    good = base_offer(new_id("afterabuse"), 1)
+    celery_app.send_task("offers.submit", kwargs={"offer": good})
+
+    wait_until(lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED, timeout=60, message="the good offer after the abuse")
+    assert not fleet.dead(), "a worker died"
+    if abuse == "10 MB body":
+        found = wait_until(lambda: rejection(runtime, offer_id), message="the rejection")
+        assert found["reason"] == "invalid_payload" and found["errors"][0]["code"] == "too_large"
+    elif abuse == "extra kwargs":
+        found = wait_until(lambda: rejection(runtime, offer_id), message="the rejection")
+        assert {e["field"] for e in found["errors"]} == {"priority", "sql"}
+    elif abuse == "forged retry headers":
+        wait_until(lambda: state_of(runtime, offer_id) == states.SUBMITTED, message="the offer itself")
+    with runtime.db.transaction() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM dead_letters WHERE offer_id = %s", (offer_id,)).fetchone()["n"] == 0
