@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit clean
+.PHONY: install demo test unit fuzz clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 
 unit: install
 	$(BIN)/python -m pytest tests/unit
+
+## The long fuzzing run of intake (not in CI): OFFERS_FUZZ_EXAMPLES examples per property.
+fuzz: install
+	OFFERS_FUZZ_EXAMPLES=$${OFFERS_FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/security/test_payload_fuzz.py -p no:logging -q
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache
