@@ -98,7 +98,9 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
         # Drop pydantic's union-branch names ("card", "bank_account") from the path.
         # Field names come from the sender: cap them and drop NULs (Postgres text refuses them).
         loc = [str(p)[:100].replace("\x00", "") for p in err["loc"] if p not in ("card", "bank_account")]
-        errors.append(FieldError(field=".".join(loc), code=err["type"], message=err["msg"]))
+        # Messages may quote the sender's input (a union tag, say): same care.
+        message = err["msg"][:500].replace("\x00", "\\u0000")
+        errors.append(FieldError(field=".".join(loc), code=err["type"], message=message))
     return errors
 
 

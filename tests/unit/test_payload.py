@@ -86,3 +86,18 @@ def test_the_schema_describes_the_contract() -> None:
     assert set(schema["required"]) == {"offer_id", "listing_id", "maker_id", "buyer_id", "amount_cents", "currency", "payment"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["amount_cents"]["maximum"] == 100_000_000
+
+
+@pytest.mark.parametrize("where", ["payment.method", "buyer_context.ip", "payment.payment_method_id", "message"])
+def test_a_nul_in_any_field_is_a_field_error_whose_text_postgres_can_store(where: str) -> None:
+    # Found by the long fuzzing run: Postgres refuses NUL in text and jsonb, so neither the field
+    # nor pydantic's message quoting the input may carry one into the rejection row.
+    offer = base_offer("off_1", 1)
+    target = offer
+    *path, last = where.split(".")
+    for key in path:
+        target = target[key]
+    target[last] = "a\x00b"
+    with pytest.raises(PayloadRejected) as caught:
+        parse_offer(offer)
+    assert all("\x00" not in e.field + e.message for e in caught.value.errors)
