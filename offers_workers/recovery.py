@@ -34,13 +34,21 @@ def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
             params,
         ).fetchall()
         events = conn.execute(
-            "SELECT event_id FROM offer_events WHERE published_at IS NULL"
-            " AND created_at < clock_timestamp() - make_interval(secs => %(age)s) ORDER BY created_at LIMIT %(batch)s",
+            "UPDATE offer_events SET resent_at = clock_timestamp() WHERE event_id IN ("
+            " SELECT event_id FROM offer_events WHERE published_at IS NULL"
+            " AND created_at < clock_timestamp() - make_interval(secs => %(age)s)"
+            " AND (resent_at IS NULL OR resent_at < clock_timestamp() - make_interval(secs => %(age)s))"
+            " ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING event_id",
             params,
         ).fetchall()
         holds = conn.execute(
-            "SELECT offer_id FROM offers WHERE hold_status = 'held' AND state = ANY(%(ended)s)"
-            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s) LIMIT %(batch)s",
+            "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
+            " SELECT offer_id FROM offers WHERE hold_status = 'held' AND state = ANY(%(ended)s)"
+            " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
+            " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
+            " LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING offer_id",
             params,
         ).fetchall()
     dispatches = [d for row in stuck for d in hand_on(row["offer_id"], row["state"])]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from offers_workers import intake, recovery, saga, states
+from offers_workers import cancellation, intake, recovery, saga, states, store
 from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
 from tests.conftest import new_id, wait_until
@@ -111,3 +111,19 @@ def test_the_sweep_leaves_offers_with_a_pending_retry_alone_and_resends_each_onc
         conn.execute("UPDATE offers SET retry_due_at = clock_timestamp() + interval '30 seconds' WHERE offer_id = %s", (offer_id,))
     time.sleep(1.1)
     assert not swept()
+
+
+def test_the_sweep_publishes_a_lost_event_once_per_window(runtime) -> None:  # noqa: ANN001
+    offer = base_offer(new_id("sweepevent"), 1)
+    intake.submit(runtime, offer)
+    cancellation.cancel(runtime, offer["offer_id"], "buyer_withdrew", "buyer")  # its event's message dropped
+
+    def resent() -> bool:
+        return any(d.task == saga.PUBLISH_EVENT_TASK and d.kwargs["event_id"] == store.event_id(offer["offer_id"], "offer.cancelled")
+                   for d in recovery.sweep(runtime, stuck_after_s=1))
+
+    time.sleep(1.1)
+    assert resent()
+    assert not resent()  # already re-sent in this window: not again on the next sweep
+    time.sleep(1.1)
+    assert resent()
