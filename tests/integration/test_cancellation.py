@@ -19,9 +19,9 @@ import yaml
 from offers_workers import cancellation, intake, reports, states
 from offers_workers.fleet import Fleet, read_procfile
 from offers_workers.samples import base_offer
-from offers_workers.sandbox import clear_faults, set_fault
 from tests.bus import BusReader
 from tests.conftest import DRILL_RESULTS, RUN_ID, cli, new_id, wait_until
+from tests.outages import through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -171,16 +171,7 @@ def test_a_cancel_sent_twice_publishes_one_event_and_releases_once(celery_app, r
 
 def test_a_cancel_racing_a_dlq_replay_ends_cancelled_with_one_event_and_one_release(celery_app, runtime, sandbox, bus) -> None:  # noqa: ANN001
     # Given offers dead-lettered at the risk stage (Sift down), holding their card
-    set_fault(sandbox, "sift", status=503, rate=1.0)
-    try:
-        batch = [base_offer(new_id("replayrace"), n) for n in range(5)]
-        for offer in batch:
-            celery_app.send_task("offers.submit", kwargs={"offer": offer})
-        ids = [o["offer_id"] for o in batch]
-        wait_until(lambda: len(offers(runtime, ids)) == 5 and all(r["state"] == states.DEAD_LETTERED for r in offers(runtime, ids).values()),
-                   timeout=90, message="dead-lettered")
-    finally:
-        clear_faults(sandbox, "sift")
+    ids = through_sift_outage(celery_app, runtime, sandbox, "replayrace", 5)
     with runtime.db.transaction() as conn:
         entries = [r["id"] for r in conn.execute("SELECT id FROM dead_letters WHERE offer_id = ANY(%s) AND status = 'pending'", (ids,))]
     assert len(entries) == 5

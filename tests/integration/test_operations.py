@@ -13,9 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from offers_workers import states
 from offers_workers.embedded import free_port
 from offers_workers.fleet import Fleet, read_procfile
-from offers_workers.samples import base_offer
-from offers_workers.sandbox import clear_faults, set_fault
-from tests.conftest import cli, new_id, wait_until
+from tests.conftest import cli, wait_until
+from tests.outages import through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -23,22 +22,7 @@ pytestmark = pytest.mark.usefixtures("fleet")
 @pytest.fixture(scope="module")
 def dead_lettered(celery_app, runtime, sandbox) -> list[str]:  # noqa: ANN001
     """Offers dead-lettered at the risk stage while Sift answered 503 to everything."""
-    set_fault(sandbox, "sift", status=503, rate=1.0)
-    try:
-        offers = [base_offer(new_id("ops"), n) for n in range(5)]
-        for offer in offers:
-            celery_app.send_task("offers.submit", kwargs={"offer": offer})
-        ids = [o["offer_id"] for o in offers]
-
-        def all_dead() -> bool:
-            with runtime.db.transaction() as conn:
-                found = [r["state"] for r in conn.execute("SELECT state FROM offers WHERE offer_id = ANY(%s)", (ids,))]
-            return found == [states.DEAD_LETTERED] * 5
-
-        wait_until(all_dead, timeout=90, message="dead letters")
-    finally:
-        clear_faults(sandbox, "sift")
-    return ids
+    return through_sift_outage(celery_app, runtime, sandbox, "ops", 5)
 
 
 def test_health_breaches_under_a_sift_outage_and_names_the_symptom(dead_lettered) -> None:  # noqa: ANN001
