@@ -875,5 +875,51 @@ def demo(count: int, timeout: int) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@main.command()
+@click.option("--offers", default=5000, show_default=True, type=click.IntRange(1, 1_000_000), help="Offers in each saturation phase.")
+@click.option("--chains", type=click.IntRange(1, 1_000_000), help="Bare chains in the baseline  [default: --offers]")
+@click.option("--steady-seconds", default=30.0, show_default=True, type=click.FloatRange(0), help="Length of the steady-load phase (0: skip).")
+@click.option("--draft-rps", default=100.0, show_default=True, type=click.FloatRange(1, 10_000), help="validate_draft requests per second.")
+@click.option("--draft-seconds", default=10.0, show_default=True, type=click.FloatRange(0), help="Length of the validate_draft phase (0: skip).")
+@click.option("--memory-offers", default=20_000, show_default=True, type=click.IntRange(0), help="Offers in all before the last RSS reading.")
+@click.option("--timeout", default=900, show_default=True, type=click.IntRange(10), help="Seconds to wait for one phase to drain.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
+def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: float, draft_seconds: float, memory_offers: int, timeout: int, as_json: bool) -> None:
+    """Start the fleet and sandbox, measure the saga against a bare Celery chain, print one table."""
+    from offers_workers import bench as bench_run
+    from offers_workers.stack import Stack
+
+    _stop_on_sigterm()
+    os.environ.setdefault("OFFERS_SANDBOX", "1")  # the bench injects latency into the sandbox it starts
+    options = bench_run.BenchOptions(
+        offers=offers, chains=chains or offers, steady_seconds=steady_seconds, draft_rps=draft_rps,
+        draft_seconds=draft_seconds, memory_offers=memory_offers, timeout=timeout,
+    )
+    stack = Stack(settings_or_exit(), sandbox_ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    result = None
+    try:
+        with console.status("starting stores, sandbox and workers…"):
+            settings = stack.start()
+            from tasks.app import app
+
+            stack.wait_for_workers(app)
+        rt = Runtime(settings)
+        runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), console, options)
+        result = runner.run()
+        bench_run.report(result, console, f"offers-workers bench {runner.run_id}")
+        if as_json:
+            print_json(result.as_dict())
+        rt.close()
+    except KeyboardInterrupt:
+        fail("interrupted", 1)
+    except (RuntimeError, ConfigError) as exc:
+        fail(str(exc), 1)
+    finally:
+        with console.status("stopping everything the bench started…"):
+            stack.stop()
+    # The figures are for people to read; a lost or failed offer is what makes the bench fail.
+    sys.exit(0 if result is not None and not result.problems else 1)
+
+
 if __name__ == "__main__":
     main()

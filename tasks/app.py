@@ -22,6 +22,7 @@ TASK_MODULES = [
     "tasks.audit",
     "tasks.events",
     "tasks.maintenance",
+    "tasks.bench",
 ]
 
 
