@@ -100,6 +100,9 @@ class BenchResult:
     draft_rps: float = 0.0
     #: process label -> (RSS MB at start, after warm-up, at the end)
     memory: dict[str, tuple[float | None, float | None, float | None]] = field(default_factory=dict)
+    #: CPU milliseconds by process type, per bare chain and per saga offer (saturation phases)
+    cpu_ms_per_chain: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_offer: dict[str, float] = field(default_factory=dict)
     offers_sent: int = 0
     duplicate_holds: int = 0
     problems: list[str] = field(default_factory=list)
@@ -123,6 +126,8 @@ class BenchResult:
             "validate_draft": pc(self.draft),
             "validate_draft_errors": self.draft_errors,
             "memory_mb": {k: list(v) for k, v in self.memory.items()},
+            "cpu_ms_per_chain": self.cpu_ms_per_chain,
+            "cpu_ms_per_offer": self.cpu_ms_per_offer,
             "offers_sent": self.offers_sent,
             "duplicate_holds": self.duplicate_holds,
             "problems": self.problems,
@@ -333,6 +338,35 @@ class Bench:
                 found[name] = None
         return found
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far, by process type; the stores and this process (driver and sandbox) too."""
+        used: dict[str, float] = {}
+
+        def add(label: str, proc: psutil.Process, with_children: bool = False) -> None:
+            try:
+                t = proc.cpu_times()
+                total = t.user + t.system + (t.children_user + t.children_system if with_children else 0)
+                for child in proc.children() if with_children else []:
+                    c = child.cpu_times()
+                    total += c.user + c.system
+            except psutil.Error:
+                return
+            used[label] = used.get(label, 0.0) + total
+
+        for name, proc in self.processes.items():
+            try:
+                add(name, psutil.Process(proc.pid), with_children=True)
+            except psutil.Error:
+                pass
+        add("bench + sandbox", psutil.Process())
+        for proc in psutil.process_iter(["name"]):
+            name = proc.info["name"] or ""
+            if name.startswith("postgres"):
+                add("postgres", proc)
+            elif name.startswith("redis-server"):
+                add("redis", proc)
+        return used
+
     def count_duplicate_holds(self) -> int:
         per_offer: dict[str, int] = {}
         for pi in self.rt.stripe.list_holds():
@@ -356,8 +390,13 @@ class Bench:
         at_start = self.rss()
         self.warm_up()
         after_warmup = self.rss()
+        before = self.cpu_seconds()
         r.baseline = self.baseline()
+        between = self.cpu_seconds()
         r.saga, _ = self.saga_phase("saga", o.offers)
+        after = self.cpu_seconds()
+        r.cpu_ms_per_chain = {k: round((between[k] - before.get(k, 0)) * 1000 / max(1, r.baseline.count), 2) for k in between}
+        r.cpu_ms_per_offer = {k: round((after[k] - between.get(k, 0)) * 1000 / max(1, r.saga.count), 2) for k in after}
         urls = self.rt.settings
         for partner, ms in LATENCY_MS.items():
             set_fault(urls, partner, status=None, latency_ms=ms)

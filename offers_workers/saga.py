@@ -64,20 +64,38 @@ def hand_on(offer_id: str, state: str) -> list[Dispatch]:
     return [Dispatch(stage.task, {"offer_id": offer_id})] if stage else []
 
 
-def run_stage(rt: Runtime, stage: Stage, offer_id: str, work: Callable[[store.Offer], Outcome]) -> list[Dispatch]:
-    with rt.db.transaction() as conn:
+def run_stage(
+    rt: Runtime, stage: Stage, offer_id: str, work: Callable[[store.Offer], Outcome], *, local: bool = False
+) -> list[Dispatch]:
+    """Load, work, commit. A stage that calls a partner (``local=False``) holds no transaction
+    while it waits; a ``local`` stage does all three in one transaction, saving a round trip set."""
+    if local:
+        with rt.db.transaction() as conn:
+            offer = store.load_offer(conn, offer_id)
+            outcome = _work(stage, offer_id, offer, work)
+            return outcome if isinstance(outcome, list) else _commit(conn, stage, offer_id, outcome)
+    with rt.db.read() as conn:
         offer = store.load_offer(conn, offer_id)
+    outcome = _work(stage, offer_id, offer, work)
+    if isinstance(outcome, list):
+        return outcome
+    with rt.db.transaction() as conn:
+        return _commit(conn, stage, offer_id, outcome)
+
+
+def _work(
+    stage: Stage, offer_id: str, offer: store.Offer | None, work: Callable[[store.Offer], Outcome]
+) -> Outcome | list[Dispatch]:
+    """The stage's outcome, or the messages to send when the offer is not there to work on."""
     if offer is None:
         log.warning("no such offer; nothing to do", extra={"offer_id": offer_id, "stage": stage.name})
         return []
     if offer.state != stage.from_state:
         return hand_on(offer_id, offer.state) if offer.state == stage.to_state else []
     try:
-        outcome = work(offer)
+        return work(offer)
     except OfferRejected as rejected:
-        outcome = Reject(rejected.reason, data={"detail": rejected.detail} if rejected.detail else {})
-    with rt.db.transaction() as conn:
-        return _commit(conn, stage, offer_id, outcome)
+        return Reject(rejected.reason, data={"detail": rejected.detail} if rejected.detail else {})
 
 
 def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outcome) -> list[Dispatch]:
@@ -140,7 +158,7 @@ def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
             return Reject(problems[0].code, data={"errors": [p.model_dump() for p in problems]})
         return Advance()
 
-    return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work)
+    return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work, local=True)
 
 
 def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
@@ -214,7 +232,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
     """The audit stage: the offer's trail must show every step before it is called submitted."""
 
     def work(offer: store.Offer) -> Outcome:
-        with rt.db.transaction() as conn:
+        with rt.db.read() as conn:
             reached = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
         expected = list(states.HAPPY_PATH[:-1])
         # Each step reached, in order; a replayed offer passes some states twice, which is fine.
@@ -231,7 +249,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
 def publish_event(rt: Runtime, event_id: str) -> None:
     """Publish one outbox event to EventBridge (and SNS for submitted/cancelled); at least once."""
-    with rt.db.transaction() as conn:
+    with rt.db.read() as conn:
         event = store.load_outbox_event(conn, event_id)
     if event is None or event["published_at"] is not None:
         return
@@ -246,7 +264,7 @@ def publish_event(rt: Runtime, event_id: str) -> None:
 
 def release_hold(rt: Runtime, offer_id: str, *, why: str = "offer_ended", actor: str = RELEASE_HOLD_TASK) -> str | None:
     """Cancel the offer's PaymentIntent (stable idempotency key) and record it; None if no hold."""
-    with rt.db.transaction() as conn:
+    with rt.db.read() as conn:
         offer = store.load_offer(conn, offer_id)
     if offer is None or offer.hold_status != "held" or not offer.payment_intent_id:
         return None

@@ -68,12 +68,17 @@ def load_offer(conn: psycopg.Connection, offer_id: str, *, for_update: bool = Fa
 
 def insert_offer(conn: psycopg.Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str) -> bool:
     """Record a new offer as ``received``; False when the offer_id exists already."""
+    # The row and its audit event in one statement (one round trip).
     row = conn.execute(
         """
-        INSERT INTO offers (offer_id, listing_id, maker_id, buyer_id, amount_cents, currency,
-                            payment_method, payload, body_sha256, synthetic, state)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (offer_id) DO NOTHING
+        WITH inserted AS (
+            INSERT INTO offers (offer_id, listing_id, maker_id, buyer_id, amount_cents, currency,
+                                payment_method, payload, body_sha256, synthetic, state)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (offer_id) DO NOTHING
+            RETURNING offer_id, state)
+        INSERT INTO audit_events (offer_id, kind, to_state, actor, data)
+        SELECT offer_id, 'transition', state, %s, '{}'::jsonb FROM inserted
         RETURNING offer_id
         """,
         (
@@ -88,12 +93,10 @@ def insert_offer(conn: psycopg.Connection, offer: OfferPayload, raw: dict[str, A
             body_sha256(raw),
             offer.synthetic,
             states.RECEIVED,
+            actor,
         ),
     ).fetchone()
-    if row is None:
-        return False
-    record_audit(conn, offer.offer_id, "transition", actor=actor, to_state=states.RECEIVED)
-    return True
+    return row is not None
 
 
 def transition(
@@ -124,16 +127,25 @@ def transition(
     if stamp:
         assignments.append(sql.SQL("{} = clock_timestamp()").format(sql.Identifier(stamp)))
     assignments.append(sql.SQL("updated_at = clock_timestamp()"))
-    query = sql.SQL("UPDATE offers SET {} WHERE offer_id = %(offer_id)s AND state = %(from_state)s RETURNING offer_id").format(
-        sql.SQL(", ").join(assignments)
-    )
-    moved = conn.execute(query, {**values, "offer_id": offer_id, "from_state": from_state}).fetchone()
-    if moved is None:
-        return False
-    record_audit(
-        conn, offer_id, "transition", actor=actor, from_state=from_state, to_state=to_state, reason=reason, data=data
-    )
-    return True
+    # The move and its audit row in one statement: one round trip, and the audit chain's lock is
+    # taken as late as possible in the transaction.
+    query = sql.SQL(
+        "WITH moved AS ("
+        " UPDATE offers SET {} WHERE offer_id = %(offer_id)s AND state = %(from_state)s RETURNING offer_id)"
+        " INSERT INTO audit_events (offer_id, kind, from_state, to_state, reason, actor, data)"
+        " SELECT offer_id, 'transition', %(from_state)s, %(to_state)s, %(reason)s, %(actor)s, %(data)s FROM moved"
+        " RETURNING offer_id"
+    ).format(sql.SQL(", ").join(assignments))
+    params = {
+        **values,
+        "offer_id": offer_id,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reason": reason,
+        "actor": actor,
+        "data": Jsonb(data or {}),
+    }
+    return conn.execute(query, params).fetchone() is not None
 
 
 def record_audit(

@@ -26,6 +26,19 @@ TASK_MODULES = [
 ]
 
 
+#: Tasks whose callers wait for an answer through the result backend.
+ANSWERED_TASKS = frozenset({"offers.validate_draft"})
+
+
+class OffersCelery(Celery):
+    def send_task(self, name: str, *args: object, **options: object):  # noqa: ANN201 - AsyncResult
+        # Celery subscribes the sender to a result channel for every send_task unless told the
+        # result is ignored: one extra Redis round trip per message, and a subscription that
+        # lives as long as the process (worker memory grew with every offer).
+        options.setdefault("ignore_result", name not in ANSWERED_TASKS)
+        return super().send_task(name, *args, **options)
+
+
 def create_app() -> Celery:
     try:
         config = celery_config(get_settings())
@@ -33,7 +46,7 @@ def create_app() -> Celery:
         # One line naming the setting, then stop: a worker must not start half-configured.
         print(f"offers-workers: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    celery = Celery("offers_workers", set_as_current=True)
+    celery = OffersCelery("offers_workers", set_as_current=True)
     celery.config_from_object(config)
     celery.conf.include = TASK_MODULES
     return celery

@@ -1,0 +1,44 @@
+"""A small run of ``offers-workers bench``: it keeps working. Its figures are not asserted here
+(a benchmark is not a timed test); what it reports about offers is."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: Any) -> None:
+    env = {
+        "OFFERS_DATABASE_URL": scratch_database,
+        # Its own queues and beat lock, so it never shares work with the suite's workers.
+        "OFFERS_REDIS_KEY_PREFIX": f"{stores['OFFERS_REDIS_KEY_PREFIX']}bench-{secrets.token_hex(3)}:",
+        "OFFERS_STATE_DIR": str(tmp_path),
+    }
+    done = cli(
+        "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
+        "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
+        env=env, timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "bare 5-hop chain at saturation" in done.stdout
+    figures = json.loads(done.stdout[done.stdout.index("\n{") :])
+
+    assert figures["problems"] == []
+    assert figures["baseline_chains"]["count"] == 30
+    for phase in ("saga", "realistic"):
+        assert figures[phase]["count"] == 30 and figures[phase]["failed"] == 0, figures[phase]
+    assert figures["steady_lag"]["count"] >= 1
+    # Latency was injected on every path: no offer can reach the auction faster than its partners.
+    assert figures["steady_lag"]["p50_ms"] >= 480
+    assert figures["validate_draft"]["count"] == 50 and figures["validate_draft_errors"] == 0
+    assert figures["duplicate_holds"] == 0
+    rss = figures["memory_mb"]
+    assert {"worker", "worker_partners"} <= set(rss)
+    assert all(end for _, _, end in rss.values())
