@@ -429,38 +429,51 @@ def _met(ok: bool | None) -> str:
 def report(result: BenchResult, console: Console, title: str) -> None:
     r = result
     table = Table(title=title)
-    for col in ("measure", "result", "target", "met"):
-        table.add_column(col, justify="left" if col in ("measure", "target") else "right")
+    for col in ("#", "measure", "result", "target", "met"):
+        table.add_column(col, justify="right" if col in ("result", "met") else "left")
     if r.baseline:
-        table.add_row("1 bare 5-hop chain at saturation", f"{r.baseline.rate:.1f} chains/s", "upper bound", "")
+        table.add_row("1", "bare 5-hop chain, saturated", f"{r.baseline.rate:.1f} chains/s", "upper bound", "")
     if r.saga:
         sb = ratio(r.saga, r.baseline)
         table.add_row(
-            f"2 saga at saturation ({r.saga.count} offers)", f"{r.saga.rate:.1f} offers/s", "≥ 0.5 × bare chain", ""
+            "2", f"saga, {r.saga.count} offers, saturated", f"{r.saga.rate:.1f} offers/s = {sb or 0:.2f} × chain",
+            "≥ 0.50 × chain", _met(None if sb is None else sb >= 0.5),
         )
-        table.add_row("  saga ÷ bare chain", f"{sb:.2f}" if sb is not None else "-", "≥ 0.50", _met(None if sb is None else sb >= 0.5))
     if r.realistic:
         rs = ratio(r.realistic, r.saga)
-        table.add_row(f"3 with partner latency ({r.realistic.count} offers)", f"{r.realistic.rate:.1f} offers/s", "≥ 0.8 × saga", "")
-        table.add_row("  realistic ÷ saga", f"{rs:.2f}" if rs is not None else "-", "≥ 0.80", _met(None if rs is None else rs >= 0.8))
+        table.add_row(
+            "3", f"saga with partner latency, {r.realistic.count} offers", f"{r.realistic.rate:.1f} offers/s = {rs or 0:.2f} × saga",
+            "≥ 0.80 × saga", _met(None if rs is None else rs >= 0.8),
+        )
     if r.steady_lag and r.steady_overhead:
         table.add_row(
-            f"4 steady {r.steady_rate:.1f} offers/s: intake→auction p50/p95/p99", _ms(r.steady_lag),
-            f"card path {path_latency_ms('card'):.0f} ms, bank {path_latency_ms('bank_account'):.0f} ms injected", "",
+            "4", f"steady {r.steady_rate:.1f} offers/s: intake→auction p50/p95/p99", _ms(r.steady_lag),
+            f"injected: card {path_latency_ms('card'):.0f} ms, bank {path_latency_ms('bank_account'):.0f} ms", "",
         )
-        table.add_row("  same, less the injected latency", _ms(r.steady_overhead), "p95 ≤ 100 ms", _met(r.steady_overhead.p95 <= 100))
+        table.add_row("", "  the same less the latency injected on its path", _ms(r.steady_overhead), "p95 ≤ 100 ms", _met(r.steady_overhead.p95 <= 100))
     if r.draft:
         table.add_row(
-            f"5 validate_draft ({r.draft.count} at {r.draft_rps:.0f}/s) p50/p95/p99",
-            _ms(r.draft), "p95 ≤ 20 ms", _met(r.draft.p95 <= 20 and r.draft_errors == 0),
+            "5", f"validate_draft at {r.draft_rps:.0f}/s, {r.draft.count} requests: p50/p95/p99", _ms(r.draft),
+            "p95 ≤ 20 ms", _met(r.draft.p95 <= 20 and r.draft_errors == 0),
         )
     for label, (start, warm, end) in r.memory.items():
         base = warm or start
         growth = (end - base) / base * 100 if base and end else None
         text = f"{_mb(start)} → {_mb(warm)} → {_mb(end)}" + (f" ({growth:+.1f} %)" if growth is not None else "")
-        table.add_row(f"6 RSS {label}: start → warm → {r.offers_sent} offers", text, "< 10 % after warm-up", _met(None if growth is None else growth < 10))
-    table.add_row("duplicate holds", str(r.duplicate_holds), "0", _met(r.duplicate_holds == 0))
+        table.add_row("6", f"RSS {label}: start → warm → after {r.offers_sent} offers", text, "< +10 % from warm", _met(None if growth is None else growth < 10))
+    table.add_row("", "offers with two holds (Stripe sandbox)", str(r.duplicate_holds), "0", _met(r.duplicate_holds == 0))
     console.print(table)
+
+    if r.cpu_ms_per_offer:
+        cpu = Table(title="CPU per bare chain and per saga offer, at saturation (ms)")
+        for col in ("process", "per chain", "per offer"):
+            cpu.add_column(col, justify="left" if col == "process" else "right")
+        for label in r.cpu_ms_per_offer:
+            chain_ms, offer_ms = r.cpu_ms_per_chain.get(label, 0.0), r.cpu_ms_per_offer[label]
+            if chain_ms >= 0.05 or offer_ms >= 0.05:
+                cpu.add_row(label, f"{max(chain_ms, 0):.1f}", f"{offer_ms:.1f}")
+        cpu.add_row("[bold]total", f"{sum(max(v, 0) for v in r.cpu_ms_per_chain.values()):.1f}", f"{sum(r.cpu_ms_per_offer.values()):.1f}")
+        console.print(cpu)
     for problem in r.problems:
         console.print(f"[red]- {problem}[/red]")
 

@@ -906,7 +906,9 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
         rt = Runtime(settings)
         runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), console, options)
         result = runner.run()
-        bench_run.report(result, console, f"offers-workers bench {runner.run_id}")
+        # Piped to a file or CI log, the table keeps one line per row instead of wrapping at 80.
+        out = console if console.is_terminal else Console(width=170)
+        bench_run.report(result, out, f"offers-workers bench {runner.run_id}")
         if as_json:
             print_json(result.as_dict())
         rt.close()

@@ -27,7 +27,7 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
         env=env, timeout=400,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "bare 5-hop chain at saturation" in done.stdout
+    assert "bare 5-hop chain, saturated" in done.stdout
     figures = json.loads(done.stdout[done.stdout.index("\n{") :])
 
     assert figures["problems"] == []
