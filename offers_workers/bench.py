@@ -46,6 +46,7 @@ PATH_REQUESTS = {
 #: The hops of the baseline chain: the queues the saga's five stages run on.
 CHAIN_QUEUES = ("offers.validation", "offers.payment", "offers.risk", "offers.auction", "offers.audit")
 WARMUP_OFFERS = 100
+MEMORY_BATCH = 2500
 
 
 @dataclass
@@ -103,6 +104,8 @@ class BenchResult:
     #: CPU milliseconds by process type, per bare chain and per saga offer (saturation phases)
     cpu_ms_per_chain: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_offer: dict[str, float] = field(default_factory=dict)
+    #: RSS (MB) by process after each phase: [{"offers": n, label: mb, ...}, ...]
+    rss_curve: list[dict[str, float]] = field(default_factory=list)
     offers_sent: int = 0
     duplicate_holds: int = 0
     problems: list[str] = field(default_factory=list)
@@ -126,6 +129,7 @@ class BenchResult:
             "validate_draft": pc(self.draft),
             "validate_draft_errors": self.draft_errors,
             "memory_mb": {k: list(v) for k, v in self.memory.items()},
+            "rss_curve": self.rss_curve,
             "cpu_ms_per_chain": self.cpu_ms_per_chain,
             "cpu_ms_per_offer": self.cpu_ms_per_offer,
             "offers_sent": self.offers_sent,
@@ -367,6 +371,10 @@ class Bench:
                 add("redis", proc)
         return used
 
+    def note_rss(self) -> None:
+        """One point of the RSS curve: offers sent so far, RSS of each process."""
+        self.result.rss_curve.append({"offers": self.result.offers_sent, **{k: round(v, 1) for k, v in self.rss().items() if v}})
+
     def count_duplicate_holds(self) -> int:
         per_offer: dict[str, int] = {}
         for pi in self.rt.stripe.list_holds():
@@ -376,9 +384,12 @@ class Bench:
         return sum(1 for n in per_offer.values() if n > 1)
 
     def memory_phase(self, at_start: dict[str, float | None], after_warmup: dict[str, float | None]) -> None:
-        remaining = self.options.memory_offers - self.result.offers_sent
-        if remaining > 0:
-            self.saga_phase("memory", remaining)
+        # In batches, reading RSS after each: a curve tells a leak (steady climb) from a high-water mark.
+        batch = 0
+        while (remaining := self.options.memory_offers - self.result.offers_sent) > 0:
+            batch += 1
+            self.saga_phase(f"memory-{batch}", min(remaining, MEMORY_BATCH))
+            self.note_rss()
         at_end = self.rss()
         for label in sorted(set(at_start) | set(after_warmup) | set(at_end)):
             self.result.memory[label] = (at_start.get(label), after_warmup.get(label), at_end.get(label))
@@ -390,11 +401,13 @@ class Bench:
         at_start = self.rss()
         self.warm_up()
         after_warmup = self.rss()
+        self.note_rss()
         before = self.cpu_seconds()
         r.baseline = self.baseline()
         between = self.cpu_seconds()
         r.saga, _ = self.saga_phase("saga", o.offers)
         after = self.cpu_seconds()
+        self.note_rss()
         r.cpu_ms_per_chain = {k: round((between[k] - before.get(k, 0)) * 1000 / max(1, r.baseline.count), 2) for k in between}
         r.cpu_ms_per_offer = {k: round((after[k] - between.get(k, 0)) * 1000 / max(1, r.saga.count), 2) for k in after}
         urls = self.rt.settings
@@ -406,6 +419,7 @@ class Bench:
                 self.steady(max(1.0, r.realistic.rate / 2))
         finally:
             clear_faults(urls)
+        self.note_rss()
         if o.draft_seconds > 0:
             self.drafts()
         self.memory_phase(at_start, after_warmup)
