@@ -22,11 +22,15 @@ import secrets
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from celery import Celery, chain
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -140,6 +144,24 @@ class BenchResult:
 
 def ratio(a: Throughput | None, b: Throughput | None) -> float | None:
     return round(a.rate / b.rate, 2) if a and b and b.rate else None
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the configured server for one run, dropped afterwards.
+
+    Figures must not depend on what earlier runs left behind: each offer updates its row six times,
+    and on a server without autovacuum the dead rows of old runs made the recovery sweep's scans
+    (every 30 s, on a core worker child) slower run after run.
+    """
+    name = f"offers_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def bench_offers(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]]:

@@ -8,11 +8,13 @@ import re
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -895,7 +897,18 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
         offers=offers, chains=chains or offers, steady_seconds=steady_seconds, draft_rps=draft_rps,
         draft_seconds=draft_seconds, memory_offers=memory_offers, timeout=timeout,
     )
-    stack = Stack(settings_or_exit(), sandbox_ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    configured = settings_or_exit()
+    cleanup = ExitStack()
+    if configured.database_url:
+        # A database of its own on the configured server: the run neither reads nor leaves rows there.
+        try:
+            os.environ["OFFERS_DATABASE_URL"] = cleanup.enter_context(bench_run.scratch_database(configured.database_url))
+        except psycopg.Error as exc:
+            fail(f"cannot create the bench's database on the configured server: {exc}", 1)
+        get_settings.cache_clear()
+        configured = settings_or_exit()
+    stack = Stack(configured, sandbox_ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    cleanup.callback(stack.stop)
     result = None
     try:
         with console.status("starting stores, sandbox and workers…"):
@@ -918,7 +931,7 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
         fail(str(exc), 1)
     finally:
         with console.status("stopping everything the bench started…"):
-            stack.stop()
+            cleanup.close()
     # The figures are for people to read; a lost or failed offer is what makes the bench fail.
     sys.exit(0 if result is not None and not result.problems else 1)
 
