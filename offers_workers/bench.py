@@ -342,7 +342,8 @@ class Bench:
                     break
                 time.sleep(0.002)
         sender.join()
-        backend.client.delete(*[backend.get_key_for_task(t) for t in sent]) if sent else None
+        if sent:
+            backend.client.delete(*[backend.get_key_for_task(t) for t in sent])
         self.result.draft_rps = rps
         self.result.draft = Percentiles.of([(answered[t] - sent[t]) * 1000 for t in answered])
         self.result.draft_errors = errors + (count - len(answered))
