@@ -1,14 +1,16 @@
 """Celery configuration for the fleet, built from Settings.
 
 JSON only on the wire; late acks with requeue on worker loss (every stage is idempotent); one
-queue per stage so slow partners can be scaled apart.
+queue per stage so slow partners can be scaled apart. The broker is Redis or RabbitMQ: the same
+queue names and routes on both; on RabbitMQ the queues are durable quorum queues and every
+publish waits for the broker's confirm.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.beat import beat_schedule
 from config.retry import LONGEST_COUNTDOWN
@@ -36,19 +38,12 @@ QUEUES = sorted(set(ROUTES.values()))
 def celery_config(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url:
         raise ConfigError("invalid configuration: OFFERS_BROKER_URL is required")
-    visibility_timeout = broker_visibility_timeout(settings)
     time_limit = settings.task_time_limit_seconds
     prefix = settings.redis_key_prefix
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": visibility_timeout,
-            "global_keyprefix": prefix,
-            # Look for messages of dead workers ten times per timeout, not every 100 s (kombu's default).
-            "unacked_restore_interval": max(1, visibility_timeout // 10),
-            "unacked_restore_throttle": 1,
-        },
+        **(rabbitmq_options(settings) if settings.broker_is_rabbitmq else redis_options(settings)),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -60,7 +55,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": time_limit,
         "task_soft_time_limit": max(1, time_limit - 15),
         "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
-        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
         "task_default_queue": "offers.intake",
         # Refuse to invent queues for misrouted tasks: a typo must fail loudly, not strand work.
         "task_create_missing_queues": False,
@@ -83,6 +77,41 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
     return config
+
+
+#: RabbitMQ: the exchange every stage queue is bound to by its own name. A topic exchange, because
+#: Celery's native delayed delivery (retry countdowns on quorum queues) re-routes through it.
+EXCHANGE = Exchange("offers", type="topic", durable=True)
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    visibility_timeout = broker_visibility_timeout(settings)
+    return {
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "global_keyprefix": settings.redis_key_prefix,
+            # Look for messages of dead workers ten times per timeout, not every 100 s (kombu's default).
+            "unacked_restore_interval": max(1, visibility_timeout // 10),
+            "unacked_restore_throttle": 1,
+        },
+        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+    }
+
+
+def rabbitmq_options(settings: Settings) -> dict[str, Any]:
+    """Durable quorum queues (replicated, survive a broker node), publisher confirms, heartbeats.
+
+    A worker's unacked messages return to the queue the moment its connection closes: a killed
+    worker at once, a host cut off once the broker misses its heartbeats. No visibility timeout.
+    """
+    return {
+        # A send returns only once the broker has the message: a broker crash cannot eat a hand-on.
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_heartbeat": settings.broker_heartbeat_seconds,
+        "task_queues": [
+            Queue(q, EXCHANGE, routing_key=q, durable=True, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES
+        ],
+    }
 
 
 def broker_visibility_timeout(settings: Settings) -> int:

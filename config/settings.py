@@ -51,6 +51,10 @@ REQUIRED_OUTSIDE_SANDBOX = (
 )
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message is one line naming it, never its value."""
 
@@ -92,6 +96,13 @@ class Settings(BaseSettings):
     #: Every Redis key this fleet writes (queues, results, caches) starts with this prefix.
     redis_key_prefix: str = "offers:"
     db_pool_size: int = Field(default=4, ge=1, le=100)
+    #: Postgres ends a session left idle inside a transaction this long (seconds): a worker host
+    #: cut off mid-transaction must not hold its row locks, or the audit chain's, until TCP gives up.
+    #: No transaction of ours waits on anything outside Postgres, so this can be short.
+    db_idle_in_transaction_timeout_seconds: int = Field(default=15, ge=1, le=3600)
+    #: The longest a statement waits for a lock (seconds) before it fails and its task retries:
+    #: well under the task's soft time limit, so waiting behind a vanished host ends in a retry.
+    db_lock_timeout_seconds: float = Field(default=10, gt=0, le=600)
 
     # Partners.
     stripe_api_key: SecretStr | None = None
@@ -130,6 +141,10 @@ class Settings(BaseSettings):
 
     #: Longest a task may run before the worker stops it.
     task_time_limit_seconds: int = Field(default=120, ge=5, le=3600)
+    #: RabbitMQ broker: AMQP heartbeat (seconds) the workers propose. A host that goes silent for
+    #: about twice this has its connection closed by the broker, and its unacked messages go to
+    #: another worker.
+    broker_heartbeat_seconds: int = Field(default=30, ge=2, le=600)
     #: Redis broker: seconds before a dead worker's unacked messages go to another worker.
     #: Unset: twice the task time limit plus the longest retry countdown.
     broker_visibility_timeout_seconds: int | None = Field(default=None, gt=0)
@@ -220,12 +235,24 @@ class Settings(BaseSettings):
                     raise ValueError(f"{env_name(name)} is required (or set OFFERS_SANDBOX=1)")
         return self
 
+    @model_validator(mode="after")
+    def _broker_scheme(self) -> "Settings":
+        if self.broker_url and not self.broker_url.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
+            raise ValueError("OFFERS_BROKER_URL must be a Redis (redis://) or RabbitMQ (amqp://) URL")
+        if self.broker_is_rabbitmq and not self.redis_url:
+            raise ValueError("OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)")
+        return self
+
+    @property
+    def broker_is_rabbitmq(self) -> bool:
+        return bool(self.broker_url and self.broker_url.startswith(AMQP_SCHEMES))
+
     @property
     def effective_redis_url(self) -> str | None:
         """Redis for caches and results: OFFERS_REDIS_URL, else the broker when it is Redis."""
         if self.redis_url:
             return self.redis_url
-        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        if self.broker_url and self.broker_url.startswith(REDIS_SCHEMES):
             return self.broker_url
         return None
 

@@ -118,12 +118,8 @@ def figures(rt: Runtime, window: timedelta) -> dict[str, Any]:
                 "by_reason": spike.by_reason,
             },
         }
-    found["queue_depths"] = reports.queue_depths(rt.redis, s.redis_key_prefix, QUEUES) if _redis_broker(rt) else None
+    found["queue_depths"] = reports.queue_depths(s, QUEUES) if s.broker_url else None
     return found
-
-
-def _redis_broker(rt: Runtime) -> bool:
-    return bool(rt.settings.broker_url and rt.settings.broker_url.startswith(("redis://", "rediss://")) and rt.redis is not None)
 
 
 def checks(rt: Runtime, found: dict[str, Any]) -> list[Check]:

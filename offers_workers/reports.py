@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import kombu
 import psycopg
+import redis
 from psycopg import sql
 
 from offers_workers import states
@@ -203,10 +205,35 @@ def stuck_offers(conn: psycopg.Connection, older_than_s: float) -> int:
     ).fetchone()["n"]
 
 
-def queue_depths(client: Any, key_prefix: str, queues: list[str]) -> dict[str, int]:
-    """Messages waiting per queue on a Redis broker (kombu keeps priorities 3, 6, 9 in their own lists)."""
+def queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
+    """Messages waiting per queue on the broker, Redis or RabbitMQ (not counting those a worker holds)."""
+    if settings.broker_is_rabbitmq:
+        return _rabbitmq_queue_depths(settings.broker_url, queues)
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    try:
+        return _redis_queue_depths(client, settings.redis_key_prefix, queues)
+    finally:
+        client.close()
+
+
+def _redis_queue_depths(client: redis.Redis, key_prefix: str, queues: list[str]) -> dict[str, int]:
+    # kombu keeps priorities 3, 6 and 9 in lists of their own beside the queue's.
     depths = {}
     for queue in queues:
         keys = [f"{key_prefix}{queue}"] + [f"{key_prefix}{queue}\x06\x16{p}" for p in (3, 6, 9)]
         depths[queue] = sum(client.llen(k) for k in keys)
+    return depths
+
+
+def _rabbitmq_queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
+    depths = {}
+    with kombu.Connection(broker_url, connect_timeout=5) as conn:
+        for queue in queues:
+            # A passive declare reads the count without creating the queue; a missing queue
+            # closes the channel, so each queue gets one of its own.
+            with conn.channel() as channel:
+                try:
+                    depths[queue] = channel.queue_declare(queue, passive=True).message_count
+                except conn.channel_errors:
+                    depths[queue] = 0
     return depths

@@ -8,7 +8,7 @@ import sys
 from celery import Celery, signals
 
 from config.celery import celery_config
-from config.settings import ConfigError, get_settings
+from config.settings import AMQP_SCHEMES, ConfigError, get_settings
 from offers_workers import logs
 
 TASK_MODULES = [
@@ -36,6 +36,10 @@ class OffersCelery(Celery):
         # result is ignored: one extra Redis round trip per message, and a channel kept in the
         # subscriber's set until a result arrives, which for these tasks is never.
         options.setdefault("ignore_result", name not in ANSWERED_TASKS)
+        countdown = options.get("countdown")
+        if self.conf.broker_url.startswith(AMQP_SCHEMES) and isinstance(countdown, (int, float)) and 0 < countdown < 1:
+            # RabbitMQ's native delayed delivery counts whole seconds (kombu refuses less than one).
+            options["countdown"] = 1
         return super().send_task(name, *args, **options)
 
 

@@ -99,6 +99,35 @@ def test_a_visibility_timeout_shorter_than_a_task_can_hold_a_message_is_refused(
     assert celery_config(load_settings())["broker_transport_options"]["visibility_timeout"] == 60
 
 
+def test_rabbitmq_gets_durable_quorum_queues_confirms_and_heartbeats(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    clean_env.setenv("OFFERS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    config = celery_config(load_settings())
+    queues = {q.name: q for q in config["task_queues"]}
+    assert set(queues) == {"offers.intake", "offers.realtime", "offers.validation", "offers.payment", "offers.risk",
+                           "offers.auction", "offers.audit", "offers.events", "offers.maintenance"}
+    for name, queue in queues.items():
+        assert queue.durable and queue.queue_arguments == {"x-queue-type": "quorum"}
+        assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("offers", "topic", name)
+    assert config["broker_transport_options"] == {"confirm_publish": True}
+    assert config["broker_heartbeat"] == 30
+    assert config["result_backend"] == "redis://127.0.0.1:6379/0"
+    # The same routes on both brokers
+    clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert celery_config(load_settings())["task_routes"] == config["task_routes"]
+
+
+def test_rabbitmq_without_a_redis_for_results_and_caches_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    with pytest.raises(ConfigError, match="OFFERS_REDIS_URL is required with a RabbitMQ broker"):
+        load_settings()
+    clean_env.setenv("OFFERS_BROKER_URL", "sqs://queue")
+    with pytest.raises(ConfigError, match="OFFERS_BROKER_URL must be a Redis .* or RabbitMQ"):
+        load_settings()
+
+
 def test_retry_countdowns_stay_within_their_caps() -> None:
     for policy in POLICIES.values():
         for retries in range(policy.max_retries + 1):
