@@ -40,9 +40,11 @@ def _check_if_readable(conn: psycopg.Connection) -> None:
 class Database:
     """A lazily opened connection pool. Safe to share between threads; re-opened after fork."""
 
-    def __init__(self, url: str, *, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, max_size: int = 4, idle_in_transaction_timeout_s: int = 15, lock_timeout_s: float = 10) -> None:
         self.url = url
         self.max_size = max_size
+        self.idle_in_transaction_timeout_s = idle_in_transaction_timeout_s
+        self.lock_timeout_s = lock_timeout_s
         self._pool: ConnectionPool | None = None
         self._pid = os.getpid()
 
@@ -59,12 +61,26 @@ class Database:
                 # Drop connections that died with a Postgres restart instead of handing them out,
                 # without a round trip per checkout (the largest single cost in the bench's profile).
                 check=_check_if_readable,
+                configure=self._configure,
                 # While Postgres is away a task gives up waiting and retries, instead of blocking.
                 timeout=10,
                 open=True,
                 name="offers",
             )
         return self._pool
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        # Session settings, not startup options: poolers such as PgBouncer refuse unknown ones.
+        # A host that vanishes mid-transaction (its COMMIT lost on the wire) would otherwise hold
+        # its locks, the audit chain's among them, until TCP gives up; and every session waiting
+        # behind it would take the lock in turn and vanish with it too.
+        conn.execute(
+            psycopg.sql.SQL("SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {}").format(
+                psycopg.sql.Literal(f"{self.idle_in_transaction_timeout_s}s"),
+                psycopg.sql.Literal(f"{int(self.lock_timeout_s * 1000)}ms"),
+            )
+        )
+        conn.commit()
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

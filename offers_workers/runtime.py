@@ -32,7 +32,12 @@ class Runtime:
     def db(self) -> Database:
         if not self.settings.database_url:
             raise ConfigError("invalid configuration: OFFERS_DATABASE_URL is required to run workers")
-        return Database(self.settings.database_url, max_size=self.settings.db_pool_size)
+        return Database(
+            self.settings.database_url,
+            max_size=self.settings.db_pool_size,
+            idle_in_transaction_timeout_s=self.settings.db_idle_in_transaction_timeout_seconds,
+            lock_timeout_s=self.settings.db_lock_timeout_seconds,
+        )
 
     @cached_property
     def redis(self) -> redis.Redis | None:

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
 from offers_workers import deadletter, logs
@@ -22,8 +22,9 @@ log = logging.getLogger("offers_workers.tasks")
 
 #: Our own stores briefly away (a Postgres restart, a serialization conflict, Redis failing over).
 STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
-#: Failures worth retrying: partners' transient errors and store outages.
-RETRYABLE = (TransientError, *STORE_ERRORS)
+#: Failures worth retrying: partners' transient errors, store outages, and a run that overstayed
+#: its soft time limit (a partner or a lock slower than usual; every stage is safe to run again).
+RETRYABLE = (TransientError, SoftTimeLimitExceeded, *STORE_ERRORS)
 
 
 class OffersTask(Task):
