@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,18 @@ from offers_workers.runtime import Runtime
 from offers_workers.samples import Sample, make_samples
 from tests.conftest import DRILL_RESULTS, RUN_ID
 
+#: A sweep that notices lost work within seconds, and a Redis broker that hands a killed worker's
+#: messages to another within 30 s (tasks here take well under the 20 s limit), so drills drain
+#: in test time.
+FAST_RECOVERY = {
+    "OFFERS_RECOVERY_INTERVAL_SECONDS": "2",
+    "OFFERS_RECOVERY_AFTER_SECONDS": "10",
+    "OFFERS_TASK_TIME_LIMIT_SECONDS": "20",
+    "OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
+}
+#: A sweep that stays out of the way: what recovers the offers is the retries alone.
+NO_RECOVERY = {"OFFERS_RECOVERY_AFTER_SECONDS": "3600"}
+
 
 @dataclass
 class Drill:
@@ -38,13 +51,31 @@ class Drill:
     types: dict[str, ProcessType]
     started: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
+    #: Where each worker log stood when this drill began (a fleet can serve several in turn).
+    log_offsets: dict[str, int] = field(default_factory=dict)
+
+    def scenario(self, name: str) -> "Drill":
+        """A drill of its own on this running fleet: its own figures, and logs read from here on.
+        Workers an earlier drill killed are restarted first."""
+        self.restart_dead_workers()
+        self.wait_for_workers()
+        offsets = {path.name: path.stat().st_size for path in self.fleet.log_dir.glob("*worker*.log")}
+        return replace(self, name=name, started=0.0, figures={}, log_offsets=offsets)
 
     def send(self, count: int, seed: int) -> list[Sample]:
-        samples = make_samples(count, f"{self.name}-{RUN_ID}", seed=seed)
-        self.started = time.monotonic()
-        send_samples(lambda offer: self.app.send_task("offers.submit", kwargs={"offer": offer}), samples)
-        self.figures["offers"] = len(samples)
+        samples = self.samples(count, seed)
+        self.submit(samples)
         return samples
+
+    def samples(self, count: int, seed: int) -> list[Sample]:
+        """The drill's offers (every scenario), counted in its figures; the clock starts here."""
+        label = re.sub(r"[^A-Za-z0-9_-]+", "-", self.name).strip("-")  # offer ids allow no more
+        self.started = time.monotonic()
+        self.figures["offers"] = self.figures.get("offers", 0) + count
+        return make_samples(count, f"{label}-{RUN_ID}-{seed}", seed=seed)
+
+    def submit(self, samples: list[Sample]) -> None:
+        send_samples(lambda offer: self.app.send_task("offers.submit", kwargs={"offer": offer}), samples)
 
     def settled_count(self, samples: list[Sample]) -> int:
         return settled(self.runtime, samples)[0]
@@ -55,6 +86,14 @@ class Drill:
             self.restart_dead_workers()
             time.sleep(0.25)
         self.figures["drain_s"] = round(time.monotonic() - self.started, 1)
+
+    def wait_for_workers(self, timeout: float = 60) -> None:
+        """Until every worker process answers a ping."""
+        expected = sum(1 for name in self.fleet.processes if name.startswith("worker"))
+        deadline = time.monotonic() + timeout
+        while len(self.app.control.ping(timeout=0.5) or []) < expected:
+            assert not self.fleet.dead(), f"a process exited at start-up; logs in {self.fleet.log_dir}"
+            assert time.monotonic() < deadline, f"workers did not answer a ping; logs in {self.fleet.log_dir}"
 
     def restart_dead_workers(self) -> None:
         """What a process manager does: a worker that died is started again."""
@@ -93,8 +132,11 @@ class Drill:
     def logged(self, message: str) -> list[dict[str, Any]]:
         """The workers' JSON log records with this message."""
         records = []
-        for path in self.fleet.log_dir.glob("worker*.log"):
-            for line in path.read_text(errors="replace").splitlines():
+        for path in self.fleet.log_dir.glob("*worker*.log"):
+            with path.open("rb") as log:
+                log.seek(self.log_offsets.get(path.name, 0))
+                text = log.read().decode(errors="replace")
+            for line in text.splitlines():
                 if f'"msg": "{message}"' in line:
                     try:
                         records.append(json.loads(line))
@@ -109,6 +151,28 @@ class Drill:
     def swept(self) -> int:
         """Messages the recovery sweep re-sent."""
         return sum(r.get("messages", 0) for r in self.logged("recovery re-sent work"))
+
+
+def intake_done(rt: Runtime, samples: list[Sample]) -> bool:
+    """Intake has recorded every sample: its offer row, or the rejection it was built for."""
+    _, offers, rejections = settled(rt, samples)
+    return all(
+        (s.scenario.state is None or s.offer_id in offers)
+        and (s.scenario.intake_rejection is None or s.scenario.intake_rejection in rejections.get(s.offer_id, []))
+        for s in samples
+    )
+
+
+def worker_processes(fleet: Fleet) -> list[tuple[str, int]]:
+    """Every live worker process and pool child of the fleet, by name: what a kill drill aims at."""
+    found = []
+    for name, proc in fleet.processes.items():
+        if name.startswith("worker") and proc.poll() is None:
+            found.append((name, proc.pid))
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            if children.exists():
+                found += [(f"{name} pool child", int(pid)) for pid in children.read_text().split()]
+    return found
 
 
 def _kill_group(pid: int) -> None:
@@ -126,7 +190,9 @@ def settings_for(env: dict[str, str]) -> Settings:
 def drill(
     name: str, offers_env: dict[str, str], log_dir: Path, process_types: tuple[str, ...] = ("worker", "worker_partners", "beat"), **overrides: str
 ) -> Iterator[Drill]:
-    """The Procfile's workers and beat on their own key space (and the stores given in overrides)."""
+    """The Procfile's workers and beat on their own key space (and the stores given in overrides).
+    ``name`` goes into Redis key names and patterns: no glob characters."""
+    assert not set(name) & set("*?[]"), f"{name!r}: kombu subscribes to Redis key patterns"
     prefix = f"{offers_env['OFFERS_REDIS_KEY_PREFIX']}{name}:"
     env = {**offers_env, "OFFERS_REDIS_KEY_PREFIX": prefix, **overrides}
     settings = settings_for(env)
@@ -138,16 +204,14 @@ def drill(
     try:
         for ptype in process_types:
             fleet.start(types[ptype])
-        deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=0.5) or []) < sum(1 for t in process_types if t.startswith("worker")):
-            assert not fleet.dead(), f"a process exited at start-up; logs in {log_dir}"
-            assert time.monotonic() < deadline, f"workers did not answer a ping; logs in {log_dir}"
-        yield Drill(name, env, runtime, app, fleet, types)
+        running = Drill(name, env, runtime, app, fleet, types)
+        running.wait_for_workers()
+        yield running
     finally:
         fleet.stop()
         runtime.close()
         app.close()
-        client = redis.Redis.from_url(settings.broker_url)
+        client = redis.Redis.from_url(settings.effective_redis_url)
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])

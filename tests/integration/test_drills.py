@@ -1,4 +1,5 @@
-"""Fault drills: partners flaky or slow, workers killed, Redis flushed, Postgres restarted.
+"""Fault drills: partners flaky or slow, Redis flushed, Postgres restarted (workers killed: see
+test_brokers.py, which runs that drill on both brokers).
 
 Each drill runs its own fleet (the Procfile's workers and beat) on its own Redis key space, sends a
 mix of sample offers while the fault happens, waits for them to drain, then compares every offer
@@ -9,40 +10,22 @@ printed at the end of the run.
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from offers_workers import db, states
-from offers_workers.demo import send_samples, settled
+from offers_workers.demo import settled
 from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
-from offers_workers.fleet import Fleet
 from offers_workers.runtime import Runtime
 from offers_workers.samples import Sample
 from offers_workers.sandbox import PARTNERS, clear_faults, get_faults, set_fault
 from offers_workers.stack import load_sample_policy
-from tests.conftest import RUN_ID
-from tests.drillkit import drill, settings_for
+from tests.drillkit import FAST_RECOVERY, NO_RECOVERY, drill, intake_done, settings_for
 
-#: A sweep that notices lost work within seconds, and a broker that hands a killed worker's
-#: messages to another within 30 s (tasks here take well under the 20 s limit), so drills drain
-#: in test time.
-FAST_RECOVERY = {
-    "OFFERS_RECOVERY_INTERVAL_SECONDS": "2",
-    "OFFERS_RECOVERY_AFTER_SECONDS": "10",
-    "OFFERS_TASK_TIME_LIMIT_SECONDS": "20",
-    "OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
-}
-#: A sweep that stays out of the way: what recovers the offers is the retries alone.
-NO_RECOVERY = {"OFFERS_RECOVERY_AFTER_SECONDS": "3600"}
 #: Longer than a task waits for a pooled connection (db.py), so tasks fail and retry.
 DB_DOWNTIME_S = 12
 
@@ -88,47 +71,6 @@ def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(offers_env, s
         assert retried["payment"] > 0, retried
 
 
-def test_killed_workers_lose_nothing_and_hold_no_buyer_twice(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
-    with drill("kill", offers_env, tmp_path, **FAST_RECOVERY) as d:
-        # When workers (pool children and whole worker processes) are killed with SIGKILL,
-        # over and over, while 300 offers go through, and restarted as a supervisor would
-        samples = d.send(300, seed=13)
-        rng = random.Random(RUN_ID)
-        kills: Counter[str] = Counter()
-        while d.settled_count(samples) < len(samples) and sum(kills.values()) < 12:
-            time.sleep(rng.uniform(1.0, 2.0))
-            d.restart_dead_workers()
-            name, pid = rng.choice(_worker_processes(d.fleet))
-            os.kill(pid, signal.SIGKILL)
-            kills[name] += 1
-        d.figures["faults"] = "kill -9: " + ", ".join(f"{n} x{k}" for n, k in sorted(kills.items()))
-        # A killed worker's unacked messages come back after the visibility timeout (30 s here)
-        d.drain(samples, timeout=90)
-        # Redis has no acknowledgement for the pop itself: a consumer killed at the instant Redis
-        # hands it a message loses that message before anything of ours saw it. The upstream's
-        # answer is to resend what left no record (intake is idempotent); RabbitMQ closes the gap.
-        unrecorded = [s for s in samples if not _intake_done(d.runtime, [s])]
-        if unrecorded:
-            send_samples(lambda offer: d.app.send_task("offers.submit", kwargs={"offer": offer}), unrecorded)
-            d.drain(samples, timeout=60)
-        d.figures["faults"] += f"; submits resent by upstream: {len(unrecorded)}"
-        # Then every offer reaches its outcome: 0 lost, 0 duplicate holds, 0 orphan holds
-        d.verify(samples)
-        assert sum(kills.values()) >= 5, kills
-        assert len(unrecorded) <= 3, "more than a rare pop lost at the broker"
-
-
-def _worker_processes(fleet: Fleet) -> list[tuple[str, int]]:
-    found = []
-    for name, proc in fleet.processes.items():
-        if name.startswith("worker") and proc.poll() is None:
-            found.append((name, proc.pid))
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-            if children.exists():
-                found += [(f"{name} pool child", int(pid)) for pid in children.read_text().split()]
-    return found
-
-
 def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
     private = EmbeddedRedis(tmp_path / "redis")
     url = private.start()
@@ -137,7 +79,7 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(offers_env, 
             samples = d.send(150, seed=14)
             # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
             # once intake has recorded every message and the saga is mid-way
-            _wait(lambda: _intake_done(d.runtime, samples), "intake to record every message")
+            _wait(lambda: intake_done(d.runtime, samples), "intake to record every message")
             open_at_flush = _open_offers(d.runtime, samples)
             redis.Redis.from_url(url).flushall()
             d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga"
@@ -179,15 +121,6 @@ def _wait(predicate, message: str, timeout: float = 120) -> None:  # noqa: ANN00
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {message}"
         time.sleep(0.05)
-
-
-def _intake_done(rt: Runtime, samples: list[Sample]) -> bool:
-    _, offers, rejections = settled(rt, samples)
-    return all(
-        (s.scenario.state is None or s.offer_id in offers)
-        and (s.scenario.intake_rejection is None or s.scenario.intake_rejection in rejections.get(s.offer_id, []))
-        for s in samples
-    )
 
 
 def _open_offers(rt: Runtime, samples: list[Sample]) -> int:
