@@ -65,14 +65,17 @@ class Fleet:
         if result.returncode != 0:
             raise RuntimeError(f"{ptype.name} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
 
-    def start(self, ptype: ProcessType, name: str | None = None, extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, ptype: ProcessType, name: str | None = None, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one process of ``ptype`` (named ``name``), with ``env`` over the fleet's environment."""
         name = name or ptype.name
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
         self._logs.append(log)
         proc = subprocess.Popen(
             shlex.split(ptype.command) + (extra_args or []),
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=PROJECT_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
