@@ -95,6 +95,12 @@ class Runtime:
             makers=frozenset(m.strip() for m in s.soft_launch_makers.split(",") if m.strip()),
         )
 
+    def warm_up(self) -> None:
+        """Import the partner SDKs and build their clients now, in one thread. Forty threads that
+        each import a different SDK on their first task can deadlock on Python's import locks."""
+        for partner in ("stripe", "sift", "plaid", "events"):
+            getattr(self, partner)
+
     def close(self) -> None:
         if "db" in self.__dict__:
             self.db.close()

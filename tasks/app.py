@@ -62,6 +62,16 @@ def _json_logs(**_: object) -> None:
     logs.setup()
 
 
+@signals.worker_init.connect
+def _warm_up(**_: object) -> None:
+    # Before the pool starts: a thread pool's first tasks would otherwise import the partner SDKs
+    # concurrently (seen: _DeadlockError on urllib3.fields after a restart, and the task
+    # dead-lettered). No connection is opened, so prefork children inherit nothing shared.
+    from offers_workers.runtime import get_runtime
+
+    get_runtime().warm_up()
+
+
 # A process started as `celery -A tasks.app …` logs JSON from its first line: Celery warns (running
 # as root, say) before its own logging set-up, and that line must not be the one plain-text line.
 if not logging.getLogger().handlers:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 #: Where the tests look for RabbitMQ (the CI machine has one here).
@@ -47,3 +48,18 @@ def rabbitmq_vhost(name: str) -> Iterator[str]:
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
     finally:
         _rabbitmqctl("delete_vhost", name)
+
+
+@contextmanager
+def own_sandbox(env: dict[str, str]) -> Iterator[tuple[Any, dict[str, str]]]:
+    """A sandbox of the fleet's own (its AWS resources made), and ``env`` pointed at it: what one
+    fleet's traffic and faults leave behind (moto's queues and rules) stays out of the others'."""
+    from offers_workers.sandbox import Sandbox
+    from tests.drillkit import settings_for
+
+    box = Sandbox(ports=0)
+    box.start(settings_for(env))
+    try:
+        yield box, {**env, **box.settings_env()}
+    finally:
+        box.stop()

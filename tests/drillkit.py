@@ -53,6 +53,8 @@ class Drill:
     figures: dict[str, Any] = field(default_factory=dict)
     #: Where each worker log stood when this drill began (a fleet can serve several in turn).
     log_offsets: dict[str, int] = field(default_factory=dict)
+    #: The sandbox this fleet's partners run in, when it has one of its own.
+    sandbox: Any = None
 
     def scenario(self, name: str) -> "Drill":
         """A drill of its own on this running fleet: its own figures, and logs read from here on.

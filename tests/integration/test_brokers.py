@@ -18,15 +18,16 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from contextlib import ExitStack
 
 import pytest
 
+from config.celery import QUEUES
 from offers_workers import db, states
 from offers_workers.demo import send_samples
 from offers_workers.samples import SCENARIOS, base_offer
 from offers_workers.stack import load_sample_policy
-from tests.brokers import BROKERS, rabbitmq_unavailable, rabbitmq_vhost
+from tests.brokers import BROKERS, own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
 from tests.bus import BusReader
 from tests.conftest import DRILL_RESULTS, RUN_ID, SERVER, _create_database, _drop_database, cli, new_id, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, settings_for, worker_processes
@@ -35,25 +36,25 @@ from tests.races import cancel_race
 
 
 @pytest.fixture(scope="module", params=BROKERS)
-def fleet_on(request: pytest.FixtureRequest, offers_env: dict[str, str], sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
-    """The Procfile's fleet on one broker, with a database of its own."""
+def fleet_on(request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
+    """The Procfile's fleet on one broker, with a database and a sandbox of its own."""
     broker = request.param
     if broker == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
     db_url, db_name = _create_database(SERVER["url"], suffix=broker)
     try:
-        env = {**offers_env, "OFFERS_DATABASE_URL": db_url, **FAST_RECOVERY}
         db.migrate(db_url)
-        load_sample_policy(settings_for(env))
         log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
-        if broker == "redis":
-            with drill(broker, env, log_dir) as d:
-                yield d
-        else:
-            with rabbitmq_vhost(f"offers-test-{RUN_ID}") as url:
+        with ExitStack() as stack:
+            box, env = stack.enter_context(own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **FAST_RECOVERY}))
+            load_sample_policy(settings_for(env))
+            if broker == "rabbitmq":
+                url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}"))
                 # Results, caches and the beat's lock stay in the run's Redis.
-                with drill(broker, env, log_dir, OFFERS_BROKER_URL=url, OFFERS_REDIS_URL=offers_env["OFFERS_BROKER_URL"]) as d:
-                    yield d
+                env = {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
+            d = stack.enter_context(drill(broker, env, log_dir))
+            d.sandbox = box
+            yield d
     finally:
         _drop_database(SERVER["url"], db_name)
 
@@ -106,11 +107,11 @@ def test_killed_workers_lose_nothing_and_hold_no_buyer_twice(fleet_on: Drill) ->
     assert len(unrecorded) <= (0 if broker == "rabbitmq" else 3), "submits lost at the broker"
 
 
-def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(fleet_on: Drill, sandbox: Any) -> None:
+def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(fleet_on: Drill) -> None:
     d = fleet_on.scenario(f"outage [{broker_of(fleet_on)}]")
     started = time.monotonic()
     # Given Sift answered 503 to everything: every offer ends dead-lettered at the risk stage
-    ids = through_sift_outage(d.app, d.runtime, sandbox, "outage", 40)
+    ids = through_sift_outage(d.app, d.runtime, d.sandbox, "outage", 40)
     dead_lettered_after = time.monotonic() - started
     assert {r["hold_status"] for r in rows(d.runtime, ids).values()} == {"held"}
     # When the operator replays the risk queue from the CLI, on this fleet's broker
@@ -164,3 +165,18 @@ def test_an_upstream_client_that_knows_only_the_contract(fleet_on: Drill) -> Non
     # -I: isolated mode, so not even the project directory is importable.
     subprocess.run([sys.executable, "-I", "-c", script, json.dumps(offer)], check=True, timeout=60)
     wait_until(lambda: all_in(fleet_on.runtime, [offer["offer_id"]], states.SUBMITTED), message="the upstream offer to be submitted")
+
+
+def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:
+    # Given no worker consumes offers.maintenance for a moment, and five sweeps wait in it
+    replies = fleet_on.app.control.cancel_consumer("offers.maintenance", reply=True, timeout=2.0)
+    assert replies, "no worker answered"
+    try:
+        for _ in range(5):
+            fleet_on.app.send_task("offers.recover")
+        # Then `stats` counts them on this fleet's broker, and every other queue too
+        found = json.loads(cli("stats", "--json", env=fleet_on.env).stdout)["queue_depths"]
+        assert set(found) == set(QUEUES)
+        assert found["offers.maintenance"] >= 5
+    finally:
+        fleet_on.app.control.add_consumer("offers.maintenance", reply=True, timeout=2.0)

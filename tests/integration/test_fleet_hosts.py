@@ -20,7 +20,7 @@ from offers_workers import db
 from offers_workers.fleet import ProcessType
 from offers_workers.sandbox import clear_faults, set_fault
 from offers_workers.stack import load_sample_policy
-from tests.brokers import BROKERS, rabbitmq_unavailable, rabbitmq_vhost
+from tests.brokers import BROKERS, own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
 from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, settings_for
 from tests.netns import namespaces_unavailable, rehosted, relayed_network
@@ -35,37 +35,39 @@ LATENCY_MS = {"stripe": 200, "sift": 100, "plaid": 100, "aws": 20}
 
 
 @pytest.fixture(params=BROKERS)
-def broker_env(request: pytest.FixtureRequest, offers_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The stores of one fleet: a database of its own, and the broker named by the parameter."""
+def fleet_stores(request: pytest.FixtureRequest, offers_env: dict[str, str]) -> Iterator[tuple[dict[str, str], Any]]:
+    """The environment of one fleet (a database and a sandbox of its own, the broker named by the
+    parameter), and its sandbox."""
     if reason := namespaces_unavailable(f"offers-{RUN_ID}-probe"):
         pytest.skip(reason)
     if request.param == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
     db_url, db_name = _create_database(SERVER["url"], suffix=f"hosts_{request.param}")
     try:
-        env = {
-            **offers_env,
-            **FAST_RECOVERY,
-            "OFFERS_DATABASE_URL": db_url,
-            # A silent host is noticed in seconds: the broker by heartbeats, Postgres by the
-            # idle-in-transaction timeout, and a wait behind its locks ends in a retry
-            # (production defaults: 30 s, 15 s and 10 s).
-            "OFFERS_BROKER_HEARTBEAT_SECONDS": "5",
-            "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "5",
-            "OFFERS_DB_LOCK_TIMEOUT_SECONDS": "2",
-        }
         db.migrate(db_url)
-        load_sample_policy(settings_for(env))
-        if request.param == "redis":
-            yield env
-        else:
-            with rabbitmq_vhost(f"offers-test-{RUN_ID}-hosts") as url:
-                yield {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
+        with ExitStack() as stack:
+            box, env = stack.enter_context(own_sandbox({
+                **offers_env,
+                **FAST_RECOVERY,
+                "OFFERS_DATABASE_URL": db_url,
+                # A silent host is noticed in seconds: the broker by heartbeats, Postgres by the
+                # idle-in-transaction timeout, and a wait behind its locks ends in a retry
+                # (production defaults: 30 s, 15 s and 10 s).
+                "OFFERS_BROKER_HEARTBEAT_SECONDS": "5",
+                "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "5",
+                "OFFERS_DB_LOCK_TIMEOUT_SECONDS": "2",
+            }))
+            load_sample_policy(settings_for(env))
+            if request.param == "rabbitmq":
+                url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}-hosts"))
+                env = {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
+            yield env, box
     finally:
         _drop_database(SERVER["url"], db_name)
 
 
-def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(broker_env: dict[str, str], sandbox: Any, tmp_path) -> None:  # noqa: ANN001
+def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(fleet_stores: tuple[dict[str, str], Any], tmp_path) -> None:  # noqa: ANN001
+    broker_env, sandbox = fleet_stores
     broker = "rabbitmq" if broker_env["OFFERS_BROKER_URL"].startswith("amqp") else "redis"
     subnet = f"10.{200 + int(RUN_ID[:2], 16) % 50}.{int(RUN_ID[2:4], 16)}"
     with ExitStack() as stack:
