@@ -29,13 +29,13 @@ from offers_workers.samples import Sample, make_samples
 from tests.conftest import DRILL_RESULTS, RUN_ID
 
 #: A sweep that notices lost work within seconds, and a Redis broker that hands a killed worker's
-#: messages to another within 30 s (tasks here take well under the 20 s limit), so drills drain
+#: messages to another within 25 s (tasks here take well under the 20 s limit), so drills drain
 #: in test time.
 FAST_RECOVERY = {
     "OFFERS_RECOVERY_INTERVAL_SECONDS": "2",
     "OFFERS_RECOVERY_AFTER_SECONDS": "10",
     "OFFERS_TASK_TIME_LIMIT_SECONDS": "20",
-    "OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
+    "OFFERS_BROKER_VISIBILITY_TIMEOUT_SECONDS": "25",
 }
 #: A sweep that stays out of the way: what recovers the offers is the retries alone.
 NO_RECOVERY = {"OFFERS_RECOVERY_AFTER_SECONDS": "3600"}

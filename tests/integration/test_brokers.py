@@ -91,9 +91,9 @@ def test_killed_workers_lose_nothing_and_hold_no_buyer_twice(fleet_on: Drill) ->
         kills[name] += 1
     d.figures["faults"] = "kill -9: " + ", ".join(f"{n} x{k}" for n, k in sorted(kills.items()))
     # RabbitMQ returns a dead worker's unacked messages when its connection drops; Redis after
-    # the visibility timeout (30 s here), and the sweep re-sends stages 10 s later: a submit
-    # still unrecorded after 45 s was lost at the broker
-    d.drain(samples, timeout=45)
+    # the visibility timeout (25 s here), and the sweep re-sends stages 10 s later: a submit
+    # still unrecorded after 40 s was lost at the broker
+    d.drain(samples, timeout=40)
     # Redis has no acknowledgement for the pop itself: a consumer killed at the instant Redis
     # hands it a message loses that message before anything of ours saw it. The upstream's
     # answer is to resend what left no record (intake is idempotent). RabbitMQ has no such gap.

@@ -24,6 +24,7 @@ from offers_workers.runtime import Runtime
 from offers_workers.samples import Sample
 from offers_workers.sandbox import PARTNERS, clear_faults, get_faults, set_fault
 from offers_workers.stack import load_sample_policy
+from tests.brokers import own_sandbox
 from tests.drillkit import FAST_RECOVERY, NO_RECOVERY, drill, intake_done, settings_for
 
 #: Longer than a task waits for a pooled connection (db.py), so tasks fail and retry.
@@ -31,21 +32,39 @@ DB_DOWNTIME_S = 12
 
 
 @pytest.fixture
-def clean_faults(sandbox: Any) -> Iterator[None]:
+def partners(offers_env: dict[str, str]) -> Iterator[tuple[Any, dict[str, str]]]:
+    """A sandbox of the drill's own, and the run's environment pointed at it: a drill's faults
+    and the moto state of earlier tests stay out of each other's way."""
+    with own_sandbox(offers_env) as pair:
+        yield pair
+
+
+@pytest.fixture
+def box(partners: tuple[Any, dict[str, str]]) -> Any:
+    return partners[0]
+
+
+@pytest.fixture
+def env(partners: tuple[Any, dict[str, str]]) -> dict[str, str]:
+    return partners[1]
+
+
+@pytest.fixture
+def clean_faults(box: Any) -> Iterator[None]:
     yield
-    clear_faults(sandbox)
+    clear_faults(box)
 
 
-def test_flaky_partners_every_offer_reaches_its_outcome(offers_env, sandbox, clean_faults, tmp_path) -> None:  # noqa: ANN001
-    with drill("flaky", offers_env, tmp_path, **NO_RECOVERY) as d:
+def test_flaky_partners_every_offer_reaches_its_outcome(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+    with drill("flaky", env, tmp_path, **NO_RECOVERY) as d:
         # Given every partner answers 30 % of requests with a 503
         for partner in PARTNERS:
-            set_fault(sandbox, partner, status=503, rate=0.3)
+            set_fault(box, partner, status=503, rate=0.3)
         # When 200 offers go through
         samples = d.send(200, seed=11)
         d.drain(samples)
-        injected = {p: f["injected"] for p, f in get_faults(sandbox).items()}
-        clear_faults(sandbox)
+        injected = {p: f["injected"] for p, f in get_faults(box).items()}
+        clear_faults(box)
         d.figures["faults"] = "30% 503: " + ", ".join(f"{p} {n}" for p, n in injected.items())
         # Then every offer ends as designed, none dead-lettered, one PaymentIntent at most each
         d.verify(samples)
@@ -53,16 +72,16 @@ def test_flaky_partners_every_offer_reaches_its_outcome(offers_env, sandbox, cle
         assert sum(d.retries_logged().values()) >= sum(injected.values()) * 0.9
 
 
-def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(offers_env, sandbox, clean_faults, tmp_path) -> None:  # noqa: ANN001
-    with drill("slow", offers_env, tmp_path, OFFERS_PARTNER_READ_TIMEOUT="1", **NO_RECOVERY) as d:
+def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+    with drill("slow", env, tmp_path, OFFERS_PARTNER_READ_TIMEOUT="1", **NO_RECOVERY) as d:
         # Given every partner answers after 1.5 s, beyond the 1 s read timeout
         for partner in PARTNERS:
-            set_fault(sandbox, partner, latency_ms=1500)
+            set_fault(box, partner, latency_ms=1500)
         # When offers go in and the partners stay slow for six seconds
         samples = d.send(60, seed=12)
         time.sleep(6)
-        requests_while_slow = sum(f["requests"] for f in get_faults(sandbox).values())
-        clear_faults(sandbox)
+        requests_while_slow = sum(f["requests"] for f in get_faults(box).values())
+        clear_faults(box)
         d.figures["faults"] = f"1.5 s latency on every partner for 6 s ({requests_while_slow} requests)"
         # Then the timeouts were retried as transient failures and every offer completes
         d.drain(samples)
@@ -71,11 +90,11 @@ def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(offers_env, s
         assert retried["payment"] > 0, retried
 
 
-def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
+def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, tmp_path) -> None:  # noqa: ANN001
     private = EmbeddedRedis(tmp_path / "redis")
     url = private.start()
     try:
-        with drill("flush", offers_env, tmp_path / "logs", OFFERS_BROKER_URL=url, **FAST_RECOVERY) as d:
+        with drill("flush", env, tmp_path / "logs", OFFERS_BROKER_URL=url, **FAST_RECOVERY) as d:
             samples = d.send(150, seed=14)
             # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
             # once intake has recorded every message and the saga is mid-way
@@ -93,14 +112,14 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(offers_env, 
         private.stop()
 
 
-def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(offers_env, sandbox, tmp_path) -> None:  # noqa: ANN001
+def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, tmp_path) -> None:  # noqa: ANN001
     private = EmbeddedPostgres(tmp_path / "pg")
     url = private.start()
     db.migrate(url)
-    settings = settings_for({**offers_env, "OFFERS_DATABASE_URL": url})
+    settings = settings_for({**env, "OFFERS_DATABASE_URL": url})
     load_sample_policy(settings)
     try:
-        with drill("pgrestart", offers_env, tmp_path / "logs", OFFERS_DATABASE_URL=url, **NO_RECOVERY) as d:
+        with drill("pgrestart", env, tmp_path / "logs", OFFERS_DATABASE_URL=url, **NO_RECOVERY) as d:
             samples = d.send(150, seed=15)
             # When Postgres stops (fast shutdown: every connection cut) mid-run, for longer than a
             # task waits for a pooled connection
@@ -111,7 +130,7 @@ def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(offers_env, sandbox
             # Then the stages retry until it is back, and every offer completes
             d.drain(samples)
             d.verify(samples)
-            assert d.retries_logged()["intake"] + d.retries_logged()["validation"] > 0
+            assert sum(d.retries_logged().values()) > 0
     finally:
         private.stop()
 

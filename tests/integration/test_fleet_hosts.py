@@ -20,7 +20,7 @@ from offers_workers import db
 from offers_workers.fleet import ProcessType
 from offers_workers.sandbox import clear_faults, set_fault
 from offers_workers.stack import load_sample_policy
-from tests.brokers import BROKERS, own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
+from tests.brokers import own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
 from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, settings_for
 from tests.netns import namespaces_unavailable, rehosted, relayed_network
@@ -34,15 +34,14 @@ NODE = {"worker": "core", "worker_partners": "partners"}
 LATENCY_MS = {"stripe": 200, "sift": 100, "plaid": 100, "aws": 20}
 
 
-@pytest.fixture(params=BROKERS)
-def fleet_stores(request: pytest.FixtureRequest, offers_env: dict[str, str]) -> Iterator[tuple[dict[str, str], Any]]:
-    """The environment of one fleet (a database and a sandbox of its own, the broker named by the
-    parameter), and its sandbox."""
+@pytest.fixture
+def fleet_stores(offers_env: dict[str, str]) -> Iterator[tuple[dict[str, str], Any]]:
+    """The environment of one fleet (a database and a sandbox of its own; RabbitMQ, the broker for
+    a fleet of hosts, where one is reachable, else the run's Redis), and its sandbox."""
     if reason := namespaces_unavailable(f"offers-{RUN_ID}-probe"):
         pytest.skip(reason)
-    if request.param == "rabbitmq" and (reason := rabbitmq_unavailable()):
-        pytest.skip(reason)
-    db_url, db_name = _create_database(SERVER["url"], suffix=f"hosts_{request.param}")
+    broker = "redis" if rabbitmq_unavailable() else "rabbitmq"
+    db_url, db_name = _create_database(SERVER["url"], suffix=f"hosts_{broker}")
     try:
         db.migrate(db_url)
         with ExitStack() as stack:
@@ -58,7 +57,7 @@ def fleet_stores(request: pytest.FixtureRequest, offers_env: dict[str, str]) -> 
                 "OFFERS_DB_LOCK_TIMEOUT_SECONDS": "2",
             }))
             load_sample_policy(settings_for(env))
-            if request.param == "rabbitmq":
+            if broker == "rabbitmq":
                 url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}-hosts"))
                 env = {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
             yield env, box
