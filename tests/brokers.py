@@ -10,9 +10,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 #: Where the tests look for RabbitMQ (the CI machine has one here).
@@ -51,15 +53,40 @@ def rabbitmq_vhost(name: str) -> Iterator[str]:
 
 
 @contextmanager
-def own_sandbox(env: dict[str, str]) -> Iterator[tuple[Any, dict[str, str]]]:
-    """A sandbox of the fleet's own (its AWS resources made), and ``env`` pointed at it: what one
-    fleet's traffic and faults leave behind (moto's queues and rules) stays out of the others'."""
-    from offers_workers.sandbox import Sandbox
-    from tests.drillkit import settings_for
+def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """A sandbox of the fleet's own, in a process of its own (moto keeps its state in module
+    globals, so only a process isolates it), with ``env`` pointed at it. Yields its URLs by
+    partner (what ``set_fault`` takes) and that environment."""
+    from offers_workers.embedded import free_port
+    from offers_workers.fleet import PROJECT_ROOT, process_env
 
-    box = Sandbox(ports=0)
-    box.start(settings_for(env))
+    urls = {partner: f"http://127.0.0.1:{free_port()}" for partner in ("stripe", "sift", "plaid", "aws")}
+    own_env = {
+        **env,
+        "OFFERS_STRIPE_API_BASE": urls["stripe"],
+        "OFFERS_SIFT_API_URL": urls["sift"],
+        "OFFERS_PLAID_HOST": urls["plaid"],
+        "OFFERS_AWS_ENDPOINT_URL": urls["aws"],
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "sandbox.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offers_workers.cli", "sandbox", "serve"],
+            env=process_env(own_env), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
-        yield box, {**env, **box.settings_env()}
+        deadline = time.monotonic() + 60
+        # `sandbox serve` prints each partner's URL once its AWS resources exist.
+        while "aws " not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox did not start: {log_path.read_text(errors='replace')[-500:]}")
+            time.sleep(0.1)
+        yield urls, own_env
     finally:
-        box.stop()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -46,7 +46,7 @@ def fleet_on(request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_pat
         db.migrate(db_url)
         log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
         with ExitStack() as stack:
-            box, env = stack.enter_context(own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **FAST_RECOVERY}))
+            box, env = stack.enter_context(own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **FAST_RECOVERY}, log_dir))
             load_sample_policy(settings_for(env))
             if broker == "rabbitmq":
                 url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}"))

@@ -11,6 +11,7 @@ printed at the end of the run.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,10 +33,10 @@ DB_DOWNTIME_S = 12
 
 
 @pytest.fixture
-def partners(offers_env: dict[str, str]) -> Iterator[tuple[Any, dict[str, str]]]:
+def partners(offers_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
     """A sandbox of the drill's own, and the run's environment pointed at it: a drill's faults
     and the moto state of earlier tests stay out of each other's way."""
-    with own_sandbox(offers_env) as pair:
+    with own_sandbox(offers_env, tmp_path / "sandbox") as pair:
         yield pair
 
 

@@ -10,6 +10,7 @@ take work again, and nothing they had in hand when the link went is done a secon
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -35,7 +36,7 @@ LATENCY_MS = {"stripe": 200, "sift": 100, "plaid": 100, "aws": 20}
 
 
 @pytest.fixture
-def fleet_stores(offers_env: dict[str, str]) -> Iterator[tuple[dict[str, str], Any]]:
+def fleet_stores(offers_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[dict[str, str], Any]]:
     """The environment of one fleet (a database and a sandbox of its own; RabbitMQ, the broker for
     a fleet of hosts, where one is reachable, else the run's Redis), and its sandbox."""
     if reason := namespaces_unavailable(f"offers-{RUN_ID}-probe"):
@@ -55,7 +56,7 @@ def fleet_stores(offers_env: dict[str, str]) -> Iterator[tuple[dict[str, str], A
                 "OFFERS_BROKER_HEARTBEAT_SECONDS": "5",
                 "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "5",
                 "OFFERS_DB_LOCK_TIMEOUT_SECONDS": "2",
-            }))
+            }, tmp_path / "sandbox"))
             load_sample_policy(settings_for(env))
             if broker == "rabbitmq":
                 url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}-hosts"))
