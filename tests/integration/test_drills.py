@@ -91,17 +91,19 @@ def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(env, box, cle
         assert retried["payment"] > 0, retried
 
 
-def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, tmp_path) -> None:  # noqa: ANN001
+def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
     private = EmbeddedRedis(tmp_path / "redis")
     url = private.start()
     try:
         with drill("flush", env, tmp_path / "logs", OFFERS_BROKER_URL=url, **FAST_RECOVERY) as d:
+            _partners_take_their_time(box)
             samples = d.send(150, seed=14)
             # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
             # once intake has recorded every message and the saga is mid-way
             _wait(lambda: intake_done(d.runtime, samples), "intake to record every message")
             open_at_flush = _open_offers(d.runtime, samples)
             redis.Redis.from_url(url).flushall()
+            clear_faults(box)
             d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga"
             # Then the recovery sweep finds them in Postgres and every offer completes
             d.drain(samples)
@@ -113,7 +115,7 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, tm
         private.stop()
 
 
-def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, tmp_path) -> None:  # noqa: ANN001
+def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
     private = EmbeddedPostgres(tmp_path / "pg")
     url = private.start()
     db.migrate(url)
@@ -121,12 +123,14 @@ def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, tmp_path)
     load_sample_policy(settings)
     try:
         with drill("pgrestart", env, tmp_path / "logs", OFFERS_DATABASE_URL=url, **NO_RECOVERY) as d:
+            _partners_take_their_time(box)
             samples = d.send(150, seed=15)
             # When Postgres stops (fast shutdown: every connection cut) mid-run, for longer than a
             # task waits for a pooled connection
             _wait(lambda: d.settled_count(samples) >= 10, "the first offers to settle")
             open_at_restart = _open_offers(d.runtime, samples)
             private.restart(downtime_s=DB_DOWNTIME_S)
+            clear_faults(box)
             d.figures["faults"] = f"Postgres down {DB_DOWNTIME_S} s with {open_at_restart} offers open"
             # Then the stages retry until it is back, and every offer completes
             d.drain(samples)
@@ -134,6 +138,13 @@ def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, tmp_path)
             assert sum(d.retries_logged().values()) > 0
     finally:
         private.stop()
+
+
+def _partners_take_their_time(box: Any) -> None:
+    """Partners answer as production ones do, in a few hundred ms, so the fault meets offers
+    mid-saga: with instant answers the saga of 150 offers can end before the fault begins."""
+    for partner, ms in {"stripe": 300, "sift": 200, "plaid": 200, "aws": 50}.items():
+        set_fault(box, partner, latency_ms=ms)
 
 
 def _wait(predicate, message: str, timeout: float = 120) -> None:  # noqa: ANN001
