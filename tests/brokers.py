@@ -1,4 +1,5 @@
-"""The brokers the core scenarios run on: the run's Redis, and RabbitMQ where one is reachable.
+"""The stores of a fleet of its own: the broker (the run's Redis, or RabbitMQ where one is
+reachable), a database and a sandbox.
 
 Each RabbitMQ fleet gets a virtual host of its own (made with ``rabbitmqctl``, deleted after), as
 each Redis fleet gets a key prefix of its own: queue names are the contract and cannot vary.
@@ -90,3 +91,29 @@ def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def fleet_stores(
+    offers_env: dict[str, str], broker: str, name: str, log_dir: Path, **overrides: str
+) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """A database, a sandbox and (on RabbitMQ) a virtual host of the fleet's own, all removed
+    after. Yields the sandbox's URLs by partner and the fleet's environment (``overrides`` on top)."""
+    from offers_workers import db
+    from offers_workers.stack import load_sample_policy
+    from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
+    from tests.drillkit import settings_for
+
+    db_url, db_name = _create_database(SERVER["url"], suffix=name)
+    try:
+        db.migrate(db_url)
+        with own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **overrides}, log_dir) as (box, env):
+            load_sample_policy(settings_for(env))
+            if broker == "redis":
+                yield box, env
+            else:
+                with rabbitmq_vhost(f"offers-test-{RUN_ID}-{name}") as url:
+                    # Results, caches and the beat's lock stay in the run's Redis.
+                    yield box, {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
+    finally:
+        _drop_database(SERVER["url"], db_name)

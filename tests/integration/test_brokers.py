@@ -18,19 +18,17 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import pytest
 
 from config.celery import QUEUES
-from offers_workers import db, states
+from offers_workers import states
 from offers_workers.demo import send_samples
 from offers_workers.samples import SCENARIOS, base_offer
-from offers_workers.stack import load_sample_policy
-from tests.brokers import BROKERS, own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
+from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
 from tests.bus import BusReader
-from tests.conftest import DRILL_RESULTS, RUN_ID, SERVER, _create_database, _drop_database, cli, new_id, wait_until
-from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, settings_for, worker_processes
+from tests.conftest import DRILL_RESULTS, RUN_ID, cli, new_id, wait_until
+from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, worker_processes
 from tests.outages import all_in, rows, through_sift_outage
 from tests.races import cancel_race
 
@@ -41,22 +39,10 @@ def fleet_on(request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_pat
     broker = request.param
     if broker == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
-    db_url, db_name = _create_database(SERVER["url"], suffix=broker)
-    try:
-        db.migrate(db_url)
-        log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
-        with ExitStack() as stack:
-            box, env = stack.enter_context(own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **FAST_RECOVERY}, log_dir))
-            load_sample_policy(settings_for(env))
-            if broker == "rabbitmq":
-                url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}"))
-                # Results, caches and the beat's lock stay in the run's Redis.
-                env = {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
-            d = stack.enter_context(drill(broker, env, log_dir))
-            d.sandbox = box
-            yield d
-    finally:
-        _drop_database(SERVER["url"], db_name)
+    log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
+    with fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY) as (box, env), drill(broker, env, log_dir) as d:
+        d.sandbox = box
+        yield d
 
 
 def broker_of(d: Drill) -> str:

@@ -17,13 +17,11 @@ from typing import Any
 
 import pytest
 
-from offers_workers import db
 from offers_workers.fleet import ProcessType
 from offers_workers.sandbox import clear_faults, set_fault
-from offers_workers.stack import load_sample_policy
-from tests.brokers import own_sandbox, rabbitmq_unavailable, rabbitmq_vhost
-from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
-from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, settings_for
+from tests.brokers import fleet_stores, rabbitmq_unavailable
+from tests.conftest import RUN_ID, wait_until
+from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done
 from tests.netns import namespaces_unavailable, rehosted, relayed_network
 
 #: Which Procfile worker types each host runs: every queue is served on two hosts, so any one
@@ -36,38 +34,24 @@ LATENCY_MS = {"stripe": 200, "sift": 100, "plaid": 100, "aws": 20}
 
 
 @pytest.fixture
-def fleet_stores(offers_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[dict[str, str], Any]]:
-    """The environment of one fleet (a database and a sandbox of its own; RabbitMQ, the broker for
-    a fleet of hosts, where one is reachable, else the run's Redis), and its sandbox."""
+def stores_of_hosts(offers_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """The stores of one fleet (RabbitMQ, the broker for a fleet of hosts, where one is reachable,
+    else the run's Redis): its sandbox's URLs and its environment."""
     if reason := namespaces_unavailable(f"offers-{RUN_ID}-probe"):
         pytest.skip(reason)
     broker = "redis" if rabbitmq_unavailable() else "rabbitmq"
-    db_url, db_name = _create_database(SERVER["url"], suffix=f"hosts_{broker}")
-    try:
-        db.migrate(db_url)
-        with ExitStack() as stack:
-            box, env = stack.enter_context(own_sandbox({
-                **offers_env,
-                **FAST_RECOVERY,
-                "OFFERS_DATABASE_URL": db_url,
-                # A silent host is noticed in seconds: the broker by heartbeats, Postgres by the
-                # idle-in-transaction timeout, and a wait behind its locks ends in a retry
-                # (production defaults: 30 s, 15 s and 10 s).
-                "OFFERS_BROKER_HEARTBEAT_SECONDS": "5",
-                "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "5",
-                "OFFERS_DB_LOCK_TIMEOUT_SECONDS": "2",
-            }, tmp_path / "sandbox"))
-            load_sample_policy(settings_for(env))
-            if broker == "rabbitmq":
-                url = stack.enter_context(rabbitmq_vhost(f"offers-test-{RUN_ID}-hosts"))
-                env = {**env, "OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]}
-            yield env, box
-    finally:
-        _drop_database(SERVER["url"], db_name)
+    # A silent host is noticed in seconds: the broker by heartbeats, Postgres by the
+    # idle-in-transaction timeout, and a wait behind its locks ends in a retry
+    # (production defaults: 30 s, 15 s and 10 s).
+    with fleet_stores(
+        offers_env, broker, f"hosts_{broker}", tmp_path / "sandbox", **FAST_RECOVERY,
+        OFFERS_BROKER_HEARTBEAT_SECONDS="5", OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS="5", OFFERS_DB_LOCK_TIMEOUT_SECONDS="2",
+    ) as (box, env):
+        yield env, box
 
 
-def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(fleet_stores: tuple[dict[str, str], Any], tmp_path) -> None:  # noqa: ANN001
-    broker_env, sandbox = fleet_stores
+def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(stores_of_hosts: tuple[dict[str, str], Any], tmp_path) -> None:  # noqa: ANN001
+    broker_env, sandbox = stores_of_hosts
     broker = "rabbitmq" if broker_env["OFFERS_BROKER_URL"].startswith("amqp") else "redis"
     subnet = f"10.{200 + int(RUN_ID[:2], 16) % 50}.{int(RUN_ID[2:4], 16)}"
     with ExitStack() as stack:
@@ -89,7 +73,7 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(fleet_stores:
         # When 300 offers go through and h1 loses its link once a quarter of them have settled
         samples = d.samples(300, seed=31)
         d.submit(samples)
-        _wait(lambda: d.settled_count(samples) >= len(samples) // 4, "a quarter of the offers to settle")
+        wait_until(lambda: d.settled_count(samples) >= len(samples) // 4, timeout=120, message="a quarter of the offers to settle")
         open_at_cut = len(samples) - d.settled_count(samples)
         network.cut(CUT)
         cut_at = time.monotonic()
@@ -143,20 +127,13 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(fleet_stores:
         assert len(unrecorded) <= (0 if broker == "rabbitmq" else 3), "submits lost at the broker"
 
 
-def _wait(predicate, message: str, timeout: float = 120) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {message}"
-        time.sleep(0.1)
-
-
 def _wait_for_nodes(d: Drill, nodes: set[str], timeout: float = 60) -> None:
     def answering() -> bool:
         assert not d.fleet.dead(), f"a process exited; logs in {d.fleet.log_dir}"
         replies = d.app.control.ping(timeout=1.0) or []
         return nodes <= {name for reply in replies for name in reply}
 
-    _wait(answering, f"workers {sorted(nodes)} to answer a ping", timeout)
+    wait_until(answering, timeout=timeout, message=f"workers {sorted(nodes)} to answer a ping")
 
 
 def _tasks_done(d: Drill, host: str) -> int:
