@@ -23,6 +23,7 @@ ROUTES: dict[str, str] = {
     "offers.submit": "offers.intake",
     "offers.cancel": "offers.intake",
     "offers.validate_draft": "offers.realtime",
+    "offers.record_unreadable": "offers.intake",
     **{stage.task: stage.queue for stage in STAGES},
     "offers.publish_event": "offers.events",
     "offers.release_hold": "offers.payment",
@@ -59,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Refuse to invent queues for misrouted tasks: a typo must fail loudly, not strand work.
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
+        # A message the workers refuse (undecodable, unknown task) is recorded, not only logged.
+        "worker_consumer": "tasks.wire:RecordingConsumer",
         # Recycle a pool child when it has grown, not every N tasks: the bench showed no growth in
         # the children, and a child forked from a grown parent starts at the parent's size.
         "worker_max_memory_per_child": 300_000,  # KiB
@@ -72,8 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     results = settings.effective_redis_url
     if results:
+        # Unprefixed: a validate_draft caller reads its answer with nothing but the backend URL.
         config["result_backend"] = results
-        config["result_backend_transport_options"] = {"global_keyprefix": prefix}
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
     return config
@@ -87,9 +90,13 @@ EXCHANGE = Exchange("offers", type="topic", durable=True)
 def redis_options(settings: Settings) -> dict[str, Any]:
     visibility_timeout = broker_visibility_timeout(settings)
     return {
+        # kombu's Redis transport, but an envelope it cannot read is recorded instead of stopping
+        # the worker (the broker URL keeps its redis:// scheme).
+        "broker_transport": "tasks.wire:RedisTransport",
         "broker_transport_options": {
             "visibility_timeout": visibility_timeout,
-            "global_keyprefix": settings.redis_key_prefix,
+            # Queues carry their plain names unless a deployment opts in: the names are the contract.
+            "global_keyprefix": settings.broker_key_prefix,
             # Look for messages of dead workers ten times per timeout, not every 100 s (kombu's default).
             "unacked_restore_interval": max(1, visibility_timeout // 10),
             "unacked_restore_throttle": 1,

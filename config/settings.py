@@ -93,8 +93,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     redis_url: str | None = None
-    #: Every Redis key this fleet writes (queues, results, caches) starts with this prefix.
+    #: Every Redis key the fleet keeps for itself (caches, flags, locks, rate limits, the beat, partner
+    #: error counters) starts with this prefix. Queues and results are not the fleet's own: upstream
+    #: clients write and read them by their plain names (see broker_key_prefix).
     redis_key_prefix: str = "offers:"
+    #: Redis broker only, opt-in: a prefix for the queue keys too (kombu's global_keyprefix). Every
+    #: upstream client must then set the same prefix, or its offers wait where no worker looks.
+    broker_key_prefix: str = ""
     db_pool_size: int = Field(default=4, ge=1, le=100)
     #: Postgres ends a session left idle inside a transaction this long (seconds): a worker host
     #: cut off mid-transaction must not hold its row locks, or the audit chain's, until TCP gives up.
@@ -241,6 +246,8 @@ class Settings(BaseSettings):
             raise ValueError("OFFERS_BROKER_URL must be a Redis (redis://) or RabbitMQ (amqp://) URL")
         if self.broker_is_rabbitmq and not self.redis_url:
             raise ValueError("OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)")
+        if self.broker_is_rabbitmq and self.broker_key_prefix:
+            raise ValueError("OFFERS_BROKER_KEY_PREFIX applies to a Redis broker only (RabbitMQ separates fleets by virtual host)")
         return self
 
     @property

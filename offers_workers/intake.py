@@ -104,6 +104,19 @@ def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dic
     return _reject(rt, raw, "duplicate_conflict", [error], task_id=task_id, offer_id=offer.offer_id)
 
 
+def record_unreadable(rt: Runtime, *, queue: str, problem: str, detail: str, raw: str, raw_size: int, task_id: str | None) -> int:
+    """Record a message the workers could not read at all (an envelope that is not JSON, a body
+    that does not decode, no or an unknown task name): the raw text, what was wrong, where."""
+    kept = raw.encode("utf-8", errors="replace")[:RAW_BODY_KEEP_BYTES].decode("utf-8", errors="ignore").replace("\x00", "\\u0000")
+    error = FieldError(field="", code=problem, message=f"{detail} (queue {queue})")
+    with rt.db.transaction() as conn:
+        rejection_id = store.record_intake_rejection(
+            conn, reason="invalid_payload", errors=[error], raw_body=kept, raw_size=raw_size, offer_id=None, task_id=task_id
+        )
+    log.warning("unreadable message recorded", extra={"stage": "intake", "reason": problem, "queue": queue})
+    return rejection_id
+
+
 @dataclass(frozen=True)
 class _Gate:
     wait_s: float = 0.0

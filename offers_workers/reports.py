@@ -211,7 +211,7 @@ def queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
         return _rabbitmq_queue_depths(settings.broker_url, queues)
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
-        return _redis_queue_depths(client, settings.redis_key_prefix, queues)
+        return _redis_queue_depths(client, settings.broker_key_prefix, queues)
     finally:
         client.close()
 

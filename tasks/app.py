@@ -72,6 +72,26 @@ def _warm_up(**_: object) -> None:
     get_runtime().warm_up()
 
 
+@signals.worker_ready.connect
+def _check_upstream_reach(sender: object = None, **_: object) -> None:
+    # On RabbitMQ, say at start-up what would otherwise show as an upstream's PRECONDITION_FAILED.
+    if not app.conf.broker_url.startswith(AMQP_SCHEMES):
+        return
+    from tasks.wire import plain_clients_refused
+
+    try:
+        refused = plain_clients_refused(app)
+    except Exception:  # noqa: BLE001 - a diagnostic; the worker runs either way
+        logging.getLogger("offers_workers.wire").warning("could not check the virtual host's default queue type", exc_info=True)
+        return
+    if refused:
+        logging.getLogger("offers_workers.wire").warning(
+            "vhost default queue type is not quorum: upstream Celery clients that do not set"
+            " task_create_missing_queue_type='quorum' will be refused (PRECONDITION_FAILED);"
+            " see the operations guide, 'Redis or RabbitMQ as the broker'"
+        )
+
+
 # A process started as `celery -A tasks.app …` logs JSON from its first line: Celery warns (running
 # as root, say) before its own logging set-up, and that line must not be the one plain-text line.
 if not logging.getLogger().handlers:

@@ -23,3 +23,11 @@ def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispa
         self.app.send_task(self.name, kwargs={"offer": offer, **unexpected}, countdown=result.wait_s + random.uniform(0, 1))
         return []
     return result.dispatches
+
+
+@app.task(name="offers.record_unreadable", base=OffersTask, bind=True, stage="intake")
+def record_unreadable(self: OffersTask, queue: str, problem: str, detail: str, raw: str, raw_size: int) -> None:
+    # Sent by the workers themselves (tasks/wire.py) for a message they could not read.
+    intake.record_unreadable(
+        get_runtime(), queue=queue, problem=problem, detail=detail, raw=raw, raw_size=raw_size, task_id=self.request.id
+    )

@@ -1,20 +1,25 @@
-"""Shared fixtures: every test run gets its own Postgres database and Redis key space, a sandbox
+"""Shared fixtures: every test run gets its own Postgres database and Redis database, a sandbox
 on free ports, and (for integration tests) the Procfile's worker processes, all stopped at the end.
 
 With OFFERS_DATABASE_URL / OFFERS_BROKER_URL set (CI), the run makes a fresh database on that
-server and a unique key prefix on that Redis; without them it starts embedded servers.
+server and claims an empty Redis database (0-15) on that Redis; without them it starts embedded
+servers. Queue names are the contract and carry no prefix, so a Redis database of its own is what
+keeps one fleet's queues from another's; the run's key prefix still marks the fleet's own keys.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -53,9 +58,68 @@ def _drop_database(server_url: str, name: str) -> None:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
 
 
+#: Marks a Redis database as taken by a test run (its value: the run and the process that took it).
+REDIS_CLAIM_KEY = "offers-test:claim"
+
+
+def _redis_url_with_db(url: str, number: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{number}"))
+
+
+def _stale_claim(client: redis.Redis) -> bool:
+    """A claim left by a test process that no longer runs (killed mid-run): its database is ours to take."""
+    try:
+        claim = json.loads(client.get(REDIS_CLAIM_KEY) or b"{}")
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError):
+        return False
+    return False
+
+
+@contextmanager
+def redis_database(server_url: str) -> Iterator[str]:
+    """An empty Redis database of its own on the server of ``server_url``; yields its URL, flushed after.
+
+    A database is taken only if it holds no key but the claim just made in it, so a run never
+    touches what another run (or anything else) keeps on the same server.
+    """
+    probe = redis.Redis.from_url(server_url)
+    try:
+        count = int(probe.config_get("databases").get("databases", 16))
+    except redis.ResponseError:  # CONFIG refused (a managed Redis): assume the default
+        count = 16
+    finally:
+        probe.close()
+    claim = json.dumps({"run": RUN_ID, "pid": os.getpid()})
+    for number in range(1, count):
+        url = _redis_url_with_db(server_url, number)
+        client = redis.Redis.from_url(url)
+        try:
+            if client.exists(REDIS_CLAIM_KEY) and _stale_claim(client):
+                client.flushdb()
+            if client.set(REDIS_CLAIM_KEY, claim, nx=True):
+                if client.dbsize() == 1:
+                    break
+                client.delete(REDIS_CLAIM_KEY)  # something else keeps keys here: not ours
+        finally:
+            client.close()
+    else:
+        raise RuntimeError(f"no empty Redis database left on {urlsplit(server_url).netloc} (of {count})")
+    try:
+        yield url
+    finally:
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """OFFERS_DATABASE_URL, OFFERS_BROKER_URL and OFFERS_REDIS_KEY_PREFIX private to this run."""
+    """OFFERS_DATABASE_URL, OFFERS_BROKER_URL (a Redis database) and OFFERS_REDIS_KEY_PREFIX private to this run."""
     from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
 
     started: list[Any] = []
@@ -72,16 +136,15 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             started.append(rd)
             broker_url = rd.start()
         SERVER["url"] = server_url
+        SERVER["redis"] = broker_url
         db_url, db_name = _create_database(server_url)
+        # Not the default prefix: the fleet's own keys must follow the setting, queues must not.
         prefix = f"offers-test-{RUN_ID}:"
         try:
-            yield {"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": broker_url, "OFFERS_REDIS_KEY_PREFIX": prefix}
+            with redis_database(broker_url) as run_redis:
+                yield {"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": run_redis, "OFFERS_REDIS_KEY_PREFIX": prefix}
         finally:
             _drop_database(server_url, db_name)
-            client = redis.Redis.from_url(broker_url)
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i : i + 500])
     finally:
         for server in reversed(started):
             server.stop()

@@ -1,5 +1,5 @@
-"""Private fleets for drills and flag tests: the Procfile's workers and beat on their own Redis
-key space (and the stores given), with the figures a drill reports.
+"""Private fleets for drills and flag tests: the Procfile's workers and beat on a Redis database
+of their own (and the stores given), with the figures a drill reports.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from offers_workers.demo import check, send_samples, settled
 from offers_workers.fleet import Fleet, ProcessType, read_procfile
 from offers_workers.runtime import Runtime
 from offers_workers.samples import Sample, make_samples
-from tests.conftest import DRILL_RESULTS, RUN_ID
+from config.settings import REDIS_SCHEMES
+from tests.conftest import DRILL_RESULTS, RUN_ID, redis_database
 
 #: A sweep that notices lost work within seconds, and a Redis broker that hands a killed worker's
 #: messages to another within 25 s (tasks here take well under the 20 s limit), so drills drain
@@ -192,11 +193,21 @@ def settings_for(env: dict[str, str]) -> Settings:
 def drill(
     name: str, offers_env: dict[str, str], log_dir: Path, process_types: tuple[str, ...] = ("worker", "worker_partners", "beat"), **overrides: str
 ) -> Iterator[Drill]:
-    """The Procfile's workers and beat on their own key space (and the stores given in overrides).
-    ``name`` goes into Redis key names and patterns: no glob characters."""
+    """The Procfile's workers and beat on a Redis database of their own (on the run's Redis server,
+    unless ``overrides`` name another broker) and their own key prefix. ``name`` goes into Redis
+    key names and patterns: no glob characters."""
     assert not set(name) & set("*?[]"), f"{name!r}: kombu subscribes to Redis key patterns"
     prefix = f"{offers_env['OFFERS_REDIS_KEY_PREFIX']}{name}:"
     env = {**offers_env, "OFFERS_REDIS_KEY_PREFIX": prefix, **overrides}
+    with ExitStack() as stores:
+        if env["OFFERS_BROKER_URL"] == offers_env["OFFERS_BROKER_URL"] and env["OFFERS_BROKER_URL"].startswith(REDIS_SCHEMES):
+            # Queues carry their plain names: a fleet of its own needs a database of its own.
+            env["OFFERS_BROKER_URL"] = stores.enter_context(redis_database(env["OFFERS_BROKER_URL"]))
+        yield stores.enter_context(_running(name, env, log_dir, process_types))
+
+
+@contextmanager
+def _running(name: str, env: dict[str, str], log_dir: Path, process_types: tuple[str, ...]) -> Iterator[Drill]:
     settings = settings_for(env)
     app = Celery(f"drill-{name}", set_as_current=False)
     app.config_from_object(celery_config(settings))
@@ -214,6 +225,6 @@ def drill(
         runtime.close()
         app.close()
         client = redis.Redis.from_url(settings.effective_redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        keys = list(client.scan_iter(match=f"{env['OFFERS_REDIS_KEY_PREFIX']}*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])

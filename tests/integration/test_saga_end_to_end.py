@@ -171,7 +171,6 @@ def test_an_upstream_client_that_knows_only_the_contract(celery_app, runtime, of
         import json, sys
         from celery import Celery
         upstream = Celery(broker={offers_env["OFFERS_BROKER_URL"]!r})
-        upstream.conf.broker_transport_options = {{"global_keyprefix": {offers_env["OFFERS_REDIS_KEY_PREFIX"]!r}}}
         upstream.conf.task_serializer = "json"
         offer = json.loads(sys.argv[1])
         upstream.send_task("offers.submit", kwargs={{"offer": offer}}, queue="offers.intake")

@@ -1,6 +1,6 @@
 """Abuse on the wire: raw messages on our queues, each followed by a good offer that must still go
 through. Nothing is deserialised that is not JSON, nothing takes a worker down, and every message
-is recorded (an intake rejection) or refused with a clear log line.
+is recorded as an intake rejection, those the workers refuse unread with a clear log line too.
 """
 
 from __future__ import annotations
@@ -58,20 +58,34 @@ def worker_log(fleet) -> str:  # noqa: ANN001
     return "\n".join(p.read_text(errors="replace") for p in fleet.log_dir.glob("worker*.log"))
 
 
-ABUSES: dict[str, tuple[dict[str, Any], str | None]] = {
-    # name: (publish arguments, the worker log line that must say what happened; None: an intake rejection)
-    "pickle": ({"body": pickle.dumps(Exploit()), "content_type": "application/x-python-serialize"}, "untrusted content"),
-    "yaml": ({"body": b"!!python/object/apply:os.system ['touch /tmp/x']", "content_type": "application/x-yaml"}, "untrusted content"),
-    "not json": ({"body": b"{this is not json"}, "decode"),
-    "nested 10,000 deep": ({"body": b'[[], {"offer": ' + b"[" * 10_000 + b"]" * 10_000 + b"}, {}]"}, "decode"),
-    "unknown task": ({"body": submit_body(offer={}), "task": "offers.drop_tables"}, "unregistered task"),
+def last_rejection_id(runtime) -> int:  # noqa: ANN001
+    with runtime.db.transaction() as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) AS n FROM intake_rejections").fetchone()["n"]
+
+
+def recorded_since(runtime, after_id: int, code: str) -> dict[str, Any] | None:  # noqa: ANN001
+    """The intake rejection recorded for a message the workers could not read."""
+    with runtime.db.transaction() as conn:
+        return conn.execute(
+            "SELECT reason, errors, raw_body, raw_size FROM intake_rejections WHERE id > %s AND errors -> 0 ->> 'code' = %s",
+            (after_id, code),
+        ).fetchone()
+
+
+ABUSES: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (publish arguments, what the worker's log line says, the error code of the record)
+    "pickle": ({"body": pickle.dumps(Exploit()), "content_type": "application/x-python-serialize"}, "untrusted content", "refused_content"),
+    "yaml": ({"body": b"!!python/object/apply:os.system ['touch /tmp/x']", "content_type": "application/x-yaml"}, "untrusted content", "refused_content"),
+    "not json": ({"body": b"{this is not json"}, "decode", "undecodable"),
+    "nested 10,000 deep": ({"body": b'[[], {"offer": ' + b"[" * 10_000 + b"]" * 10_000 + b"}, {}]"}, "decode", "undecodable"),
+    "unknown task": ({"body": submit_body(offer={}), "task": "offers.drop_tables"}, "unregistered task", "unknown_task"),
 }
 
 
 @pytest.mark.parametrize("abuse", list(ABUSES))
-def test_a_hostile_message_is_refused_and_the_next_offer_goes_through(celery_app, runtime, fleet, abuse: str) -> None:  # noqa: ANN001
-    arguments, logged = ABUSES[abuse]
-    before = worker_log(fleet).count(logged) if logged else 0
+def test_a_hostile_message_is_refused_recorded_and_the_next_offer_goes_through(celery_app, runtime, fleet, abuse: str) -> None:  # noqa: ANN001
+    arguments, logged, code = ABUSES[abuse]
+    before, after_id = worker_log(fleet).count(logged), last_rejection_id(runtime)
     publish(celery_app, **arguments)
     good = base_offer(new_id("afterabuse"), 1)
     celery_app.send_task("offers.submit", kwargs={"offer": good})
@@ -80,6 +94,39 @@ def test_a_hostile_message_is_refused_and_the_next_offer_goes_through(celery_app
     assert not fleet.dead(), "a worker died"
     wait_until(lambda: worker_log(fleet).count(logged) > before, timeout=10, message=f"a log line saying {logged!r}")
     assert not MARKER.exists(), "a non-JSON body was deserialised"
+    # Then the refused message is on record, with its raw text and what was wrong with it
+    found = wait_until(lambda: recorded_since(runtime, after_id, code), timeout=20, message=f"an intake rejection {code}")
+    assert found["reason"] == "invalid_payload" and found["raw_size"] == len(arguments["body"])
+
+
+ENVELOPES = {
+    # name: (what a producer pushed onto the Redis list, the record's message)
+    "not json": (b"hello", "not JSON"),
+    "a JSON list": (b"[1, 2]", "not a JSON object"),
+    "no delivery_info": (json.dumps({"body": "[[], {}, {}]", "properties": {"delivery_tag": "x"}}).encode(), "delivery_info"),
+    "bad base64": (
+        json.dumps({"body": "%%%", "headers": {"task": "offers.submit", "id": "x"},
+                    "properties": {"delivery_tag": "x", "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "offers.intake"}}}).encode(),
+        "base64",
+    ),
+}
+
+
+@pytest.mark.parametrize("envelope", list(ENVELOPES))
+def test_an_unreadable_redis_envelope_is_recorded_and_no_worker_stops(celery_app, runtime, fleet, envelope: str) -> None:  # noqa: ANN001
+    # Given a producer of another language pushing a broken envelope straight onto the list
+    raw, said = ENVELOPES[envelope]
+    after_id = last_rejection_id(runtime)
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.client.lpush("offers.intake", raw)
+    good = base_offer(new_id("afterenvelope"), 1)
+    celery_app.send_task("offers.submit", kwargs={"offer": good})
+    # Then no worker stops (kombu alone would: "Unrecoverable error"), the next offer goes through,
+    # and the envelope is on record with its raw text
+    wait_until(lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED, timeout=60, message="the good offer after the envelope")
+    assert not fleet.dead(), "a worker died"
+    found = wait_until(lambda: recorded_since(runtime, after_id, "invalid_envelope"), timeout=20, message="the envelope's record")
+    assert said in found["errors"][0]["message"] and found["raw_body"] == raw.decode()
 
 
 @pytest.mark.parametrize("abuse", ["10 MB body", "missing kwargs", "extra kwargs", "forged retry headers"])

@@ -1,0 +1,161 @@
+"""The edge of the wire: what the workers do with a message they cannot read, and a check that
+upstream clients can reach them on RabbitMQ.
+
+Every message leaves a durable record, also one whose envelope, body or task name is unusable:
+instead of being dropped with a log line, it is handed to ``offers.record_unreadable``, which
+records its raw text as an intake rejection. Nothing here deserialises anything but JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger("offers_workers.wire")
+
+RECORD_TASK = "offers.record_unreadable"
+#: Raw text handed on for the record (the record keeps 4 KiB of it).
+RAW_HANDED_ON = 8 * 1024
+
+
+def envelope_problem(item: bytes | str) -> str | None:
+    """What makes a Redis envelope unreadable to kombu, or None. kombu parses the envelope before
+    any code of ours runs, and a bad one raised out of the consumer loop: the worker stopped
+    ("Unrecoverable error") and the message, already popped, was gone without a trace."""
+    try:
+        envelope = json.loads(item)
+    except (ValueError, RecursionError):
+        return "the envelope is not JSON"
+    if not isinstance(envelope, dict):
+        return "the envelope is not a JSON object"
+    properties = envelope.get("properties")
+    if not isinstance(properties, dict):
+        return "the envelope has no properties object"
+    if not isinstance(properties.get("delivery_tag"), (str, int)):
+        return "properties.delivery_tag is missing"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not isinstance(info.get("exchange"), str) or not isinstance(info.get("routing_key"), str):
+        return "properties.delivery_info needs exchange and routing_key strings"
+    body = envelope.get("body")
+    if body is not None and not isinstance(body, str):
+        return "body must be a string"
+    encoding = properties.get("body_encoding")
+    if encoding not in (None, "base64"):
+        return "properties.body_encoding must be base64 or absent"
+    if encoding == "base64" and body:
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "body is not valid base64"
+    if not isinstance(envelope.get("headers") or {}, dict):
+        return "headers must be an object"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(envelope.get(key) or "", str):
+            return f"{key} must be a string"
+    return None
+
+
+def record_envelope(queue: str, problem: str, raw: str, raw_size: int) -> bytes:
+    """A well-formed envelope for ``offers.record_unreadable`` carrying the unreadable one."""
+    message_id = str(uuid.uuid4())
+    kwargs = {"queue": queue, "problem": "invalid_envelope", "detail": problem, "raw": raw[:RAW_HANDED_ON], "raw_size": raw_size}
+    return json.dumps({
+        "body": json.dumps([[], kwargs, {}]),
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {"task": RECORD_TASK, "id": message_id},
+        "properties": {"delivery_tag": message_id, "delivery_info": {"exchange": "", "routing_key": queue}},
+    }).encode()
+
+
+class GuardedChannel(kombu_redis.Channel):
+    """kombu's Redis channel, but a popped envelope it could not read becomes a record instead."""
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        client = super()._create_client(asynchronous)
+        if asynchronous:  # the client that BRPOPs
+            read = client.parse_response
+            sep = self.sep
+
+            def parse_response(connection: Any, command_name: str, **options: Any) -> Any:
+                response = read(connection, command_name, **options)
+                if command_name == "BRPOP" and response:
+                    key, item = response
+                    problem = envelope_problem(item)
+                    if problem is not None:
+                        queue = kombu_redis.bytes_to_str(key).rsplit(sep, 1)[0]
+                        raw = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+                        log.error("unreadable envelope handed on for the record", extra={"queue": queue, "reason": problem})
+                        return key, record_envelope(queue, problem, raw, len(item))
+                return response
+
+            client.parse_response = parse_response
+        return client
+
+
+class RedisTransport(kombu_redis.Transport):
+    """The Redis transport the fleet runs on (``broker_transport``); the URL stays ``redis://``."""
+
+    Channel = GuardedChannel
+
+
+class RecordingConsumer(Consumer):
+    """Celery's consumer, but a message it refuses is handed on for the record before it goes.
+
+    Celery would log such a message with up to 1 KiB of its body (buyers' emails and IPs
+    included) and drop it; here the log line names what was wrong and the body goes to Postgres.
+    """
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._record(message, "undecodable", f"the body does not decode as {message.content_type}: {exc}")
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._record(message, "no_task_name", "the message names no task (protocol 2 needs the headers task and id)")
+        message.reject_log_error(log, self.connection_errors)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = (message.headers or {}).get("task")
+        self._record(message, "unknown_task", f"unregistered task {name!r}: the fleet runs offers.submit, offers.cancel and offers.validate_draft")
+        message.reject_log_error(log, self.connection_errors)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._record(message, "refused_content", f"{exc}; the fleet takes JSON only")
+        message.reject_log_error(log, self.connection_errors)
+
+    def _record(self, message: Any, problem: str, detail: str) -> None:
+        queue = (message.delivery_info or {}).get("routing_key") or "unknown"
+        log.error("refused a message: " + detail, extra={"queue": queue, "reason": problem})
+        body = message.body or b""
+        raw = body if isinstance(body, str) else bytes(body).decode("utf-8", errors="replace")
+        try:
+            self.app.send_task(
+                RECORD_TASK, kwargs={"queue": queue, "problem": problem, "detail": detail, "raw": raw[:RAW_HANDED_ON], "raw_size": len(body)}
+            )
+        except Exception:  # noqa: BLE001 - the broker is away: the log line is all that is left
+            log.exception("could not hand a refused message on for the record", extra={"queue": queue, "reason": problem})
+
+
+def plain_clients_refused(app: Any) -> bool:
+    """RabbitMQ: would this virtual host refuse a Celery client that declares the queue it sends to
+    without a queue type (any client not setting task_create_missing_queue_type)? It does unless the
+    virtual host's default queue type is quorum, since every queue of ours is a quorum queue."""
+    probe = f"offers.probe.{uuid.uuid4().hex}"
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        channel.queue_declare(probe, durable=True, arguments={"x-queue-type": "quorum"})
+        try:
+            channel.queue_declare(probe, durable=True)  # as a plain client declares
+            refused = False
+        except conn.channel_errors:
+            refused = True
+            channel = conn.channel()  # the refusal closed the first one
+        channel.queue_delete(probe)
+    return refused
