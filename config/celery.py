@@ -75,8 +75,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     results = settings.effective_redis_url
     if results:
-        # Unprefixed: a validate_draft caller reads its answer with nothing but the backend URL.
         config["result_backend"] = results
+        if settings.broker_key_prefix:
+            # Opted in: Celery's keys carry the prefix, results as well as queues. Otherwise a
+            # validate_draft caller reads its answer with nothing but the backend URL.
+            config["result_backend_transport_options"] = {"global_keyprefix": settings.broker_key_prefix}
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
     return config

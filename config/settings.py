@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     #: error counters) starts with this prefix. Queues and results are not the fleet's own: upstream
     #: clients write and read them by their plain names (see broker_key_prefix).
     redis_key_prefix: str = "offers:"
-    #: Redis broker only, opt-in: a prefix for the queue keys too (kombu's global_keyprefix). Every
-    #: upstream client must then set the same prefix, or its offers wait where no worker looks.
+    #: Redis broker only, opt-in: a prefix for Celery's keys too, queues and results (kombu's
+    #: global_keyprefix). Every upstream client must then set the same prefix, or its offers wait
+    #: where no worker looks.
     broker_key_prefix: str = ""
     db_pool_size: int = Field(default=4, ge=1, le=100)
     #: Postgres ends a session left idle inside a transaction this long (seconds): a worker host

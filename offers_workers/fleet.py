@@ -38,9 +38,11 @@ def read_procfile(path: Path = PROCFILE) -> list[ProcessType]:
     return types
 
 
-def process_env(overrides: dict[str, str]) -> dict[str, str]:
-    """The environment for fleet processes: ours plus overrides, with this venv's scripts first."""
-    env = {**os.environ, **overrides}
+def process_env(overrides: dict[str, str], *, inherit_settings: bool = True) -> dict[str, str]:
+    """The environment for fleet processes: ours plus overrides, with this venv's scripts first.
+    Without ``inherit_settings`` no ``OFFERS_*`` setting of ours goes along: only the overrides'."""
+    inherited = os.environ if inherit_settings else {k: v for k, v in os.environ.items() if not k.startswith("OFFERS_")}
+    env = {**inherited, **overrides}
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     # Processes run from the project root import the source tree even without an install.
@@ -51,8 +53,8 @@ def process_env(overrides: dict[str, str]) -> dict[str, str]:
 class Fleet:
     """Starts process types in their own process groups; ``stop`` ends them all."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = process_env(env)
+    def __init__(self, env: dict[str, str], log_dir: Path, *, inherit_settings: bool = True) -> None:
+        self.env = process_env(env, inherit_settings=inherit_settings)
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []

@@ -150,9 +150,9 @@ def plain_clients_refused(app: Any) -> bool:
     probe = f"offers.probe.{uuid.uuid4().hex}"
     with app.connection_for_write() as conn:
         channel = conn.channel()
-        channel.queue_declare(probe, durable=True, arguments={"x-queue-type": "quorum"})
+        channel.queue_declare(probe, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
         try:
-            channel.queue_declare(probe, durable=True)  # as a plain client declares
+            channel.queue_declare(probe, durable=True, auto_delete=False)  # as a plain client declares
             refused = False
         except conn.channel_errors:
             refused = True

@@ -45,7 +45,8 @@ def _rabbitmqctl(*args: str) -> None:
 def rabbitmq_vhost(name: str) -> Iterator[str]:
     """A fresh virtual host for one fleet; yields its broker URL. Deleted, with its queues, after."""
     parts = urlsplit(RABBITMQ_URL)
-    _rabbitmqctl("add_vhost", name)
+    # The operations guide's set-up: quorum as the default queue type, so plain clients are accepted.
+    _rabbitmqctl("add_vhost", name, "--default-queue-type", "quorum")
     try:
         _rabbitmqctl("set_permissions", "-p", name, parts.username or "guest", ".*", ".*", ".*")
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))

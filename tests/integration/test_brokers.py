@@ -12,9 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +21,10 @@ import pytest
 from config.celery import QUEUES
 from offers_workers import states
 from offers_workers.demo import send_samples
-from offers_workers.samples import SCENARIOS, base_offer
+from offers_workers.samples import SCENARIOS
 from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
 from tests.bus import BusReader
-from tests.conftest import DRILL_RESULTS, RUN_ID, cli, new_id, wait_until
+from tests.conftest import DRILL_RESULTS, RUN_ID, cli, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, worker_processes
 from tests.outages import all_in, rows, through_sift_outage
 from tests.races import cancel_race
@@ -127,30 +124,6 @@ def test_cancellations_racing_the_saga_end_cancelled_once(fleet_on: Drill) -> No
     bus = BusReader(d.runtime.settings)
     figures = cancel_race(d.app, d.runtime, bus, 120, seed=f"{RUN_ID}-{d.name}")
     DRILL_RESULTS.append({"drill": d.name, **figures})
-
-
-def test_an_upstream_client_that_knows_only_the_contract(fleet_on: Drill) -> None:
-    """A plain Celery client, importing nothing of this project, sends by task name and queue; on
-    RabbitMQ it must declare the queue it names as the quorum queue it is (README, "Brokers")."""
-    rabbitmq = broker_of(fleet_on) == "rabbitmq"
-    setting = (
-        'upstream.conf.task_create_missing_queue_type = "quorum"' if rabbitmq
-        else f'upstream.conf.broker_transport_options = {{"global_keyprefix": {fleet_on.env["OFFERS_REDIS_KEY_PREFIX"]!r}}}'
-    )
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        from celery import Celery
-        upstream = Celery(broker={fleet_on.env["OFFERS_BROKER_URL"]!r})
-        {setting}
-        upstream.conf.task_serializer = "json"
-        upstream.send_task("offers.submit", kwargs={{"offer": json.loads(sys.argv[1])}}, queue="offers.intake")
-        """
-    )
-    offer = base_offer(new_id("upstream"), 7)
-    # -I: isolated mode, so not even the project directory is importable.
-    subprocess.run([sys.executable, "-I", "-c", script, json.dumps(offer)], check=True, timeout=60)
-    wait_until(lambda: all_in(fleet_on.runtime, [offer["offer_id"]], states.SUBMITTED), message="the upstream offer to be submitted")
 
 
 def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import threading
 from collections import defaultdict
 from typing import Any
@@ -161,25 +160,6 @@ def _duplicates(runtime, offer_id: str) -> int:  # noqa: ANN001
         return conn.execute(
             "SELECT count(*) AS n FROM audit_events WHERE offer_id = %s AND kind = 'duplicate_ignored'", (offer_id,)
         ).fetchone()["n"]
-
-
-def test_an_upstream_client_that_knows_only_the_contract(celery_app, runtime, offers_env) -> None:  # noqa: ANN001
-    """A plain Celery client, importing nothing of this project, sends by task name and queue."""
-    offer_id = new_id("upstream")
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        from celery import Celery
-        upstream = Celery(broker={offers_env["OFFERS_BROKER_URL"]!r})
-        upstream.conf.task_serializer = "json"
-        offer = json.loads(sys.argv[1])
-        upstream.send_task("offers.submit", kwargs={{"offer": offer}}, queue="offers.intake")
-        """
-    )
-    offer = base_offer(offer_id, 7) | {"synthetic": False}
-    # -I: isolated mode, so not even the project directory is importable.
-    subprocess.run([sys.executable, "-I", "-c", script, json.dumps(offer)], check=True, timeout=60)
-    wait_until(lambda: _state(runtime, offer_id) == states.SUBMITTED, message="the upstream offer to be submitted")
 
 
 BAD_MESSAGES = {
