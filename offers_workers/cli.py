@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any, NoReturn
 
 import click
 import psycopg
+from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers import reports, states, store
+from offers_workers import listing, reports, states, store
 from offers_workers.payload import json_schema
 from offers_workers.runtime import Runtime
 
@@ -73,6 +75,84 @@ def parse_since(value: str | None) -> datetime | None:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
+
+
+# --- listings: every row, or a page that says where it stopped -----------------------------------
+
+#: Rows a table shows unless --limit says otherwise: it is read by a person; a script takes --json.
+TABLE_ROWS = 100
+
+LISTING_HELP = (
+    "--json prints every matching row as one JSON array, streamed. --limit or --after asks for one page"
+    ' instead: JSON {"items": [...], "truncated": true|false, "next_cursor": "..."|null}; give'
+    " next_cursor to --after for the next page (--after alone: a page of 100 rows). A table shows 100 rows"
+    " unless --limit says otherwise; when more match, its last line says how many and the cursor to"
+    " continue from."
+)
+
+
+def listing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--limit, --after and --json, the same for every listing."""
+    command = click.option(
+        "--json", "as_json", is_flag=True,
+        help="Print JSON: an array of every matching row; with --limit or --after, one page object.",
+    )(command)
+    command = click.option(
+        "--after", metavar="CURSOR",
+        help="Continue after this cursor (next_cursor of the previous page); without --limit, 100 rows.",
+    )(command)
+    return click.option(
+        "--limit", type=click.IntRange(1, 100_000),
+        help="At most N rows; JSON then carries truncated and next_cursor.  [default: 100 in a table; every row with --json]",
+    )(command)
+
+
+def show_listing(
+    rt: Runtime,
+    source: listing.Listing,
+    params: dict[str, Any],
+    *,
+    limit: int | None,
+    after: str | None,
+    as_json: bool,
+    shape: Callable[[dict[str, Any]], dict[str, Any]],
+    table: Callable[[list[dict[str, Any]]], Table],
+) -> None:
+    """Print a listing: every row as a streamed JSON array, or one page (JSON object or table)."""
+    try:
+        start = listing.decode_cursor(source, after) if after is not None else None
+    except listing.BadCursor as exc:
+        raise click.BadParameter(str(exc), param_hint="'--after'") from None
+    with rt.db.transaction() as conn:
+        if as_json and limit is None and start is None:
+            write_json_array(map(shape, listing.stream(conn, source, params)))
+            return
+        page = listing.read_page(conn, source, params, limit=limit or TABLE_ROWS, after=start, count_more=not as_json)
+    items = [shape(r) for r in page.rows]
+    if as_json:
+        print_json({"items": items, "truncated": page.next_cursor is not None, "next_cursor": page.next_cursor})
+        return
+    console.print(table(items))
+    if page.next_cursor is not None:
+        console.print(f"… {page.more:,} more; use --limit/--after {page.next_cursor}", markup=False, highlight=False, soft_wrap=True)
+
+
+def write_json_array(items: Iterable[Any]) -> None:
+    """A JSON array written as the rows arrive, one item a line: memory stays flat however many."""
+    written = 0
+    try:
+        sys.stdout.write("[")
+        for item in items:
+            sys.stdout.write(("\n" if written == 0 else ",\n") + json.dumps(item, default=str))
+            written += 1
+        sys.stdout.write("\n]\n" if written else "]\n")
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except psycopg.Error as exc:
+        # The array stays unclosed on purpose: a parser fails rather than take these rows for all of them.
+        fail(f"listing stopped after {written:,} rows: {(str(exc).splitlines() or [type(exc).__name__])[0]}", 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,27 +308,31 @@ def offers_show(offer_id: str, as_json: bool) -> None:
     console.print(history)
 
 
-@offers.command("list")
+OFFERS = listing.Listing(
+    "offers",
+    sql.SQL(
+        "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+        " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(listing.Key("received_at", datetime), listing.Key("offer_id", str)),
+    descending=True,
+)
+
+
+@offers.command("list", epilog=LISTING_HELP)
 @click.option("--state", type=click.Choice(sorted(states.ALL_STATES)))
 @click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def offers_list(state: str | None, since: str | None, limit: int, as_json: bool) -> None:
-    """Offers, newest first."""
+@listing_options
+def offers_list(state: str | None, since: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+    """Offers, newest first (the objects of `offers show --json`, without history)."""
     moment = parse_since(since)
     rt = runtime_or_exit()
-    with rt.db.transaction() as conn:
-        rows = conn.execute(
-            "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
-            " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
-            " ORDER BY received_at DESC LIMIT %(limit)s",
-            {"state": state, "since": moment, "limit": limit},
-        ).fetchall()
-    summaries = [store.offer_summary(r) for r in rows]
-    if as_json:
-        print_json(summaries)
-        return
-    table = Table(title=f"{len(rows)} offer(s)")
+    show_listing(rt, OFFERS, {"state": state, "since": moment}, limit=limit, after=after, as_json=as_json,
+                 shape=store.offer_summary, table=offers_table)
+
+
+def offers_table(summaries: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(summaries)} offer(s)")
     for col in ("offer_id", "state", "reason", "amount", "payment", "received"):
         table.add_column(col)
     for s in summaries:
@@ -256,7 +340,7 @@ def offers_list(state: str | None, since: str | None, limit: int, as_json: bool)
             s["offer_id"], s["state"], s["reason"] or "", f"{s['amount_cents'] / 100:,.2f} {s['currency']}",
             s["payment_method"], s["received_at"][:19],
         )
-    console.print(table)
+    return table
 
 
 @main.group()
@@ -264,30 +348,36 @@ def intake() -> None:
     """Messages that did not yield a usable offer."""
 
 
-@intake.command("rejections")
+INTAKE_REJECTIONS = listing.Listing(
+    "intake_rejections",
+    sql.SQL(
+        "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
+        " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(listing.Key("id", int),),
+    descending=True,
+)
+
+
+@intake.command("rejections", epilog=LISTING_HELP)
 @click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def intake_rejections(since: str | None, limit: int, as_json: bool) -> None:
+@listing_options
+def intake_rejections(since: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
     """Intake rejections, newest first, with their field-level errors."""
     moment = parse_since(since)
     rt = runtime_or_exit()
-    with rt.db.transaction() as conn:
-        rows = conn.execute(
-            "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
-            " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s) ORDER BY id DESC LIMIT %(limit)s",
-            {"since": moment, "limit": limit},
-        ).fetchall()
-    if as_json:
-        print_json([{**r, "received_at": r["received_at"].isoformat()} for r in rows])
-        return
+    show_listing(rt, INTAKE_REJECTIONS, {"since": moment}, limit=limit, after=after, as_json=as_json,
+                 shape=lambda r: {**r, "received_at": r["received_at"].isoformat()}, table=rejections_table)
+
+
+def rejections_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(rows)} intake rejection(s)")
     for col in ("id", "received", "offer_id", "reason", "errors", "bytes"):
         table.add_column(col)
     for r in rows:
         errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
-        table.add_row(str(r["id"]), r["received_at"].isoformat()[:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
-    console.print(table)
+        table.add_row(str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
+    return table
 
 
 # --- dead letters, holds -----------------------------------------------------------------------
@@ -300,20 +390,21 @@ def dlq() -> None:
     """Dead-letter queues, one per stage (the runbook's requeue_events)."""
 
 
-@dlq.command("list")
+@dlq.command("list", epilog=LISTING_HELP)
 @click.option("--stage", type=click.Choice(STAGE_NAMES))
 @click.option("--all", "include_resolved", is_flag=True, help="Include replayed and discarded entries.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def dlq_list(stage: str | None, include_resolved: bool, as_json: bool) -> None:
+@listing_options
+def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after: str | None, as_json: bool) -> None:
     """Dead-lettered stage runs, oldest first."""
     from offers_workers import deadletter
 
     rt = runtime_or_exit()
-    with rt.db.transaction() as conn:
-        rows = deadletter.entries(conn, stage=stage, status=None if include_resolved else "pending")
-    if as_json:
-        print_json(rows)
-        return
+    dead_letters = listing.Listing("dead_letters", deadletter.ENTRIES, key=(listing.Key("id", int),))
+    show_listing(rt, dead_letters, {"stage": stage, "status": None if include_resolved else "pending"},
+                 limit=limit, after=after, as_json=as_json, shape=dict, table=dead_letters_table)
+
+
+def dead_letters_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(rows)} dead letter(s)")
     for col in ("id", "stage", "offer_id", "error", "attempts", "replays", "last failed", "status"):
         table.add_column(col)
@@ -322,7 +413,7 @@ def dlq_list(stage: str | None, include_resolved: bool, as_json: bool) -> None:
             str(r["id"]), r["stage"], r["offer_id"] or "", f"{r['error_type']}: {r['error_message'][:60]}",
             str(r["attempts"]), str(r["replay_count"]), r["last_failed_at"].isoformat()[:19], r["status"],
         )
-    console.print(table)
+    return table
 
 
 @dlq.command("show")
@@ -406,34 +497,44 @@ def holds() -> None:
     """Payment holds (the runbook's release_holds)."""
 
 
-HOLD_QUERY = """
-    SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at
-    FROM offers WHERE hold_status = 'held'
-      AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)
-      AND (NOT %(dead_lettered)s OR state = 'dead_lettered')
-      AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)
-    ORDER BY payment_held_at
-"""
+HOLDS = listing.Listing(
+    "holds",
+    sql.SQL(
+        "SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at"
+        " FROM offers WHERE hold_status = 'held'"
+        " AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)"
+        " AND (NOT %(dead_lettered)s OR state = 'dead_lettered')"
+        " AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)"
+    ),
+    # A hold placed while its offer was cancelled has no payment_held_at (its transition lost): it sorts last.
+    key=(listing.Key("payment_held_at", datetime, null_as=sql.SQL("'infinity'::timestamptz")), listing.Key("offer_id", str)),
+)
+
+
+def _hold_filters(offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None) -> dict[str, Any]:
+    cutoff = datetime.now(timezone.utc) - older_than if older_than else None
+    return {"offer_id": offer_id, "dead_lettered": dead_lettered, "older_than": cutoff}
 
 
 def _holds(rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None) -> list[dict[str, Any]]:
-    cutoff = datetime.now(timezone.utc) - older_than if older_than else None
     with rt.db.transaction() as conn:
-        return conn.execute(HOLD_QUERY, {"offer_id": offer_id, "dead_lettered": dead_lettered, "older_than": cutoff}).fetchall()
+        return list(listing.stream(conn, HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
 
 
-@holds.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def holds_list(as_json: bool) -> None:
+@holds.command("list", epilog=LISTING_HELP)
+@listing_options
+def holds_list(limit: int | None, after: str | None, as_json: bool) -> None:
     """Offers holding a card authorization, oldest first."""
     rt = runtime_or_exit()
-    rows = _holds(rt)
-    for r in rows:
+
+    def with_release_due(r: dict[str, Any]) -> dict[str, Any]:
         # When the beat releases it at the latest (OFFERS_HOLD_RELEASE_AFTER), before Stripe lets it lapse.
-        r["release_due_at"] = r["payment_held_at"] + rt.settings.hold_release_after if r["payment_held_at"] else None
-    if as_json:
-        print_json(rows)
-        return
+        return r | {"release_due_at": r["payment_held_at"] + rt.settings.hold_release_after if r["payment_held_at"] else None}
+
+    show_listing(rt, HOLDS, _hold_filters(), limit=limit, after=after, as_json=as_json, shape=with_release_due, table=holds_table)
+
+
+def holds_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(rows)} active hold(s)")
     for col in ("offer_id", "state", "payment_intent_id", "amount", "held since", "released by"):
         table.add_column(col)
@@ -441,7 +542,7 @@ def holds_list(as_json: bool) -> None:
         table.add_row(r["offer_id"], r["state"], r["payment_intent_id"], f"{r['amount_cents'] / 100:,.2f} {r['currency']}",
                       r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "",
                       r["release_due_at"].isoformat()[:19] if r["release_due_at"] else "")
-    console.print(table)
+    return table
 
 
 @holds.command("release")
@@ -576,16 +677,18 @@ def audit_export(until: str | None) -> None:
                f" to s3://{rt.settings.audit_bucket}/{job['object_key']} [{job['storage_class']}] sha256 {job['sha256']}")
 
 
-@audit.command("exports")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def audit_exports(as_json: bool) -> None:
+AUDIT_EXPORTS = listing.Listing("audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(listing.Key("id", int),), descending=True)
+
+
+@audit.command("exports", epilog=LISTING_HELP)
+@listing_options
+def audit_exports(limit: int | None, after: str | None, as_json: bool) -> None:
     """Export jobs, newest first."""
     rt = runtime_or_exit()
-    with rt.db.transaction() as conn:
-        rows = conn.execute("SELECT * FROM audit_exports ORDER BY id DESC LIMIT 200").fetchall()
-    if as_json:
-        print_json(rows)
-        return
+    show_listing(rt, AUDIT_EXPORTS, {}, limit=limit, after=after, as_json=as_json, shape=dict, table=audit_exports_table)
+
+
+def audit_exports_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(rows)} audit export(s)")
     for col in ("id", "status", "until", "rows", "ids", "attempts", "finished", "object / error"):
         table.add_column(col, justify="right" if col in ("id", "rows", "attempts") else "left")
@@ -595,7 +698,7 @@ def audit_exports(as_json: bool) -> None:
             f"{r['first_row_id']}–{r['last_row_id']}", str(r["attempts"]),
             r["finished_at"].isoformat()[:19] if r["finished_at"] else "", r["error"] or r["object_key"],
         )
-    console.print(table)
+    return table
 
 
 @audit.command("verify")

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from offers_workers import states, store
@@ -67,14 +68,16 @@ def record(
     return row["id"]
 
 
+#: Entries of a stage (or every stage) in a status (or any), unordered: `entries` and `dlq list` read them.
+ENTRIES = sql.SQL(
+    "SELECT id, stage, task_name, offer_id, kwargs, error_type, error_message, attempts, first_failed_at,"
+    " last_failed_at, replay_count, status, resolution FROM dead_letters"
+    " WHERE (%(stage)s::text IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
+)
+
+
 def entries(conn: psycopg.Connection, *, stage: str | None = None, status: str | None = "pending") -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, stage, task_name, offer_id, kwargs, error_type, error_message, attempts, first_failed_at,"
-        " last_failed_at, replay_count, status, resolution FROM dead_letters"
-        " WHERE (%(stage)s::text IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
-        " ORDER BY id",
-        {"stage": stage, "status": status},
-    ).fetchall()
+    return conn.execute(sql.SQL("{} ORDER BY id").format(ENTRIES), {"stage": stage, "status": status}).fetchall()
 
 
 def entry(conn: psycopg.Connection, entry_id: int) -> dict[str, Any] | None:

@@ -42,7 +42,7 @@ def test_offers_show_unknown_is_exit_1() -> None:
 
 
 def test_offers_list_json_filters_by_state(rejected_offer: str) -> None:
-    result = cli("offers", "list", "--state", "rejected", "--since", "1h", "--json", "--limit", "100000")
+    result = cli("offers", "list", "--state", "rejected", "--since", "1h", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert rejected_offer in {o["offer_id"] for o in listed}
