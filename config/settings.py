@@ -181,12 +181,13 @@ class Settings(BaseSettings):
     cancel_spike_ratio: float = Field(default=3.0, gt=1)
     cancel_spike_min: int = Field(default=5, ge=1)
 
-    #: The synthetic journey: when the beat runs it (crontab, UTC) and the offer it submits.
+    #: The synthetic journey: when the beat runs it (crontab, UTC) and the offer it submits. The
+    #: journey creates its maker and listing (marked synthetic) unless these name real ones.
     synthetic_cron: str = Field(default="30 3 * * *", pattern=r"^\S+ \S+ \S+ \S+ \S+$")
-    synthetic_listing_id: str = "lst_1"
-    synthetic_maker_id: str = "mkr_1"
-    synthetic_amount_cents: int = Field(default=15000, gt=0)
-    synthetic_currency: str = "USD"
+    synthetic_listing_id: str = Field(default="lst_synthetic", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    synthetic_maker_id: str = Field(default="mkr_synthetic", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    synthetic_amount_cents: int = Field(default=15000, gt=0, le=100_000_000)
+    synthetic_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     synthetic_payment_method_id: str = "pm_card_visa"
 
     #: Port of `offers-workers metrics serve` (Prometheus /metrics).

@@ -45,8 +45,9 @@ class SoftLaunch:
         self.makers = makers
         self._take = client.register_script(_TAKE)
 
-    def admit(self, maker_id: str) -> Admission:
-        if self.makers and maker_id not in self.makers:
+    def admit(self, maker_id: str, *, exempt: bool = False) -> Admission:
+        """``exempt``: admitted whatever the allow-list (the synthetic journey's maker); the rate applies."""
+        if self.makers and maker_id not in self.makers and not exempt:
             return Admission(False, refused=True)
         wait = float(self._take(keys=[self.key], args=[self.rate, self.burst]))
         return Admission(wait == 0, wait_s=wait)

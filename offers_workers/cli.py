@@ -822,14 +822,22 @@ def synthetic() -> None:
 @click.option("--timeout", "timeout_s", default=60, show_default=True, help="Seconds each step may take.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def synthetic_run(timeout_s: float, as_json: bool) -> None:
-    """Submit a synthetic offer, wait for submitted, cancel it, check hold and events (exit 1 on failure)."""
+    """Submit a synthetic offer (on the journey's own maker and listing, made if missing), wait for
+    submitted, cancel it, check hold and events (exit 1 on failure)."""
     from offers_workers import synthetic as journey_module
 
     rt = runtime_or_exit()
     from tasks.app import app
 
     with console.status("synthetic journey"):
-        journey = journey_module.run(rt, lambda name, kwargs: app.send_task(name, kwargs=kwargs), timeout_s=timeout_s)
+        journey = journey_module.run(
+            rt,
+            lambda name, kwargs: app.send_task(name, kwargs=kwargs),
+            timeout_s=timeout_s,
+            # From outside the fleet: is any worker there to take the offer? (The beat's journey
+            # runs inside a worker and needs no such check.)
+            preflight=lambda: journey_module.missing_consumers(app),
+        )
     if as_json:
         print_json(journey.as_dict())
     else:

@@ -73,7 +73,7 @@ def submit(rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dic
     except PayloadRejected as rejected:
         return _reject(rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=_claimed_offer_id(raw))
 
-    gate = _admission(rt, offer.offer_id, offer.maker_id)
+    gate = _admission(rt, offer.offer_id, offer.maker_id, synthetic=offer.synthetic)
     if gate is not None:
         if gate.wait_s:
             return IntakeResult("throttled", offer.offer_id, [], wait_s=gate.wait_s)
@@ -123,7 +123,7 @@ class _Gate:
     error: FieldError | None = None
 
 
-def _admission(rt: Runtime, offer_id: str, maker_id: str) -> _Gate | None:
+def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = False) -> _Gate | None:
     """The runbook's flags at the door: None admits the offer."""
     flags = rt.flags
     submission_on, soft_launch = flags.enabled("OFFER_SUBMISSION_ENABLED"), flags.enabled("SOFT_LAUNCH_MODE")
@@ -136,9 +136,25 @@ def _admission(rt: Runtime, offer_id: str, maker_id: str) -> _Gate | None:
     if not submission_on:
         return _Gate(error=FieldError(field="offer", code="submission_disabled", message="offer submission is switched off"))
     admission = rt.soft_launch.admit(maker_id)
+    if admission.refused and synthetic and _synthetic_maker(rt, maker_id):
+        # The synthetic journey is a probe, and a soft launch (a staged launch, or the runbook's
+        # answer to a partner outage) is when on-call most needs to know the pipeline works: a
+        # journey failing "not admitted" every night of a launch would teach them to ignore it.
+        # So its own maker is admitted, at the same rate as everyone. Only a maker marked synthetic
+        # in Postgres (made by the journey; a policy file cannot mark one) and only offers marked
+        # synthetic, which can only be for that maker's listings (validation refuses a maker
+        # mismatch): no real traffic gets past the allow-list this way. A journey pointed at a
+        # real maker meets the allow-list like anyone, and fails at once with intake's reason.
+        admission = rt.soft_launch.admit(maker_id, exempt=True)
     if admission.refused:
         return _Gate(error=FieldError(field="maker_id", code="submission_disabled", message="soft launch: this maker is not admitted yet"))
     return None if admission.admitted else _Gate(wait_s=admission.wait_s)
+
+
+def _synthetic_maker(rt: Runtime, maker_id: str) -> bool:
+    with rt.db.transaction() as conn:
+        row = conn.execute("SELECT synthetic FROM makers WHERE maker_id = %s", (maker_id,)).fetchone()
+    return bool(row and row["synthetic"])
 
 
 def _reject(

@@ -94,7 +94,11 @@ class PolicyStore:
         self.cache_seconds = cache_seconds
 
     def load(self, conn: psycopg.Connection, policy: PolicyFile) -> tuple[int, int]:
-        """Upsert makers and listings in the caller's transaction; returns (makers, listings)."""
+        """Upsert makers and listings in the caller's transaction; returns (makers, listings).
+
+        Only upserts: rows not in the file stay as they are, the synthetic journey's among them
+        (and their ``synthetic`` mark is never set or cleared here).
+        """
         for m in policy.makers:
             conn.execute(
                 """
@@ -126,6 +130,13 @@ class PolicyStore:
     def invalidate(self) -> None:
         if self.redis is not None:
             self.redis.delete(self.cache_key)
+
+    def forget(self, listing_id: str) -> None:
+        """Drop one listing's cache entry (it carries its maker's policy): the next lookup reads it
+        from Postgres. For a change to one listing, where ``invalidate`` would send every worker
+        back to Postgres for every listing at once."""
+        if self.redis is not None:
+            self.redis.hdel(self.cache_key, listing_id)
 
     def lookup(self, db: Database, listing_id: str) -> ListingPolicy | None:
         if self.redis is not None:
