@@ -123,10 +123,10 @@ def show_listing(
         start = listing.decode_cursor(source, after) if after is not None else None
     except listing.BadCursor as exc:
         raise click.BadParameter(str(exc), param_hint="'--after'") from None
+    if as_json and limit is None and start is None:
+        write_json_array(map(shape, listing.stream(rt.db, source, params)))
+        return
     with rt.db.transaction() as conn:
-        if as_json and limit is None and start is None:
-            write_json_array(map(shape, listing.stream(conn, source, params)))
-            return
         page = listing.read_page(conn, source, params, limit=limit or TABLE_ROWS, after=start, count_more=not as_json)
     items = [shape(r) for r in page.rows]
     if as_json:

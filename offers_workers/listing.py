@@ -20,6 +20,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from offers_workers.db import Database
+
 #: Rows fetched per round trip when a whole listing is streamed.
 BATCH = 2000
 #: A cursor is urlsafe base64 (without padding); a real one is well under this length.
@@ -121,15 +123,21 @@ def _select(listing: Listing, where: sql.Composable) -> sql.Composed:
     return sql.SQL("SELECT * FROM ({}) AS listed WHERE {} ORDER BY {}").format(listing.query, where, order)
 
 
-def stream(conn: psycopg.Connection, listing: Listing, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every matching row, through a server-side cursor: memory stays flat however many rows match.
-
-    Needs a transaction (the cursor lives in it); close the iterator before the transaction ends.
+def stream(db: Database, listing: Listing, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every matching row, BATCH rows at a time, each batch read after the last one's key in a short
+    transaction of its own: memory stays flat however many rows match, and a reader that pauses (a
+    pager left open) holds no transaction, which Postgres would end after
+    OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS and which would hold back a migration meanwhile.
+    No row present at the start is skipped or repeated.
     """
-    with conn.cursor(name=f"listing_{listing.name}", row_factory=dict_row) as cur:
-        cur.itersize = BATCH
-        cur.execute(_select(listing, sql.SQL("TRUE")), params)
-        yield from cur
+    after: tuple[Any, ...] | None = None
+    while True:
+        with db.transaction() as conn:
+            page = read_page(conn, listing, params, limit=BATCH, after=after)
+        yield from page.rows
+        if page.next_cursor is None:
+            return
+        after = tuple(page.rows[-1][k.column] for k in listing.key)
 
 
 def read_page(

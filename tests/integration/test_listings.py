@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, project_root
 
 # The run's environment (sandbox settings and the like); each test points the CLI at a database of its own.
 pytestmark = pytest.mark.usefixtures("offers_env")
@@ -235,3 +238,23 @@ def test_a_large_listing_streams_as_one_valid_json_array(scratch_database: str) 
     assert len(offers) == len({o["offer_id"] for o in offers}) == 20_000
     assert offers[0]["offer_id"] == "off_020000" and offers[-1]["offer_id"] == "off_000001"
     assert elapsed < 30, f"{elapsed:.1f} s for 20,000 offers"
+
+
+def test_a_reader_that_pauses_mid_listing_still_gets_every_row(scratch_database: str) -> None:
+    # Given a listing longer than one batch and a reader that stops reading for longer than
+    # Postgres lets a session sit idle in a transaction (a pager left open)
+    add_offers(scratch_database, 5_000)
+    env = {**os.environ, **db_env(scratch_database), "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "1"}
+    reader = subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "offers", "list", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project_root(), env=env)
+    try:
+        first = reader.stdout.readline() + reader.stdout.readline()
+        time.sleep(3)
+        rest, errors = reader.stdout.read(), reader.stderr.read()
+        reader.wait(60)
+    finally:
+        reader.kill()
+    # Then the listing is whole: no transaction was left open while it waited
+    assert reader.returncode == 0, errors
+    offers = json.loads(first + rest)
+    assert len({o["offer_id"] for o in offers}) == 5_000
