@@ -28,8 +28,10 @@ class AuditArchive:
             retries={"max_attempts": 5, "mode": "standard"},
         )
         kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
-        if settings.aws_endpoint_url:
-            kwargs.update(endpoint_url=settings.aws_endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing")
+        if settings.aws_endpoint_url:  # a VPC or FIPS endpoint, or the sandbox's moto
+            kwargs["endpoint_url"] = settings.aws_endpoint_url
+        if settings.sandbox:  # moto takes any credentials; a real endpoint takes boto3's usual chain
+            kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
         self._s3 = boto3.client("s3", **kwargs)
         self.bucket = settings.audit_bucket
         self.storage_class = settings.audit_storage_class

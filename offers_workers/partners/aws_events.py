@@ -61,10 +61,10 @@ class EventPublisher:
             retries={"total_max_attempts": 1, "mode": "standard"},
         )
         kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
-        if settings.aws_endpoint_url:  # sandbox: moto accepts any credentials
-            kwargs.update(
-                endpoint_url=settings.aws_endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing"
-            )
+        if settings.aws_endpoint_url:  # a VPC or FIPS endpoint, or the sandbox's moto
+            kwargs["endpoint_url"] = settings.aws_endpoint_url
+        if settings.sandbox:  # moto takes any credentials; a real endpoint takes boto3's usual chain
+            kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
         self._events = boto3.client("events", **kwargs)
         self._sns = boto3.client("sns", **kwargs)
         self._bus = settings.event_bus_name

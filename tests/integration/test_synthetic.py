@@ -20,7 +20,7 @@ import pytest
 from offers_workers import states, synthetic
 from offers_workers.runtime import Runtime
 from offers_workers.samples import base_offer
-from tests.conftest import SERVER, _create_database, _drop_database, cli, new_id, wait_until
+from tests.conftest import SERVER, _create_database, _drop_database, cli, new_id, redis_database, wait_until
 from tests.drillkit import Drill, drill, settings_for
 
 STEPS = ["submitted", "hold placed", "offer.submitted published", "cancelled", "hold released", "offer.cancelled published"]
@@ -133,8 +133,9 @@ def test_a_step_that_cannot_succeed_fails_at_once_naming_the_reason(probe) -> No
 
 
 def test_no_worker_consuming_intake_fails_at_once(probe) -> None:  # noqa: ANN001
-    # A CLI pointed at a key prefix no worker listens on: nothing would ever take its offer
-    ran, took = run_journey(probe, "--json", OFFERS_REDIS_KEY_PREFIX=probe.env["OFFERS_REDIS_KEY_PREFIX"] + "nobody:")
+    # A CLI pointed at a broker (a Redis database) no worker listens on: nothing would ever take its offer
+    with redis_database(SERVER["redis"]) as nobody:
+        ran, took = run_journey(probe, "--json", OFFERS_BROKER_URL=nobody)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert took < AT_ONCE_S, f"took {took:.1f} s"
     journey = json.loads(ran.stdout)
