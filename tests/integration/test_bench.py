@@ -4,28 +4,24 @@
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, redis_database
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: Any) -> None:
-    env = {
-        "OFFERS_DATABASE_URL": scratch_database,
-        # Its own queues and beat lock, so it never shares work with the suite's workers.
-        "OFFERS_REDIS_KEY_PREFIX": f"{stores['OFFERS_REDIS_KEY_PREFIX']}bench-{secrets.token_hex(3)}:",
-        "OFFERS_STATE_DIR": str(tmp_path),
-    }
-    done = cli(
-        "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
-        "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
-        env=env, timeout=400,
-    )
+    # A Redis database of its own: its queues and beat lock are never shared with the suite's workers.
+    with redis_database(stores["OFFERS_BROKER_URL"]) as broker:
+        env = {"OFFERS_DATABASE_URL": scratch_database, "OFFERS_BROKER_URL": broker, "OFFERS_STATE_DIR": str(tmp_path)}
+        done = cli(
+            "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
+            "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
+            env=env, timeout=400,
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "bare 5-hop chain, saturated" in done.stdout
     figures = json.loads(done.stdout[done.stdout.index("\n{") :])
