@@ -15,6 +15,8 @@ import logging
 import uuid
 from typing import Any
 
+from celery.exceptions import NotRegistered
+from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
@@ -122,9 +124,15 @@ class RecordingConsumer(Consumer):
         message.reject_log_error(log, self.connection_errors)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        name = (message.headers or {}).get("task")
+        headers = message.headers or {}
+        name = headers.get("task")
         self._record(message, "unknown_task", f"unregistered task {name!r}: the fleet runs offers.submit, offers.cancel and offers.validate_draft")
         message.reject_log_error(log, self.connection_errors)
+        if headers.get("id"):
+            # As Celery does: a caller waiting on the result gets NotRegistered now, not a timeout.
+            request = Bunch(name=name, chord=None, root_id=headers.get("root_id"), errbacks=None,
+                            correlation_id=message.properties.get("correlation_id"), reply_to=message.properties.get("reply_to"))
+            self.app.backend.mark_as_failure(headers["id"], NotRegistered(name), request=request)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         self._record(message, "refused_content", f"{exc}; the fleet takes JSON only")

@@ -156,3 +156,18 @@ def test_a_bad_submit_is_recorded_and_the_next_offer_goes_through(celery_app, ru
         wait_until(lambda: state_of(runtime, offer_id) == states.SUBMITTED, message="the offer itself")
     with runtime.db.transaction() as conn:
         assert conn.execute("SELECT count(*) AS n FROM dead_letters WHERE offer_id = %s", (offer_id,)).fetchone()["n"] == 0
+
+
+def test_a_caller_waiting_on_a_misnamed_task_hears_at_once(offers_env, fleet) -> None:  # noqa: ANN001
+    # A validate_draft caller (a plain Celery client) with a typo in the task name gets
+    # NotRegistered at once, not a timeout
+    from celery import Celery
+    from celery.exceptions import NotRegistered
+
+    client = Celery(broker=offers_env["OFFERS_BROKER_URL"], backend=offers_env["OFFERS_BROKER_URL"], set_as_current=False)
+    try:
+        answer = client.send_task("offers.validate_drafts", kwargs={"draft": {}}, queue="offers.realtime")
+        with pytest.raises(NotRegistered):
+            answer.get(timeout=20)
+    finally:
+        client.close()
