@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers import listing, reports, states, store
+from offers_workers import deadletter, listing, reports, states, store
 from offers_workers.payload import json_schema
 from offers_workers.runtime import Runtime
 
@@ -382,7 +382,7 @@ def rejections_table(rows: list[dict[str, Any]]) -> Table:
 
 # --- dead letters, holds -----------------------------------------------------------------------
 
-STAGE_NAMES = sorted([*states.STAGE_BY_NAME, "intake", "events", "compensation"])
+STAGE_NAMES = sorted(deadletter.STAGES)
 
 
 @main.group()
@@ -396,8 +396,6 @@ def dlq() -> None:
 @listing_options
 def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after: str | None, as_json: bool) -> None:
     """Dead-lettered stage runs, oldest first."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     dead_letters = listing.Listing("dead_letters", deadletter.ENTRIES, key=(listing.Key("id", int),))
     show_listing(rt, dead_letters, {"stage": stage, "status": None if include_resolved else "pending"},
@@ -421,8 +419,6 @@ def dead_letters_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_show(entry_id: int, as_json: bool) -> None:
     """One entry with its kwargs and traceback."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         row = deadletter.entry(conn, entry_id)
@@ -448,8 +444,6 @@ def dlq_show(entry_id: int, as_json: bool) -> None:
 def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_run: bool) -> None:
     """Re-send dead-lettered stages with their original kwargs (same idempotency keys)."""
     from rich.progress import track
-
-    from offers_workers import deadletter
 
     if (entry_id is None) == (not replay_all):
         raise click.UsageError("give either an entry ID or --all")
@@ -484,8 +478,6 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
 @click.option("--reason", required=True, help="Why it is not replayed (kept in the audit trail).")
 def dlq_discard(entry_id: int, reason: str) -> None:
     """Close an entry without replaying it."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     if not deadletter.discard(rt, entry_id, reason=reason):
         fail(f"no pending dead letter {entry_id}", 1)

@@ -132,3 +132,41 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # 
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -> None:  # noqa: ANN001
+    from offers_workers.cli import dlq_list, dlq_replay
+    from tasks.base import OffersTask
+
+    # Given every task the workers run
+    celery_app.loader.import_default_modules()
+    stages = {task.stage for task in celery_app.tasks.values() if isinstance(task, OffersTask)}
+    assert {"cancellation", "maintenance"} <= stages
+    # Then `dlq list --stage` and `dlq replay --stage` take each of their stages
+    for command in (dlq_list, dlq_replay):
+        [option] = [p for p in command.params if p.name == "stage"]
+        assert stages <= set(option.type.choices), command.name
+    # and a task cannot be given a stage they do not offer
+    with pytest.raises(TypeError, match="not in offers_workers.deadletter.STAGES"):
+        type("misfiled", (OffersTask,), {"stage": "nowhere"})
+
+
+def test_a_cancellation_dead_letter_is_listed_and_replayed_by_its_stage(runtime) -> None:  # noqa: ANN001
+    from offers_workers import deadletter
+
+    # Given a cancel request that failed past its retries
+    offer_id = new_id("dlqstage")
+    entry_id = deadletter.record(
+        runtime, stage="cancellation", task_name="offers.cancel",
+        kwargs={"offer_id": offer_id, "reason": "ops", "actor": "ops"},
+        error=RuntimeError("boom"), traceback_text="", attempts=1, from_state=None,
+    )
+    # When the operator looks at that queue by name
+    listed = cli("dlq", "list", "--stage", "cancellation", "--json")
+    # Then it is there, and a replay of that queue can be asked for
+    assert listed.returncode == 0, listed.stderr
+    assert entry_id in {e["id"] for e in json.loads(listed.stdout)}
+    dry = cli("dlq", "replay", "--all", "--stage", "cancellation", "--dry-run")
+    assert dry.returncode == 0 and str(entry_id) in dry.stdout, dry.stderr
+    assert cli("dlq", "list", "--stage", "maintenance", "--json").returncode == 0
+    assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0
