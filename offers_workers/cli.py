@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -13,10 +14,14 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
+import kombu.exceptions
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import PoolTimeout
 from rich.console import Console
 from rich.table import Table
 
@@ -42,11 +47,70 @@ def settings_or_exit() -> Settings:
         fail(str(exc), 2)
 
 
+#: Seconds a command waits for a Postgres connection before saying it cannot reach it (a worker
+#: waits 10 and retries; an operator is better told at once).
+DB_WAIT_S = 5
+
+
 def runtime_or_exit() -> Runtime:
     settings = settings_or_exit()
     if not settings.database_url:
         fail("invalid configuration: OFFERS_DATABASE_URL is required for this command", 2)
-    return Runtime(settings)
+    return Runtime(settings, db_wait_s=DB_WAIT_S)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+
+
+def connection_lost(exc: psycopg.Error) -> bool:
+    """No connection to be had, or the one in use gone: not a statement's own error (whose
+    OperationalError subclasses, a lock timeout say, keep their traceback)."""
+    return isinstance(exc, PoolTimeout) or type(exc) is psycopg.OperationalError
+
+
+def postgres_unreachable(exc: psycopg.Error) -> str:
+    url = get_settings().database_url or ""
+    try:
+        info = conninfo_to_dict(url)
+        where = f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
+    except psycopg.Error:
+        where = "OFFERS_DATABASE_URL"
+    if isinstance(exc, PoolTimeout):
+        # The pool says only that it waited: one direct attempt says why.
+        try:
+            psycopg.connect(url, connect_timeout=DB_WAIT_S).close()
+        except psycopg.Error as probe:
+            exc = probe
+        else:
+            return f"cannot reach PostgreSQL ({where}): no connection within {DB_WAIT_S} s"
+    return f"cannot reach PostgreSQL ({where}): {first_line(exc).removeprefix('connection failed: ')}"
+
+
+def broker_unreachable(exc: BaseException) -> str:
+    # Host and port only: the URL may carry a password.
+    parts = urlsplit(get_settings().broker_url or "")
+    where = f"{parts.hostname or 'localhost'}" + (f":{parts.port}" if parts.port else "")
+    return f"cannot reach the broker ({where}): {first_line(exc)}"
+
+
+# Without a handler the pool's reconnect warnings reach stderr bare, ahead of the one line below;
+# a command that sets up logging (metrics serve) still gets them through the root logger.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
+class OperatorCLI(click.Group):
+    """The root group: Postgres or the broker out of reach ends any command with one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as exc:
+            if not connection_lost(exc):
+                raise
+            fail(postgres_unreachable(exc), 1)
+        except kombu.exceptions.OperationalError as exc:
+            fail(broker_unreachable(exc), 1)
 
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -141,21 +205,22 @@ def write_json_array(items: Iterable[Any]) -> None:
     """A JSON array written as the rows arrive, one item a line: memory stays flat however many."""
     written = 0
     try:
-        sys.stdout.write("[")
         for item in items:
-            sys.stdout.write(("\n" if written == 0 else ",\n") + json.dumps(item, default=str))
+            sys.stdout.write(("[\n" if written == 0 else ",\n") + json.dumps(item, default=str))
             written += 1
-        sys.stdout.write("\n]\n" if written else "]\n")
+        sys.stdout.write("\n]\n" if written else "[]\n")
     except BrokenPipeError:
         # The reader stopped early (`| head`): end quietly, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except psycopg.Error as exc:
+        if written == 0 and connection_lost(exc):
+            raise  # nothing printed yet: the one line for an unreachable Postgres says it
         # The array stays unclosed on purpose: a parser fails rather than take these rows for all of them.
         fail(f"listing stopped after {written:,} rows: {(str(exc).splitlines() or [type(exc).__name__])[0]}", 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OperatorCLI, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Operate the offer-submission worker fleet."""
 
@@ -463,6 +528,10 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
         click.echo(f"would replay {len(ids)} dead letter(s): {', '.join(map(str, ids[:50]))}")
         return
     from tasks.app import app
+
+    # A broker that is down is found before any entry is claimed, not after the first claim.
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
 
     replayed = 0
     for one in track(ids, description="replaying", console=err_console, disable=len(ids) < 2):
