@@ -767,10 +767,15 @@ def audit_exports_table(rows: list[dict[str, Any]]) -> Table:
 def audit_verify(export_id: int) -> None:
     """Restore an export from Glacier and check it against its manifest and Postgres (exit 1 on a discrepancy)."""
     from offers_workers import audit as audit_trail
+    from offers_workers.partners.aws_archive import RestoreInProgress
 
     rt = runtime_or_exit()
     with console.status(f"restoring and checking export {export_id}"):
-        problems = audit_trail.verify_export(rt, export_id)
+        try:
+            problems = audit_trail.verify_export(rt, export_id)
+        except RestoreInProgress as exc:
+            # A Glacier Standard restore takes hours; the request stands, so a later run finds it done.
+            fail(f"export {export_id}: {exc}; run `offers-workers audit verify {export_id}` again later (Glacier takes hours)", 1)
     if problems:
         fail(f"export {export_id}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), 1)
     click.echo(f"export {export_id} verified: checksum, chain, manifest and Postgres agree")
