@@ -699,12 +699,12 @@ def _parse_time(value: str) -> datetime:
 
 
 @audit.command("verify-chain")
-@click.option("--since", help="Start at the first row at or after this time (ISO 8601); default: the whole trail.")
+@click.option("--since", help="Start at the first row at or after this time: ISO time or a duration back from now (1h, 7d); default: the whole trail.")
 def audit_verify_chain(since: str | None) -> None:
     """Walk the hash chain; name the first broken link (exit 1)."""
     from offers_workers import audit as audit_trail
 
-    start = _parse_time(since) if since else None
+    start = parse_since(since)
     rt = runtime_or_exit()
     with console.status("walking the audit chain"):
         check = audit_trail.verify_chain(rt, start)
