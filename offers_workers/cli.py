@@ -1062,7 +1062,7 @@ def demo(count: int, timeout: int) -> None:
 @click.option("--draft-seconds", default=10.0, show_default=True, type=click.FloatRange(0), help="Length of the validate_draft phase (0: skip).")
 @click.option("--memory-offers", default=20_000, show_default=True, type=click.IntRange(0), help="Offers in all before the last RSS reading.")
 @click.option("--timeout", default=900, show_default=True, type=click.IntRange(10), help="Seconds to wait for one phase to drain.")
-@click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout; the table and progress go to stderr.")
 def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: float, draft_seconds: float, memory_offers: int, timeout: int, as_json: bool) -> None:
     """Start the fleet and sandbox, measure the saga against a bare Celery chain, print one table."""
     from offers_workers import bench as bench_run
@@ -1074,6 +1074,8 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
         offers=offers, chains=chains or offers, steady_seconds=steady_seconds, draft_rps=draft_rps,
         draft_seconds=draft_seconds, memory_offers=memory_offers, timeout=timeout,
     )
+    # With --json, stdout carries the JSON alone: the table, progress and status go to stderr.
+    human = err_console if as_json else console
     configured = settings_or_exit()
     cleanup = ExitStack()
     if configured.database_url:
@@ -1088,16 +1090,16 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
     cleanup.callback(stack.stop)
     result = None
     try:
-        with console.status("starting stores, sandbox and workers…"):
+        with human.status("starting stores, sandbox and workers…"):
             settings = stack.start()
             from tasks.app import app
 
             stack.wait_for_workers(app)
         rt = Runtime(settings)
-        runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), console, options)
+        runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), human, options)
         result = runner.run()
         # Piped to a file or CI log, the table keeps one line per row instead of wrapping at 80.
-        out = console if console.is_terminal else Console(width=170)
+        out = human if human.is_terminal else Console(width=170, stderr=as_json)
         bench_run.report(result, out, f"offers-workers bench {runner.run_id}")
         if as_json:
             print_json(result.as_dict())
@@ -1107,7 +1109,7 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
     except (RuntimeError, ConfigError) as exc:
         fail(str(exc), 1)
     finally:
-        with console.status("stopping everything the bench started…"):
+        with human.status("stopping everything the bench started…"):
             cleanup.close()
     # The figures are for people to read; a lost or failed offer is what makes the bench fail.
     sys.exit(0 if result is not None and not result.problems else 1)
