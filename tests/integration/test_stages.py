@@ -163,3 +163,23 @@ def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:  # noq
     [hold] = [h for h in json.loads(listed.stdout) if h["offer_id"] == offer_id]
     due = datetime.fromisoformat(hold["release_due_at"])
     assert due == placed["payment_held_at"] + runtime.settings.hold_release_after
+
+
+def test_validation_needs_only_one_pooled_connection(settings) -> None:  # noqa: ANN001
+    from offers_workers.runtime import Runtime
+
+    # Given a worker process whose pool holds one Postgres connection (OFFERS_DB_POOL_SIZE=1), and
+    # an offer whose listing is not in the policy cache
+    rt = Runtime(settings.model_copy(update={"db_pool_size": 1}), db_wait_s=3)
+    try:
+        offer_id = received(rt)
+        rt.policies.forget(state_of(rt, offer_id)["listing_id"])
+        # When its validation runs
+        started = time.monotonic()
+        dispatches = saga.validate(rt, offer_id)
+        # Then it validates at once, without waiting for a second connection that never comes
+        assert [d.task for d in dispatches] == ["offers.stage.hold_payment"]
+        assert state_of(rt, offer_id)["state"] == states.VALIDATED
+        assert time.monotonic() - started < 2
+    finally:
+        rt.close()
