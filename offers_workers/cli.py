@@ -578,8 +578,7 @@ def _hold_filters(offer_id: str | None = None, dead_lettered: bool = False, olde
 
 
 def _holds(rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None) -> list[dict[str, Any]]:
-    with rt.db.transaction() as conn:
-        return list(listing.stream(conn, HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
+    return list(listing.stream(rt.db, HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
 
 
 @holds.command("list", epilog=LISTING_HELP)
