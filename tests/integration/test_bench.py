@@ -9,23 +9,27 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import SERVER, cli, redis_database
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: Any) -> None:
-    env = {
-        "OFFERS_DATABASE_URL": scratch_database,
-        # Its own queues and beat lock, so it never shares work with the suite's workers.
-        "OFFERS_REDIS_KEY_PREFIX": f"{stores['OFFERS_REDIS_KEY_PREFIX']}bench-{secrets.token_hex(3)}:",
-        "OFFERS_STATE_DIR": str(tmp_path),
-    }
-    done = cli(
-        "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
-        "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
-        env=env, timeout=400,
-    )
+    # A Redis database of its own: queue names carry no prefix, so the suite's workers (a fleet an
+    # earlier test started) would otherwise take the bench's offers into the suite's database.
+    with redis_database(SERVER["redis"]) as broker:
+        env = {
+            "OFFERS_DATABASE_URL": scratch_database,
+            "OFFERS_BROKER_URL": broker,
+            # Its own beat lock and caches, so it never shares work with the suite's workers.
+            "OFFERS_REDIS_KEY_PREFIX": f"{stores['OFFERS_REDIS_KEY_PREFIX']}bench-{secrets.token_hex(3)}:",
+            "OFFERS_STATE_DIR": str(tmp_path),
+        }
+        done = cli(
+            "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
+            "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
+            env=env, timeout=400,
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # With --json, stdout is the JSON alone (a script parses it as is); the table is on stderr.
     figures = json.loads(done.stdout)
