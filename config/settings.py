@@ -12,6 +12,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -51,7 +52,9 @@ REQUIRED_OUTSIDE_SANDBOX = (
 )
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+REDIS_SCHEMES = ("redis://", "rediss://")
+#: What redis-py and Celery's result backend both take as a rediss:// URL's ssl_cert_reqs.
+SSL_CERT_REQS = ("required", "optional", "none")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
@@ -244,12 +247,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _broker_scheme(self) -> "Settings":
+        for name in ("broker_url", "redis_url"):
+            if (getattr(self, name) or "").startswith("redis+socket://"):
+                # kombu takes it, but redis-py (caches, flags, queue depths) refuses it: every offer would dead-letter.
+                raise ValueError(f"{env_name(name)}: redis+socket:// is not supported; use redis:// or rediss://")
         if self.broker_url and not self.broker_url.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
             raise ValueError("OFFERS_BROKER_URL must be a Redis (redis://) or RabbitMQ (amqp://) URL")
         if self.broker_is_rabbitmq and not self.redis_url:
             raise ValueError("OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)")
         if self.broker_is_rabbitmq and self.broker_key_prefix:
             raise ValueError("OFFERS_BROKER_KEY_PREFIX applies to a Redis broker only (RabbitMQ separates fleets by virtual host)")
+        results = self.effective_redis_url or ""
+        if results.startswith("rediss://") and parse_qs(urlsplit(results).query).get("ssl_cert_reqs", [""])[0] not in SSL_CERT_REQS:
+            # Celery's result backend refuses a rediss:// URL without it, at the first task.
+            name = "OFFERS_REDIS_URL" if self.redis_url else "OFFERS_BROKER_URL"
+            raise ValueError(f"{name}: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string")
         return self
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -13,15 +14,19 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
+import kombu.exceptions
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import PoolTimeout
 from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers import listing, reports, states, store
+from offers_workers import deadletter, listing, reports, states, store
 from offers_workers.payload import json_schema
 from offers_workers.runtime import Runtime
 
@@ -42,11 +47,70 @@ def settings_or_exit() -> Settings:
         fail(str(exc), 2)
 
 
+#: Seconds a command waits for a Postgres connection before saying it cannot reach it (a worker
+#: waits 10 and retries; an operator is better told at once).
+DB_WAIT_S = 5
+
+
 def runtime_or_exit() -> Runtime:
     settings = settings_or_exit()
     if not settings.database_url:
         fail("invalid configuration: OFFERS_DATABASE_URL is required for this command", 2)
-    return Runtime(settings)
+    return Runtime(settings, db_wait_s=DB_WAIT_S)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+
+
+def connection_lost(exc: psycopg.Error) -> bool:
+    """No connection to be had, or the one in use gone: not a statement's own error (whose
+    OperationalError subclasses, a lock timeout say, keep their traceback)."""
+    return isinstance(exc, PoolTimeout) or type(exc) is psycopg.OperationalError
+
+
+def postgres_unreachable(exc: psycopg.Error) -> str:
+    url = get_settings().database_url or ""
+    try:
+        info = conninfo_to_dict(url)
+        where = f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
+    except psycopg.Error:
+        where = "OFFERS_DATABASE_URL"
+    if isinstance(exc, PoolTimeout):
+        # The pool says only that it waited: one direct attempt says why.
+        try:
+            psycopg.connect(url, connect_timeout=DB_WAIT_S).close()
+        except psycopg.Error as probe:
+            exc = probe
+        else:
+            return f"cannot reach PostgreSQL ({where}): no connection within {DB_WAIT_S} s"
+    return f"cannot reach PostgreSQL ({where}): {first_line(exc).removeprefix('connection failed: ')}"
+
+
+def broker_unreachable(exc: BaseException) -> str:
+    # Host and port only: the URL may carry a password.
+    parts = urlsplit(get_settings().broker_url or "")
+    where = f"{parts.hostname or 'localhost'}" + (f":{parts.port}" if parts.port else "")
+    return f"cannot reach the broker ({where}): {first_line(exc)}"
+
+
+# Without a handler the pool's reconnect warnings reach stderr bare, ahead of the one line below;
+# a command that sets up logging (metrics serve) still gets them through the root logger.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
+class OperatorCLI(click.Group):
+    """The root group: Postgres or the broker out of reach ends any command with one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as exc:
+            if not connection_lost(exc):
+                raise
+            fail(postgres_unreachable(exc), 1)
+        except kombu.exceptions.OperationalError as exc:
+            fail(broker_unreachable(exc), 1)
 
 
 DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -141,21 +205,22 @@ def write_json_array(items: Iterable[Any]) -> None:
     """A JSON array written as the rows arrive, one item a line: memory stays flat however many."""
     written = 0
     try:
-        sys.stdout.write("[")
         for item in items:
-            sys.stdout.write(("\n" if written == 0 else ",\n") + json.dumps(item, default=str))
+            sys.stdout.write(("[\n" if written == 0 else ",\n") + json.dumps(item, default=str))
             written += 1
-        sys.stdout.write("\n]\n" if written else "]\n")
+        sys.stdout.write("\n]\n" if written else "[]\n")
     except BrokenPipeError:
         # The reader stopped early (`| head`): end quietly, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except psycopg.Error as exc:
+        if written == 0 and connection_lost(exc):
+            raise  # nothing printed yet: the one line for an unreachable Postgres says it
         # The array stays unclosed on purpose: a parser fails rather than take these rows for all of them.
         fail(f"listing stopped after {written:,} rows: {(str(exc).splitlines() or [type(exc).__name__])[0]}", 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OperatorCLI, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Operate the offer-submission worker fleet."""
 
@@ -382,7 +447,7 @@ def rejections_table(rows: list[dict[str, Any]]) -> Table:
 
 # --- dead letters, holds -----------------------------------------------------------------------
 
-STAGE_NAMES = sorted([*states.STAGE_BY_NAME, "intake", "events", "compensation"])
+STAGE_NAMES = sorted(deadletter.STAGES)
 
 
 @main.group()
@@ -396,8 +461,6 @@ def dlq() -> None:
 @listing_options
 def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after: str | None, as_json: bool) -> None:
     """Dead-lettered stage runs, oldest first."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     dead_letters = listing.Listing("dead_letters", deadletter.ENTRIES, key=(listing.Key("id", int),))
     show_listing(rt, dead_letters, {"stage": stage, "status": None if include_resolved else "pending"},
@@ -421,8 +484,6 @@ def dead_letters_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_show(entry_id: int, as_json: bool) -> None:
     """One entry with its kwargs and traceback."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         row = deadletter.entry(conn, entry_id)
@@ -449,8 +510,6 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
     """Re-send dead-lettered stages with their original kwargs (same idempotency keys)."""
     from rich.progress import track
 
-    from offers_workers import deadletter
-
     if (entry_id is None) == (not replay_all):
         raise click.UsageError("give either an entry ID or --all")
     rt = runtime_or_exit()
@@ -470,6 +529,10 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
         return
     from tasks.app import app
 
+    # A broker that is down is found before any entry is claimed, not after the first claim.
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+
     replayed = 0
     for one in track(ids, description="replaying", console=err_console, disable=len(ids) < 2):
         dispatch = deadletter.claim_for_replay(rt, one)
@@ -484,8 +547,6 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
 @click.option("--reason", required=True, help="Why it is not replayed (kept in the audit trail).")
 def dlq_discard(entry_id: int, reason: str) -> None:
     """Close an entry without replaying it."""
-    from offers_workers import deadletter
-
     rt = runtime_or_exit()
     if not deadletter.discard(rt, entry_id, reason=reason):
         fail(f"no pending dead letter {entry_id}", 1)
@@ -637,12 +698,12 @@ def _parse_time(value: str) -> datetime:
 
 
 @audit.command("verify-chain")
-@click.option("--since", help="Start at the first row at or after this time (ISO 8601); default: the whole trail.")
+@click.option("--since", help="Start at the first row at or after this time: ISO time or a duration back from now (1h, 7d); default: the whole trail.")
 def audit_verify_chain(since: str | None) -> None:
     """Walk the hash chain; name the first broken link (exit 1)."""
     from offers_workers import audit as audit_trail
 
-    start = _parse_time(since) if since else None
+    start = parse_since(since)
     rt = runtime_or_exit()
     with console.status("walking the audit chain"):
         check = audit_trail.verify_chain(rt, start)
@@ -705,10 +766,15 @@ def audit_exports_table(rows: list[dict[str, Any]]) -> Table:
 def audit_verify(export_id: int) -> None:
     """Restore an export from Glacier and check it against its manifest and Postgres (exit 1 on a discrepancy)."""
     from offers_workers import audit as audit_trail
+    from offers_workers.partners.aws_archive import RestoreInProgress
 
     rt = runtime_or_exit()
     with console.status(f"restoring and checking export {export_id}"):
-        problems = audit_trail.verify_export(rt, export_id)
+        try:
+            problems = audit_trail.verify_export(rt, export_id)
+        except RestoreInProgress as exc:
+            # A Glacier Standard restore takes hours; the request stands, so a later run finds it done.
+            fail(f"export {export_id}: {exc}; run `offers-workers audit verify {export_id}` again later (Glacier takes hours)", 1)
     if problems:
         fail(f"export {export_id}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), 1)
     click.echo(f"export {export_id} verified: checksum, chain, manifest and Postgres agree")
@@ -995,7 +1061,7 @@ def demo(count: int, timeout: int) -> None:
 @click.option("--draft-seconds", default=10.0, show_default=True, type=click.FloatRange(0), help="Length of the validate_draft phase (0: skip).")
 @click.option("--memory-offers", default=20_000, show_default=True, type=click.IntRange(0), help="Offers in all before the last RSS reading.")
 @click.option("--timeout", default=900, show_default=True, type=click.IntRange(10), help="Seconds to wait for one phase to drain.")
-@click.option("--json", "as_json", is_flag=True, help="Also print the figures as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout; the table and progress go to stderr.")
 def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: float, draft_seconds: float, memory_offers: int, timeout: int, as_json: bool) -> None:
     """Start the fleet and sandbox, measure the saga against a bare Celery chain, print one table."""
     from offers_workers import bench as bench_run
@@ -1007,6 +1073,8 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
         offers=offers, chains=chains or offers, steady_seconds=steady_seconds, draft_rps=draft_rps,
         draft_seconds=draft_seconds, memory_offers=memory_offers, timeout=timeout,
     )
+    # With --json, stdout carries the JSON alone: the table, progress and status go to stderr.
+    human = err_console if as_json else console
     configured = settings_or_exit()
     cleanup = ExitStack()
     if configured.database_url:
@@ -1021,16 +1089,16 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
     cleanup.callback(stack.stop)
     result = None
     try:
-        with console.status("starting stores, sandbox and workers…"):
+        with human.status("starting stores, sandbox and workers…"):
             settings = stack.start()
             from tasks.app import app
 
             stack.wait_for_workers(app)
         rt = Runtime(settings)
-        runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), console, options)
+        runner = bench_run.Bench(app, rt, dict(stack.fleet.processes), human, options)
         result = runner.run()
         # Piped to a file or CI log, the table keeps one line per row instead of wrapping at 80.
-        out = console if console.is_terminal else Console(width=170)
+        out = human if human.is_terminal else Console(width=170, stderr=as_json)
         bench_run.report(result, out, f"offers-workers bench {runner.run_id}")
         if as_json:
             print_json(result.as_dict())
@@ -1040,7 +1108,7 @@ def bench(offers: int, chains: int | None, steady_seconds: float, draft_rps: flo
     except (RuntimeError, ConfigError) as exc:
         fail(str(exc), 1)
     finally:
-        with console.status("stopping everything the bench started…"):
+        with human.status("stopping everything the bench started…"):
             cleanup.close()
     # The figures are for people to read; a lost or failed offer is what makes the bench fail.
     sys.exit(0 if result is not None and not result.problems else 1)

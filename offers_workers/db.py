@@ -40,9 +40,13 @@ def _check_if_readable(conn: psycopg.Connection) -> None:
 class Database:
     """A lazily opened connection pool. Safe to share between threads; re-opened after fork."""
 
-    def __init__(self, url: str, *, max_size: int = 4, idle_in_transaction_timeout_s: int = 15, lock_timeout_s: float = 10) -> None:
+    def __init__(
+        self, url: str, *, max_size: int = 4, idle_in_transaction_timeout_s: int = 15, lock_timeout_s: float = 10, wait_s: float = 10
+    ) -> None:
         self.url = url
         self.max_size = max_size
+        #: How long a caller waits for a pooled connection before PoolTimeout.
+        self.wait_s = wait_s
         self.idle_in_transaction_timeout_s = idle_in_transaction_timeout_s
         self.lock_timeout_s = lock_timeout_s
         self._pool: ConnectionPool | None = None
@@ -63,7 +67,7 @@ class Database:
                 check=_check_if_readable,
                 configure=self._configure,
                 # While Postgres is away a task gives up waiting and retries, instead of blocking.
-                timeout=10,
+                timeout=self.wait_s,
                 open=True,
                 name="offers",
             )

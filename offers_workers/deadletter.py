@@ -19,6 +19,10 @@ from offers_workers.saga import Dispatch
 
 log = logging.getLogger(__name__)
 
+#: Every dead-letter queue, by the ``stage`` of the tasks that fill it: the saga's stages, then the
+#: rest of tasks/. The one list: `dlq --stage` offers these, and OffersTask refuses any other stage.
+STAGES = (*states.STAGE_BY_NAME, "intake", "cancellation", "events", "compensation", "maintenance")
+
 
 def record(
     rt: Runtime,

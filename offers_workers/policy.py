@@ -138,7 +138,9 @@ class PolicyStore:
         if self.redis is not None:
             self.redis.hdel(self.cache_key, listing_id)
 
-    def lookup(self, db: Database, listing_id: str) -> ListingPolicy | None:
+    def lookup(self, db: Database | psycopg.Connection, listing_id: str) -> ListingPolicy | None:
+        """The listing with its maker's policy, from the cache or else Postgres: through ``db``'s pool,
+        or through a connection the caller holds (its transaction)."""
         if self.redis is not None:
             cached = self.redis.hget(self.cache_key, listing_id)
             if cached:
@@ -146,8 +148,11 @@ class PolicyStore:
                 # Each entry carries its age: staleness stays bounded should an invalidation be missed.
                 if time.time() - entry["at"] < self.cache_seconds:
                     return ListingPolicy.model_validate(entry["policy"])
-        with db.transaction() as conn:
-            found = self._from_db(conn, listing_id)
+        if isinstance(db, psycopg.Connection):
+            found = self._from_db(db, listing_id)
+        else:
+            with db.transaction() as conn:
+                found = self._from_db(conn, listing_id)
         if found is not None and self.redis is not None:
             entry = {"at": time.time(), "policy": found.model_dump(mode="json")}
             self.redis.hset(self.cache_key, listing_id, json.dumps(entry))

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, db_wait_s: float = 10) -> None:
         self.settings = settings
+        self.db_wait_s = db_wait_s
 
     @cached_property
     def db(self) -> Database:
@@ -37,6 +38,7 @@ class Runtime:
             max_size=self.settings.db_pool_size,
             idle_in_transaction_timeout_s=self.settings.db_idle_in_transaction_timeout_seconds,
             lock_timeout_s=self.settings.db_lock_timeout_seconds,
+            wait_s=self.db_wait_s,
         )
 
     @cached_property

@@ -65,14 +65,16 @@ def hand_on(offer_id: str, state: str) -> list[Dispatch]:
 
 
 def run_stage(
-    rt: Runtime, stage: Stage, offer_id: str, work: Callable[[store.Offer], Outcome], *, local: bool = False
+    rt: Runtime, stage: Stage, offer_id: str, work: Callable[..., Outcome], *, local: bool = False
 ) -> list[Dispatch]:
     """Load, work, commit. A stage that calls a partner (``local=False``) holds no transaction
-    while it waits; a ``local`` stage does all three in one transaction, saving a round trip set."""
+    while it waits: ``work(offer)``. A ``local`` stage does all three in one transaction, saving a
+    round trip set: ``work(offer, conn)`` reads through that transaction's connection."""
     if local:
         with rt.db.transaction() as conn:
             offer = store.load_offer(conn, offer_id)
-            outcome = _work(stage, offer_id, offer, work)
+            # Never a second pooled connection while this one is held: with OFFERS_DB_POOL_SIZE=1 it would never come.
+            outcome = _work(stage, offer_id, offer, lambda o: work(o, conn))
             return outcome if isinstance(outcome, list) else _commit(conn, stage, offer_id, outcome)
     with rt.db.read() as conn:
         offer = store.load_offer(conn, offer_id)
@@ -151,8 +153,8 @@ def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatc
 
 
 def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
-    def work(offer: store.Offer) -> Outcome:
-        found = rt.policies.lookup(rt.db, offer.payload.listing_id)
+    def work(offer: store.Offer, conn: psycopg.Connection) -> Outcome:
+        found = rt.policies.lookup(conn, offer.payload.listing_id)
         problems = check_offer(offer.payload, found)
         if problems:
             return Reject(problems[0].code, data={"errors": [p.model_dump() for p in problems]})

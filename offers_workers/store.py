@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from offers_workers import states
 from offers_workers.payload import FieldError, OfferPayload, body_sha256
 
-#: The stage timestamp column each state sets when an offer enters it.
+#: The stage timestamp column each state sets when an offer first enters it.
 STATE_TIMESTAMP = {
     states.VALIDATED: "validated_at",
     states.PAYMENT_HELD: "payment_held_at",
@@ -28,6 +28,9 @@ STATE_TIMESTAMP = {
     states.CANCELLED: "cancelled_at",
     states.DEAD_LETTERED: "dead_lettered_at",
 }
+#: Stamps that move to the latest entry: an offer dead-lettered again has waited since then. Every
+#: other stamp keeps the first entry (see ``transition``).
+RESTAMPED = frozenset({"dead_lettered_at"})
 #: Columns a stage may set along with its transition.
 SETTABLE = frozenset({"payment_intent_id", "hold_status", "risk_score", "return_risk_score", "reason"})
 
@@ -124,8 +127,12 @@ def transition(
     assignments = [sql.SQL("state = {}").format(sql.Literal(to_state))]
     assignments += [sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values]
     stamp = STATE_TIMESTAMP.get(to_state)
-    if stamp:
+    if stamp in RESTAMPED:
         assignments.append(sql.SQL("{} = clock_timestamp()").format(sql.Identifier(stamp)))
+    elif stamp:
+        # A replay re-enters a state without re-running the stage that produced it: keep when that
+        # stage really finished (the hold watch's clock, and honest stage latencies and auction lag).
+        assignments.append(sql.SQL("{0} = coalesce({0}, clock_timestamp())").format(sql.Identifier(stamp)))
     assignments.append(sql.SQL("updated_at = clock_timestamp()"))
     # The move and its audit row in one statement: one round trip, and the audit chain's lock is
     # taken as late as possible in the transaction.

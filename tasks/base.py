@@ -39,6 +39,12 @@ class OffersTask(Task):
     #: The state an offer is moved out of when this step is dead-lettered (stages only).
     from_state: str | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A stage outside deadletter.STAGES would fill a queue `dlq list/replay --stage` cannot name.
+        if cls.stage not in deadletter.STAGES:
+            raise TypeError(f"task {cls.__name__}: stage {cls.stage!r} is not in offers_workers.deadletter.STAGES")
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         context = {"task_id": self.request.id, "stage": self.stage, "attempt": self.request.retries + 1}
         if "offer_id" in kwargs:

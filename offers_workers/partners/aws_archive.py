@@ -17,6 +17,15 @@ from offers_workers.partners.aws_events import sort_error
 NEEDS_RESTORE = {"GLACIER", "DEEP_ARCHIVE"}
 
 
+class RestoreInProgress(Exception):
+    """An archived object's restore is requested and not finished yet (Glacier Standard: hours)."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"the restore of s3://{bucket}/{key} is requested and still in progress")
+        self.bucket = bucket
+        self.key = key
+
+
 class AuditArchive:
     def __init__(self, settings: Settings) -> None:
         if not settings.audit_bucket:
@@ -83,12 +92,20 @@ class AuditArchive:
         return [v for v in listed.get("Versions", []) if v["Key"] == key]
 
     def restore(self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1) -> None:
-        """Ask for a restore of an archived object and wait until it is readable."""
+        """Ask for a restore of an archived object and wait until it is readable.
+
+        Raises RestoreInProgress when it is not readable within ``timeout_s``, or at once when an
+        earlier request is still running: the caller comes back later, the request stands.
+        """
         head = self.head(key)
         if head.get("StorageClass") not in NEEDS_RESTORE:
             return
-        if 'ongoing-request="false"' in head.get("Restore", ""):
+        restore_state = head.get("Restore", "")
+        if 'ongoing-request="false"' in restore_state:
             return
+        if 'ongoing-request="true"' in restore_state:
+            # Asked for earlier and still running: it will not end within this call's wait either.
+            raise RestoreInProgress(self.bucket, key)
         try:
             self._s3.restore_object(
                 Bucket=self.bucket, Key=key, RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}}
@@ -99,7 +116,7 @@ class AuditArchive:
         deadline = time.monotonic() + timeout_s
         while 'ongoing-request="false"' not in self.head(key).get("Restore", ""):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"restore of s3://{self.bucket}/{key} not finished after {timeout_s:.0f}s")
+                raise RestoreInProgress(self.bucket, key)
             time.sleep(poll_s)
 
     def download(self, key: str, into: IO[bytes]) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -15,7 +18,7 @@ import pytest
 from config.settings import load_settings
 from offers_workers import audit, store
 from offers_workers.demo import send_samples, settled
-from offers_workers.partners.aws_archive import AuditArchive
+from offers_workers.partners.aws_archive import AuditArchive, RestoreInProgress
 from offers_workers.runtime import Runtime
 from offers_workers.samples import make_samples
 from offers_workers.sandbox import clear_faults, set_fault
@@ -60,6 +63,22 @@ def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: s
     since = cli("audit", "verify-chain", "--since", (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(), env=env)
     assert since.returncode == 1
     assert cli("audit", "verify-chain", "--since", "yesterday", env=env).returncode == 2
+
+
+@pytest.mark.usefixtures("offers_env")
+def test_verify_chain_since_takes_a_duration_like_every_other_since(scratch_database: str) -> None:
+    # Given an intact chain
+    env = {"OFFERS_DATABASE_URL": scratch_database}
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        for n in range(3):
+            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
+    # When the operator checks the last hour, or week, as `offers list --since` would take it
+    for since in ("1h", "7d"):
+        checked = cli("audit", "verify-chain", "--since", since, env=env)
+        # Then the rows of that window are walked
+        assert checked.returncode == 0, checked.stderr
+        assert "audit chain intact: 3 rows since" in checked.stdout
+    assert cli("audit", "verify-chain", "--since", "2h ago", env=env).returncode == 2
 
 
 @pytest.mark.usefixtures("fleet")
@@ -115,6 +134,52 @@ def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(celer
         busy = cli("audit", "export")
         assert busy.returncode == 1 and "another audit export is running" in busy.stderr
     assert cli("audit", "verify", "999999").returncode == 1
+
+
+@contextmanager
+def glacier_restores(aws_endpoint: str, transition: dict) -> Iterator[None]:
+    """moto's restores progress as ``transition`` says (its state manager) instead of at once."""
+
+    def call(action: str, body: dict) -> None:
+        request = urllib.request.Request(
+            f"{aws_endpoint}/moto-api/state-manager/{action}", data=json.dumps(body).encode(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    call("set-transition", {"model_name": "s3::keyrestore", "transition": transition})
+    try:
+        yield
+    finally:
+        call("unset-transition", {"model_name": "s3::keyrestore"})
+
+
+def test_verify_of_an_export_whose_restore_takes_hours_says_to_come_back_later(scratch_database: str, settings) -> None:  # noqa: ANN001
+    # Given an export in Glacier
+    env = {"OFFERS_DATABASE_URL": scratch_database}
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        for n in range(3):
+            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
+    until = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    assert cli("audit", "export", "--until", until, env=env).returncode == 0
+    job = json.loads(cli("audit", "exports", "--json", env=env).stdout)[0]
+    archive = AuditArchive(settings)
+
+    # When its restore is requested and does not finish while we wait (Glacier Standard takes hours)
+    with glacier_restores(settings.aws_endpoint_url, {"progression": "manual", "times": 1}):
+        with pytest.raises(RestoreInProgress):
+            archive.restore(job["object_key"], timeout_s=0)
+    # and the operator runs verify while it is still running
+    with glacier_restores(settings.aws_endpoint_url, {"progression": "manual", "times": 1_000_000_000}):
+        pending = cli("audit", "verify", str(job["id"]), env=env, timeout=60)
+
+    # Then verify says so in one line, and to run it again later, at once and with exit 1
+    assert pending.returncode == 1
+    [line] = pending.stderr.strip().splitlines()
+    assert line.startswith(f"offers-workers: export {job['id']}: the restore of s3://{settings.audit_bucket}/{job['object_key']}")
+    assert "in progress" in line and f"run `offers-workers audit verify {job['id']}` again later" in line
+    # and once the restore is done, the same command verifies the export
+    done = cli("audit", "verify", str(job["id"]), env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:  # noqa: ANN001

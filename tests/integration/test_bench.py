@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli, redis_database
+from tests.conftest import SERVER, cli, redis_database
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: Any) -> None:
-    # A Redis database of its own: its queues and beat lock are never shared with the suite's workers.
-    with redis_database(stores["OFFERS_BROKER_URL"]) as broker:
+    # A Redis database of its own: queue names carry no prefix, so the suite's workers (a fleet an
+    # earlier test started) would otherwise take the bench's offers into the suite's database.
+    with redis_database(SERVER["redis"]) as broker:
         env = {"OFFERS_DATABASE_URL": scratch_database, "OFFERS_BROKER_URL": broker, "OFFERS_STATE_DIR": str(tmp_path)}
         done = cli(
             "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
@@ -23,8 +24,9 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
             env=env, timeout=400,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "bare 5-hop chain, saturated" in done.stdout
-    figures = json.loads(done.stdout[done.stdout.index("\n{") :])
+    # With --json, stdout is the JSON alone (a script parses it as is); the table is on stderr.
+    figures = json.loads(done.stdout)
+    assert "bare 5-hop chain, saturated" in done.stderr
 
     assert figures["problems"] == []
     assert figures["baseline_chains"]["count"] == 30

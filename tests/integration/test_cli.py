@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -132,3 +133,88 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # 
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -> None:  # noqa: ANN001
+    from offers_workers.cli import dlq_list, dlq_replay
+    from tasks.base import OffersTask
+
+    # Given every task the workers run
+    celery_app.loader.import_default_modules()
+    stages = {task.stage for task in celery_app.tasks.values() if isinstance(task, OffersTask)}
+    assert {"cancellation", "maintenance"} <= stages
+    # Then `dlq list --stage` and `dlq replay --stage` take each of their stages
+    for command in (dlq_list, dlq_replay):
+        [option] = [p for p in command.params if p.name == "stage"]
+        assert stages <= set(option.type.choices), command.name
+    # and a task cannot be given a stage they do not offer
+    with pytest.raises(TypeError, match="not in offers_workers.deadletter.STAGES"):
+        type("misfiled", (OffersTask,), {"stage": "nowhere"})
+
+
+def test_a_cancellation_dead_letter_is_listed_and_replayed_by_its_stage(runtime) -> None:  # noqa: ANN001
+    from offers_workers import deadletter
+
+    # Given a cancel request that failed past its retries
+    offer_id = new_id("dlqstage")
+    entry_id = deadletter.record(
+        runtime, stage="cancellation", task_name="offers.cancel",
+        kwargs={"offer_id": offer_id, "reason": "ops", "actor": "ops"},
+        error=RuntimeError("boom"), traceback_text="", attempts=1, from_state=None,
+    )
+    # When the operator looks at that queue by name
+    listed = cli("dlq", "list", "--stage", "cancellation", "--json")
+    # Then it is there, and a replay of that queue can be asked for
+    assert listed.returncode == 0, listed.stderr
+    assert entry_id in {e["id"] for e in json.loads(listed.stdout)}
+    dry = cli("dlq", "replay", "--all", "--stage", "cancellation", "--dry-run")
+    assert dry.returncode == 0 and str(entry_id) in dry.stdout, dry.stderr
+    assert cli("dlq", "list", "--stage", "maintenance", "--json").returncode == 0
+    assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0
+
+
+#: A Postgres and a broker nothing listens on, their URLs carrying a password that must never be shown.
+UNREACHABLE_POSTGRES = "postgresql://offers:pg-s3cret@127.0.0.1:1/offers"
+UNREACHABLE_BROKER = "redis://:redis-s3cret@127.0.0.1:1/0"
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], start: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(start), result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.usefixtures("offers_env")
+@pytest.mark.parametrize("args", [("offers", "show", "off_1"), ("offers", "list", "--json"), ("db", "migrate")])
+def test_an_unreachable_postgres_is_one_line_and_exit_1(args: tuple[str, ...]) -> None:
+    # Given Postgres down (nothing listens on the port)
+    started = time.monotonic()
+    # When a command that needs it runs
+    result = cli(*args, env={"OFFERS_DATABASE_URL": UNREACHABLE_POSTGRES}, timeout=60)
+    # Then it says so in one line naming the server (never the password), soon, with exit 1
+    assert_one_line(result, "offers-workers: cannot reach PostgreSQL (127.0.0.1:1): ")
+    assert "Connection refused" in result.stderr
+    assert result.stdout == ""
+    assert time.monotonic() - started < 15
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtime, tmp_path) -> None:  # noqa: ANN001
+    from offers_workers import deadletter
+
+    # Given a pending dead letter, and the broker down
+    entry_id = deadletter.record(
+        runtime, stage="events", task_name="offers.publish_event", kwargs={"event_id": new_id("evt")},
+        error=RuntimeError("boom"), traceback_text="", attempts=1, from_state=None,
+    )
+    down = {"OFFERS_BROKER_URL": UNREACHABLE_BROKER}
+    offer = tmp_path / "offer.json"
+    offer.write_text(json.dumps(base_offer(new_id("down"), 1)))
+    # When each command that sends runs
+    for args in (("submit", str(offer)), ("cancel", "off_1", "--reason", "ops"), ("dlq", "replay", str(entry_id))):
+        # Then it says the broker cannot be reached, in one line, with exit 1
+        assert_one_line(cli(*args, env=down, timeout=60), "offers-workers: cannot reach the broker (127.0.0.1:1): ")
+    # and the dead letter was not claimed: a replay once the broker is back still sends it
+    with runtime.db.transaction() as conn:
+        assert deadletter.entry(conn, entry_id)["status"] == "pending"
+    assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0

@@ -5,11 +5,16 @@ Nothing here sends a message, so the running workers never see these offers.
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime
+
 import pytest
 
-from offers_workers import intake, saga, states, store
+from offers_workers import deadletter, intake, saga, states, store
+from offers_workers.errors import TransientError
 from offers_workers.samples import base_offer
-from tests.conftest import new_id
+from tests.conftest import cli, new_id
 
 
 def received(runtime, **changes) -> str:  # noqa: ANN001
@@ -128,3 +133,53 @@ def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:  # noqa: A
         assert not store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
         with pytest.raises(states.IllegalTransition):
             store.transition(conn, offer_id, states.VALIDATED, states.SUBMITTED, actor="test")
+
+
+def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:  # noqa: ANN001
+    # Given an offer holding its buyer's card, dead-lettered at the risk stage (Sift was down)
+    offer_id = received(runtime)
+    saga.validate(runtime, offer_id)
+    saga.hold_payment(runtime, offer_id)
+    placed = state_of(runtime, offer_id)
+    entry_id = deadletter.record(
+        runtime, stage="risk", task_name="offers.stage.score_risk", kwargs={"offer_id": offer_id},
+        error=TransientError("sift", "503", "unavailable"), traceback_text="", attempts=17, from_state=states.PAYMENT_HELD,
+    )
+    assert state_of(runtime, offer_id)["state"] == states.DEAD_LETTERED
+    time.sleep(0.05)
+
+    # When an operator replays it, and the risk stage then clears it
+    assert deadletter.claim_for_replay(runtime, entry_id) is not None
+    assert state_of(runtime, offer_id)["state"] == states.PAYMENT_HELD
+    saga.score_risk(runtime, offer_id)
+
+    # Then the hold is still dated when it was placed: the hold watch and `holds list` count the
+    # authorization window from then, not from the replay
+    row = state_of(runtime, offer_id)
+    assert row["state"] == states.RISK_CLEARED
+    assert row["payment_held_at"] == placed["payment_held_at"]
+    listed = cli("holds", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [hold] = [h for h in json.loads(listed.stdout) if h["offer_id"] == offer_id]
+    due = datetime.fromisoformat(hold["release_due_at"])
+    assert due == placed["payment_held_at"] + runtime.settings.hold_release_after
+
+
+def test_validation_needs_only_one_pooled_connection(settings) -> None:  # noqa: ANN001
+    from offers_workers.runtime import Runtime
+
+    # Given a worker process whose pool holds one Postgres connection (OFFERS_DB_POOL_SIZE=1), and
+    # an offer whose listing is not in the policy cache
+    rt = Runtime(settings.model_copy(update={"db_pool_size": 1}), db_wait_s=3)
+    try:
+        offer_id = received(rt)
+        rt.policies.forget(state_of(rt, offer_id)["listing_id"])
+        # When its validation runs
+        started = time.monotonic()
+        dispatches = saga.validate(rt, offer_id)
+        # Then it validates at once, without waiting for a second connection that never comes
+        assert [d.task for d in dispatches] == ["offers.stage.hold_payment"]
+        assert state_of(rt, offer_id)["state"] == states.VALIDATED
+        assert time.monotonic() - started < 2
+    finally:
+        rt.close()

@@ -128,6 +128,48 @@ def test_rabbitmq_without_a_redis_for_results_and_caches_is_refused(clean_env: p
         load_settings()
 
 
+def test_a_redis_socket_url_is_refused_at_start_up_naming_the_setting(clean_env: pytest.MonkeyPatch) -> None:
+    # Given a broker URL kombu would take but the fleet's own Redis client (caches, flags) cannot open
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "redis+socket:///var/run/redis/redis.sock")
+    # When a worker starts
+    result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
+    # Then it stops at once, in one line naming the setting and what to use
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "offers-workers: invalid configuration: OFFERS_BROKER_URL: redis+socket:// is not supported; use redis:// or rediss://"
+    ]
+    # and the same for the Redis of caches and results
+    clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    clean_env.setenv("OFFERS_REDIS_URL", "redis+socket:///var/run/redis/redis.sock")
+    with pytest.raises(ConfigError, match="OFFERS_REDIS_URL: redis\\+socket:// is not supported"):
+        load_settings()
+
+
+def test_a_rediss_result_backend_needs_ssl_cert_reqs_and_celery_takes_what_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
+    from celery import Celery
+
+    # Given a TLS Redis, as broker and result backend, without ssl_cert_reqs in its URL
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "rediss://:hunter2@redis.internal:6380/0")
+    # Then start-up refuses it in one line naming the setting, without its value
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid configuration: OFFERS_BROKER_URL: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string"
+    )
+    clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    clean_env.setenv("OFFERS_REDIS_URL", "rediss://:hunter2@redis.internal:6380/0?ssl_cert_reqs=CERT_REQUIRED")  # Celery's spelling; redis-py refuses it
+    with pytest.raises(ConfigError, match="OFFERS_REDIS_URL: a rediss:// URL needs ssl_cert_reqs"):
+        load_settings()
+    # and with it, Celery's result backend takes the URL (it is built without connecting)
+    for value in ("required", "none"):
+        clean_env.setenv("OFFERS_REDIS_URL", f"rediss://:hunter2@redis.internal:6380/0?ssl_cert_reqs={value}")
+        app = Celery(set_as_current=False)
+        app.config_from_object(celery_config(load_settings()))
+        assert app.backend.connparams["ssl_cert_reqs"] is not None
+
+
 def test_retry_countdowns_stay_within_their_caps() -> None:
     for policy in POLICIES.values():
         for retries in range(policy.max_retries + 1):
