@@ -12,7 +12,9 @@ from config.settings import ConfigError, Settings
 def _crontab(value: str, setting: str) -> crontab:
     minute, hour, day_of_month, month_of_year, day_of_week = value.split()
     try:
-        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week)
+        return crontab(
+            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration: {setting}: {exc}") from None
 

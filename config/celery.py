@@ -15,8 +15,7 @@ from kombu import Exchange, Queue
 from config.beat import beat_schedule
 from config.retry import LONGEST_COUNTDOWN
 from config.settings import ConfigError, Settings
-from offers_workers.states import STAGES
-
+from offers_workers.domain.states import STAGES
 
 #: Task name → queue. Upstream services depend on the first three names and queues.
 ROUTES: dict[str, str] = {
@@ -68,7 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "beat_schedule": beat_schedule(settings),
-        "beat_scheduler": "offers_workers.beat:OffersBeatScheduler",
+        "beat_scheduler": "tasks.beat:OffersBeatScheduler",
         "redbeat_key_prefix": f"{prefix}redbeat",
         "enable_utc": True,
         "timezone": "UTC",

@@ -238,7 +238,7 @@ class Settings(BaseSettings):
         return values
 
     @model_validator(mode="after")
-    def _required_outside_sandbox(self) -> "Settings":
+    def _required_outside_sandbox(self) -> Settings:
         if not self.sandbox:
             for name in REQUIRED_OUTSIDE_SANDBOX:
                 if getattr(self, name) in (None, ""):
@@ -246,7 +246,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _broker_scheme(self) -> "Settings":
+    def _broker_scheme(self) -> Settings:
         for name in ("broker_url", "redis_url"):
             if (getattr(self, name) or "").startswith("redis+socket://"):
                 # kombu takes it, but redis-py (caches, flags, queue depths) refuses it: every offer would dead-letter.
@@ -254,14 +254,23 @@ class Settings(BaseSettings):
         if self.broker_url and not self.broker_url.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
             raise ValueError("OFFERS_BROKER_URL must be a Redis (redis://) or RabbitMQ (amqp://) URL")
         if self.broker_is_rabbitmq and not self.redis_url:
-            raise ValueError("OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)")
+            raise ValueError(
+                "OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)"
+            )
         if self.broker_is_rabbitmq and self.broker_key_prefix:
-            raise ValueError("OFFERS_BROKER_KEY_PREFIX applies to a Redis broker only (RabbitMQ separates fleets by virtual host)")
+            raise ValueError(
+                "OFFERS_BROKER_KEY_PREFIX applies to a Redis broker only (RabbitMQ separates fleets by virtual host)"
+            )
         results = self.effective_redis_url or ""
-        if results.startswith("rediss://") and parse_qs(urlsplit(results).query).get("ssl_cert_reqs", [""])[0] not in SSL_CERT_REQS:
+        if (
+            results.startswith("rediss://")
+            and parse_qs(urlsplit(results).query).get("ssl_cert_reqs", [""])[0] not in SSL_CERT_REQS
+        ):
             # Celery's result backend refuses a rediss:// URL without it, at the first task.
             name = "OFFERS_REDIS_URL" if self.redis_url else "OFFERS_BROKER_URL"
-            raise ValueError(f"{name}: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string")
+            raise ValueError(
+                f"{name}: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string"
+            )
         return self
 
     @property

@@ -6,11 +6,14 @@ import contextvars
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 #: Fields the task glue binds for the duration of one task run.
-task_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("task_context", default={})
+task_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "task_context",
+    default={},  # noqa: B039 - never mutated: the task glue sets a new dict per run
+)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -18,7 +21,7 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -40,7 +43,17 @@ def setup(level: str = "INFO") -> None:
     # Request-by-request chatter of HTTP clients and the AWS sandbox is noise at INFO.
     # celery.app.trace logs every task's kwargs (buyer emails, IPs): our own lines carry the ids instead.
     # celery.worker.strategy logs every received task with its kwargs: a submit's buyer email and IP.
-    for noisy in ("urllib3", "botocore", "boto3", "werkzeug", "stripe", "kombu", "amqp", "celery.app.trace", "celery.worker.strategy"):
+    for noisy in (
+        "urllib3",
+        "botocore",
+        "boto3",
+        "werkzeug",
+        "stripe",
+        "kombu",
+        "amqp",
+        "celery.app.trace",
+        "celery.worker.strategy",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Python warnings (Celery's running-as-root one, deprecations) become JSON lines too.
     logging.captureWarnings(True)

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 import redis
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers.db import Database
-from offers_workers.policy import PolicyStore
+from offers_workers.store.db import Database
+from offers_workers.store.policy import PolicyStore
 
 if TYPE_CHECKING:
-    from offers_workers.admission import SoftLaunch
-    from offers_workers.flags import FlagStore
     from offers_workers.partners.aws_events import EventPublisher
     from offers_workers.partners.plaid_funds import PlaidFunds
     from offers_workers.partners.sift_risk import SiftRisk
     from offers_workers.partners.stripe_payments import StripePayments
+    from offers_workers.saga.admission import SoftLaunch
+    from offers_workers.store.flags import FlagStore
 
 
 class Runtime:
@@ -53,38 +53,38 @@ class Runtime:
         )
 
     @cached_property
-    def stripe(self) -> "StripePayments":
+    def stripe(self) -> StripePayments:
         from offers_workers.partners.stripe_payments import StripePayments
 
         return StripePayments(self.settings)
 
     @cached_property
-    def sift(self) -> "SiftRisk":
+    def sift(self) -> SiftRisk:
         from offers_workers.partners.sift_risk import SiftRisk
 
         return SiftRisk(self.settings)
 
     @cached_property
-    def plaid(self) -> "PlaidFunds":
+    def plaid(self) -> PlaidFunds:
         from offers_workers.partners.plaid_funds import PlaidFunds
 
         return PlaidFunds(self.settings)
 
     @cached_property
-    def events(self) -> "EventPublisher":
+    def events(self) -> EventPublisher:
         from offers_workers.partners.aws_events import EventPublisher
 
         return EventPublisher(self.settings)
 
     @cached_property
-    def flags(self) -> "FlagStore":
-        from offers_workers.flags import FlagStore
+    def flags(self) -> FlagStore:
+        from offers_workers.store.flags import FlagStore
 
         return FlagStore(self.db, self.settings.flag_cache_seconds)
 
     @cached_property
-    def soft_launch(self) -> "SoftLaunch":
-        from offers_workers.admission import SoftLaunch
+    def soft_launch(self) -> SoftLaunch:
+        from offers_workers.saga.admission import SoftLaunch
 
         if self.redis is None:
             raise ConfigError("invalid configuration: SOFT_LAUNCH_MODE needs Redis (OFFERS_REDIS_URL)")

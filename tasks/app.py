@@ -31,7 +31,7 @@ ANSWERED_TASKS = frozenset({"offers.validate_draft"})
 
 
 class OffersCelery(Celery):
-    def send_task(self, name: str, *args: object, **options: object):  # noqa: ANN201 - AsyncResult
+    def send_task(self, name: str, *args: object, **options: object):
         # Celery subscribes the sender to a result channel for every send_task unless told the
         # result is ignored: one extra Redis round trip per message, and a channel kept in the
         # subscriber's set until a result arrives, which for these tasks is never.
@@ -81,8 +81,10 @@ def _check_upstream_reach(sender: object = None, **_: object) -> None:
 
     try:
         refused = plain_clients_refused(app)
-    except Exception:  # noqa: BLE001 - a diagnostic; the worker runs either way
-        logging.getLogger("offers_workers.wire").warning("could not check the virtual host's default queue type", exc_info=True)
+    except Exception:
+        logging.getLogger("offers_workers.wire").warning(
+            "could not check the virtual host's default queue type", exc_info=True
+        )
         return
     if refused:
         logging.getLogger("offers_workers.wire").warning(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from offers_workers import saga, states
+from offers_workers.domain import states
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import stages
+from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
 
 
-@app.task(name="offers.stage.trigger_auction", base=OffersTask, bind=True, stage="auction", from_state=states.RISK_CLEARED)
+@app.task(
+    name="offers.stage.trigger_auction", base=OffersTask, bind=True, stage="auction", from_state=states.RISK_CLEARED
+)
 def trigger_auction(self: OffersTask, offer_id: str) -> list[Dispatch]:
-    return saga.trigger_auction(get_runtime(), offer_id)
+    return stages.trigger_auction(get_runtime(), offer_id)

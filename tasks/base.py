@@ -12,11 +12,12 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
-from offers_workers import deadletter, logs
-from offers_workers.errors import PartnerError, TransientError
-from offers_workers.metrics import count_partner_error
+from offers_workers import logs
+from offers_workers.domain.errors import PartnerError, TransientError
+from offers_workers.ops.metrics import count_partner_error
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import deadletter
+from offers_workers.saga.stages import Dispatch
 
 log = logging.getLogger("offers_workers.tasks")
 
@@ -43,7 +44,7 @@ class OffersTask(Task):
         super().__init_subclass__(**kwargs)
         # A stage outside deadletter.STAGES would fill a queue `dlq list/replay --stage` cannot name.
         if cls.stage not in deadletter.STAGES:
-            raise TypeError(f"task {cls.__name__}: stage {cls.stage!r} is not in offers_workers.deadletter.STAGES")
+            raise TypeError(f"task {cls.__name__}: stage {cls.stage!r} is not in offers_workers.saga.deadletter.STAGES")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         context = {"task_id": self.request.id, "stage": self.stage, "attempt": self.request.retries + 1}
@@ -62,7 +63,7 @@ class OffersTask(Task):
             if self.request.retries < policy.max_retries:
                 self.retry_later(exc, policy, fields)
             self.dead_letter_or_retry(exc, kwargs, fields)
-        except Exception as exc:  # noqa: BLE001 - anything unexpected goes to the DLQ, never lost
+        except Exception as exc:
             fields = self.partner_failure(exc)
             self.dead_letter_or_retry(exc, kwargs, fields)
         finally:
@@ -77,9 +78,13 @@ class OffersTask(Task):
         count_partner_error(get_runtime(), exc.partner, exc.code or type(exc).__name__)
         return exc.log_fields()
 
-    def retry_later(self, exc: BaseException, policy: RetryPolicy, fields: dict[str, Any], *, limit: bool = True) -> None:
+    def retry_later(
+        self, exc: BaseException, policy: RetryPolicy, fields: dict[str, Any], *, limit: bool = True
+    ) -> None:
         countdown = policy.countdown(self.request.retries) * get_runtime().settings.retry_delay_scale
-        log.warning("transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)})
+        log.warning(
+            "transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)}
+        )
         if not isinstance(exc, STORE_ERRORS):
             self.note_retry_due(countdown)
         raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries if limit else None)

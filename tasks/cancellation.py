@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from offers_workers import cancellation
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import cancellation
+from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
 
 
 @app.task(name="offers.cancel", base=OffersTask, bind=True, stage="cancellation")
-def cancel(self: OffersTask, offer_id: Any = None, reason: Any = None, actor: Any = None, **unexpected: Any) -> list[Dispatch]:
+def cancel(
+    self: OffersTask, offer_id: Any = None, reason: Any = None, actor: Any = None, **unexpected: Any
+) -> list[Dispatch]:
     # Bad arguments are recorded and refused, never a crash.
     return cancellation.request_cancel(
         get_runtime(), offer_id, reason, actor, task_id=self.request.id, unexpected=unexpected

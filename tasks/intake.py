@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from offers_workers import intake
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import intake
+from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
 
@@ -20,7 +20,9 @@ def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispa
         # Soft launch: over the fleet-wide rate the offer waits on the broker, never rejected; the
         # jitter spreads waiting offers over the next second instead of one stampede.
         # A fresh message, not a retry: waiting is not failing, and must not spend the retry budget.
-        self.app.send_task(self.name, kwargs={"offer": offer, **unexpected}, countdown=result.wait_s + random.uniform(0, 1))
+        self.app.send_task(
+            self.name, kwargs={"offer": offer, **unexpected}, countdown=result.wait_s + random.uniform(0, 1)
+        )
         return []
     return result.dispatches
 

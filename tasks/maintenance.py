@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 from datetime import datetime
+from typing import Any
 
-from offers_workers import audit, cancellation, recovery, synthetic
+from offers_workers.ops import synthetic
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import audit, cancellation, recovery
+from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from offers_workers.domain.validation import validate_draft as check_draft
 from offers_workers.runtime import get_runtime
-from offers_workers.validation import validate_draft as check_draft
 from tasks.app import app
 
 
@@ -14,6 +14,9 @@ from tasks.app import app
 @app.task(name="offers.validate_draft", ignore_result=False, acks_late=False)
 def validate_draft(draft: Any = None, **unexpected: Any) -> dict[str, Any]:
     if unexpected:
-        errors = [{"field": k, "code": "unexpected_argument", "message": "offers.validate_draft takes only 'draft'"} for k in sorted(unexpected)]
+        errors = [
+            {"field": k, "code": "unexpected_argument", "message": "offers.validate_draft takes only 'draft'"}
+            for k in sorted(unexpected)
+        ]
         return {"valid": False, "errors": errors}
     return check_draft(get_runtime(), draft)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from offers_workers import saga, states
+from offers_workers.domain import states
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import Dispatch
+from offers_workers.saga import stages
+from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
 
 
 @app.task(name="offers.stage.validate", base=OffersTask, bind=True, stage="validation", from_state=states.RECEIVED)
 def validate(self: OffersTask, offer_id: str) -> list[Dispatch]:
-    return saga.validate(get_runtime(), offer_id)
+    return stages.validate(get_runtime(), offer_id)

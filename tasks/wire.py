@@ -43,7 +43,11 @@ def envelope_problem(item: bytes | str) -> str | None:
     if not isinstance(properties.get("delivery_tag"), (str, int)):
         return "properties.delivery_tag is missing"
     info = properties.get("delivery_info")
-    if not isinstance(info, dict) or not isinstance(info.get("exchange"), str) or not isinstance(info.get("routing_key"), str):
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("exchange"), str)
+        or not isinstance(info.get("routing_key"), str)
+    ):
         return "properties.delivery_info needs exchange and routing_key strings"
     body = envelope.get("body")
     if body is not None and not isinstance(body, str):
@@ -67,14 +71,22 @@ def envelope_problem(item: bytes | str) -> str | None:
 def record_envelope(queue: str, problem: str, raw: str, raw_size: int) -> bytes:
     """A well-formed envelope for ``offers.record_unreadable`` carrying the unreadable one."""
     message_id = str(uuid.uuid4())
-    kwargs = {"queue": queue, "problem": "invalid_envelope", "detail": problem, "raw": raw[:RAW_HANDED_ON], "raw_size": raw_size}
-    return json.dumps({
-        "body": json.dumps([[], kwargs, {}]),
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "headers": {"task": RECORD_TASK, "id": message_id},
-        "properties": {"delivery_tag": message_id, "delivery_info": {"exchange": "", "routing_key": queue}},
-    }).encode()
+    kwargs = {
+        "queue": queue,
+        "problem": "invalid_envelope",
+        "detail": problem,
+        "raw": raw[:RAW_HANDED_ON],
+        "raw_size": raw_size,
+    }
+    return json.dumps(
+        {
+            "body": json.dumps([[], kwargs, {}]),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "headers": {"task": RECORD_TASK, "id": message_id},
+            "properties": {"delivery_tag": message_id, "delivery_info": {"exchange": "", "routing_key": queue}},
+        }
+    ).encode()
 
 
 class GuardedChannel(kombu_redis.Channel):
@@ -94,7 +106,9 @@ class GuardedChannel(kombu_redis.Channel):
                     if problem is not None:
                         queue = kombu_redis.bytes_to_str(key).rsplit(sep, 1)[0]
                         raw = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-                        log.error("unreadable envelope handed on for the record", extra={"queue": queue, "reason": problem})
+                        log.error(
+                            "unreadable envelope handed on for the record", extra={"queue": queue, "reason": problem}
+                        )
                         return key, record_envelope(queue, problem, raw, len(item))
                 return response
 
@@ -126,12 +140,22 @@ class RecordingConsumer(Consumer):
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         headers = message.headers or {}
         name = headers.get("task")
-        self._record(message, "unknown_task", f"unregistered task {name!r}: the fleet runs offers.submit, offers.cancel and offers.validate_draft")
+        self._record(
+            message,
+            "unknown_task",
+            f"unregistered task {name!r}: the fleet runs offers.submit, offers.cancel and offers.validate_draft",
+        )
         message.reject_log_error(log, self.connection_errors)
         if headers.get("id"):
             # As Celery does: a caller waiting on the result gets NotRegistered now, not a timeout.
-            request = Bunch(name=name, chord=None, root_id=headers.get("root_id"), errbacks=None,
-                            correlation_id=message.properties.get("correlation_id"), reply_to=message.properties.get("reply_to"))
+            request = Bunch(
+                name=name,
+                chord=None,
+                root_id=headers.get("root_id"),
+                errbacks=None,
+                correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+            )
             self.app.backend.mark_as_failure(headers["id"], NotRegistered(name), request=request)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -145,10 +169,19 @@ class RecordingConsumer(Consumer):
         raw = body if isinstance(body, str) else bytes(body).decode("utf-8", errors="replace")
         try:
             self.app.send_task(
-                RECORD_TASK, kwargs={"queue": queue, "problem": problem, "detail": detail, "raw": raw[:RAW_HANDED_ON], "raw_size": len(body)}
+                RECORD_TASK,
+                kwargs={
+                    "queue": queue,
+                    "problem": problem,
+                    "detail": detail,
+                    "raw": raw[:RAW_HANDED_ON],
+                    "raw_size": len(body),
+                },
             )
-        except Exception:  # noqa: BLE001 - the broker is away: the log line is all that is left
-            log.exception("could not hand a refused message on for the record", extra={"queue": queue, "reason": problem})
+        except Exception:
+            log.exception(
+                "could not hand a refused message on for the record", extra={"queue": queue, "reason": problem}
+            )
 
 
 def plain_clients_refused(app: Any) -> bool:

@@ -59,8 +59,8 @@ def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, 
     """A sandbox of the fleet's own, in a process of its own (moto keeps its state in module
     globals, so only a process isolates it), with ``env`` pointed at it. Yields its URLs by
     partner (what ``set_fault`` takes) and that environment."""
-    from offers_workers.embedded import free_port
-    from offers_workers.fleet import PROJECT_ROOT, process_env
+    from offers_workers.local.embedded import free_port
+    from offers_workers.local.fleet import PROJECT_ROOT, process_env
 
     urls = {partner: f"http://127.0.0.1:{free_port()}" for partner in ("stripe", "sift", "plaid", "aws")}
     own_env = {
@@ -74,8 +74,12 @@ def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, 
     log_path = log_dir / "sandbox.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "offers_workers.cli", "sandbox", "serve"],
-            env=process_env(own_env), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "offers_workers.ops.cli", "sandbox", "serve"],
+            env=process_env(own_env),
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
@@ -100,8 +104,8 @@ def fleet_stores(
 ) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """A database, a sandbox and (on RabbitMQ) a virtual host of the fleet's own, all removed
     after. Yields the sandbox's URLs by partner and the fleet's environment (``overrides`` on top)."""
-    from offers_workers import db
-    from offers_workers.stack import load_sample_policy
+    from offers_workers.local.stack import load_sample_policy
+    from offers_workers.store import db
     from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
     from tests.drillkit import settings_for
 

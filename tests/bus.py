@@ -15,7 +15,7 @@ from tests.conftest import new_id
 class BusReader:
     """An SQS queue behind an EventBridge rule and each SNS topic: what consumers would receive."""
 
-    def __init__(self, settings) -> None:  # noqa: ANN001
+    def __init__(self, settings) -> None:
         kwargs = {
             "endpoint_url": settings.aws_endpoint_url,
             "region_name": settings.aws_region,
@@ -34,9 +34,16 @@ class BusReader:
         events.put_rule(
             Name=name, EventBusName=settings.event_bus_name, EventPattern=json.dumps({"source": ["offers.submission"]})
         )
-        events.put_targets(Rule=name, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": self.queues["bus"][1]}])
-        for kind, topic in (("sns_submitted", settings.sns_submitted_topic_arn), ("sns_cancelled", settings.sns_cancelled_topic_arn)):
-            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=self.queues[kind][1], Attributes={"RawMessageDelivery": "true"})
+        events.put_targets(
+            Rule=name, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": self.queues["bus"][1]}]
+        )
+        for kind, topic in (
+            ("sns_submitted", settings.sns_submitted_topic_arn),
+            ("sns_cancelled", settings.sns_cancelled_topic_arn),
+        ):
+            sns.subscribe(
+                TopicArn=topic, Protocol="sqs", Endpoint=self.queues[kind][1], Attributes={"RawMessageDelivery": "true"}
+            )
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
     def drain(self) -> dict[str, list[dict[str, Any]]]:

@@ -33,7 +33,18 @@ SERVER: dict[str, str] = {}
 #: Figures of the fault drills (tests/integration/test_drills.py), printed at the end of the run.
 DRILL_RESULTS: list[dict[str, Any]] = []
 
-DRILL_COLUMNS = ("drill", "offers", "faults", "lost", "duplicate_holds", "orphan_holds", "dead_lettered", "retries", "swept", "drain_s")
+DRILL_COLUMNS = (
+    "drill",
+    "offers",
+    "faults",
+    "lost",
+    "duplicate_holds",
+    "orphan_holds",
+    "dead_lettered",
+    "retries",
+    "swept",
+    "drain_s",
+)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -43,7 +54,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     rows = [[str(r.get(c, "")) for c in DRILL_COLUMNS] for r in DRILL_RESULTS]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(DRILL_COLUMNS)]
     for row in [list(DRILL_COLUMNS), *rows]:
-        terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)))
 
 
 def _create_database(server_url: str, suffix: str = "") -> tuple[str, str]:
@@ -120,7 +131,7 @@ def redis_database(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """OFFERS_DATABASE_URL, OFFERS_BROKER_URL (a Redis database) and OFFERS_REDIS_KEY_PREFIX private to this run."""
-    from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
+    from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis
 
     started: list[Any] = []
     state = tmp_path_factory.mktemp("stores")
@@ -153,7 +164,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 @pytest.fixture
 def scratch_database(stores: dict[str, str]) -> Iterator[str]:
     """A fresh, migrated database of its own, for tests that must tamper with or flood one."""
-    from offers_workers import db
+    from offers_workers.store import db
 
     url, name = _create_database(SERVER["url"], suffix=secrets.token_hex(3))
     try:
@@ -165,7 +176,7 @@ def scratch_database(stores: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Any]:
-    from offers_workers.sandbox import Sandbox
+    from offers_workers.local.sandbox import Sandbox
 
     box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
     box.start()
@@ -176,12 +187,14 @@ def sandbox() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def offers_env(stores: dict[str, str], sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def offers_env(
+    stores: dict[str, str], sandbox: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """The environment of this run, applied to the test process (and handed to workers)."""
     from config import settings as settings_module
-    from offers_workers import db
-    from offers_workers.sandbox import ensure_aws_resources
-    from offers_workers.stack import load_sample_policy
+    from offers_workers.local.sandbox import ensure_aws_resources
+    from offers_workers.local.stack import load_sample_policy
+    from offers_workers.store import db
 
     env = {
         **stores,
@@ -209,14 +222,14 @@ def offers_env(stores: dict[str, str], sandbox: Any, tmp_path_factory: pytest.Te
 
 
 @pytest.fixture(scope="session")
-def settings(offers_env: dict[str, str]):  # noqa: ANN201
+def settings(offers_env: dict[str, str]):
     from config.settings import get_settings
 
     return get_settings()
 
 
 @pytest.fixture(scope="session")
-def runtime(settings):  # noqa: ANN001, ANN201
+def runtime(settings):
     from offers_workers.runtime import Runtime
 
     rt = Runtime(settings)
@@ -225,7 +238,7 @@ def runtime(settings):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
-def celery_app(offers_env: dict[str, str]):  # noqa: ANN201
+def celery_app(offers_env: dict[str, str]):
     from tasks.app import app
 
     return app
@@ -234,7 +247,7 @@ def celery_app(offers_env: dict[str, str]):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def fleet(offers_env: dict[str, str], celery_app: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The Procfile's worker processes, as a deployment runs them."""
-    from offers_workers.fleet import Fleet, read_procfile
+    from offers_workers.local.fleet import Fleet, read_procfile
 
     log_dir = tmp_path_factory.mktemp("fleet-logs")
     workers = [t for t in read_procfile() if t.is_worker]
@@ -252,7 +265,7 @@ def new_id(prefix: str = "t") -> str:
     return f"{prefix}_{RUN_ID}_{secrets.token_hex(4)}"
 
 
-def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -263,10 +276,12 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: s
         time.sleep(interval)
 
 
-def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run `offers-workers ARGS` as an operator would, in this run's environment (plus ``env``)."""
     return subprocess.run(
-        [sys.executable, "-m", "offers_workers.cli", *args],
+        [sys.executable, "-m", "offers_workers.ops.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,

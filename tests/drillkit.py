@@ -11,7 +11,7 @@ import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,12 @@ import redis
 from celery import Celery
 
 from config.celery import celery_config
-from config.settings import Settings
-from offers_workers import states
-from offers_workers.demo import check, send_samples, settled
-from offers_workers.fleet import Fleet, ProcessType, read_procfile
+from config.settings import REDIS_SCHEMES, Settings
+from offers_workers.domain import states
+from offers_workers.local.demo import check, send_samples, settled
+from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
+from offers_workers.local.samples import Sample, make_samples
 from offers_workers.runtime import Runtime
-from offers_workers.samples import Sample, make_samples
-from config.settings import REDIS_SCHEMES
 from tests.conftest import DRILL_RESULTS, RUN_ID, redis_database
 
 #: A sweep that notices lost work within seconds, and a Redis broker that hands a killed worker's
@@ -57,7 +56,7 @@ class Drill:
     #: The sandbox this fleet's partners run in, when it has one of its own.
     sandbox: Any = None
 
-    def scenario(self, name: str) -> "Drill":
+    def scenario(self, name: str) -> Drill:
         """A drill of its own on this running fleet: its own figures, and logs read from here on.
         Workers an earlier drill killed are restarted first."""
         self.restart_dead_workers()
@@ -120,7 +119,10 @@ class Drill:
             dead_lettered=sum(1 for row in offers.values() if row["state"] == states.DEAD_LETTERED),
             duplicate_holds=sum(len(v) - 1 for v in holds.values() if len(v) > 1),
             orphan_holds=sum(
-                1 for o, sts in holds.items() for st in sts if st == "requires_capture" and (o not in offers or o in ended)
+                1
+                for o, sts in holds.items()
+                for st in sts
+                if st == "requires_capture" and (o not in offers or o in ended)
             ),
             wrong_outcome=len(problems),
             retries=sum(self.retries_logged().values()),
@@ -141,10 +143,8 @@ class Drill:
                 text = log.read().decode(errors="replace")
             for line in text.splitlines():
                 if f'"msg": "{message}"' in line:
-                    try:
+                    with suppress(ValueError):
                         records.append(json.loads(line))
-                    except ValueError:
-                        pass
         return records
 
     def retries_logged(self) -> Counter[str]:
@@ -179,10 +179,8 @@ def worker_processes(fleet: Fleet) -> list[tuple[str, int]]:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def settings_for(env: dict[str, str]) -> Settings:
@@ -191,7 +189,11 @@ def settings_for(env: dict[str, str]) -> Settings:
 
 @contextmanager
 def drill(
-    name: str, offers_env: dict[str, str], log_dir: Path, process_types: tuple[str, ...] = ("worker", "worker_partners", "beat"), **overrides: str
+    name: str,
+    offers_env: dict[str, str],
+    log_dir: Path,
+    process_types: tuple[str, ...] = ("worker", "worker_partners", "beat"),
+    **overrides: str,
 ) -> Iterator[Drill]:
     """The Procfile's workers and beat on a Redis database of their own (on the run's Redis server,
     unless ``overrides`` name another broker) and their own key prefix. ``name`` goes into Redis
@@ -200,7 +202,9 @@ def drill(
     prefix = f"{offers_env['OFFERS_REDIS_KEY_PREFIX']}{name}:"
     env = {**offers_env, "OFFERS_REDIS_KEY_PREFIX": prefix, **overrides}
     with ExitStack() as stores:
-        if env["OFFERS_BROKER_URL"] == offers_env["OFFERS_BROKER_URL"] and env["OFFERS_BROKER_URL"].startswith(REDIS_SCHEMES):
+        if env["OFFERS_BROKER_URL"] == offers_env["OFFERS_BROKER_URL"] and env["OFFERS_BROKER_URL"].startswith(
+            REDIS_SCHEMES
+        ):
             # Queues carry their plain names: a fleet of its own needs a database of its own.
             env["OFFERS_BROKER_URL"] = stores.enter_context(redis_database(env["OFFERS_BROKER_URL"]))
         yield stores.enter_context(_running(name, env, log_dir, process_types))

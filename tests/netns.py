@@ -65,7 +65,7 @@ class HostNetwork:
     def gateway(self) -> str:
         return f"{self.subnet}.1"
 
-    def __enter__(self) -> "HostNetwork":
+    def __enter__(self) -> HostNetwork:
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -119,7 +119,7 @@ class Relay:
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Relay:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
         return self
@@ -183,7 +183,9 @@ def _database_target(conninfo: str) -> Target:
 
 def loopback_targets(env: dict[str, str]) -> set[Target]:
     """Every loopback service the environment's URLs point at (what a worker host must reach)."""
-    targets: set[Target] = {int(m) for key, value in env.items() if key != "OFFERS_DATABASE_URL" for m in LOOPBACK.findall(value)}
+    targets: set[Target] = {
+        int(m) for key, value in env.items() if key != "OFFERS_DATABASE_URL" for m in LOOPBACK.findall(value)
+    }
     if "OFFERS_DATABASE_URL" in env:
         targets.add(_database_target(env["OFFERS_DATABASE_URL"]))
     return targets
@@ -198,7 +200,9 @@ def rehosted(env: dict[str, str], relay: Relay) -> dict[str, str]:
     out = {k: LOOPBACK.sub(swap, v) for k, v in env.items() if k != "OFFERS_DATABASE_URL"}
     if "OFFERS_DATABASE_URL" in env:
         url = env["OFFERS_DATABASE_URL"]
-        out["OFFERS_DATABASE_URL"] = make_conninfo(url, host=relay.listen_host, port=relay.relayed[_database_target(url)])
+        out["OFFERS_DATABASE_URL"] = make_conninfo(
+            url, host=relay.listen_host, port=relay.relayed[_database_target(url)]
+        )
     return out
 
 

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from offers_workers import states
-from offers_workers.samples import base_offer
-from offers_workers.sandbox import clear_faults, set_fault
+from offers_workers.domain import states
+from offers_workers.local.samples import base_offer
+from offers_workers.local.sandbox import clear_faults, set_fault
 from tests.conftest import new_id, wait_until
 
 
-def rows(runtime, offer_ids: list[str]) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+def rows(runtime, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
     with runtime.db.transaction() as conn:
         return {
             r["offer_id"]: r
-            for r in conn.execute("SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (offer_ids,))
+            for r in conn.execute(
+                "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+                (offer_ids,),
+            )
         }
 
 
-def all_in(runtime, offer_ids: list[str], state: str) -> bool:  # noqa: ANN001
+def all_in(runtime, offer_ids: list[str], state: str) -> bool:
     found = rows(runtime, offer_ids)
     return len(found) == len(offer_ids) and all(r["state"] == state for r in found.values())
 
 
-def send_offers(celery_app, prefix: str, count: int) -> list[str]:  # noqa: ANN001
+def send_offers(celery_app, prefix: str, count: int) -> list[str]:
     offers = [base_offer(new_id(prefix), n) for n in range(count)]
     for offer in offers:
         celery_app.send_task("offers.submit", kwargs={"offer": offer})
     return [o["offer_id"] for o in offers]
 
 
-def through_sift_outage(celery_app, runtime, sandbox, prefix: str, count: int) -> list[str]:  # noqa: ANN001
+def through_sift_outage(celery_app, runtime, sandbox, prefix: str, count: int) -> list[str]:
     """Send offers while Sift answers 503 to everything; return once all are dead-lettered."""
     set_fault(sandbox, "sift", status=503, rate=1.0)
     try:

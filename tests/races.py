@@ -12,17 +12,22 @@ from typing import Any
 
 from celery import Celery
 
-from offers_workers import states
+from offers_workers.domain import states
+from offers_workers.local.samples import base_offer
 from offers_workers.runtime import Runtime
-from offers_workers.samples import base_offer
 from tests.bus import BusReader
 from tests.conftest import new_id, wait_until
 
 
 def offers(runtime: Runtime, ids: list[str]) -> dict[str, dict[str, Any]]:
     with runtime.db.transaction() as conn:
-        return {r["offer_id"]: r for r in conn.execute(
-            "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+        return {
+            r["offer_id"]: r
+            for r in conn.execute(
+                "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+                (ids,),
+            )
+        }
 
 
 def settled_cancelled(runtime: Runtime, ids: list[str]) -> bool:
@@ -50,7 +55,11 @@ def holds_by_offer(runtime: Runtime, ids: list[str]) -> dict[str, list[str]]:
 def cancelled_events(bus: BusReader, ids: list[str]) -> tuple[Counter[str], Counter[str]]:
     """offer.cancelled events per offer on the EventBridge bus, and on the SNS offers-cancelled topic."""
     received = bus.drain()
-    on_bus = Counter(e["detail"]["offer_id"] for e in received["bus"] if e["detail-type"] == "offer.cancelled" and e["detail"]["offer_id"] in ids)
+    on_bus = Counter(
+        e["detail"]["offer_id"]
+        for e in received["bus"]
+        if e["detail-type"] == "offer.cancelled" and e["detail"]["offer_id"] in ids
+    )
     on_sns = Counter(m["detail"]["offer_id"] for m in received["sns_cancelled"] if m["detail"]["offer_id"] in ids)
     return on_bus, on_sns
 
@@ -115,20 +124,33 @@ def cancel_race(app: Celery, runtime: Runtime, bus: BusReader, count: int, seed:
 
     with runtime.db.transaction() as conn:
         moments = Counter(
-            r["from_state"] for r in conn.execute(
+            r["from_state"]
+            for r in conn.execute(
                 "SELECT from_state FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'transition' AND to_state = 'cancelled'",
-                (all_ids,))
+                (all_ids,),
+            )
         )
         tombstones = conn.execute(
-            "SELECT count(*) AS n FROM cancel_requests WHERE offer_id = ANY(%s) AND outcome = 'tombstone_applied'", (all_ids,)
+            "SELECT count(*) AS n FROM cancel_requests WHERE offer_id = ANY(%s) AND outcome = 'tombstone_applied'",
+            (all_ids,),
         ).fetchone()["n"]
-    mid_saga = sum(moments[s] for s in (states.RECEIVED, states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED))
+    mid_saga = sum(
+        moments[s]
+        for s in (states.RECEIVED, states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED)
+    )
     # The race covered every moment: before intake, mid-saga, and after submitted
     assert tombstones > 0 and moments[states.SUBMITTED] > 0
-    assert sum(moments[s] for s in (states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED)) > 0
+    assert (
+        sum(moments[s] for s in (states.VALIDATED, states.PAYMENT_HELD, states.RISK_CLEARED, states.AUCTION_TRIGGERED))
+        > 0
+    )
     return {
-        "offers": len(all_ids), "lost": 0, "duplicate_holds": 0, "orphan_holds": 0, "dead_lettered": 0,
+        "offers": len(all_ids),
+        "lost": 0,
+        "duplicate_holds": 0,
+        "orphan_holds": 0,
+        "dead_lettered": 0,
         "faults": f"cancel before submit {tombstones}, mid-saga {mid_saga - tombstones}, after submitted {moments[states.SUBMITTED]}"
-                  f" ({len(holds)} holds placed, 1 event each)",
+        f" ({len(holds)} holds placed, 1 event each)",
         "drain_s": round(drained, 1),
     }

@@ -73,7 +73,12 @@ class AuditArchive:
         # The manifest stays readable without a restore: it is what a restore is checked against.
         try:
             self._s3.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", ChecksumAlgorithm="SHA256", **self._encryption()
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                **self._encryption(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
@@ -91,7 +96,9 @@ class AuditArchive:
             raise sort_error(exc) from exc
         return [v for v in listed.get("Versions", []) if v["Key"] == key]
 
-    def restore(self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1) -> None:
+    def restore(
+        self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1
+    ) -> None:
         """Ask for a restore of an archived object and wait until it is readable.
 
         Raises RestoreInProgress when it is not readable within ``timeout_s``, or at once when an

@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config.settings import Settings
-from offers_workers.errors import PermanentError, TransientError
+from offers_workers.domain.errors import PermanentError, TransientError
 
 SOURCE = "offers.submission"
 RETRYABLE_CODES = {

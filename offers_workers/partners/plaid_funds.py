@@ -17,7 +17,7 @@ from plaid.model.accounts_balance_get_request_options import AccountsBalanceGetR
 from plaid.model.signal_evaluate_request import SignalEvaluateRequest
 
 from config.settings import Settings
-from offers_workers.errors import PermanentError, TransientError
+from offers_workers.domain.errors import PermanentError, TransientError
 
 T = TypeVar("T")
 #: error_type or error_code values worth retrying (PARTNERS.md); any 5xx/429 is retried too.

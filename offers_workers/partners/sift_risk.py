@@ -8,7 +8,7 @@ import sift
 from sift.client import ApiException
 
 from config.settings import Settings
-from offers_workers.errors import PermanentError, TransientError
+from offers_workers.domain.errors import PermanentError, TransientError
 
 #: Our payment-method kinds -> Sift ``$payment_type``.
 PAYMENT_TYPES = {

@@ -9,7 +9,7 @@ from typing import Any
 import stripe
 
 from config.settings import Settings
-from offers_workers.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
 
 
 @dataclass(frozen=True)

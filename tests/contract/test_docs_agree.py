@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from config.settings import Settings, env_name
-from offers_workers.cli import main
+from offers_workers.ops.cli import main
 from tests.contract.markdown import ROOT, table_rows
 from tests.contract.test_readme import command_path, snippet
 
@@ -88,7 +88,13 @@ def test_every_option_of_a_listed_command_is_in_the_readme() -> None:
         command: Any = main
         for word in path.split():
             command = command.commands[word]
-        in_code = {opt for param in command.params if isinstance(param, click.Option) for opt in param.opts if opt.startswith("--")}
+        in_code = {
+            opt
+            for param in command.params
+            if isinstance(param, click.Option)
+            for opt in param.opts
+            if opt.startswith("--")
+        }
         if in_code - options - {"--help"}:
             missing[path] = sorted(in_code - options - {"--help"})
     assert missing == {}, "options the README's Operator CLI list does not show"

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from offers_workers.fleet import Fleet, ProcessType, read_procfile
+from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from tests.brokers import RABBITMQ_URL, own_sandbox, rabbitmq_unavailable
 from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database, redis_database, wait_until
 from tests.contract.markdown import ROOT, Snippet, read_blocks
@@ -108,7 +108,9 @@ def after_app_created(code: str, fragment: str) -> str:
 
 def run_python(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     # -I: isolated mode, so neither the project directory nor PYTHONPATH is importable
-    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=cwd, env=stranger_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=cwd, env=stranger_env(), timeout=timeout
+    )
 
 
 # --- fleets on default settings --------------------------------------------------------------------
@@ -135,26 +137,44 @@ class ContractFleet:
 
     def offer(self, offer_id: str) -> dict[str, Any] | None:
         with psycopg.connect(self.settings["OFFERS_DATABASE_URL"], row_factory=psycopg.rows.dict_row) as conn:
-            return conn.execute("SELECT state, reason, synthetic FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+            return conn.execute(
+                "SELECT state, reason, synthetic FROM offers WHERE offer_id = %s", (offer_id,)
+            ).fetchone()
 
     def wait_for(self, offer_id: str, state: str, timeout: float = 60) -> None:
-        wait_until(lambda: (self.offer(offer_id) or {}).get("state") == state, timeout=timeout,
-                   message=f"{offer_id} to be {state} (now {self.offer(offer_id)}; logs in {self.fleet.log_dir})")
+        wait_until(
+            lambda: (self.offer(offer_id) or {}).get("state") == state,
+            timeout=timeout,
+            message=f"{offer_id} to be {state} (now {self.offer(offer_id)}; logs in {self.fleet.log_dir})",
+        )
 
     def settled(self) -> bool:
         with psycopg.connect(self.settings["OFFERS_DATABASE_URL"]) as conn:
-            return conn.execute(
-                "SELECT count(*) FROM offers WHERE state NOT IN ('submitted', 'rejected', 'cancelled', 'dead_lettered')"
-            ).fetchone()[0] == 0
+            return (
+                conn.execute(
+                    "SELECT count(*) FROM offers WHERE state NOT IN ('submitted', 'rejected', 'cancelled', 'dead_lettered')"
+                ).fetchone()[0]
+                == 0
+            )
 
-    def cli_session(self, block: Snippet, *, pause_after: tuple[str, ...] = ("submit", "replay")) -> list[subprocess.CompletedProcess[str]]:
+    def cli_session(
+        self, block: Snippet, *, pause_after: tuple[str, ...] = ("submit", "replay")
+    ) -> list[subprocess.CompletedProcess[str]]:
         """Each line of ``block`` typed into a shell, as an operator does, waiting for the fleet to
         settle after a line that sends work (a person gives it a moment too)."""
         results = []
         for line in block.lines():
-            result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=self.workdir,
-                                    env=stranger_env(self.settings), timeout=180)
-            assert result.returncode == 0, f"`{line}` ({block.where}) exited {result.returncode}: {result.stderr[-2000:]}{result.stdout[-2000:]}"
+            result = subprocess.run(
+                ["bash", "-c", line],
+                capture_output=True,
+                text=True,
+                cwd=self.workdir,
+                env=stranger_env(self.settings),
+                timeout=180,
+            )
+            assert result.returncode == 0, (
+                f"`{line}` ({block.where}) exited {result.returncode}: {result.stderr[-2000:]}{result.stdout[-2000:]}"
+            )
             results.append(result)
             if any(f" {word} " in f" {line} " for word in pause_after):
                 time.sleep(0.5)
@@ -168,8 +188,13 @@ def rabbitmqctl(*args: str) -> None:
 
 @contextmanager
 def contract_fleet(
-    name: str, log_dir: Path, *, broker: str = "redis", settings: dict[str, str] | None = None,
-    procfile: list[ProcessType] | None = None, quorum_default: bool = True,
+    name: str,
+    log_dir: Path,
+    *,
+    broker: str = "redis",
+    settings: dict[str, str] | None = None,
+    procfile: list[ProcessType] | None = None,
+    quorum_default: bool = True,
 ) -> Iterator[ContractFleet]:
     """The Procfile's processes (release, workers, beat) on a database, a Redis database, a sandbox
     and (RabbitMQ) a virtual host of their own, with no OFFERS_* setting but the stores, the sandbox
@@ -185,15 +210,24 @@ def contract_fleet(
         stack.callback(_drop_database, SERVER["url"], db_name)
         redis_url = stack.enter_context(redis_database(SERVER["redis"]))
         _, sandbox_env = stack.enter_context(own_sandbox({}, log_dir / "sandbox"))
-        env = {"OFFERS_SANDBOX": "1", "OFFERS_DATABASE_URL": db_url, "OFFERS_STATE_DIR": str(log_dir / "state"),
-               **sandbox_env, "OFFERS_BROKER_URL": redis_url, **(settings or {})}
+        env = {
+            "OFFERS_SANDBOX": "1",
+            "OFFERS_DATABASE_URL": db_url,
+            "OFFERS_STATE_DIR": str(log_dir / "state"),
+            **sandbox_env,
+            "OFFERS_BROKER_URL": redis_url,
+            **(settings or {}),
+        }
         if broker == "rabbitmq":
             vhost = f"offers-docs-{RUN_ID}-{name}"
             parts = urlsplit(RABBITMQ_URL)
             if quorum_default:
                 # The operations guide's own lines make the virtual host.
-                setup = snippet("rabbitmq-vhost").text.replace("VHOST=offers", f"VHOST={vhost}").replace(
-                    "RABBITMQ_USER=fleet", f"RABBITMQ_USER={parts.username or 'guest'}")
+                setup = (
+                    snippet("rabbitmq-vhost")
+                    .text.replace("VHOST=offers", f"VHOST={vhost}")
+                    .replace("RABBITMQ_USER=fleet", f"RABBITMQ_USER={parts.username or 'guest'}")
+                )
                 subprocess.run(["bash", "-ec", setup], check=True, capture_output=True, timeout=120)
             else:
                 rabbitmqctl("add_vhost", vhost)
@@ -204,8 +238,14 @@ def contract_fleet(
         fleet = stack.enter_context(Fleet(env, log_dir, inherit_settings=False))
         types = {t.name: t for t in (procfile or read_procfile())}
         fleet.run_once(types["release"])
-        loaded = subprocess.run(["offers-workers", "policy", "load", "config/policy/sample.yaml"], cwd=workdir,
-                                env=stranger_env(env), capture_output=True, text=True, timeout=60)
+        loaded = subprocess.run(
+            ["offers-workers", "policy", "load", "config/policy/sample.yaml"],
+            cwd=workdir,
+            env=stranger_env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert loaded.returncode == 0, loaded.stderr
         workers = [t for t in types.values() if t.is_worker]
         for ptype in [*workers, types["beat"]]:
@@ -214,8 +254,11 @@ def contract_fleet(
         prefixed = [t for t in workers if "OFFERS_BROKER_KEY_PREFIX=" in t.command]
         wait_for_workers(env["OFFERS_BROKER_URL"], len(workers) - len(prefixed), fleet)
         for ptype in prefixed:
-            wait_until(lambda: " ready." in (log_dir / f"{ptype.name}.log").read_text(errors="replace"), timeout=60,
-                       message=f"{ptype.name} to start (log in {log_dir})")
+            wait_until(
+                lambda ptype=ptype: " ready." in (log_dir / f"{ptype.name}.log").read_text(errors="replace"),
+                timeout=60,
+                message=f"{ptype.name} to start (log in {log_dir})",
+            )
         yield ContractFleet(name, env, fleet, workdir)
 
 
@@ -242,9 +285,13 @@ FLAVOURS = {
 
 
 @pytest.fixture(scope="module", params=list(FLAVOURS))
-def upstream_fleet(request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractFleet]:
+def upstream_fleet(
+    request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ContractFleet]:
     broker, settings = FLAVOURS[request.param]
-    with contract_fleet(request.param, tmp_path_factory.mktemp(f"docs-{request.param}"), broker=broker, settings=settings) as running:
+    with contract_fleet(
+        request.param, tmp_path_factory.mktemp(f"docs-{request.param}"), broker=broker, settings=settings
+    ) as running:
         yield running
 
 
@@ -278,8 +325,14 @@ def test_a_producer_of_another_language(upstream_fleet: ContractFleet) -> None:
     else:
         # redis-cli pushes the README's envelope, saved as envelope.json
         (f.workdir / "envelope.json").write_text(snippet("raw-redis-envelope").text)
-        pushed = subprocess.run(["bash", "-c", with_urls(snippet("raw-redis-cli").text, broker=f.broker)],
-                                capture_output=True, text=True, cwd=f.workdir, env=stranger_env(), timeout=60)
+        pushed = subprocess.run(
+            ["bash", "-c", with_urls(snippet("raw-redis-cli").text, broker=f.broker)],
+            capture_output=True,
+            text=True,
+            cwd=f.workdir,
+            env=stranger_env(),
+            timeout=60,
+        )
         assert pushed.returncode == 0, pushed.stderr
         f.wait_for("off_1004", "submitted")
 
@@ -287,7 +340,7 @@ def test_a_producer_of_another_language(upstream_fleet: ContractFleet) -> None:
 def test_the_operator_session(upstream_fleet: ContractFleet) -> None:
     f = upstream_fleet
     (f.workdir / "offers.json").write_text(snippet("payload").text)
-    outputs = dict(zip(snippet("operator-session").lines(), f.cli_session(snippet("operator-session"))))
+    outputs = dict(zip(snippet("operator-session").lines(), f.cli_session(snippet("operator-session")), strict=False))
     assert f.offer("off_123")["state"] == "submitted"
     shown = next(r.stdout for line, r in outputs.items() if "offers show off_123" in line)
     assert "submitted" in shown
@@ -303,13 +356,21 @@ def test_the_operator_session(upstream_fleet: ContractFleet) -> None:
 def test_on_a_virtual_host_without_the_quorum_default(offers_env: dict[str, str], tmp_path: Path) -> None:
     with contract_fleet("classic-vhost", tmp_path, broker="rabbitmq", quorum_default=False) as f:
         # The workers say at start-up what a plain client will meet
-        wait_until(lambda: "vhost default queue type is not quorum" in "\n".join(
-            p.read_text(errors="replace") for p in f.fleet.log_dir.glob("worker*.log")), timeout=20, message="the workers' warning")
+        wait_until(
+            lambda: (
+                "vhost default queue type is not quorum"
+                in "\n".join(p.read_text(errors="replace") for p in f.fleet.log_dir.glob("worker*.log"))
+            ),
+            timeout=20,
+            message="the workers' warning",
+        )
         # A plain client is refused, and says why
         plain = run_python(with_urls(snippet("upstream-client").text, broker=f.broker), f.workdir)
         assert plain.returncode != 0 and "PRECONDITION_FAILED" in plain.stderr
         # With the README's one line it reaches the workers
-        fixed = after_app_created(with_urls(snippet("upstream-client").text, broker=f.broker), snippet("rabbitmq-quorum-client").text)
+        fixed = after_app_created(
+            with_urls(snippet("upstream-client").text, broker=f.broker), snippet("rabbitmq-quorum-client").text
+        )
         sent = run_python(fixed, f.workdir)
         assert sent.returncode == 0, sent.stderr
         f.wait_for("off_1001", "submitted")
@@ -317,7 +378,10 @@ def test_on_a_virtual_host_without_the_quorum_default(offers_env: dict[str, str]
 
 def procfile_with(lines: str, *, drop: tuple[str, ...] = ()) -> list[ProcessType]:
     """The Procfile with a snippet's lines added (a type of the same name replaced)."""
-    extra = [ProcessType(name.strip(), command.strip()) for name, _, command in (line.partition(":") for line in lines.splitlines() if line.strip())]
+    extra = [
+        ProcessType(name.strip(), command.strip())
+        for name, _, command in (line.partition(":") for line in lines.splitlines() if line.strip())
+    ]
     replaced = {t.name for t in extra} | set(drop)
     return [t for t in read_procfile() if t.name not in replaced] + extra
 
@@ -328,7 +392,10 @@ def test_the_upgrade_with_a_legacy_worker(offers_env: dict[str, str], tmp_path: 
     with contract_fleet("upgrade", tmp_path, procfile=procfile) as f:
         # When an old client (still setting the prefix) and a new one send offers
         client = with_urls(snippet("upstream-client").text, broker=f.broker)
-        old = run_python(after_app_created(client, snippet("broker-key-prefix-client").text).replace("off_1001", "off_legacy"), f.workdir)
+        old = run_python(
+            after_app_created(client, snippet("broker-key-prefix-client").text).replace("off_1001", "off_legacy"),
+            f.workdir,
+        )
         new = run_python(client, f.workdir)
         assert old.returncode == 0 and new.returncode == 0, old.stderr + new.stderr
         # Then both end as designed, the old client's through the legacy worker
@@ -351,22 +418,29 @@ def test_splitting_a_slow_partner_out(offers_env: dict[str, str], tmp_path: Path
 
         app = Celery(broker=f.broker, set_as_current=False)
         try:
-            done = {node.split("@")[0]: stats["total"] for node, stats in (app.control.inspect(timeout=2).stats() or {}).items()}
+            done = {
+                node.split("@")[0]: stats["total"]
+                for node, stats in (app.control.inspect(timeout=2).stats() or {}).items()
+            }
         finally:
             app.close()
         assert done["payment"] == {"offers.stage.hold_payment": 1}, done
-        assert "offers.stage.hold_payment" not in done["partners"] and done["partners"].get("offers.stage.score_risk") == 1, done
+        assert (
+            "offers.stage.hold_payment" not in done["partners"] and done["partners"].get("offers.stage.score_risk") == 1
+        ), done
 
 
 def test_the_dead_letter_rehearsal(offers_env: dict[str, str], tmp_path: Path) -> None:
     # Given a fleet as the rehearsal describes it: retries run out in seconds
     with contract_fleet("rehearsal", tmp_path, settings={"OFFERS_RETRY_DELAY_SCALE": "0.02"}) as f:
         (f.workdir / "offers.json").write_text(snippet("payload").text)
-        outputs = dict(zip(snippet("dlq-rehearsal").lines(), f.cli_session(snippet("dlq-rehearsal"))))
+        outputs = dict(zip(snippet("dlq-rehearsal").lines(), f.cli_session(snippet("dlq-rehearsal")), strict=False))
         listed = next(r.stdout for line, r in outputs.items() if "dlq list" in line)
         assert "off_123" in listed
         assert "1 hold(s) would be released" in next(r.stdout for line, r in outputs.items() if "holds release" in line)
-        assert "replayed 1 of 1" in next(r.stdout for line, r in outputs.items() if "replay" in line and "--dry-run" not in line)
+        assert "replayed 1 of 1" in next(
+            r.stdout for line, r in outputs.items() if "replay" in line and "--dry-run" not in line
+        )
         assert f.offer("off_123")["state"] == "submitted"
 
 
@@ -390,14 +464,22 @@ def command_path(line: str) -> tuple[list[str], list[str]]:
     return path, options
 
 
-@pytest.mark.parametrize(("block", "line"), cli_lines(), ids=[line.split("#")[0].strip()[15:60] for _, line in cli_lines()])
+@pytest.mark.parametrize(
+    ("block", "line"), cli_lines(), ids=[line.split("#")[0].strip()[15:60] for _, line in cli_lines()]
+)
 def test_every_cli_line_parses(block: str, line: str) -> None:
     path, options = command_path(line)
-    shown = subprocess.run(["offers-workers", *path, "--help"], capture_output=True, text=True, env=stranger_env(), timeout=60)
+    shown = subprocess.run(
+        ["offers-workers", *path, "--help"], capture_output=True, text=True, env=stranger_env(), timeout=60
+    )
     assert shown.returncode == 0, f"{line!r} ({block}): {shown.stderr}"
-    assert f"Usage: offers-workers {' '.join(path)}" in " ".join(shown.stdout.split()), f"{line!r}: not a command of its own"
+    assert f"Usage: offers-workers {' '.join(path)}" in " ".join(shown.stdout.split()), (
+        f"{line!r}: not a command of its own"
+    )
     for option in options:
-        assert re.search(rf"(^|[\s,]){re.escape(option)}[\s,=]", shown.stdout, re.M), f"{line!r}: `offers-workers {' '.join(path)}` has no {option}"
+        assert re.search(rf"(^|[\s,]){re.escape(option)}[\s,=]", shown.stdout, re.M), (
+            f"{line!r}: `offers-workers {' '.join(path)}` has no {option}"
+        )
 
 
 def test_the_two_commands(offers_env: dict[str, str], tmp_path: Path) -> None:
@@ -414,7 +496,9 @@ def test_the_two_commands(offers_env: dict[str, str], tmp_path: Path) -> None:
         db_url, db_name = _create_database(SERVER["url"], suffix="docs_demo")
         stack.callback(_drop_database, SERVER["url"], db_name)
         redis_url = stack.enter_context(redis_database(SERVER["redis"]))
-        env = stranger_env({"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": redis_url, "OFFERS_STATE_DIR": str(tmp_path / "state")})
+        env = stranger_env(
+            {"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": redis_url, "OFFERS_STATE_DIR": str(tmp_path / "state")}
+        )
         demo = subprocess.run(["make", "demo"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "success" in demo.stdout.lower(), demo.stdout[-3000:]

@@ -9,36 +9,45 @@ import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import psycopg.sql
 import pytest
 
 from config.settings import load_settings
-from offers_workers import audit, store
-from offers_workers.demo import send_samples, settled
+from offers_workers import store
+from offers_workers.local.demo import send_samples, settled
+from offers_workers.local.samples import make_samples
+from offers_workers.local.sandbox import clear_faults, set_fault
 from offers_workers.partners.aws_archive import AuditArchive, RestoreInProgress
 from offers_workers.runtime import Runtime
-from offers_workers.samples import make_samples
-from offers_workers.sandbox import clear_faults, set_fault
+from offers_workers.saga import audit
 from tests.conftest import RUN_ID, cli, wait_until
 
 
-def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:  # noqa: ANN001
+def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:
     with runtime.db.transaction() as conn:
         store.record_audit(conn, None, "test_row", actor="test")
-    for statement in ("UPDATE audit_events SET actor = 'someone else'", "DELETE FROM audit_events", "TRUNCATE audit_events"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            with runtime.db.transaction() as conn:
-                conn.execute(statement)
+    for statement in (
+        "UPDATE audit_events SET actor = 'someone else'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ):
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"),
+            runtime.db.transaction() as conn,
+        ):
+            conn.execute(statement)
 
 
 def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: str) -> None:
     env = {"OFFERS_DATABASE_URL": scratch_database}
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(10):
-            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received", data={"n": n, "note": "ünïcode ✓"})
+            store.record_audit(
+                conn, f"off_{n}", "transition", actor="test", to_state="received", data={"n": n, "note": "ünïcode ✓"}
+            )
         ids = [r[0] for r in conn.execute("SELECT id FROM audit_events ORDER BY id")]
     intact = cli("audit", "verify-chain", env=env)
     assert intact.returncode == 0 and "10 rows" in intact.stdout, intact.stderr
@@ -53,14 +62,14 @@ def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: s
     tamper(f"UPDATE audit_events SET data = '{{\"n\": 99}}' WHERE id = {ids[4]}")
     changed = cli("audit", "verify-chain", env=env)
     assert changed.returncode == 1 and f"row {ids[4]}: its content does not match" in changed.stderr
-    tamper(f"UPDATE audit_events SET data = '{{\"n\": 4, \"note\": \"ünïcode ✓\"}}' WHERE id = {ids[4]}")
+    tamper(f'UPDATE audit_events SET data = \'{{"n": 4, "note": "ünïcode ✓"}}\' WHERE id = {ids[4]}')
     assert cli("audit", "verify-chain", env=env).returncode == 0
 
     tamper(f"DELETE FROM audit_events WHERE id = {ids[6]}")
     removed = cli("audit", "verify-chain", env=env)
     assert removed.returncode == 1 and f"row {ids[7]}: its link does not match" in removed.stderr
     # From a later point on, the rest of the chain still holds
-    since = cli("audit", "verify-chain", "--since", (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(), env=env)
+    since = cli("audit", "verify-chain", "--since", (datetime.now(UTC) - timedelta(hours=1)).isoformat(), env=env)
     assert since.returncode == 1
     assert cli("audit", "verify-chain", "--since", "yesterday", env=env).returncode == 2
 
@@ -82,12 +91,14 @@ def test_verify_chain_since_takes_a_duration_like_every_other_since(scratch_data
 
 
 @pytest.mark.usefixtures("fleet")
-def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(celery_app, runtime, settings, sandbox) -> None:  # noqa: ANN001
+def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(
+    celery_app, runtime, settings, sandbox
+) -> None:
     # Given a demo-sized run of offers
     samples = make_samples(200, f"audit-{RUN_ID}", seed=21)
     send_samples(lambda offer: celery_app.send_task("offers.submit", kwargs={"offer": offer}), samples)
     wait_until(lambda: settled(runtime, samples)[0] == len(samples), timeout=180, message="the samples to settle")
-    until = datetime.now(timezone.utc).isoformat()
+    until = datetime.now(UTC).isoformat()
 
     # When the export fails on S3 (every AWS request answers 503, past the SDK's retries)
     set_fault(sandbox, "aws", status=503, rate=1.0)
@@ -112,7 +123,8 @@ def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(celer
     manifest = json.loads(archive.read(job["manifest_key"]))
     with runtime.db.transaction() as conn:
         in_window = conn.execute(
-            "SELECT count(*) AS n FROM audit_events WHERE id BETWEEN %s AND %s", (job["first_row_id"], job["last_row_id"])
+            "SELECT count(*) AS n FROM audit_events WHERE id BETWEEN %s AND %s",
+            (job["first_row_id"], job["last_row_id"]),
         ).fetchone()["n"]
         unexported = conn.execute(
             "SELECT count(*) AS n FROM audit_events WHERE at < %s AND id > %s", (until, job["last_row_id"])
@@ -153,21 +165,23 @@ def glacier_restores(aws_endpoint: str, transition: dict) -> Iterator[None]:
         call("unset-transition", {"model_name": "s3::keyrestore"})
 
 
-def test_verify_of_an_export_whose_restore_takes_hours_says_to_come_back_later(scratch_database: str, settings) -> None:  # noqa: ANN001
+def test_verify_of_an_export_whose_restore_takes_hours_says_to_come_back_later(scratch_database: str, settings) -> None:
     # Given an export in Glacier
     env = {"OFFERS_DATABASE_URL": scratch_database}
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(3):
             store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
-    until = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     assert cli("audit", "export", "--until", until, env=env).returncode == 0
     job = json.loads(cli("audit", "exports", "--json", env=env).stdout)[0]
     archive = AuditArchive(settings)
 
     # When its restore is requested and does not finish while we wait (Glacier Standard takes hours)
-    with glacier_restores(settings.aws_endpoint_url, {"progression": "manual", "times": 1}):
-        with pytest.raises(RestoreInProgress):
-            archive.restore(job["object_key"], timeout_s=0)
+    with (
+        glacier_restores(settings.aws_endpoint_url, {"progression": "manual", "times": 1}),
+        pytest.raises(RestoreInProgress),
+    ):
+        archive.restore(job["object_key"], timeout_s=0)
     # and the operator runs verify while it is still running
     with glacier_restores(settings.aws_endpoint_url, {"progression": "manual", "times": 1_000_000_000}):
         pending = cli("audit", "verify", str(job["id"]), env=env, timeout=60)
@@ -175,14 +189,16 @@ def test_verify_of_an_export_whose_restore_takes_hours_says_to_come_back_later(s
     # Then verify says so in one line, and to run it again later, at once and with exit 1
     assert pending.returncode == 1
     [line] = pending.stderr.strip().splitlines()
-    assert line.startswith(f"offers-workers: export {job['id']}: the restore of s3://{settings.audit_bucket}/{job['object_key']}")
+    assert line.startswith(
+        f"offers-workers: export {job['id']}: the restore of s3://{settings.audit_bucket}/{job['object_key']}"
+    )
     assert "in progress" in line and f"run `offers-workers audit verify {job['id']}` again later" in line
     # and once the restore is done, the same command verifies the export
     done = cli("audit", "verify", str(job["id"]), env=env, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
-def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:  # noqa: ANN001
+def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:
     """Memory stays flat however many rows: nine times the rows, about the same peak."""
     rt = Runtime(load_settings(database_url=scratch_database))
 
@@ -204,27 +220,31 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:  #
 
     try:
         add_rows(100)
-        export_peak(datetime.now(timezone.utc) + timedelta(seconds=1))  # warm-up: SDK models, pools
+        export_peak(datetime.now(UTC) + timedelta(seconds=1))  # warm-up: SDK models, pools
         add_rows(6_000)
-        small, small_peak = export_peak(datetime.now(timezone.utc) + timedelta(seconds=2))
+        small, small_peak = export_peak(datetime.now(UTC) + timedelta(seconds=2))
         add_rows(54_000)  # about 13 MB as JSON
-        large, large_peak = export_peak(datetime.now(timezone.utc) + timedelta(seconds=3))
+        large, large_peak = export_peak(datetime.now(UTC) + timedelta(seconds=3))
     finally:
         rt.close()
     assert (small["row_count"], large["row_count"]) == (6_000, 54_000)
-    assert large_peak < 1.5 * small_peak + 1_000_000, f"peaks: {small_peak / 1e6:.1f} MB for 6k rows, {large_peak / 1e6:.1f} MB for 54k"
+    assert large_peak < 1.5 * small_peak + 1_000_000, (
+        f"peaks: {small_peak / 1e6:.1f} MB for 6k rows, {large_peak / 1e6:.1f} MB for 54k"
+    )
 
 
 @pytest.mark.usefixtures("fleet")
-def test_the_nightly_task_exports_through_a_worker(celery_app, runtime) -> None:  # noqa: ANN001
+def test_the_nightly_task_exports_through_a_worker(celery_app, runtime) -> None:
     with runtime.db.transaction() as conn:
         store.record_audit(conn, None, "test_row", actor="test")
         before = conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"]
-    celery_app.send_task("offers.export_audit", kwargs={"until": datetime.now(timezone.utc).isoformat()})
+    celery_app.send_task("offers.export_audit", kwargs={"until": datetime.now(UTC).isoformat()})
 
     def exported() -> bool:
         with runtime.db.transaction() as conn:
-            return conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"] > before
+            return (
+                conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"] > before
+            )
 
     wait_until(exported, timeout=60, message="the worker's export")
 

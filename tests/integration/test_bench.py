@@ -19,9 +19,24 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
     with redis_database(SERVER["redis"]) as broker:
         env = {"OFFERS_DATABASE_URL": scratch_database, "OFFERS_BROKER_URL": broker, "OFFERS_STATE_DIR": str(tmp_path)}
         done = cli(
-            "bench", "--offers", "30", "--chains", "30", "--steady-seconds", "2", "--draft-rps", "50",
-            "--draft-seconds", "1", "--memory-offers", "0", "--timeout", "120", "--json",
-            env=env, timeout=400,
+            "bench",
+            "--offers",
+            "30",
+            "--chains",
+            "30",
+            "--steady-seconds",
+            "2",
+            "--draft-rps",
+            "50",
+            "--draft-seconds",
+            "1",
+            "--memory-offers",
+            "0",
+            "--timeout",
+            "120",
+            "--json",
+            env=env,
+            timeout=400,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # With --json, stdout is the JSON alone (a script parses it as is); the table is on stderr.

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import pytest
 
 from config.celery import QUEUES
-from offers_workers import states
-from offers_workers.demo import send_samples
-from offers_workers.samples import SCENARIOS
+from offers_workers.domain import states
+from offers_workers.local.demo import send_samples
+from offers_workers.local.samples import SCENARIOS
 from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
 from tests.bus import BusReader
 from tests.conftest import DRILL_RESULTS, RUN_ID, cli, wait_until
@@ -31,13 +31,18 @@ from tests.races import cancel_race
 
 
 @pytest.fixture(scope="module", params=BROKERS)
-def fleet_on(request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
+def fleet_on(
+    request: pytest.FixtureRequest, offers_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Drill]:
     """The Procfile's fleet on one broker, with a database and a sandbox of its own."""
     broker = request.param
     if broker == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
     log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
-    with fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY) as (box, env), drill(broker, env, log_dir) as d:
+    with (
+        fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY) as (box, env),
+        drill(broker, env, log_dir) as d,
+    ):
         d.sandbox = box
         yield d
 
@@ -111,12 +116,19 @@ def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(flee
         if pi["offer_id"] in ids:
             holds.setdefault(pi["offer_id"], []).append(pi["status"])
     assert holds == {offer_id: ["requires_capture"] for offer_id in ids}
-    DRILL_RESULTS.append({
-        "drill": d.name, "offers": len(ids), "lost": 0, "duplicate_holds": 0, "orphan_holds": 0,
-        "faults": f"Sift 503 on every request; all dead-lettered in {dead_lettered_after:.1f} s, replayed from the CLI",
-        "dead_lettered": f"{len(ids)} then 0", "retries": sum(d.retries_logged().values()),
-        "drain_s": round(time.monotonic() - started, 1),
-    })
+    DRILL_RESULTS.append(
+        {
+            "drill": d.name,
+            "offers": len(ids),
+            "lost": 0,
+            "duplicate_holds": 0,
+            "orphan_holds": 0,
+            "faults": f"Sift 503 on every request; all dead-lettered in {dead_lettered_after:.1f} s, replayed from the CLI",
+            "dead_lettered": f"{len(ids)} then 0",
+            "retries": sum(d.retries_logged().values()),
+            "drain_s": round(time.monotonic() - started, 1),
+        }
+    )
 
 
 def test_cancellations_racing_the_saga_end_cancelled_once(fleet_on: Drill) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,16 +14,16 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from offers_workers import intake, saga
-from offers_workers.samples import base_offer
+from offers_workers.local.samples import base_offer
+from offers_workers.saga import intake, stages
 from tests.conftest import cli, new_id, project_root
 
 
 @pytest.fixture(scope="module")
-def rejected_offer(runtime) -> str:  # noqa: ANN001
+def rejected_offer(runtime) -> str:
     offer = base_offer(new_id("cli"), 4) | {"listing_id": "lst_3"}
     intake.submit(runtime, offer)
-    saga.validate(runtime, offer["offer_id"])
+    stages.validate(runtime, offer["offer_id"])
     return offer["offer_id"]
 
 
@@ -30,7 +31,16 @@ def test_offers_show_json_has_the_contract_fields(rejected_offer: str) -> None:
     result = cli("offers", "show", rejected_offer, "--json")
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert {"offer_id", "state", "reason", "amount_cents", "currency", "payment_intent_id", "risk_score", "history"} <= set(shown)
+    assert {
+        "offer_id",
+        "state",
+        "reason",
+        "amount_cents",
+        "currency",
+        "payment_intent_id",
+        "risk_score",
+        "history",
+    } <= set(shown)
     assert (shown["state"], shown["reason"]) == ("rejected", "listing_unavailable")
     assert [h["state"] for h in shown["history"]] == ["received", "rejected"]
     assert all(h["at"] for h in shown["history"])
@@ -65,7 +75,7 @@ def test_usage_errors_are_exit_2(args: tuple[str, ...]) -> None:
     assert result.stderr.strip()
 
 
-def test_a_bad_policy_file_is_named_and_loads_nothing(tmp_path) -> None:  # noqa: ANN001
+def test_a_bad_policy_file_is_named_and_loads_nothing(tmp_path) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text("makers:\n  - maker_id: mkr_9\n    min_offer_cents: -1\n")
     result = cli("policy", "load", str(bad))
@@ -73,13 +83,19 @@ def test_a_bad_policy_file_is_named_and_loads_nothing(tmp_path) -> None:  # noqa
     assert "makers.0.min_offer_cents" in result.stderr
 
 
-def test_policy_load_takes_effect_at_once(runtime, tmp_path) -> None:  # noqa: ANN001
+def test_policy_load_takes_effect_at_once(runtime, tmp_path) -> None:
     listing = new_id("lst")
     policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({
-        "makers": [{"maker_id": "mkr_cli", "min_offer_cents": 100}],
-        "listings": [{"listing_id": listing, "maker_id": "mkr_cli", "asking_price_cents": 5000, "currency": "USD"}],
-    }))
+    policy.write_text(
+        json.dumps(
+            {
+                "makers": [{"maker_id": "mkr_cli", "min_offer_cents": 100}],
+                "listings": [
+                    {"listing_id": listing, "maker_id": "mkr_cli", "asking_price_cents": 5000, "currency": "USD"}
+                ],
+            }
+        )
+    )
     assert cli("policy", "load", str(policy)).returncode == 0
     assert runtime.policies.lookup(runtime.db, listing).listing.status == "active"  # now cached
     data = json.loads(policy.read_text())
@@ -90,7 +106,7 @@ def test_policy_load_takes_effect_at_once(runtime, tmp_path) -> None:  # noqa: A
     assert runtime.policies.lookup(runtime.db, listing).listing.status == "paused"
 
 
-def test_intake_rejections_lists_what_was_refused(runtime) -> None:  # noqa: ANN001
+def test_intake_rejections_lists_what_was_refused(runtime) -> None:
     offer_id = new_id("refused")
     intake.submit(runtime, base_offer(offer_id, 1) | {"amount_cents": -1})
     result = cli("intake", "rejections", "--since", "10m", "--json")
@@ -105,7 +121,7 @@ def test_schema_is_json_schema() -> None:
     assert json.loads(result.stdout)["title"] == "Offer payload v1"
 
 
-def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # noqa: ANN001
+def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
     # Given a brand-new database
     name = new_id("mig").lower()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -115,8 +131,14 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # 
     try:
         # When two release phases run at once
         procs = [
-            subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "db", "migrate"], cwd=project_root(), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-m", "offers_workers.ops.cli", "db", "migrate"],
+                cwd=project_root(),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(2)
         ]
         outputs = [p.communicate(timeout=60) for p in procs]
@@ -127,16 +149,22 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:  # 
             versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
         assert versions == sorted(set(versions)) and versions
         # and a third run is a no-op
-        again = subprocess.run([sys.executable, "-m", "offers_workers.cli", "db", "migrate"], cwd=project_root(), env=env,
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [sys.executable, "-m", "offers_workers.ops.cli", "db", "migrate"],
+            cwd=project_root(),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0 and "up to date" in again.stdout
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -> None:  # noqa: ANN001
-    from offers_workers.cli import dlq_list, dlq_replay
+def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -> None:
+    from offers_workers.ops.cli import dlq_list, dlq_replay
     from tasks.base import OffersTask
 
     # Given every task the workers run
@@ -148,19 +176,24 @@ def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -
         [option] = [p for p in command.params if p.name == "stage"]
         assert stages <= set(option.type.choices), command.name
     # and a task cannot be given a stage they do not offer
-    with pytest.raises(TypeError, match="not in offers_workers.deadletter.STAGES"):
+    with pytest.raises(TypeError, match=re.escape("not in offers_workers.saga.deadletter.STAGES")):
         type("misfiled", (OffersTask,), {"stage": "nowhere"})
 
 
-def test_a_cancellation_dead_letter_is_listed_and_replayed_by_its_stage(runtime) -> None:  # noqa: ANN001
-    from offers_workers import deadletter
+def test_a_cancellation_dead_letter_is_listed_and_replayed_by_its_stage(runtime) -> None:
+    from offers_workers.saga import deadletter
 
     # Given a cancel request that failed past its retries
     offer_id = new_id("dlqstage")
     entry_id = deadletter.record(
-        runtime, stage="cancellation", task_name="offers.cancel",
+        runtime,
+        stage="cancellation",
+        task_name="offers.cancel",
         kwargs={"offer_id": offer_id, "reason": "ops", "actor": "ops"},
-        error=RuntimeError("boom"), traceback_text="", attempts=1, from_state=None,
+        error=RuntimeError("boom"),
+        traceback_text="",
+        attempts=1,
+        from_state=None,
     )
     # When the operator looks at that queue by name
     listed = cli("dlq", "list", "--stage", "cancellation", "--json")
@@ -199,13 +232,19 @@ def test_an_unreachable_postgres_is_one_line_and_exit_1(args: tuple[str, ...]) -
     assert time.monotonic() - started < 15
 
 
-def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtime, tmp_path) -> None:  # noqa: ANN001
-    from offers_workers import deadletter
+def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtime, tmp_path) -> None:
+    from offers_workers.saga import deadletter
 
     # Given a pending dead letter, and the broker down
     entry_id = deadletter.record(
-        runtime, stage="events", task_name="offers.publish_event", kwargs={"event_id": new_id("evt")},
-        error=RuntimeError("boom"), traceback_text="", attempts=1, from_state=None,
+        runtime,
+        stage="events",
+        task_name="offers.publish_event",
+        kwargs={"event_id": new_id("evt")},
+        error=RuntimeError("boom"),
+        traceback_text="",
+        attempts=1,
+        from_state=None,
     )
     down = {"OFFERS_BROKER_URL": UNREACHABLE_BROKER}
     offer = tmp_path / "offer.json"

@@ -11,20 +11,21 @@ printed at the end of the run.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from offers_workers import db, states
-from offers_workers.demo import settled
-from offers_workers.embedded import EmbeddedPostgres, EmbeddedRedis
+from offers_workers.domain import states
+from offers_workers.local.demo import settled
+from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis
+from offers_workers.local.samples import Sample
+from offers_workers.local.sandbox import PARTNERS, clear_faults, get_faults, set_fault
+from offers_workers.local.stack import load_sample_policy
 from offers_workers.runtime import Runtime
-from offers_workers.samples import Sample
-from offers_workers.sandbox import PARTNERS, clear_faults, get_faults, set_fault
-from offers_workers.stack import load_sample_policy
+from offers_workers.store import db
 from tests.brokers import own_sandbox
 from tests.drillkit import FAST_RECOVERY, NO_RECOVERY, drill, intake_done, settings_for
 
@@ -56,7 +57,7 @@ def clean_faults(box: Any) -> Iterator[None]:
     clear_faults(box)
 
 
-def test_flaky_partners_every_offer_reaches_its_outcome(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+def test_flaky_partners_every_offer_reaches_its_outcome(env, box, clean_faults, tmp_path) -> None:
     with drill("flaky", env, tmp_path, **NO_RECOVERY) as d:
         # Given every partner answers 30 % of requests with a 503
         for partner in PARTNERS:
@@ -73,7 +74,7 @@ def test_flaky_partners_every_offer_reaches_its_outcome(env, box, clean_faults, 
         assert sum(d.retries_logged().values()) >= sum(injected.values()) * 0.9
 
 
-def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(env, box, clean_faults, tmp_path) -> None:
     with drill("slow", env, tmp_path, OFFERS_PARTNER_READ_TIMEOUT="1", **NO_RECOVERY) as d:
         # Given every partner answers after 1.5 s, beyond the 1 s read timeout
         for partner in PARTNERS:
@@ -91,7 +92,7 @@ def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(env, box, cle
         assert retried["payment"] > 0, retried
 
 
-def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, clean_faults, tmp_path) -> None:
     private = EmbeddedRedis(tmp_path / "redis")
     url = private.start()
     try:
@@ -115,7 +116,7 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(env, box, cl
         private.stop()
 
 
-def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, clean_faults, tmp_path) -> None:  # noqa: ANN001
+def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(env, box, clean_faults, tmp_path) -> None:
     private = EmbeddedPostgres(tmp_path / "pg")
     url = private.start()
     db.migrate(url)
@@ -147,7 +148,7 @@ def _partners_take_their_time(box: Any) -> None:
         set_fault(box, partner, latency_ms=ms)
 
 
-def _wait(predicate, message: str, timeout: float = 120) -> None:  # noqa: ANN001
+def _wait(predicate, message: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {message}"

@@ -14,30 +14,20 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from offers_workers import states
-from offers_workers.sandbox import clear_faults, set_fault
+from offers_workers.domain import states
+from offers_workers.local.sandbox import clear_faults, set_fault
 from tests.conftest import DRILL_RESULTS, cli, wait_until
 from tests.outages import all_in, rows, send_offers, through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
 
-
-
-def dead_letters(runtime, offer_ids: list[str]) -> list[dict]:  # noqa: ANN001
+def dead_letters(runtime, offer_ids: list[str]) -> list[dict]:
     with runtime.db.transaction() as conn:
-        return conn.execute(
-            "SELECT * FROM dead_letters WHERE offer_id = ANY(%s) ORDER BY id", (offer_ids,)
-        ).fetchall()
+        return conn.execute("SELECT * FROM dead_letters WHERE offer_id = ANY(%s) ORDER BY id", (offer_ids,)).fetchall()
 
 
-
-
-
-
-
-
-def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app, runtime, sandbox) -> None:
     # Given Sift answered 503 to everything: every offer ends dead-lettered at the risk stage
     # after its retries, its hold kept
     started = time.monotonic()
@@ -58,8 +48,12 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     pending = len(json.loads(listed.stdout))
     # from two terminals at once
     terminals = [
-        subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "dlq", "replay", "--all", "--stage", "risk"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "offers_workers.ops.cli", "dlq", "replay", "--all", "--stage", "risk"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [t.communicate(timeout=120) for t in terminals]
@@ -75,11 +69,18 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
             holds.setdefault(pi["offer_id"], []).append(pi["status"])
     assert holds == {offer_id: ["requires_capture"] for offer_id in ids}
     assert {(e["status"], e["replay_count"]) for e in dead_letters(runtime, ids)} == {("replayed", 1)}
-    DRILL_RESULTS.append({
-        "drill": "outage", "offers": len(ids), "lost": 0, "duplicate_holds": 0, "orphan_holds": 0,
-        "faults": f"Sift 503 on every request; all dead-lettered in {dead_lettered_after:.1f} s, replayed from 2 terminals",
-        "dead_lettered": f"{len(ids)} then 0", "drain_s": round(time.monotonic() - started, 1),
-    })
+    DRILL_RESULTS.append(
+        {
+            "drill": "outage",
+            "offers": len(ids),
+            "lost": 0,
+            "duplicate_holds": 0,
+            "orphan_holds": 0,
+            "faults": f"Sift 503 on every request; all dead-lettered in {dead_lettered_after:.1f} s, replayed from 2 terminals",
+            "dead_lettered": f"{len(ids)} then 0",
+            "drain_s": round(time.monotonic() - started, 1),
+        }
+    )
 
     # and replaying again changes nothing
     again = cli("dlq", "replay", str(entries[0]["id"]))
@@ -87,7 +88,7 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     assert {(e["status"], e["replay_count"]) for e in dead_letters(runtime, ids)} == {("replayed", 1)}
 
 
-def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, runtime, sandbox) -> None:
     set_fault(sandbox, "sift", status=503, rate=1.0)
     try:
         [offer_id] = send_offers(celery_app, "again", 1)
@@ -95,7 +96,10 @@ def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, run
         [entry] = dead_letters(runtime, [offer_id])
         assert cli("dlq", "replay", str(entry["id"])).returncode == 0
         wait_until(
-            lambda: dead_letters(runtime, [offer_id])[0]["status"] == "pending" and all_in(runtime, [offer_id], states.DEAD_LETTERED),
+            lambda: (
+                dead_letters(runtime, [offer_id])[0]["status"] == "pending"
+                and all_in(runtime, [offer_id], states.DEAD_LETTERED)
+            ),
             timeout=60,
             message="the replay to fail again",
         )
@@ -108,7 +112,7 @@ def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, run
     assert cli("dlq", "discard", str(entry["id"]), "--reason", "drill").returncode == 1
 
 
-def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> None:  # noqa: ANN001
+def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> None:
     ids = through_sift_outage(celery_app, runtime, sandbox, "release", 5)
     intents = {r["offer_id"]: r["payment_intent_id"] for r in rows(runtime, ids).values()}
 
@@ -137,8 +141,8 @@ def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> 
         assert cli("dlq", "discard", str(entry["id"]), "--reason", "hold released in a drill").returncode == 0
 
 
-def test_faults_are_set_and_cleared_from_the_cli(sandbox) -> None:  # noqa: ANN001
-    from offers_workers.sandbox import get_faults
+def test_faults_are_set_and_cleared_from_the_cli(sandbox) -> None:
+    from offers_workers.local.sandbox import get_faults
 
     assert cli("sandbox", "faults", "set", "plaid", "--status", "503", "--rate", "0.5").returncode == 0
     assert get_faults(sandbox, "plaid")["plaid"]["fault"]["status"] == 503

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from offers_workers import states
-from offers_workers.samples import base_offer
+from offers_workers.domain import states
+from offers_workers.local.samples import base_offer
 from tests.conftest import cli, new_id, wait_until
 from tests.drillkit import drill
 
@@ -21,22 +21,35 @@ pytestmark = pytest.mark.usefixtures("fleet")
 @pytest.fixture
 def flags_restored() -> Iterator[None]:
     yield
-    for name, value in (("OFFER_SUBMISSION_ENABLED", "on"), ("REAL_TIME_VALIDATION", "on"), ("SOFT_LAUNCH_MODE", "off")):
+    for name, value in (
+        ("OFFER_SUBMISSION_ENABLED", "on"),
+        ("REAL_TIME_VALIDATION", "on"),
+        ("SOFT_LAUNCH_MODE", "off"),
+    ):
         assert cli("flags", "set", name, value).returncode == 0
 
 
-def rejections(runtime, offer_ids: list[str]) -> dict[str, str]:  # noqa: ANN001
+def rejections(runtime, offer_ids: list[str]) -> dict[str, str]:
     with runtime.db.transaction() as conn:
-        return {r["offer_id"]: r["reason"] for r in conn.execute(
-            "SELECT offer_id, reason FROM intake_rejections WHERE offer_id = ANY(%s)", (offer_ids,))}
+        return {
+            r["offer_id"]: r["reason"]
+            for r in conn.execute(
+                "SELECT offer_id, reason FROM intake_rejections WHERE offer_id = ANY(%s)", (offer_ids,)
+            )
+        }
 
 
-def states_of(runtime, offer_ids: list[str]) -> dict[str, str]:  # noqa: ANN001
+def states_of(runtime, offer_ids: list[str]) -> dict[str, str]:
     with runtime.db.transaction() as conn:
-        return {r["offer_id"]: r["state"] for r in conn.execute("SELECT offer_id, state FROM offers WHERE offer_id = ANY(%s)", (offer_ids,))}
+        return {
+            r["offer_id"]: r["state"]
+            for r in conn.execute("SELECT offer_id, state FROM offers WHERE offer_id = ANY(%s)", (offer_ids,))
+        }
 
 
-def test_submission_switched_off_mid_run_rejects_new_offers_within_seconds_and_lets_flight_finish(celery_app, runtime, flags_restored) -> None:  # noqa: ANN001
+def test_submission_switched_off_mid_run_rejects_new_offers_within_seconds_and_lets_flight_finish(
+    celery_app, runtime, flags_restored
+) -> None:
     # Given offers in flight
     in_flight = [base_offer(new_id("inflight"), n) for n in range(20)]
     for offer in in_flight:
@@ -55,7 +68,10 @@ def test_submission_switched_off_mid_run_rejects_new_offers_within_seconds_and_l
         sent.append((time.monotonic() - switched_at, offer["offer_id"]))
         time.sleep(0.1)
     late_ids = [offer_id for _, offer_id in sent]
-    wait_until(lambda: len(rejections(runtime, late_ids)) + len(states_of(runtime, late_ids)) == len(late_ids), message="every late offer recorded")
+    wait_until(
+        lambda: len(rejections(runtime, late_ids)) + len(states_of(runtime, late_ids)) == len(late_ids),
+        message="every late offer recorded",
+    )
 
     # Then every offer sent 5 s or more after the switch is rejected submission_disabled, recorded
     rejected = rejections(runtime, late_ids)
@@ -63,21 +79,33 @@ def test_submission_switched_off_mid_run_rejects_new_offers_within_seconds_and_l
     first_rejected_at = min(at for at, offer_id in sent if offer_id in rejected)
     assert first_rejected_at < 5
     # and the offers already in flight finish
-    wait_until(lambda: set(states_of(runtime, in_flight_ids).values()) == {states.SUBMITTED}, message="in-flight offers to finish")
+    wait_until(
+        lambda: set(states_of(runtime, in_flight_ids).values()) == {states.SUBMITTED},
+        message="in-flight offers to finish",
+    )
 
     # The change is in the audit trail, and switching back lets a resent offer in
     with runtime.db.transaction() as conn:
         change = conn.execute(
             "SELECT actor, data FROM audit_events WHERE kind = 'flag_changed' AND reason = 'OFFER_SUBMISSION_ENABLED' ORDER BY id DESC LIMIT 1"
         ).fetchone()
-    assert change["data"] == {"flag": "OFFER_SUBMISSION_ENABLED", "from": True, "to": False} and change["actor"].startswith("cli:")
+    assert change["data"] == {"flag": "OFFER_SUBMISSION_ENABLED", "from": True, "to": False} and change[
+        "actor"
+    ].startswith("cli:")
     assert cli("flags", "set", "OFFER_SUBMISSION_ENABLED", "on").returncode == 0
     time.sleep(runtime.settings.flag_cache_seconds + 1)  # the workers' cache of the flag
     retry_id = late_ids[-1]
     celery_app.send_task("offers.submit", kwargs={"offer": base_offer(retry_id, len(sent) - 1)})
-    wait_until(lambda: states_of(runtime, [retry_id]).get(retry_id) == states.SUBMITTED, message="the resent offer to go through")
+    wait_until(
+        lambda: states_of(runtime, [retry_id]).get(retry_id) == states.SUBMITTED,
+        message="the resent offer to go through",
+    )
     listed = json.loads(cli("flags", "list", "--json").stdout)
-    assert {f["name"]: f["enabled"] for f in listed} == {"OFFER_SUBMISSION_ENABLED": True, "REAL_TIME_VALIDATION": True, "SOFT_LAUNCH_MODE": False}
+    assert {f["name"]: f["enabled"] for f in listed} == {
+        "OFFER_SUBMISSION_ENABLED": True,
+        "REAL_TIME_VALIDATION": True,
+        "SOFT_LAUNCH_MODE": False,
+    }
     assert cli("flags", "set", "NO_SUCH_FLAG", "on").returncode == 2
 
 
@@ -90,7 +118,11 @@ DRAFTS: dict[str, tuple[dict[str, Any], set[str]]] = {
     "currency": ({"currency": "EUR"}, {"currency_mismatch"}),
     "maker": ({"maker_id": "mkr_2"}, {"maker_mismatch"}),
     "bank not accepted": (
-        {"listing_id": "lst_4", "maker_id": "mkr_2", "payment": {"method": "bank_account", "plaid_access_token": "t", "plaid_account_id": "a"}},
+        {
+            "listing_id": "lst_4",
+            "maker_id": "mkr_2",
+            "payment": {"method": "bank_account", "plaid_access_token": "t", "plaid_account_id": "a"},
+        },
         {"bank_payments_not_accepted"},
     ),
     "malformed": ({"amount_cents": -5, "colour": "red"}, {"greater_than_equal", "extra_forbidden"}),
@@ -98,17 +130,21 @@ DRAFTS: dict[str, tuple[dict[str, Any], set[str]]] = {
 
 
 @pytest.mark.parametrize("case", list(DRAFTS))
-def test_validate_draft_answers_through_the_result_backend(celery_app, runtime, case: str) -> None:  # noqa: ANN001
+def test_validate_draft_answers_through_the_result_backend(celery_app, runtime, case: str) -> None:
     changes, codes = DRAFTS[case]
     draft = base_offer(new_id("draft"), 1) | changes
     answer = celery_app.send_task("offers.validate_draft", kwargs={"draft": draft}).get(timeout=20)
     assert answer["valid"] is (not codes)
-    assert {e["code"] for e in answer["errors"]} >= codes and set(answer["errors"][0]) == {"field", "code", "message"} if codes else answer["errors"] == []
+    assert (
+        {e["code"] for e in answer["errors"]} >= codes and set(answer["errors"][0]) == {"field", "code", "message"}
+        if codes
+        else answer["errors"] == []
+    )
     # No side effects: a draft is not an offer
     assert states_of(runtime, [draft["offer_id"]]) == {} and rejections(runtime, [draft["offer_id"]]) == {}
 
 
-def test_validate_draft_says_when_real_time_validation_is_off(celery_app, flags_restored) -> None:  # noqa: ANN001
+def test_validate_draft_says_when_real_time_validation_is_off(celery_app, flags_restored) -> None:
     assert cli("flags", "set", "REAL_TIME_VALIDATION", "off").returncode == 0
     draft = base_offer(new_id("draft"), 1) | {"amount_cents": 500}
 
@@ -119,10 +155,19 @@ def test_validate_draft_says_when_real_time_validation_is_off(celery_app, flags_
     assert off["errors"][0]["code"] == "real_time_validation_off"
 
 
-def test_soft_launch_admits_offers_at_the_global_rate_and_loses_none(offers_env, runtime, tmp_path, flags_restored) -> None:  # noqa: ANN001
+def test_soft_launch_admits_offers_at_the_global_rate_and_loses_none(
+    offers_env, runtime, tmp_path, flags_restored
+) -> None:
     rate = 5
-    with drill("soft", offers_env, tmp_path, process_types=("worker", "worker_partners"),
-               OFFERS_SOFT_LAUNCH_RATE=str(rate), OFFERS_SOFT_LAUNCH_BURST="1", OFFERS_SOFT_LAUNCH_MAKERS="mkr_1") as d:
+    with drill(
+        "soft",
+        offers_env,
+        tmp_path,
+        process_types=("worker", "worker_partners"),
+        OFFERS_SOFT_LAUNCH_RATE=str(rate),
+        OFFERS_SOFT_LAUNCH_BURST="1",
+        OFFERS_SOFT_LAUNCH_MAKERS="mkr_1",
+    ) as d:
         # Given soft launch on, admitting 5 offers a second across both intake processes, maker mkr_1 only
         assert cli("flags", "set", "SOFT_LAUNCH_MODE", "on").returncode == 0
         time.sleep(d.runtime.settings.flag_cache_seconds + 0.5)
@@ -136,7 +181,12 @@ def test_soft_launch_admits_offers_at_the_global_rate_and_loses_none(offers_env,
 
     # Then every offer got in, none faster than the rate allows, and the outsider is recorded as refused
     with runtime.db.transaction() as conn:
-        times = [r["received_at"] for r in conn.execute("SELECT received_at FROM offers WHERE offer_id = ANY(%s) ORDER BY received_at", (ids,))]
+        times = [
+            r["received_at"]
+            for r in conn.execute(
+                "SELECT received_at FROM offers WHERE offer_id = ANY(%s) ORDER BY received_at", (ids,)
+            )
+        ]
     assert times[-1] - times[0] >= timedelta(seconds=(40 - 1) / rate * 0.9)
     busiest = max(sum(1 for t in times if start <= t < start + timedelta(seconds=1)) for start in times)
     assert busiest <= rate + 1, f"{busiest} offers admitted within one second"

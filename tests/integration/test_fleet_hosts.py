@@ -10,15 +10,15 @@ take work again, and nothing they had in hand when the link went is done a secon
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from offers_workers.fleet import ProcessType
-from offers_workers.sandbox import clear_faults, set_fault
+from offers_workers.local.fleet import ProcessType
+from offers_workers.local.sandbox import clear_faults, set_fault
 from tests.brokers import fleet_stores, rabbitmq_unavailable
 from tests.conftest import RUN_ID, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done
@@ -44,13 +44,21 @@ def stores_of_hosts(offers_env: dict[str, str], tmp_path: Path) -> Iterator[tupl
     # idle-in-transaction timeout, and a wait behind its locks ends in a retry
     # (production defaults: 30 s, 15 s and 10 s).
     with fleet_stores(
-        offers_env, broker, f"hosts_{broker}", tmp_path / "sandbox", **FAST_RECOVERY,
-        OFFERS_BROKER_HEARTBEAT_SECONDS="5", OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS="5", OFFERS_DB_LOCK_TIMEOUT_SECONDS="2",
+        offers_env,
+        broker,
+        f"hosts_{broker}",
+        tmp_path / "sandbox",
+        **FAST_RECOVERY,
+        OFFERS_BROKER_HEARTBEAT_SECONDS="5",
+        OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS="5",
+        OFFERS_DB_LOCK_TIMEOUT_SECONDS="2",
     ) as (box, env):
         yield env, box
 
 
-def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(stores_of_hosts: tuple[dict[str, str], Any], tmp_path) -> None:  # noqa: ANN001
+def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(
+    stores_of_hosts: tuple[dict[str, str], Any], tmp_path
+) -> None:
     broker_env, sandbox = stores_of_hosts
     broker = "rabbitmq" if broker_env["OFFERS_BROKER_URL"].startswith("amqp") else "redis"
     subnet = f"10.{200 + int(RUN_ID[:2], 16) % 50}.{int(RUN_ID[2:4], 16)}"
@@ -63,7 +71,9 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(stores_of_hos
             host = network.add_host(name)
             for ptype in types:
                 command = f"ip netns exec {host.netns} {d.types[ptype].command}"
-                d.fleet.start(ProcessType(f"{name}.{ptype}", command), extra_args=["-n", f"{NODE[ptype]}@{name}"], env=host_env)
+                d.fleet.start(
+                    ProcessType(f"{name}.{ptype}", command), extra_args=["-n", f"{NODE[ptype]}@{name}"], env=host_env
+                )
         nodes = {f"{NODE[t]}@{h}" for h, types in HOSTS.items() for t in types}
         _wait_for_nodes(d, nodes)
         stack.callback(clear_faults, sandbox)
@@ -73,7 +83,11 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(stores_of_hos
         # When 300 offers go through and h1 loses its link once a quarter of them have settled
         samples = d.samples(300, seed=31)
         d.submit(samples)
-        wait_until(lambda: d.settled_count(samples) >= len(samples) // 4, timeout=120, message="a quarter of the offers to settle")
+        wait_until(
+            lambda: d.settled_count(samples) >= len(samples) // 4,
+            timeout=120,
+            message="a quarter of the offers to settle",
+        )
         open_at_cut = len(samples) - d.settled_count(samples)
         network.cut(CUT)
         cut_at = time.monotonic()

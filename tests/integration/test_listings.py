@@ -24,8 +24,15 @@ pytestmark = pytest.mark.usefixtures("offers_env")
 TIED = "2026-03-01T12:00:00+00:00"
 
 
-def add_offers(url: str, count: int, *, prefix: str = "off", received_at: str | None = None, held: bool = False,
-               held_at: str | None = None) -> None:
+def add_offers(
+    url: str,
+    count: int,
+    *,
+    prefix: str = "off",
+    received_at: str | None = None,
+    held: bool = False,
+    held_at: str | None = None,
+) -> None:
     """``count`` offers in one statement, received a second apart unless they share ``received_at``."""
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -103,7 +110,9 @@ def test_offers_list_json_returns_every_matching_offer_newest_first(scratch_data
     assert isinstance(offers, list) and len(offers) == 250
     assert [o["offer_id"] for o in offers] == [f"off_{n:06d}" for n in range(250, 0, -1)]
     # the objects of `offers show --json`
-    assert {"offer_id", "state", "reason", "amount_cents", "currency", "payment_intent_id", "received_at"} <= set(offers[0])
+    assert {"offer_id", "state", "reason", "amount_cents", "currency", "payment_intent_id", "received_at"} <= set(
+        offers[0]
+    )
     # and the filters still apply
     assert listed(scratch_database, "offers", "list", "--state", "rejected") == []
 
@@ -155,7 +164,11 @@ def test_a_page_that_holds_every_row_says_so(scratch_database: str) -> None:
     add_offers(scratch_database, 5)
     page = listed(scratch_database, "offers", "list", "--limit", "5")
     assert (len(page["items"]), page["truncated"], page["next_cursor"]) == (5, False, None)
-    assert listed(scratch_database, "audit", "exports", "--limit", "10") == {"items": [], "truncated": False, "next_cursor": None}
+    assert listed(scratch_database, "audit", "exports", "--limit", "10") == {
+        "items": [],
+        "truncated": False,
+        "next_cursor": None,
+    }
 
 
 MORE = re.compile(r"^… ([\d,]+) more; use --limit/--after (\S+)$")
@@ -245,8 +258,14 @@ def test_a_reader_that_pauses_mid_listing_still_gets_every_row(scratch_database:
     # Postgres lets a session sit idle in a transaction (a pager left open)
     add_offers(scratch_database, 5_000)
     env = {**os.environ, **db_env(scratch_database), "OFFERS_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "1"}
-    reader = subprocess.Popen([sys.executable, "-m", "offers_workers.cli", "offers", "list", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project_root(), env=env)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "offers_workers.ops.cli", "offers", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=project_root(),
+        env=env,
+    )
     try:
         first = reader.stdout.readline() + reader.stdout.readline()
         time.sleep(3)

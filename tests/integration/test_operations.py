@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from offers_workers import states
-from offers_workers.embedded import free_port
-from offers_workers.fleet import Fleet, read_procfile
+from offers_workers.domain import states
+from offers_workers.local.embedded import free_port
+from offers_workers.local.fleet import Fleet, read_procfile
 from tests.conftest import cli, wait_until
 from tests.outages import through_sift_outage
 
@@ -20,12 +20,12 @@ pytestmark = pytest.mark.usefixtures("fleet")
 
 
 @pytest.fixture(scope="module")
-def dead_lettered(celery_app, runtime, sandbox) -> list[str]:  # noqa: ANN001
+def dead_lettered(celery_app, runtime, sandbox) -> list[str]:
     """Offers dead-lettered at the risk stage while Sift answered 503 to everything."""
     return through_sift_outage(celery_app, runtime, sandbox, "ops", 5)
 
 
-def test_health_breaches_under_a_sift_outage_and_names_the_symptom(dead_lettered) -> None:  # noqa: ANN001
+def test_health_breaches_under_a_sift_outage_and_names_the_symptom(dead_lettered) -> None:
     health = cli("health", "--window", "2m")
     assert health.returncode == 1, health.stdout
     assert "Runbook symptom: Submission Success Rate Drops" in health.stdout
@@ -33,18 +33,26 @@ def test_health_breaches_under_a_sift_outage_and_names_the_symptom(dead_lettered
     assert "sift_error" in health.stdout  # the first check says where to look
 
 
-def test_stats_figures_equal_counts_taken_directly(runtime, dead_lettered) -> None:  # noqa: ANN001
+def test_stats_figures_equal_counts_taken_directly(runtime, dead_lettered) -> None:
     shown = cli("stats", "--window", "1h", "--json")
     assert shown.returncode == 0, shown.stderr
     figures = json.loads(shown.stdout)
     with runtime.db.transaction() as conn:
-        direct = Counter({
-            (r["state"], r["reason"]): r["n"] for r in conn.execute(
-                "SELECT state, reason, count(*) AS n FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
-                " GROUP BY state, reason")
-        })
-        dlq = {r["stage"]: r["n"] for r in conn.execute(
-            "SELECT stage, count(*) AS n FROM dead_letters WHERE status = 'pending' GROUP BY stage")}
+        direct = Counter(
+            {
+                (r["state"], r["reason"]): r["n"]
+                for r in conn.execute(
+                    "SELECT state, reason, count(*) AS n FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
+                    " GROUP BY state, reason"
+                )
+            }
+        )
+        dlq = {
+            r["stage"]: r["n"]
+            for r in conn.execute(
+                "SELECT stage, count(*) AS n FROM dead_letters WHERE status = 'pending' GROUP BY stage"
+            )
+        }
         holds = conn.execute("SELECT count(*) AS n FROM offers WHERE hold_status = 'held'").fetchone()["n"]
         timed = conn.execute(
             "SELECT count(validated_at) AS validated, count(auction_triggered_at) AS triggered,"
@@ -52,19 +60,24 @@ def test_stats_figures_equal_counts_taken_directly(runtime, dead_lettered) -> No
             " FROM offers WHERE NOT synthetic AND received_at >= now() - interval '1 hour'"
         ).fetchone()
     assert Counter({(r["state"], r["reason"]): r["offers"] for r in figures["offers_by_state"]}) == direct
-    finished = sum(n for (state, _), n in direct.items() if state in ("submitted", "rejected", "cancelled", "dead_lettered"))
+    finished = sum(
+        n for (state, _), n in direct.items() if state in ("submitted", "rejected", "cancelled", "dead_lettered")
+    )
     ok = sum(n for (state, _), n in direct.items() if state in ("submitted", "rejected", "cancelled"))
     assert figures["success_rate"] == pytest.approx(ok / finished)
     assert figures["dead_letters"] == dlq and dlq.get("risk", 0) >= 5
     assert figures["active_holds"]["holds"] == holds
     assert set(figures["queue_depths"]) >= {"offers.intake", "offers.payment"}
-    assert (figures["validation_ms"]["count"], figures["auction_lag_ms"]["count"]) == (timed["validated"], timed["triggered"])
+    assert (figures["validation_ms"]["count"], figures["auction_lag_ms"]["count"]) == (
+        timed["validated"],
+        timed["triggered"],
+    )
     assert figures["validation_ms"]["p95"] == pytest.approx(float(timed["validation_p95"]))
     table = cli("stats")
     assert table.returncode == 0 and "Service levels" in table.stdout and "dead letters · risk" in table.stdout
 
 
-def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_lettered) -> None:  # noqa: ANN001
+def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_lettered) -> None:
     port = free_port()
     metrics = next(t for t in read_procfile() if t.name == "metrics")
     with Fleet(offers_env | {"OFFERS_METRICS_PORT": str(port)}, tmp_path) as fleet:
@@ -79,36 +92,55 @@ def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_letter
 
         text = wait_until(scrape, timeout=30, message=f"/metrics (log in {tmp_path})")
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"offers_by_state", "offers_submission_success_rate", "offers_dead_letters", "offers_active_holds",
-            "offers_queue_depth", "offers_validation_seconds", "offers_partner_errors"} <= set(families)
+    assert {
+        "offers_by_state",
+        "offers_submission_success_rate",
+        "offers_dead_letters",
+        "offers_active_holds",
+        "offers_queue_depth",
+        "offers_validation_seconds",
+        "offers_partner_errors",
+    } <= set(families)
     risk = [s for s in families["offers_dead_letters"].samples if s.labels == {"stage": "risk"}]
     assert risk and risk[0].value >= 5
     sift = [s for s in families["offers_partner_errors"].samples if s.labels.get("partner") == "sift"]
     assert sift and sum(s.value for s in sift) >= 5 * 17  # every attempt of every dead-lettered offer
 
 
-def test_a_second_beat_started_by_mistake_sends_nothing_twice(offers_env, tmp_path) -> None:  # noqa: ANN001
+def test_a_second_beat_started_by_mistake_sends_nothing_twice(offers_env, tmp_path) -> None:
     beat = next(t for t in read_procfile() if t.name == "beat")
-    env = offers_env | {"OFFERS_RECOVERY_INTERVAL_SECONDS": "1", "OFFERS_REDIS_KEY_PREFIX": offers_env["OFFERS_REDIS_KEY_PREFIX"] + "beats:"}
+    env = offers_env | {
+        "OFFERS_RECOVERY_INTERVAL_SECONDS": "1",
+        "OFFERS_REDIS_KEY_PREFIX": offers_env["OFFERS_REDIS_KEY_PREFIX"] + "beats:",
+    }
     with Fleet(env, tmp_path) as fleet:
         fleet.start(beat, name="beat_a")
         fleet.start(beat, name="beat_b")
         time.sleep(8)
         assert not fleet.dead()
     sent = {
-        name: sum(1 for line in (tmp_path / f"{name}.log").read_text().splitlines() if "Sending due task recover-stuck-offers" in line)
+        name: sum(
+            1
+            for line in (tmp_path / f"{name}.log").read_text().splitlines()
+            if "Sending due task recover-stuck-offers" in line
+        )
         for name in ("beat_a", "beat_b")
     }
     # One beat holds the lock and sends every tick; the other waits for the lock and sends nothing
     assert sorted(sent.values())[0] == 0 and 3 <= sorted(sent.values())[1] <= 9, sent
 
 
-def test_the_synthetic_journey_passes_and_stays_out_of_stats(runtime) -> None:  # noqa: ANN001
+def test_the_synthetic_journey_passes_and_stays_out_of_stats(runtime) -> None:
     ran = cli("synthetic", "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     journey = json.loads(ran.stdout)
     assert [s["name"] for s in journey["steps"]] == [
-        "submitted", "hold placed", "offer.submitted published", "cancelled", "hold released", "offer.cancelled published"
+        "submitted",
+        "hold placed",
+        "offer.submitted published",
+        "cancelled",
+        "hold released",
+        "offer.cancelled published",
     ]
     assert all(s["ok"] for s in journey["steps"])
     with runtime.db.transaction() as conn:
@@ -121,9 +153,14 @@ def test_the_synthetic_journey_passes_and_stays_out_of_stats(runtime) -> None:  
     assert sum(r["offers"] for r in figures["offers_by_state"]) == real
 
 
-def test_worker_logs_are_json_lines_without_pii_or_secrets(fleet, settings, dead_lettered) -> None:  # noqa: ANN001
+def test_worker_logs_are_json_lines_without_pii_or_secrets(fleet, settings, dead_lettered) -> None:
     # The session's workers have taken submits (with buyers' emails and IPs) and seen Sift fail.
-    lines = [line for path in fleet.log_dir.glob("*.log") for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [
+        line
+        for path in fleet.log_dir.glob("*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if line.strip()
+    ]
     assert len(lines) > 50
     records = [json.loads(line) for line in lines]  # raises on any line that is not one JSON object
     in_tasks = [r for r in records if "task_id" in r]

@@ -7,28 +7,30 @@ import time
 
 import pytest
 
-from offers_workers import cancellation, intake, recovery, saga, states, store
-from offers_workers.fleet import Fleet, read_procfile
-from offers_workers.samples import base_offer
+from offers_workers import store
+from offers_workers.domain import states
+from offers_workers.local.fleet import Fleet, read_procfile
+from offers_workers.local.samples import base_offer
+from offers_workers.saga import cancellation, intake, recovery, stages
 from tests.conftest import new_id, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
 
-def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, offers_env, tmp_path) -> None:  # noqa: ANN001
+def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, offers_env, tmp_path) -> None:
     # Given offers recorded but whose next message never reached the broker (a crash between
     # commit and send): intake and stage functions called directly, their dispatches dropped
     lost_at_intake = base_offer(new_id("lost"), 1)
     assert intake.submit(runtime, lost_at_intake).dispatches  # dropped
     lost_mid_saga = base_offer(new_id("lost"), 2)
     intake.submit(runtime, lost_mid_saga)
-    saga.validate(runtime, lost_mid_saga["offer_id"])
-    assert saga.hold_payment(runtime, lost_mid_saga["offer_id"])  # dropped: risk never sent
+    stages.validate(runtime, lost_mid_saga["offer_id"])
+    assert stages.hold_payment(runtime, lost_mid_saga["offer_id"])  # dropped: risk never sent
     rejected = base_offer(new_id("lost"), 3) | {"buyer_id": "risky_lost"}
     intake.submit(runtime, rejected)
-    saga.validate(runtime, rejected["offer_id"])
-    saga.hold_payment(runtime, rejected["offer_id"])
-    assert saga.score_risk(runtime, rejected["offer_id"])  # dropped: no event published, hold not released
+    stages.validate(runtime, rejected["offer_id"])
+    stages.hold_payment(runtime, rejected["offer_id"])
+    assert stages.score_risk(runtime, rejected["offer_id"])  # dropped: no event published, hold not released
     ids = [lost_at_intake["offer_id"], lost_mid_saga["offer_id"], rejected["offer_id"]]
 
     # When the single beat runs with a short sweep
@@ -40,8 +42,12 @@ def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, off
         # Then the lost offers complete, and the rejected one has its event published and hold released
         def done() -> bool:
             with runtime.db.transaction() as conn:
-                rows = {r["offer_id"]: r for r in conn.execute(
-                    "SELECT offer_id, state, hold_status FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+                rows = {
+                    r["offer_id"]: r
+                    for r in conn.execute(
+                        "SELECT offer_id, state, hold_status FROM offers WHERE offer_id = ANY(%s)", (ids,)
+                    )
+                }
                 published = conn.execute(
                     "SELECT count(*) AS n FROM offer_events WHERE offer_id = %s AND published_at IS NOT NULL",
                     (rejected["offer_id"],),
@@ -61,7 +67,7 @@ def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, off
     )
 
 
-def test_holds_are_released_before_their_authorization_window_lapses(celery_app, runtime, offers_env, tmp_path) -> None:  # noqa: ANN001
+def test_holds_are_released_before_their_authorization_window_lapses(celery_app, runtime, offers_env, tmp_path) -> None:
     # Given card offers submitted, each holding its buyer's card
     offers = [base_offer(new_id("window"), n) for n in range(3)]
     for offer in offers:
@@ -70,10 +76,17 @@ def test_holds_are_released_before_their_authorization_window_lapses(celery_app,
 
     def rows() -> dict[str, dict]:
         with runtime.db.transaction() as conn:
-            return {r["offer_id"]: r for r in conn.execute(
-                "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)", (ids,))}
+            return {
+                r["offer_id"]: r
+                for r in conn.execute(
+                    "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+                    (ids,),
+                )
+            }
 
-    wait_until(lambda: all(r["state"] == states.SUBMITTED for r in rows().values()) and len(rows()) == 3, message="submitted")
+    wait_until(
+        lambda: all(r["state"] == states.SUBMITTED for r in rows().values()) and len(rows()) == 3, message="submitted"
+    )
     intents = {r["payment_intent_id"] for r in rows().values()}
     assert {runtime.stripe.get_hold(pi).status for pi in intents} == {"requires_capture"}
 
@@ -83,16 +96,23 @@ def test_holds_are_released_before_their_authorization_window_lapses(celery_app,
     with Fleet(env, tmp_path) as fleet:
         fleet.start(beat)
         # Then each hold is cancelled at Stripe and recorded as released for that reason
-        wait_until(lambda: {r["hold_status"] for r in rows().values()} == {"released"}, message=f"holds released (logs in {tmp_path})")
+        wait_until(
+            lambda: {r["hold_status"] for r in rows().values()} == {"released"},
+            message=f"holds released (logs in {tmp_path})",
+        )
     assert {runtime.stripe.get_hold(pi).status for pi in intents} == {"canceled"}
     assert {r["state"] for r in rows().values()} == {states.SUBMITTED}
     with runtime.db.transaction() as conn:
-        reasons = [r["reason"] for r in conn.execute(
-            "SELECT reason FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'hold_released'", (ids,))]
+        reasons = [
+            r["reason"]
+            for r in conn.execute(
+                "SELECT reason FROM audit_events WHERE offer_id = ANY(%s) AND kind = 'hold_released'", (ids,)
+            )
+        ]
     assert reasons == ["authorization_window"] * 3
 
 
-def test_the_sweep_leaves_offers_with_a_pending_retry_alone_and_resends_each_once_per_window(runtime) -> None:  # noqa: ANN001
+def test_the_sweep_leaves_offers_with_a_pending_retry_alone_and_resends_each_once_per_window(runtime) -> None:
     offer = base_offer(new_id("sweep"), 1)
     intake.submit(runtime, offer)  # its validation message dropped
     offer_id = offer["offer_id"]
@@ -108,19 +128,25 @@ def test_the_sweep_leaves_offers_with_a_pending_retry_alone_and_resends_each_onc
     assert swept()
     # A stage retry due later keeps the sweep away until it is overdue
     with runtime.db.transaction() as conn:
-        conn.execute("UPDATE offers SET retry_due_at = clock_timestamp() + interval '30 seconds' WHERE offer_id = %s", (offer_id,))
+        conn.execute(
+            "UPDATE offers SET retry_due_at = clock_timestamp() + interval '30 seconds' WHERE offer_id = %s",
+            (offer_id,),
+        )
     time.sleep(1.1)
     assert not swept()
 
 
-def test_the_sweep_publishes_a_lost_event_once_per_window(runtime) -> None:  # noqa: ANN001
+def test_the_sweep_publishes_a_lost_event_once_per_window(runtime) -> None:
     offer = base_offer(new_id("sweepevent"), 1)
     intake.submit(runtime, offer)
     cancellation.cancel(runtime, offer["offer_id"], "buyer_withdrew", "buyer")  # its event's message dropped
 
     def resent() -> bool:
-        return any(d.task == saga.PUBLISH_EVENT_TASK and d.kwargs["event_id"] == store.event_id(offer["offer_id"], "offer.cancelled")
-                   for d in recovery.sweep(runtime, stuck_after_s=1))
+        return any(
+            d.task == stages.PUBLISH_EVENT_TASK
+            and d.kwargs["event_id"] == store.event_id(offer["offer_id"], "offer.cancelled")
+            for d in recovery.sweep(runtime, stuck_after_s=1)
+        )
 
     time.sleep(1.1)
     assert resent()

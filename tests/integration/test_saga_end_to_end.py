@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import stripe
 
-from offers_workers import states, store
-from offers_workers.demo import settled
-from offers_workers.samples import SCENARIOS, base_offer, make_samples
+from offers_workers import store
+from offers_workers.domain import states
+from offers_workers.local.demo import settled
+from offers_workers.local.samples import SCENARIOS, base_offer, make_samples
 from tests.bus import BusReader
 from tests.conftest import new_id, wait_until
 
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.usefixtures("fleet")
 
 
 @pytest.fixture(scope="module")
-def bus(settings) -> BusReader:  # noqa: ANN001
+def bus(settings) -> BusReader:
     return BusReader(settings)
 
 
-def stripe_intents(settings) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001
+def stripe_intents(settings) -> dict[str, list[dict[str, Any]]]:
     """Every PaymentIntent in the Stripe sandbox by offer_id, through the real SDK's list."""
     client = stripe.StripeClient(settings.secret("stripe_api_key"), base_addresses={"api": settings.stripe_api_base})
     by_offer: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -37,7 +38,7 @@ def stripe_intents(settings) -> dict[str, list[dict[str, Any]]]:  # noqa: ANN001
     return by_offer
 
 
-def dead_letter_errors(runtime, offer_ids: list[str]) -> list[tuple[str, str, str]]:  # noqa: ANN001
+def dead_letter_errors(runtime, offer_ids: list[str]) -> list[tuple[str, str, str]]:
     """Why offers were dead-lettered, to make an unexpected failure readable."""
     with runtime.db.transaction() as conn:
         rows = conn.execute(
@@ -46,11 +47,11 @@ def dead_letter_errors(runtime, offer_ids: list[str]) -> list[tuple[str, str, st
     return [(r["offer_id"], r["stage"], f"{r['error_type']}: {r['error_message']}") for r in rows]
 
 
-def send(app, offer: Any) -> str:  # noqa: ANN001
+def send(app, offer: Any) -> str:
     return app.send_task("offers.submit", kwargs={"offer": offer}).id
 
 
-def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, runtime, settings, bus) -> None:  # noqa: ANN001
+def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, runtime, settings, bus) -> None:
     # Given three samples of every scenario (every outcome path, duplicates included)
     samples = make_samples(3 * len(SCENARIOS), new_id("paths"))
     assert {s.scenario.name for s in samples} == {s.name for s in SCENARIOS}
@@ -83,7 +84,11 @@ def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, r
     for s in samples:
         held = [pi["status"] for pi in intents.get(s.offer_id, []) if pi["status"] in ("requires_capture", "canceled")]
         assert held == ([s.scenario.hold] if s.scenario.hold else []), (s.offer_id, s.scenario.name, held)
-        if s.scenario.state == states.REJECTED and s.scenario.reason not in ("payment_declined", "insufficient_funds", "risk_blocked"):
+        if s.scenario.state == states.REJECTED and s.scenario.reason not in (
+            "payment_declined",
+            "insufficient_funds",
+            "risk_blocked",
+        ):
             assert s.offer_id not in intents, f"{s.scenario.name}: rejected before the hold but Stripe was called"
         if s.scenario.hold == "requires_capture":
             assert offers[s.offer_id]["payment_intent_id"] == intents[s.offer_id][0]["id"]
@@ -130,7 +135,7 @@ def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, r
         assert lags["n"] == len(submitted)
 
 
-def test_the_same_submit_three_times_at_once_is_one_offer_and_one_hold(celery_app, runtime, settings) -> None:  # noqa: ANN001
+def test_the_same_submit_three_times_at_once_is_one_offer_and_one_hold(celery_app, runtime, settings) -> None:
     offer = base_offer(new_id("dup"), 1)
     # When three deliveries race, from three threads
     threads = [threading.Thread(target=send, args=(celery_app, offer)) for _ in range(3)]
@@ -144,18 +149,21 @@ def test_the_same_submit_three_times_at_once_is_one_offer_and_one_hold(celery_ap
     wait_until(lambda: _duplicates(runtime, offer["offer_id"]) == 3, message="all deliveries to be seen")
 
     with runtime.db.transaction() as conn:
-        assert conn.execute("SELECT count(*) AS n FROM offers WHERE offer_id = %s", (offer["offer_id"],)).fetchone()["n"] == 1
+        assert (
+            conn.execute("SELECT count(*) AS n FROM offers WHERE offer_id = %s", (offer["offer_id"],)).fetchone()["n"]
+            == 1
+        )
     intents = stripe_intents(settings)[offer["offer_id"]]
     assert [pi["status"] for pi in intents] == ["requires_capture"]
 
 
-def _state(runtime, offer_id: str) -> str | None:  # noqa: ANN001
+def _state(runtime, offer_id: str) -> str | None:
     with runtime.db.transaction() as conn:
         row = conn.execute("SELECT state FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
     return row["state"] if row else None
 
 
-def _duplicates(runtime, offer_id: str) -> int:  # noqa: ANN001
+def _duplicates(runtime, offer_id: str) -> int:
     with runtime.db.transaction() as conn:
         return conn.execute(
             "SELECT count(*) AS n FROM audit_events WHERE offer_id = %s AND kind = 'duplicate_ignored'", (offer_id,)
@@ -163,8 +171,14 @@ def _duplicates(runtime, offer_id: str) -> int:  # noqa: ANN001
 
 
 BAD_MESSAGES = {
-    "missing fields": ({"offer_id": "bad_missing", "amount_cents": 100}, {"listing_id", "maker_id", "buyer_id", "currency", "payment"}),
-    "wrong types": (base_offer("bad_types", 1) | {"amount_cents": "lots", "synthetic": "no"}, {"amount_cents", "synthetic"}),
+    "missing fields": (
+        {"offer_id": "bad_missing", "amount_cents": 100},
+        {"listing_id", "maker_id", "buyer_id", "currency", "payment"},
+    ),
+    "wrong types": (
+        base_offer("bad_types", 1) | {"amount_cents": "lots", "synthetic": "no"},
+        {"amount_cents", "synthetic"},
+    ),
     "negative amount": (base_offer("bad_negative", 1) | {"amount_cents": -100}, {"amount_cents"}),
     "huge amount": (base_offer("bad_huge", 1) | {"amount_cents": 10**40}, {"amount_cents"}),
     "40 KiB body": (base_offer("bad_big", 1) | {"message": "x" * 40 * 1024}, {""}),
@@ -173,12 +187,14 @@ BAD_MESSAGES = {
 }
 
 
-def test_invalid_messages_are_recorded_and_the_worker_keeps_serving(celery_app, runtime) -> None:  # noqa: ANN001
+def test_invalid_messages_are_recorded_and_the_worker_keeps_serving(celery_app, runtime) -> None:
     task_ids = {name: send(celery_app, message) for name, (message, _) in BAD_MESSAGES.items()}
     good = base_offer(new_id("after_bad"), 3)
     send(celery_app, good)
 
-    wait_until(lambda: _state(runtime, good["offer_id"]) == states.SUBMITTED, message="the good offer after the bad ones")
+    wait_until(
+        lambda: _state(runtime, good["offer_id"]) == states.SUBMITTED, message="the good offer after the bad ones"
+    )
     with runtime.db.transaction() as conn:
         rows = {
             r["task_id"]: r
@@ -195,10 +211,10 @@ def test_invalid_messages_are_recorded_and_the_worker_keeps_serving(celery_app, 
         assert conn.execute("SELECT count(*) AS n FROM dead_letters WHERE stage = %s", ("intake",)).fetchone()["n"] == 0
 
 
-def test_submit_from_the_cli_reads_json_lines_from_stdin(runtime) -> None:  # noqa: ANN001
+def test_submit_from_the_cli_reads_json_lines_from_stdin(runtime) -> None:
     offers = [base_offer(new_id("cli_submit"), n) for n in range(3)]
     result = subprocess.run(
-        [sys.executable, "-m", "offers_workers.cli", "submit", "-"],
+        [sys.executable, "-m", "offers_workers.ops.cli", "submit", "-"],
         input="\n".join(json.dumps(o) for o in offers),
         capture_output=True,
         text=True,
@@ -210,11 +226,11 @@ def test_submit_from_the_cli_reads_json_lines_from_stdin(runtime) -> None:  # no
         wait_until(lambda o=offer: _state(runtime, o["offer_id"]) == states.SUBMITTED, message="CLI-submitted offers")
 
 
-def test_submit_refuses_a_file_that_is_not_json(tmp_path) -> None:  # noqa: ANN001
+def test_submit_refuses_a_file_that_is_not_json(tmp_path) -> None:
     bad = tmp_path / "offers.json"
     bad.write_text('{"offer_id": "x"}\nnot json at all\n')
     result = subprocess.run(
-        [sys.executable, "-m", "offers_workers.cli", "submit", str(bad)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "offers_workers.ops.cli", "submit", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert "line 2 is not JSON" in result.stderr

@@ -11,13 +11,15 @@ from datetime import datetime
 
 import pytest
 
-from offers_workers import deadletter, intake, saga, states, store
-from offers_workers.errors import TransientError
-from offers_workers.samples import base_offer
+from offers_workers import store
+from offers_workers.domain import states
+from offers_workers.domain.errors import TransientError
+from offers_workers.local.samples import base_offer
+from offers_workers.saga import deadletter, intake, stages
 from tests.conftest import cli, new_id
 
 
-def received(runtime, **changes) -> str:  # noqa: ANN001
+def received(runtime, **changes) -> str:
     offer = base_offer(new_id("stage"), 5) | changes
     result = intake.submit(runtime, offer)
     assert result.outcome == "accepted"
@@ -25,18 +27,18 @@ def received(runtime, **changes) -> str:  # noqa: ANN001
     return offer["offer_id"]
 
 
-def state_of(runtime, offer_id: str) -> dict:  # noqa: ANN001
+def state_of(runtime, offer_id: str) -> dict:
     with runtime.db.transaction() as conn:
         return conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
 
 
-def test_each_stage_hands_on_to_the_next_and_a_rerun_changes_nothing(runtime) -> None:  # noqa: ANN001
+def test_each_stage_hands_on_to_the_next_and_a_rerun_changes_nothing(runtime) -> None:
     offer_id = received(runtime)
     chain = [
-        (saga.validate, states.VALIDATED, "offers.stage.hold_payment"),
-        (saga.hold_payment, states.PAYMENT_HELD, "offers.stage.score_risk"),
-        (saga.score_risk, states.RISK_CLEARED, "offers.stage.trigger_auction"),
-        (saga.trigger_auction, states.AUCTION_TRIGGERED, "offers.stage.complete"),
+        (stages.validate, states.VALIDATED, "offers.stage.hold_payment"),
+        (stages.hold_payment, states.PAYMENT_HELD, "offers.stage.score_risk"),
+        (stages.score_risk, states.RISK_CLEARED, "offers.stage.trigger_auction"),
+        (stages.trigger_auction, states.AUCTION_TRIGGERED, "offers.stage.complete"),
     ]
     for stage, state, next_task in chain:
         first = stage(runtime, offer_id)
@@ -45,26 +47,26 @@ def test_each_stage_hands_on_to_the_next_and_a_rerun_changes_nothing(runtime) ->
         # A redelivery of the same stage only hands on again: the state does not move twice.
         assert [d.task for d in stage(runtime, offer_id)] == [next_task]
         assert state_of(runtime, offer_id)["state"] == state
-    assert saga.complete(runtime, offer_id) == []
+    assert stages.complete(runtime, offer_id) == []
     row = state_of(runtime, offer_id)
     assert row["state"] == states.SUBMITTED and row["hold_status"] == "held"
     # An earlier stage delivered late finds the offer far along and does nothing at all.
-    assert saga.validate(runtime, offer_id) == []
+    assert stages.validate(runtime, offer_id) == []
     with runtime.db.transaction() as conn:
         trail = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
     assert trail == list(states.HAPPY_PATH)
 
 
-def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:  # noqa: ANN001
+def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:
     offer_id = received(runtime)
-    saga.validate(runtime, offer_id)
+    stages.validate(runtime, offer_id)
     # Two deliveries that both loaded the offer before either committed: simulate by calling the
     # partner through the stage twice with the offer moved back in between.
-    saga.hold_payment(runtime, offer_id)
+    stages.hold_payment(runtime, offer_id)
     first_pi = state_of(runtime, offer_id)["payment_intent_id"]
     with runtime.db.transaction() as conn:
         conn.execute("UPDATE offers SET state = 'validated' WHERE offer_id = %s", (offer_id,))
-    saga.hold_payment(runtime, offer_id)
+    stages.hold_payment(runtime, offer_id)
     assert state_of(runtime, offer_id)["payment_intent_id"] == first_pi
     holds = [h for h in runtime.stripe.list_holds() if h["offer_id"] == offer_id]
     assert [h["id"] for h in holds] == [first_pi]
@@ -74,41 +76,50 @@ def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:  # noqa: AN
     ("changes", "reason"),
     [
         ({"payment": {"method": "card", "payment_method_id": "pm_card_chargeDeclined"}}, "payment_declined"),
-        ({"payment": {"method": "card", "payment_method_id": "pm_card_chargeDeclinedInsufficientFunds"}}, "insufficient_funds"),
         (
-            {"payment": {"method": "bank_account", "plaid_access_token": "access-sandbox-low-balance", "plaid_account_id": "acc_1"}},
+            {"payment": {"method": "card", "payment_method_id": "pm_card_chargeDeclinedInsufficientFunds"}},
+            "insufficient_funds",
+        ),
+        (
+            {
+                "payment": {
+                    "method": "bank_account",
+                    "plaid_access_token": "access-sandbox-low-balance",
+                    "plaid_account_id": "acc_1",
+                }
+            },
             "insufficient_funds",
         ),
     ],
 )
-def test_a_failed_payment_is_a_business_rejection(runtime, changes, reason) -> None:  # noqa: ANN001
+def test_a_failed_payment_is_a_business_rejection(runtime, changes, reason) -> None:
     offer_id = received(runtime, **changes)
-    saga.validate(runtime, offer_id)
-    dispatches = saga.hold_payment(runtime, offer_id)
+    stages.validate(runtime, offer_id)
+    dispatches = stages.hold_payment(runtime, offer_id)
     row = state_of(runtime, offer_id)
     assert (row["state"], row["reason"], row["hold_status"]) == (states.REJECTED, reason, "none")
     # The rejection event waits in the outbox; no hold to release.
-    assert [d.task for d in dispatches] == [saga.PUBLISH_EVENT_TASK]
+    assert [d.task for d in dispatches] == [stages.PUBLISH_EVENT_TASK]
 
 
-def test_a_risk_block_releases_the_hold(runtime) -> None:  # noqa: ANN001
+def test_a_risk_block_releases_the_hold(runtime) -> None:
     offer_id = received(runtime, buyer_id="risky_buyer")
-    saga.validate(runtime, offer_id)
-    saga.hold_payment(runtime, offer_id)
-    dispatches = saga.score_risk(runtime, offer_id)
-    assert sorted(d.task for d in dispatches) == [saga.PUBLISH_EVENT_TASK, saga.RELEASE_HOLD_TASK]
+    stages.validate(runtime, offer_id)
+    stages.hold_payment(runtime, offer_id)
+    dispatches = stages.score_risk(runtime, offer_id)
+    assert sorted(d.task for d in dispatches) == [stages.PUBLISH_EVENT_TASK, stages.RELEASE_HOLD_TASK]
     row = state_of(runtime, offer_id)
     assert (row["state"], row["reason"]) == (states.REJECTED, "risk_blocked")
     assert row["risk_score"] >= runtime.settings.risk_block_threshold
 
-    assert saga.release_hold(runtime, offer_id) == "canceled"
+    assert stages.release_hold(runtime, offer_id) == "canceled"
     assert runtime.stripe.get_hold(row["payment_intent_id"]).status == "canceled"
     assert state_of(runtime, offer_id)["hold_status"] == "released"
     # Releasing again is a no-op: there is no hold left.
-    assert saga.release_hold(runtime, offer_id) is None
+    assert stages.release_hold(runtime, offer_id) is None
 
 
-def test_a_resent_body_is_a_duplicate_and_another_body_a_conflict(runtime) -> None:  # noqa: ANN001
+def test_a_resent_body_is_a_duplicate_and_another_body_a_conflict(runtime) -> None:
     offer = base_offer(new_id("conflict"), 9)
     assert intake.submit(runtime, offer).outcome == "accepted"
     again = intake.submit(runtime, dict(offer))
@@ -125,7 +136,7 @@ def test_a_resent_body_is_a_duplicate_and_another_body_a_conflict(runtime) -> No
     assert '"amount_cents":99999' in rejection["raw_body"]
 
 
-def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:  # noqa: ANN001
+def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:
     offer_id = received(runtime)
     with runtime.db.transaction() as conn:
         assert store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
@@ -135,15 +146,21 @@ def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:  # noqa: A
             store.transition(conn, offer_id, states.VALIDATED, states.SUBMITTED, actor="test")
 
 
-def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:  # noqa: ANN001
+def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:
     # Given an offer holding its buyer's card, dead-lettered at the risk stage (Sift was down)
     offer_id = received(runtime)
-    saga.validate(runtime, offer_id)
-    saga.hold_payment(runtime, offer_id)
+    stages.validate(runtime, offer_id)
+    stages.hold_payment(runtime, offer_id)
     placed = state_of(runtime, offer_id)
     entry_id = deadletter.record(
-        runtime, stage="risk", task_name="offers.stage.score_risk", kwargs={"offer_id": offer_id},
-        error=TransientError("sift", "503", "unavailable"), traceback_text="", attempts=17, from_state=states.PAYMENT_HELD,
+        runtime,
+        stage="risk",
+        task_name="offers.stage.score_risk",
+        kwargs={"offer_id": offer_id},
+        error=TransientError("sift", "503", "unavailable"),
+        traceback_text="",
+        attempts=17,
+        from_state=states.PAYMENT_HELD,
     )
     assert state_of(runtime, offer_id)["state"] == states.DEAD_LETTERED
     time.sleep(0.05)
@@ -151,7 +168,7 @@ def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:  # noq
     # When an operator replays it, and the risk stage then clears it
     assert deadletter.claim_for_replay(runtime, entry_id) is not None
     assert state_of(runtime, offer_id)["state"] == states.PAYMENT_HELD
-    saga.score_risk(runtime, offer_id)
+    stages.score_risk(runtime, offer_id)
 
     # Then the hold is still dated when it was placed: the hold watch and `holds list` count the
     # authorization window from then, not from the replay
@@ -165,7 +182,7 @@ def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:  # noq
     assert due == placed["payment_held_at"] + runtime.settings.hold_release_after
 
 
-def test_validation_needs_only_one_pooled_connection(settings) -> None:  # noqa: ANN001
+def test_validation_needs_only_one_pooled_connection(settings) -> None:
     from offers_workers.runtime import Runtime
 
     # Given a worker process whose pool holds one Postgres connection (OFFERS_DB_POOL_SIZE=1), and
@@ -176,7 +193,7 @@ def test_validation_needs_only_one_pooled_connection(settings) -> None:  # noqa:
         rt.policies.forget(state_of(rt, offer_id)["listing_id"])
         # When its validation runs
         started = time.monotonic()
-        dispatches = saga.validate(rt, offer_id)
+        dispatches = stages.validate(rt, offer_id)
         # Then it validates at once, without waiting for a second connection that never comes
         assert [d.task for d in dispatches] == ["offers.stage.hold_payment"]
         assert state_of(rt, offer_id)["state"] == states.VALIDATED

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from config.settings import Settings
-from offers_workers.sandbox import Sandbox, clear_faults
+from offers_workers.local.sandbox import Sandbox, clear_faults
 
 
 @pytest.fixture(scope="session")

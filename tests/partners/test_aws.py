@@ -9,8 +9,8 @@ from typing import Any
 import boto3
 
 from config.settings import Settings
+from offers_workers.local.sandbox import ensure_aws_resources
 from offers_workers.partners.aws_events import SOURCE, EventPublisher
-from offers_workers.sandbox import ensure_aws_resources
 
 
 def client(settings: Settings, service: str) -> Any:
@@ -82,13 +82,15 @@ def test_publish_without_topic_only_hits_the_bus(settings: Settings) -> None:
     EventPublisher(settings).publish(event_id="e-1", detail_type="OfferCancelled", detail={}, sns_topic_arn=None)
 
 
-def test_a_real_endpoint_signs_with_the_deployments_credentials(settings: Settings, monkeypatch) -> None:  # noqa: ANN001
+def test_a_real_endpoint_signs_with_the_deployments_credentials(settings: Settings, monkeypatch) -> None:
     from offers_workers.partners.aws_archive import AuditArchive
 
     # Given a production deployment behind a VPC endpoint, its credentials from boto3's usual chain
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMTHECHAIN")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-the-chain")
-    deployed = settings.model_copy(update={"sandbox": False, "aws_endpoint_url": "https://vpce-0abc.events.us-east-1.vpce.amazonaws.com"})
+    deployed = settings.model_copy(
+        update={"sandbox": False, "aws_endpoint_url": "https://vpce-0abc.events.us-east-1.vpce.amazonaws.com"}
+    )
     # Then every AWS client signs with them, not with the sandbox's test keys
     clients = [EventPublisher(deployed)._events, EventPublisher(deployed)._sns, AuditArchive(deployed)._s3]
     assert {c._request_signer._credentials.access_key for c in clients} == {"AKIAFROMTHECHAIN"}

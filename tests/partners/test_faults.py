@@ -8,12 +8,12 @@ from collections.abc import Callable
 import pytest
 
 from config.settings import Settings
-from offers_workers.errors import TransientError
+from offers_workers.domain.errors import TransientError
+from offers_workers.local.sandbox import PARTNERS, Sandbox, clear_faults, get_faults, set_fault
 from offers_workers.partners.aws_events import EventPublisher
 from offers_workers.partners.plaid_funds import PlaidFunds
 from offers_workers.partners.sift_risk import SiftRisk
 from offers_workers.partners.stripe_payments import StripePayments
-from offers_workers.sandbox import PARTNERS, Sandbox, clear_faults, get_faults, set_fault
 
 
 def call(partner: str, settings: Settings) -> Callable[[], object]:
@@ -64,7 +64,9 @@ def test_injected_status_is_transient_then_clears(
 
 
 @pytest.mark.parametrize("partner", PARTNERS)
-def test_latency_beyond_read_timeout_is_transient(sandbox: Sandbox, fast_settings: Settings, settings: Settings, partner: str) -> None:
+def test_latency_beyond_read_timeout_is_transient(
+    sandbox: Sandbox, fast_settings: Settings, settings: Settings, partner: str
+) -> None:
     attempt = call(partner, fast_settings)
     set_fault(sandbox, partner, latency_ms=int(fast_settings.partner_read_timeout * 1000) + 250)
     with pytest.raises(TransientError) as info:

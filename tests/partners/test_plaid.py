@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config.settings import Settings
-from offers_workers.errors import PermanentError
+from offers_workers.domain.errors import PermanentError
 from offers_workers.partners.plaid_funds import PlaidFunds, client_transaction_id
 
 

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from config.settings import load_settings
-from offers_workers.sandbox import Sandbox
+from offers_workers.local.sandbox import Sandbox
 
 
 def test_settings_env_points_settings_at_the_sandbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:

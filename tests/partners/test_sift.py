@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings
-from offers_workers.errors import PermanentError
+from offers_workers.domain.errors import PermanentError
 from offers_workers.partners.sift_risk import SiftRisk
 
 

@@ -12,9 +12,9 @@ import stripe
 from pydantic import SecretStr
 
 from config.settings import Settings
-from offers_workers.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.local.sandbox.stripe_server import StripeHandler
 from offers_workers.partners.stripe_payments import Hold, StripePayments
-from offers_workers.sandbox.stripe_server import StripeHandler
 
 
 @pytest.fixture(scope="module")

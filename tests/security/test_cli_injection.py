@@ -18,10 +18,14 @@ HOSTILE = "x'; DROP TABLE offers; --"
         (("holds", "release", "--offer", HOSTILE), 1, "has no active hold"),
         (("cancel", "--reason", "ops", "--", HOSTILE), 2, "is not an offer id"),
         (("flags", "set", "OFFER_SUBMISSION_ENABLED; --", "on"), 2, "unknown flag"),
-        (("audit", "verify-chain", "--since", "now(); DROP TABLE audit_events"), 2, "neither an ISO timestamp nor a duration"),
+        (
+            ("audit", "verify-chain", "--since", "now(); DROP TABLE audit_events"),
+            2,
+            "neither an ISO timestamp nor a duration",
+        ),
     ],
 )
-def test_hostile_arguments_are_handled_as_data(runtime, args: tuple[str, ...], code: int, says: str) -> None:  # noqa: ANN001
+def test_hostile_arguments_are_handled_as_data(runtime, args: tuple[str, ...], code: int, says: str) -> None:
     result = cli(*args)
     assert result.returncode == code, (result.stdout, result.stderr)
     assert says in result.stdout + result.stderr

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offers_workers import intake
-from offers_workers.samples import base_offer
+from offers_workers.local.samples import base_offer
+from offers_workers.saga import intake
 from tests.conftest import new_id
 
 EXAMPLES = int(os.environ.get("OFFERS_FUZZ_EXAMPLES", "150"))
@@ -27,24 +27,32 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 
-HOSTILE_TEXT = st.sampled_from([
-    "x'; DROP TABLE offers; --",
-    "$(rm -rf /)",
-    "`id`",
-    "../../etc/passwd",
-    "a\x00b",
-    "\u202egnp.exe",
-    "🦄" * 40,
-    "\r\n\t\x1b[31m",
-    "%s%s%n",
-    "{{7*7}}",
-    "",
-    " ",
-    "Ω" * 65,
-])
+HOSTILE_TEXT = st.sampled_from(
+    [
+        "x'; DROP TABLE offers; --",
+        "$(rm -rf /)",
+        "`id`",
+        "../../etc/passwd",
+        "a\x00b",
+        "\u202egnp.exe",
+        "🦄" * 40,
+        "\r\n\t\x1b[31m",
+        "%s%s%n",
+        "{{7*7}}",
+        "",
+        " ",
+        "Ω" * 65,
+    ]
+)
 HUGE_NUMBERS = st.sampled_from([0, -1, 2**31, 2**63, -(2**63), 10**20, 10**400, 1e308, -0.0, 1.5])
-JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=50)
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=25)
+JSON_SCALARS = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=50)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=25,
+)
 
 
 def nested(depth: int) -> Any:
@@ -62,9 +70,24 @@ BREAKERS = st.one_of(
     st.integers(min_value=200, max_value=20_000).map(lambda n: "x" * n),
     st.integers(min_value=50, max_value=1_500).map(nested),
 )
-FIELDS = ["offer_id", "listing_id", "maker_id", "buyer_id", "amount_cents", "currency", "payment", "payment.method",
-          "payment.payment_method_id", "buyer_context", "buyer_context.email", "buyer_context.ip", "message", "submitted_at",
-          "synthetic", "unexpected_field"]
+FIELDS = [
+    "offer_id",
+    "listing_id",
+    "maker_id",
+    "buyer_id",
+    "amount_cents",
+    "currency",
+    "payment",
+    "payment.method",
+    "payment.payment_method_id",
+    "buyer_context",
+    "buyer_context.email",
+    "buyer_context.ip",
+    "message",
+    "submitted_at",
+    "synthetic",
+    "unexpected_field",
+]
 
 
 @st.composite
@@ -80,14 +103,16 @@ def near_valid_offers(draw: st.DrawFn) -> dict[str, Any]:
     return offer
 
 
-def assert_recorded(runtime, raw: Any) -> None:  # noqa: ANN001
+def assert_recorded(runtime, raw: Any) -> None:
     result = intake.submit(runtime, raw)
     assert result.outcome in {"accepted", "duplicate", "invalid_payload", "duplicate_conflict"}
     with runtime.db.transaction() as conn:
         if result.outcome in ("accepted", "duplicate"):
             assert conn.execute("SELECT 1 FROM offers WHERE offer_id = %s", (result.offer_id,)).fetchone()
         else:
-            row = conn.execute("SELECT reason, errors FROM intake_rejections WHERE id = %s", (result.rejection_id,)).fetchone()
+            row = conn.execute(
+                "SELECT reason, errors FROM intake_rejections WHERE id = %s", (result.rejection_id,)
+            ).fetchone()
             assert row["reason"] == result.outcome and row["errors"]
             assert all(set(e) == {"field", "code", "message"} for e in row["errors"])
 
@@ -95,12 +120,12 @@ def assert_recorded(runtime, raw: Any) -> None:  # noqa: ANN001
 @pytest.mark.usefixtures("settings")
 @FUZZ
 @given(raw=JSON_VALUES)
-def test_any_json_value_ends_as_a_record(runtime, raw: Any) -> None:  # noqa: ANN001
+def test_any_json_value_ends_as_a_record(runtime, raw: Any) -> None:
     assert_recorded(runtime, raw)
 
 
 @pytest.mark.usefixtures("settings")
 @FUZZ
 @given(raw=near_valid_offers())
-def test_a_near_valid_offer_with_one_field_broken_ends_as_a_record(runtime, raw: dict[str, Any]) -> None:  # noqa: ANN001
+def test_a_near_valid_offer_with_one_field_broken_ends_as_a_record(runtime, raw: dict[str, Any]) -> None:
     assert_recorded(runtime, raw)

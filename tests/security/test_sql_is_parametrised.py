@@ -31,23 +31,33 @@ def findings(path: Path) -> list[str]:
     found = []
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("execute", "executemany"):
-            if node.args and string_built(node.args[0]):
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        if (
+            (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany")
+            )
+            and node.args
+            and string_built(node.args[0])
+        ):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     return found
 
 
 def test_the_scan_sees_the_sources() -> None:
     assert len(SOURCES) > 30
-    assert any(p.name == "store.py" for p in SOURCES)
+    assert any(p.parent.name == "store" for p in SOURCES)
 
 
-@pytest.mark.parametrize("snippet", [
-    'conn.execute(f"SELECT * FROM offers WHERE offer_id = \'{offer_id}\'")',
-    'conn.execute("SELECT * FROM offers WHERE offer_id = \'%s\'" % offer_id)',
-    'conn.execute("SELECT * FROM offers WHERE offer_id = \'" + offer_id + "\'")',
-    'cur.execute("DELETE FROM {} WHERE id = 1".format(table))',
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "conn.execute(f\"SELECT * FROM offers WHERE offer_id = '{offer_id}'\")",
+        "conn.execute(\"SELECT * FROM offers WHERE offer_id = '%s'\" % offer_id)",
+        'conn.execute("SELECT * FROM offers WHERE offer_id = \'" + offer_id + "\'")',
+        'cur.execute("DELETE FROM {} WHERE id = 1".format(table))',
+    ],
+)
 def test_the_scan_catches_string_built_sql(tmp_path: Path, snippet: str) -> None:
     source = tmp_path / "bad.py"
     source.write_text(snippet + "\n")

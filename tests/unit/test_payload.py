@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from offers_workers.payload import MAX_MESSAGE_BYTES, PayloadRejected, body_sha256, json_schema, parse_offer
-from offers_workers.samples import base_offer
+from offers_workers.domain.payload import MAX_MESSAGE_BYTES, PayloadRejected, body_sha256, json_schema, parse_offer
+from offers_workers.local.samples import base_offer
 
 
-def codes(raw) -> dict[str, str]:  # noqa: ANN001
+def codes(raw) -> dict[str, str]:
     with pytest.raises(PayloadRejected) as caught:
         parse_offer(raw)
     return {e.field: e.code for e in caught.value.errors}
@@ -83,7 +83,15 @@ def test_the_same_body_hashes_the_same_whatever_the_key_order() -> None:
 
 def test_the_schema_describes_the_contract() -> None:
     schema = json_schema()
-    assert set(schema["required"]) == {"offer_id", "listing_id", "maker_id", "buyer_id", "amount_cents", "currency", "payment"}
+    assert set(schema["required"]) == {
+        "offer_id",
+        "listing_id",
+        "maker_id",
+        "buyer_id",
+        "amount_cents",
+        "currency",
+        "payment",
+    }
     assert schema["additionalProperties"] is False
     assert schema["properties"]["amount_cents"]["maximum"] == 100_000_000
 

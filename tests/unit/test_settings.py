@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from config.retry import POLICIES, LONGEST_COUNTDOWN
 from config.celery import celery_config
+from config.retry import LONGEST_COUNTDOWN, POLICIES
 from config.settings import ConfigError, load_settings
 
 
@@ -51,7 +51,7 @@ def test_an_invalid_bus_name_is_refused(clean_env: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-def test_secrets_come_from_files_and_are_masked(clean_env: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+def test_secrets_come_from_files_and_are_masked(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
     secret = tmp_path / "stripe"
     secret.write_text("sk_test_from_a_file\n")
     clean_env.setenv("OFFERS_SANDBOX", "1")
@@ -62,7 +62,7 @@ def test_secrets_come_from_files_and_are_masked(clean_env: pytest.MonkeyPatch, t
     assert "sk_test_from_a_file" not in str(settings.model_dump())
 
 
-def test_an_unreadable_secret_file_is_named(clean_env: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+def test_an_unreadable_secret_file_is_named(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
     clean_env.setenv("OFFERS_SANDBOX", "1")
     clean_env.setenv("OFFERS_SIFT_API_KEY_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="OFFERS_SIFT_API_KEY_FILE"):
@@ -75,7 +75,9 @@ def test_a_worker_with_a_bad_setting_stops_with_one_line(clean_env: pytest.Monke
     clean_env.setenv("OFFERS_DB_POOL_SIZE", "many")
     result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["offers-workers: invalid configuration: OFFERS_DB_POOL_SIZE: Input should be a valid integer, unable to parse string as an integer"]
+    assert result.stderr.strip().splitlines() == [
+        "offers-workers: invalid configuration: OFFERS_DB_POOL_SIZE: Input should be a valid integer, unable to parse string as an integer"
+    ]
 
 
 def test_celery_is_json_only_with_late_acks(clean_env: pytest.MonkeyPatch) -> None:
@@ -105,8 +107,17 @@ def test_rabbitmq_gets_durable_quorum_queues_confirms_and_heartbeats(clean_env: 
     clean_env.setenv("OFFERS_REDIS_URL", "redis://127.0.0.1:6379/0")
     config = celery_config(load_settings())
     queues = {q.name: q for q in config["task_queues"]}
-    assert set(queues) == {"offers.intake", "offers.realtime", "offers.validation", "offers.payment", "offers.risk",
-                           "offers.auction", "offers.audit", "offers.events", "offers.maintenance"}
+    assert set(queues) == {
+        "offers.intake",
+        "offers.realtime",
+        "offers.validation",
+        "offers.payment",
+        "offers.risk",
+        "offers.auction",
+        "offers.audit",
+        "offers.events",
+        "offers.maintenance",
+    }
     for name, queue in queues.items():
         assert queue.durable and queue.queue_arguments == {"x-queue-type": "quorum"}
         assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("offers", "topic", name)
@@ -124,7 +135,7 @@ def test_rabbitmq_without_a_redis_for_results_and_caches_is_refused(clean_env: p
     with pytest.raises(ConfigError, match="OFFERS_REDIS_URL is required with a RabbitMQ broker"):
         load_settings()
     clean_env.setenv("OFFERS_BROKER_URL", "sqs://queue")
-    with pytest.raises(ConfigError, match="OFFERS_BROKER_URL must be a Redis .* or RabbitMQ"):
+    with pytest.raises(ConfigError, match=r"OFFERS_BROKER_URL must be a Redis .* or RabbitMQ"):
         load_settings()
 
 
@@ -146,7 +157,9 @@ def test_a_redis_socket_url_is_refused_at_start_up_naming_the_setting(clean_env:
         load_settings()
 
 
-def test_a_rediss_result_backend_needs_ssl_cert_reqs_and_celery_takes_what_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
+def test_a_rediss_result_backend_needs_ssl_cert_reqs_and_celery_takes_what_is_accepted(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     from celery import Celery
 
     # Given a TLS Redis, as broker and result backend, without ssl_cert_reqs in its URL
@@ -159,7 +172,9 @@ def test_a_rediss_result_backend_needs_ssl_cert_reqs_and_celery_takes_what_is_ac
         "invalid configuration: OFFERS_BROKER_URL: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string"
     )
     clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-    clean_env.setenv("OFFERS_REDIS_URL", "rediss://:hunter2@redis.internal:6380/0?ssl_cert_reqs=CERT_REQUIRED")  # Celery's spelling; redis-py refuses it
+    clean_env.setenv(
+        "OFFERS_REDIS_URL", "rediss://:hunter2@redis.internal:6380/0?ssl_cert_reqs=CERT_REQUIRED"
+    )  # Celery's spelling; redis-py refuses it
     with pytest.raises(ConfigError, match="OFFERS_REDIS_URL: a rediss:// URL needs ssl_cert_reqs"):
         load_settings()
     # and with it, Celery's result backend takes the URL (it is built without connecting)

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from offers_workers import states
-from offers_workers.states import IllegalTransition, can_transition, check_transition
+from offers_workers.domain import states
+from offers_workers.domain.states import IllegalTransition, can_transition, check_transition
 
 
 def test_the_happy_path_is_walked_one_stage_at_a_time() -> None:

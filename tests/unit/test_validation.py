@@ -6,17 +6,19 @@ from decimal import Decimal
 
 import pytest
 
-from offers_workers.payload import parse_offer
-from offers_workers.policy import Listing, ListingPolicy, MakerPolicy
-from offers_workers.samples import base_offer
-from offers_workers.validation import check_offer
+from offers_workers.domain.payload import parse_offer
+from offers_workers.domain.policy import Listing, ListingPolicy, MakerPolicy
+from offers_workers.domain.validation import check_offer
+from offers_workers.local.samples import base_offer
 
-MAKER = MakerPolicy(maker_id="mkr_1", min_offer_cents=1000, auto_reject_below_pct=Decimal("50"), accepts_bank_payments=False)
+MAKER = MakerPolicy(
+    maker_id="mkr_1", min_offer_cents=1000, auto_reject_below_pct=Decimal("50"), accepts_bank_payments=False
+)
 LISTING = Listing(listing_id="lst_1", maker_id="mkr_1", asking_price_cents=20000, currency="USD", status="active")
 FOUND = ListingPolicy(listing=LISTING, maker=MAKER)
 
 
-def problems(found=FOUND, **changes) -> list[str]:  # noqa: ANN001
+def problems(found=FOUND, **changes) -> list[str]:
     return [p.code for p in check_offer(parse_offer(base_offer("off_1", 1) | changes), found)]
 
 
@@ -67,4 +69,8 @@ def test_bank_payment_not_accepted() -> None:
 
 
 def test_several_problems_are_all_reported_most_fundamental_first() -> None:
-    assert problems(maker_id="mkr_x", currency="EUR", amount_cents=500) == ["maker_mismatch", "currency_mismatch", "below_minimum"]
+    assert problems(maker_id="mkr_x", currency="EUR", amount_cents=500) == [
+        "maker_mismatch",
+        "currency_mismatch",
+        "below_minimum",
+    ]

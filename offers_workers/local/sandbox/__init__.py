@@ -1,0 +1,11 @@
+"""Local partner sandbox: HTTP servers that speak Stripe's, Sift's and Plaid's wire formats, plus moto.
+
+The production adapters run unchanged against it. Faults (status, rate, latency) are held in the
+sandbox process and set over HTTP, so every process that talks to the sandbox sees the same faults.
+"""
+
+from offers_workers.local.sandbox.aws import ensure_aws_resources
+from offers_workers.local.sandbox.faults import PARTNERS, clear_faults, get_faults, set_fault
+from offers_workers.local.sandbox.runner import Sandbox, serve
+
+__all__ = ["PARTNERS", "Sandbox", "clear_faults", "ensure_aws_resources", "get_faults", "serve", "set_fault"]

@@ -1,0 +1,144 @@
+"""``Sandbox``: the four partner servers in threads of the current process; ``serve``: run them until a signal."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from config.settings import SANDBOX_PORTS
+from offers_workers.local.sandbox.aws import ensure_aws_resources, make_aws_server
+from offers_workers.local.sandbox.faults import PARTNERS, FaultState
+from offers_workers.local.sandbox.http import PartnerHandler, PartnerHTTPServer
+from offers_workers.local.sandbox.plaid_server import PlaidHandler
+from offers_workers.local.sandbox.sift_server import SiftHandler
+from offers_workers.local.sandbox.stripe_server import StripeHandler, StripeState
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+_HANDLERS: dict[str, type[PartnerHandler]] = {"stripe": StripeHandler, "sift": SiftHandler, "plaid": PlaidHandler}
+
+
+class Sandbox:
+    """All four partners. ``ports``: partner -> port (default ``SANDBOX_PORTS``; 0 or ``ports=0``: free ports)."""
+
+    def __init__(self, host: str = "127.0.0.1", ports: Mapping[str, int] | int | None = None) -> None:
+        if isinstance(ports, int):
+            ports = dict.fromkeys(PARTNERS, ports)
+        unknown = set(ports or {}) - set(PARTNERS)
+        if unknown:
+            raise ValueError(f"unknown partners {sorted(unknown)}; expected {PARTNERS}")
+        self.host = host
+        self.ports: dict[str, int] = {**SANDBOX_PORTS, **(ports or {})}
+        self.faults = {p: FaultState() for p in PARTNERS}
+        self._servers: dict[str, Any] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, settings: Settings | None = None) -> Sandbox:
+        """Start every partner; with ``settings``, also create its AWS resources in this sandbox."""
+        if self._servers:
+            raise RuntimeError("sandbox already started")
+        try:
+            for partner in PARTNERS:
+                addr = (self.host, self.ports[partner])
+                if partner == "aws":
+                    server = make_aws_server(*addr, self.faults[partner])
+                else:
+                    state = StripeState() if partner == "stripe" else None
+                    server = PartnerHTTPServer(addr, _HANDLERS[partner], self.faults[partner], state)
+                self._servers[partner] = server
+                self.ports[partner] = server.server_address[1]
+                thread = threading.Thread(
+                    target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"sandbox-{partner}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+            if settings is not None:
+                ensure_aws_resources(settings.model_copy(update={"aws_endpoint_url": self.urls["aws"]}))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.shutdown()
+            server.close_connections()  # keep-alive handler threads would otherwise keep serving
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._servers.clear()
+        self._threads.clear()
+
+    def __enter__(self) -> Sandbox:
+        return self if self._servers else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """``{"stripe": "http://127.0.0.1:PORT", ...}`` (actual ports once started)."""
+        return {p: f"http://{self.host}:{self.ports[p]}" for p in PARTNERS}
+
+    def settings_env(self) -> dict[str, str]:
+        """``OFFERS_*`` variables pointing a process's Settings at this sandbox."""
+        urls = self.urls
+        return {
+            "OFFERS_SANDBOX": "1",
+            "OFFERS_STRIPE_API_BASE": urls["stripe"],
+            "OFFERS_SIFT_API_URL": urls["sift"],
+            "OFFERS_PLAID_HOST": urls["plaid"],
+            "OFFERS_AWS_ENDPOINT_URL": urls["aws"],
+        }
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Sandbox ``Settings`` for this sandbox's URLs and test credentials (``overrides`` win)."""
+        from config.settings import SANDBOX_DEFAULTS, Settings
+
+        urls = self.urls
+        values: dict[str, Any] = {
+            **SANDBOX_DEFAULTS,  # explicit, so real keys in the environment never reach the sandbox
+            "sandbox": True,
+            "stripe_api_base": urls["stripe"],
+            "sift_api_url": urls["sift"],
+            "plaid_host": urls["plaid"],
+            "aws_endpoint_url": urls["aws"],
+        }
+        return Settings(**{**values, **overrides})
+
+
+def _port(url: str | None, partner: str) -> int:
+    port = urlsplit(url).port if url else None
+    return port or SANDBOX_PORTS[partner]
+
+
+def serve(settings: Settings, host: str = "127.0.0.1") -> None:
+    """Run the sandbox on the ports in ``settings``' partner URLs until SIGINT/SIGTERM."""
+    ports = {
+        "stripe": _port(settings.stripe_api_base, "stripe"),
+        "sift": _port(settings.sift_api_url, "sift"),
+        "plaid": _port(settings.plaid_host, "plaid"),
+        "aws": _port(settings.aws_endpoint_url, "aws"),
+    }
+    sandbox = Sandbox(host=host, ports=ports).start(settings)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for partner, url in sandbox.urls.items():
+            print(f"{partner:<7} {url}", flush=True)
+        while not stop.wait(1):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sandbox.stop()
+        print("sandbox stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,105 @@
+"""The whole local stack: stores (embedded when no URLs are set), the sandbox partners and the
+Procfile's processes. ``dev`` and ``demo`` run on it; ``stop`` ends everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from config.settings import Settings, get_settings
+from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from offers_workers.local.fleet import PROJECT_ROOT, Fleet, read_procfile
+from offers_workers.runtime import Runtime
+from offers_workers.store.policy import read_policy_file
+
+log = logging.getLogger(__name__)
+
+SAMPLE_POLICY = PROJECT_ROOT / "config" / "policy" / "sample.yaml"
+
+
+class Stack:
+    def __init__(self, settings: Settings, *, sandbox_ports: dict[str, int] | None = None) -> None:
+        self.base_settings = settings
+        self.sandbox_ports = sandbox_ports
+        self.env: dict[str, str] = {}
+        self.settings = settings
+        self.fleet: Fleet | None = None
+        self._cleanup = ExitStack()
+
+    def start(self, *, process_types: list[str] | None = None, with_sandbox: bool = True) -> Settings:
+        """Start stores, sandbox and processes; returns the settings every process now shares."""
+        try:
+            self._start(process_types, with_sandbox)
+        except BaseException:
+            self.stop()
+            raise
+        return self.settings
+
+    def _start(self, process_types: list[str] | None, with_sandbox: bool) -> None:
+        state_dir = self.base_settings.state_dir
+        if not self.base_settings.database_url:
+            pg = EmbeddedPostgres(state_dir)
+            self.env["OFFERS_DATABASE_URL"] = pg.start()
+            self._cleanup.callback(pg.stop)
+        if not self.base_settings.broker_url:
+            rd = EmbeddedRedis(state_dir)
+            self.env["OFFERS_BROKER_URL"] = rd.start()
+            self._cleanup.callback(rd.stop)
+        if with_sandbox:
+            from offers_workers.local.sandbox import Sandbox, ensure_aws_resources
+
+            sandbox = Sandbox(ports=self.sandbox_ports)
+            sandbox.start()
+            self._cleanup.callback(sandbox.stop)
+            self.env.update(sandbox.settings_env())
+        if "OFFERS_METRICS_PORT" not in os.environ:
+            # A local stack must not collide with a metrics server already on the default port.
+            self.env["OFFERS_METRICS_PORT"] = str(free_port())
+        # This process (the CLI) talks to the same stack as the processes it starts.
+        os.environ.update(self.env)
+        get_settings.cache_clear()
+        self.settings = get_settings()
+        if with_sandbox:
+            ensure_aws_resources(self.settings)
+
+        self.fleet = Fleet(self.env, Path(state_dir) / "logs")
+        self._cleanup.callback(self.fleet.stop)
+        types = {t.name: t for t in read_procfile()}
+        self.fleet.run_once(types["release"])
+        load_sample_policy(self.settings)
+        wanted = process_types or [name for name in types if name != "release"]
+        for name in wanted:
+            self.fleet.start(types[name])
+
+    def wait_for_workers(self, app, timeout: float = 60) -> None:
+        """Block until every started worker answers a ping (or a worker died)."""
+        expected = sum(1 for name in (self.fleet.processes if self.fleet else {}) if name.startswith("worker"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = self.fleet.dead() if self.fleet else []
+            if dead:
+                raise RuntimeError(f"process {', '.join(dead)} exited at start-up; see {self.fleet.log_dir}")
+            replies = app.control.ping(timeout=0.5) or []
+            if len(replies) >= expected:
+                return
+        raise RuntimeError(
+            f"workers did not come up within {timeout:.0f}s; see {self.fleet.log_dir if self.fleet else ''}"
+        )
+
+    def stop(self) -> None:
+        self._cleanup.close()
+
+
+def load_sample_policy(settings: Settings) -> None:
+    rt = Runtime(settings)
+    try:
+        policy = read_policy_file(SAMPLE_POLICY)
+        with rt.db.transaction() as conn:
+            rt.policies.load(conn, policy)
+        rt.policies.invalidate()
+    finally:
+        rt.close()

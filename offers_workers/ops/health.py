@@ -1,0 +1,173 @@
+"""What the on-call engineer looks at: the figures of ``stats`` and ``/metrics``, and the runbook's
+thresholds that ``health`` checks, each with the runbook symptom and its first checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from config.celery import QUEUES
+from offers_workers.ops import reports
+from offers_workers.runtime import Runtime
+
+#: The runbook's SLOs.
+SUCCESS_RATE_MIN = 0.98
+VALIDATION_P95_MAX_MS = 400
+AUCTION_LAG_P95_MAX_MS = 1000
+
+RUNBOOK: dict[str, tuple[str, list[str]]] = {
+    "success_rate": (
+        "Submission Success Rate Drops",
+        [
+            "Find the partner behind it: `offers-workers dlq list` and the logs' stripe_error / sift_error / plaid_error.",
+            "If a partner is down and impact is severe: `offers-workers flags set SOFT_LAUNCH_MODE on`; tell the vendor; note it in #eng-offers.",
+            "Release holds of offers that cannot proceed: `offers-workers holds release --dead-lettered`.",
+        ],
+    ),
+    "validation_p95": (
+        "Validation Latency >400ms p95",
+        [
+            "Check Redis latency (the policy cache) and Postgres; scale if CPU > 70 %.",
+            "Review recent maker policy changes (`offers-workers policy load`).",
+            "Check the `offers.validation` queue depth below: add `worker` processes if it grows.",
+        ],
+    ),
+    "auction_lag_p95": (
+        "Auction Trigger Lag >1000ms",
+        [
+            "Check EventBridge for throttling (auction retries in the logs: aws ThrottlingException).",
+            "Look for auction dead letters: `offers-workers dlq list --stage auction`; replay with `dlq replay --all --stage auction`.",
+            "Check the payment and risk queues ahead of it: add `worker_partners` if they grow.",
+        ],
+    ),
+    "dead_letters": (
+        "Dead letters waiting",
+        [
+            "`offers-workers dlq list` shows each entry's stage and error.",
+            "Once the cause is fixed: `offers-workers dlq replay --all --stage S`.",
+            "Offers that will not proceed: `offers-workers holds release --dead-lettered`.",
+        ],
+    ),
+    "stuck_offers": (
+        "Offers stuck mid-saga",
+        [
+            "Are the workers up? `celery -A tasks.app inspect ping`; is the single beat running (recovery sweep)?",
+            "Check queue depths below and the workers' logs.",
+            "The recovery sweep re-sends their stage; `offers-workers offers list --state S` shows them.",
+        ],
+    ),
+    "high_value_cancellations": (
+        "High-Value Cancellation Spike",
+        [
+            "Look at the reason distribution (`offers-workers stats --window 1h`).",
+            "Confirm the maker policies are not misconfigured (auto-reject threshold, SLA window).",
+            "Talk to the Maker Success team if it is a legitimate business shift.",
+        ],
+    ),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    threshold: str
+    ok: bool
+    detail: list[str] = field(default_factory=list)
+
+    @property
+    def symptom(self) -> str:
+        return RUNBOOK[self.name][0]
+
+    @property
+    def first_checks(self) -> list[str]:
+        return RUNBOOK[self.name][1]
+
+
+def figures(rt: Runtime, window: timedelta) -> dict[str, Any]:
+    """Every figure of ``stats``, exact from Postgres (queues from the broker), synthetic offers left out."""
+    s = rt.settings
+    scope = reports.Scope(since=datetime.now(UTC) - window)
+    with rt.db.transaction() as conn:
+        spike = reports.cancellation_spike(
+            conn,
+            high_value_cents=s.high_value_cents,
+            window_s=s.cancel_spike_window_seconds,
+            trailing_s=s.cancel_spike_trailing_seconds,
+            ratio=s.cancel_spike_ratio,
+            minimum=s.cancel_spike_min,
+        )
+        found = {
+            "window_seconds": window.total_seconds(),
+            "offers_by_state": reports.outcome_counts(conn, scope),
+            "success_rate": reports.success_rate(conn, scope),
+            "validation_ms": reports.stage_latencies(conn, scope)["validation"],
+            "auction_lag_ms": reports.auction_lag(conn, scope),
+            "dead_letters": reports.dlq_depth(conn),
+            "active_holds": reports.active_holds(conn),
+            "stuck_offers": reports.stuck_offers(conn, s.recovery_after_seconds),
+            "cancellations": reports.cancellations(conn, scope),
+            "high_value_cancellations": {
+                "threshold_cents": s.high_value_cents,
+                "recent": spike.recent,
+                "trailing_rate": round(spike.trailing_rate, 2),
+                "ratio": spike.ratio,
+                "spike": spike.spike,
+                "by_reason": spike.by_reason,
+            },
+        }
+    found["queue_depths"] = reports.queue_depths(s, QUEUES) if s.broker_url else None
+    return found
+
+
+def checks(rt: Runtime, found: dict[str, Any]) -> list[Check]:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f} ms"
+
+    rate = found["success_rate"]
+    validation_p95 = found["validation_ms"]["p95"]
+    lag_p95 = found["auction_lag_ms"]["p95"]
+    dlq = sum(found["dead_letters"].values())
+    hv = found["high_value_cancellations"]
+    return [
+        Check(
+            "success_rate",
+            "-" if rate is None else f"{rate:.1%}",
+            f"≥ {SUCCESS_RATE_MIN:.0%}",
+            rate is None or rate >= SUCCESS_RATE_MIN,
+        ),
+        Check(
+            "validation_p95",
+            ms(validation_p95),
+            f"< {VALIDATION_P95_MAX_MS} ms",
+            validation_p95 is None or validation_p95 < VALIDATION_P95_MAX_MS,
+        ),
+        Check(
+            "auction_lag_p95",
+            ms(lag_p95),
+            f"< {AUCTION_LAG_P95_MAX_MS} ms",
+            lag_p95 is None or lag_p95 < AUCTION_LAG_P95_MAX_MS,
+        ),
+        Check(
+            "dead_letters",
+            f"{dlq:,} pending",
+            "0",
+            dlq == 0,
+            [f"{stage}: {n}" for stage, n in found["dead_letters"].items()],
+        ),
+        Check(
+            "stuck_offers",
+            f"{found['stuck_offers']:,}",
+            f"0 older than {rt.settings.recovery_after_seconds:g} s",
+            found["stuck_offers"] == 0,
+        ),
+        Check(
+            "high_value_cancellations",
+            f"{hv['recent']} in the last {rt.settings.cancel_spike_window_seconds / 3600:g} h ({hv['trailing_rate']:.1f} trailing)",
+            f"< {rt.settings.cancel_spike_ratio:g}× trailing or < {rt.settings.cancel_spike_min}",
+            not hv["spike"],
+            [f"{reason}: {n}" for reason, n in hv["by_reason"].items()],
+        ),
+    ]

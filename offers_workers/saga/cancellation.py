@@ -1,0 +1,190 @@
+"""Cancellation: a buyer withdraws, a maker rejects, ops step in, or the maker's SLA lapses.
+
+A cancel may arrive at any moment. Every request is recorded in ``cancel_requests`` with what it
+did. The offer's row lock decides a race with an in-flight stage: whichever commits first wins,
+and a stage that finds its offer cancelled changes nothing but releasing a hold it placed (see
+``saga._commit``). A cancel for an offer not received yet leaves a tombstone that the late submit
+honours, under a per-offer advisory lock so the two cannot pass each other unseen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from offers_workers import store
+from offers_workers.domain import states
+from offers_workers.domain.payload import FieldError
+from offers_workers.runtime import Runtime
+from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
+
+log = logging.getLogger(__name__)
+
+#: Who may send ``offers.cancel``.
+ACTORS = frozenset({"buyer", "maker", "ops"})
+#: Reasons a cancel request may give (``maker_sla_expired`` is the SLA job's own).
+REQUEST_REASONS = frozenset({"buyer_withdrew", "maker_rejected", "ops"})
+SLA_EXPIRED = "maker_sla_expired"
+SLA_ACTOR = "offers.expire_offers"
+
+#: At most this many offers are expired per tick, so a backlog drains without a flood.
+SLA_BATCH = 500
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """``outcome``: cancelled, tombstone, already_cancelled, already_rejected or invalid."""
+
+    outcome: str
+    offer_id: str | None
+    dispatches: list[Dispatch]
+
+
+def lock_offer_id(conn: psycopg.Connection, offer_id: str) -> None:
+    """Serialise cancel and submit of one offer id until the transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (offer_id,))
+
+
+def request_cancel(
+    rt: Runtime,
+    offer_id: Any,
+    reason: Any,
+    actor: Any,
+    *,
+    task_id: str | None = None,
+    unexpected: dict[str, Any] | None = None,
+) -> CancelResult:
+    """Handle one ``offers.cancel`` message: check its arguments, then cancel."""
+    errors = _check(offer_id, reason, actor, unexpected or {})
+    if errors:
+        kept = {
+            k: v if isinstance(v, str) and len(v) <= 64 else None
+            for k, v in (("offer_id", offer_id), ("reason", reason), ("actor", actor))
+        }
+        with rt.db.transaction() as conn:
+            _record(conn, kept["offer_id"], kept["reason"], kept["actor"], "invalid", task_id, errors)
+        log.warning("cancel refused", extra={"offer_id": kept["offer_id"], "errors": [e.field for e in errors]})
+        return CancelResult("invalid", kept["offer_id"], [])
+    return cancel(rt, offer_id, reason, actor, task_id=task_id)
+
+
+def _check(offer_id: Any, reason: Any, actor: Any, unexpected: dict[str, Any]) -> list[FieldError]:
+    from offers_workers.saga.intake import OFFER_ID
+
+    errors = [
+        FieldError(field=k, code="unexpected_argument", message="offers.cancel takes offer_id, reason and actor")
+        for k in sorted(unexpected)
+    ]
+    if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
+        errors.append(
+            FieldError(field="offer_id", code="invalid", message="1-64 characters: letters, digits, '_' or '-'")
+        )
+    if reason not in REQUEST_REASONS:
+        errors.append(
+            FieldError(field="reason", code="invalid", message=f"one of {', '.join(sorted(REQUEST_REASONS))}")
+        )
+    if actor not in ACTORS:
+        errors.append(FieldError(field="actor", code="invalid", message=f"one of {', '.join(sorted(ACTORS))}"))
+    return errors
+
+
+def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None) -> CancelResult:
+    with rt.db.transaction() as conn:
+        lock_offer_id(conn, offer_id)
+        offer = store.load_offer(conn, offer_id, for_update=True)
+        if offer is None:
+            _record(conn, offer_id, reason, actor, "tombstone", task_id)
+            log.warning(
+                "cancel for an offer not received (yet): kept as a tombstone for a late submit",
+                extra={"offer_id": offer_id, "reason": reason},
+            )
+            return CancelResult("tombstone", offer_id, [])
+        if offer.state in states.TERMINAL:
+            outcome = "already_cancelled" if offer.state == states.CANCELLED else "already_rejected"
+            _record(conn, offer_id, reason, actor, outcome, task_id)
+            log.info(
+                "cancel of an offer that already ended; nothing to do",
+                extra={"offer_id": offer_id, "state": offer.state},
+            )
+            return CancelResult(outcome, offer_id, compensate_if_ended(conn, offer_id))
+        dispatches = _cancel_locked(conn, offer, reason, actor=actor)
+        _record(conn, offer_id, reason, actor, "cancelled", task_id)
+    log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
+    return CancelResult("cancelled", offer_id, dispatches)
+
+
+def _cancel_locked(conn: psycopg.Connection, offer: store.Offer, reason: str, *, actor: str) -> list[Dispatch]:
+    """Move a locked, not yet ended offer to cancelled; its event and hold release follow."""
+    moved = store.transition(conn, offer.offer_id, offer.state, states.CANCELLED, actor=actor, reason=reason)
+    assert moved, "the row is locked: its state cannot have changed"
+    # A dead letter of a cancelled offer has nothing left to replay.
+    conn.execute(
+        "UPDATE dead_letters SET status = 'discarded', resolved_at = clock_timestamp(), resolution = 'offer cancelled'"
+        " WHERE offer_id = %s AND status = 'pending'",
+        (offer.offer_id,),
+    )
+    return after_outcome(conn, offer.offer_id, "offer.cancelled")
+
+
+def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> list[Dispatch] | None:
+    """Called by intake right after inserting an offer (same transaction, same advisory lock):
+    if a cancel came first, the offer ends cancelled at once. None when there is no tombstone."""
+    tomb = conn.execute(
+        "UPDATE cancel_requests SET outcome = 'tombstone_applied', applied_at = clock_timestamp()"
+        " WHERE id = (SELECT id FROM cancel_requests WHERE offer_id = %s AND outcome = 'tombstone' ORDER BY id LIMIT 1)"
+        " RETURNING reason, actor",
+        (offer_id,),
+    ).fetchone()
+    if tomb is None:
+        return None
+    offer = store.load_offer(conn, offer_id, for_update=True)
+    assert offer is not None
+    log.info("offer arrived already cancelled (tombstone)", extra={"offer_id": offer_id, "reason": tomb["reason"]})
+    return _cancel_locked(conn, offer, tomb["reason"], actor=tomb["actor"])
+
+
+def expire_overdue(rt: Runtime) -> list[Dispatch]:
+    """Cancel submitted offers whose maker did not answer within the policy's SLA window."""
+    with rt.db.transaction() as conn:
+        due = conn.execute(
+            "SELECT o.offer_id FROM offers o JOIN makers m USING (maker_id)"
+            " WHERE o.state = 'submitted' AND o.completed_at + make_interval(secs => m.sla_hours * 3600) < clock_timestamp()"
+            " ORDER BY o.completed_at LIMIT %s",
+            (SLA_BATCH,),
+        ).fetchall()
+    dispatches: list[Dispatch] = []
+    for row in due:
+        dispatches += cancel(rt, row["offer_id"], SLA_EXPIRED, SLA_ACTOR).dispatches
+    return dispatches
+
+
+def _record(
+    conn: psycopg.Connection,
+    offer_id: str | None,
+    reason: str | None,
+    actor: str | None,
+    outcome: str,
+    task_id: str | None,
+    errors: list[FieldError] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, errors, task_id, applied_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
+        (
+            offer_id,
+            reason,
+            actor,
+            outcome,
+            Jsonb([e.model_dump() for e in errors]) if errors else None,
+            task_id,
+            outcome == "cancelled",
+        ),
+    )
+    if offer_id and outcome != "invalid":
+        store.record_audit(
+            conn, offer_id, "cancel_requested", actor=actor or "?", reason=reason, data={"outcome": outcome}
+        )
