@@ -18,6 +18,7 @@ from offers_workers.ops.metrics import count_partner_error
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import deadletter
 from offers_workers.saga.stages import Dispatch
+from offers_workers.store import offers
 
 log = logging.getLogger("offers_workers.tasks")
 
@@ -96,10 +97,7 @@ class OffersTask(Task):
             return
         try:
             with get_runtime().db.transaction() as conn:
-                conn.execute(
-                    "UPDATE offers SET retry_due_at = clock_timestamp() + make_interval(secs => %s) WHERE offer_id = %s",
-                    (countdown, offer_id),
-                )
+                offers.note_retry_due(conn, offer_id, countdown)
         except STORE_ERRORS:
             # Only a hint: the retry is sent anyway, and at worst the sweep re-sends the stage too.
             log.warning("could not note the pending retry", exc_info=True)

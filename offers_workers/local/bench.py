@@ -22,16 +22,13 @@ import secrets
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-import psycopg
 from celery import Celery, chain
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,6 +36,7 @@ from rich.table import Table
 from offers_workers.local.samples import bank, base_offer
 from offers_workers.local.sandbox.faults import clear_faults, set_fault
 from offers_workers.runtime import Runtime
+from offers_workers.store import reports
 
 #: Per-request latency the realistic phases inject, by partner (ms).
 LATENCY_MS = {"stripe": 250, "sift": 150, "plaid": 200, "aws": 40}
@@ -154,24 +152,6 @@ def ratio(a: Throughput | None, b: Throughput | None) -> float | None:
     return round(a.rate / b.rate, 2) if a and b and b.rate else None
 
 
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the configured server for one run, dropped afterwards.
-
-    Figures must not depend on what earlier runs left behind: each offer updates its row six times,
-    and on a server without autovacuum the dead rows of old runs made the recovery sweep's scans
-    (every 30 s, on a core worker child) slower run after run.
-    """
-    name = f"offers_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def bench_offers(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]]:
     """Accepted offers: 72 % card, 28 % bank, as in the sample mix's accepted paths."""
     offers = []
@@ -222,15 +202,9 @@ class Bench:
             self.app.send_task("offers.submit", kwargs={"offer": offer})
             self.result.offers_sent += 1
 
-    def counts(self, prefix: str) -> dict[str, Any]:
+    def counts(self, prefix: str) -> reports.RunProgress:
         with self.rt.db.transaction() as conn:
-            return conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'submitted') AS submitted,"
-                " count(*) FILTER (WHERE state IN ('rejected', 'cancelled', 'dead_lettered')) AS failed,"
-                " extract(epoch FROM max(completed_at))::float8 AS last_done"
-                " FROM offers WHERE offer_id LIKE %s",
-                (prefix + "%",),
-            ).fetchone()
+            return reports.run_progress(conn, prefix)
 
     def drain(self, label: str, prefix: str, count: int, first_send: float, send: Callable[[], None]) -> Throughput:
         """Run ``send`` in a thread and wait until ``count`` offers of ``prefix`` have ended."""
@@ -241,19 +215,19 @@ class Bench:
             sender.start()
             while True:
                 c = self.counts(prefix)
-                progress.update(bar, completed=c["submitted"] + c["failed"])
-                if c["submitted"] + c["failed"] >= count or time.monotonic() > deadline:
+                progress.update(bar, completed=c.submitted + c.failed)
+                if c.submitted + c.failed >= count or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
         sender.join()
-        if c["submitted"] + c["failed"] < count:
+        if c.submitted + c.failed < count:
             self.result.problems.append(
-                f"{label}: only {c['submitted'] + c['failed']} of {count} offers ended within {self.options.timeout:.0f}s"
+                f"{label}: only {c.submitted + c.failed} of {count} offers ended within {self.options.timeout:.0f}s"
             )
-        if c["failed"]:
-            self.result.problems.append(f"{label}: {c['failed']} offers did not end submitted")
-        seconds = (c["last_done"] or time.time()) - first_send
-        return Throughput(c["submitted"], seconds, c["failed"])
+        if c.failed:
+            self.result.problems.append(f"{label}: {c.failed} offers did not end submitted")
+        seconds = (c.last_done or time.time()) - first_send
+        return Throughput(c.submitted, seconds, c.failed)
 
     def saga_phase(self, label: str, count: int, pace_per_s: float | None = None) -> tuple[Throughput, str]:
         prefix = f"{self.run_id}-{label}-"
@@ -301,15 +275,10 @@ class Bench:
         count = max(1, int(rate * seconds))
         _, prefix = self.saga_phase("steady", count, pace_per_s=rate)
         with self.rt.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT payment_method,"
-                " extract(epoch FROM auction_triggered_at - received_at)::float8 * 1000 AS lag_ms"
-                " FROM offers WHERE offer_id LIKE %s AND auction_triggered_at IS NOT NULL",
-                (prefix + "%",),
-            ).fetchall()
+            lags = reports.auction_lags(conn, prefix)
         self.result.steady_rate = rate
-        self.result.steady_lag = Percentiles.of([r["lag_ms"] for r in rows])
-        self.result.steady_overhead = Percentiles.of([r["lag_ms"] - path_latency_ms(r["payment_method"]) for r in rows])
+        self.result.steady_lag = Percentiles.of([lag.lag_ms for lag in lags])
+        self.result.steady_overhead = Percentiles.of([lag.lag_ms - path_latency_ms(lag.payment_method) for lag in lags])
 
     def drafts(self) -> None:
         """``validate_draft`` at a steady rate; the time until each answer can be read from the backend."""

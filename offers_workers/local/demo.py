@@ -19,6 +19,9 @@ from offers_workers.domain import states
 from offers_workers.local.samples import Sample, make_samples
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
+from offers_workers.store import intake_rejections
+from offers_workers.store import offers as offer_rows
+from offers_workers.store import reports as store_reports
 
 
 @dataclass
@@ -50,16 +53,8 @@ def settled(rt: Runtime, samples: list[Sample]) -> tuple[int, dict[str, dict[str
     """How many samples have finished, with their offer rows and intake rejections."""
     ids = [s.offer_id for s in samples]
     with rt.db.transaction() as conn:
-        offers = {
-            r["offer_id"]: r
-            for r in conn.execute(
-                "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
-                (ids,),
-            )
-        }
-        rejections: dict[str, list[str]] = defaultdict(list)
-        for r in conn.execute("SELECT offer_id, reason FROM intake_rejections WHERE offer_id = ANY(%s)", (ids,)):
-            rejections[r["offer_id"]].append(r["reason"])
+        offers = offer_rows.offers_by_id(conn, ids)
+        rejections = intake_rejections.reasons_by_offer(conn, ids)
     done = 0
     for s in samples:
         offer = offers.get(s.offer_id)
@@ -143,35 +138,30 @@ def run(
 
 
 def print_report(rt: Runtime, result: DemoResult, console: Console) -> None:
-    scope = reports.Scope(offer_id_prefix=result.run_id + "-")
+    scope = store_reports.Scope(offer_id_prefix=result.run_id + "-")
     with rt.db.transaction() as conn:
-        outcomes = reports.outcome_counts(conn, scope)
-        rate = reports.success_rate(conn, scope)
-        stages = reports.stage_latencies(conn, scope)
-        lag = reports.auction_lag(conn, scope)
-        intake = conn.execute(
-            "SELECT reason, count(*) AS n FROM intake_rejections WHERE offer_id LIKE %s GROUP BY reason ORDER BY reason",
-            (result.run_id + "-%",),
-        ).fetchall()
+        outcomes = store_reports.outcome_counts(conn, scope)
+        rate = store_reports.success_rate(conn, scope)
+        stages = store_reports.stage_latencies(conn, scope)
+        lag = store_reports.auction_lag(conn, scope)
+        intake = intake_rejections.counts_by_reason(conn, result.run_id + "-")
 
     table = Table(title=f"Outcomes of {len(result.samples)} sample offers ({result.run_id})")
     table.add_column("outcome")
     table.add_column("reason")
     table.add_column("offers", justify="right")
     for row in outcomes:
-        table.add_row(row["state"], row["reason"] or "", str(row["offers"]))
-    for row in intake:
-        table.add_row("intake rejection", row["reason"], str(row["n"]))
+        table.add_row(row.state, row.reason or "", str(row.offers))
+    for reason, n in intake.items():
+        table.add_row("intake rejection", reason, str(n))
     console.print(table)
 
     timing = Table(title="Latency (ms, from the previous stage's commit)")
     for col in ("stage", "offers", "p50", "p95"):
         timing.add_column(col, justify="left" if col == "stage" else "right")
     for stage, figures in stages.items():
-        timing.add_row(stage, str(figures["count"]), reports.ms_text(figures["p50"]), reports.ms_text(figures["p95"]))
-    timing.add_row(
-        "[bold]intake → auction", str(lag["count"]), reports.ms_text(lag["p50"]), reports.ms_text(lag["p95"])
-    )
+        timing.add_row(stage, str(figures.count), reports.ms_text(figures.p50), reports.ms_text(figures.p95))
+    timing.add_row("[bold]intake → auction", str(lag.count), reports.ms_text(lag.p50), reports.ms_text(lag.p95))
     console.print(timing)
 
     scenarios = Counter(s.scenario.name for s in result.samples)

@@ -4,13 +4,14 @@ thresholds that ``health`` checks, each with the runbook symptom and its first c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.celery import QUEUES
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
+from offers_workers.store import reports as store_reports
 
 #: The runbook's SLOs.
 SUCCESS_RATE_MIN = 0.98
@@ -86,12 +87,46 @@ class Check:
         return RUNBOOK[self.name][1]
 
 
-def figures(rt: Runtime, window: timedelta) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HighValueCancellations:
+    """The high-value cancellation watch as ``stats`` shows it."""
+
+    threshold_cents: int
+    recent: int
+    trailing_rate: float
+    ratio: float | None
+    spike: bool
+    by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Every figure of ``stats`` (and of ``health`` and ``/metrics``); ``to_json`` is `stats --json`."""
+
+    window_seconds: float
+    offers_by_state: list[store_reports.OutcomeCount]
+    success_rate: float | None
+    validation_ms: store_reports.Percentiles
+    auction_lag_ms: store_reports.Percentiles
+    #: Pending dead letters per stage.
+    dead_letters: dict[str, int]
+    active_holds: store_reports.ActiveHolds
+    stuck_offers: int
+    cancellations: store_reports.Cancellations
+    high_value_cancellations: HighValueCancellations
+    #: Messages waiting per queue; None without a broker.
+    queue_depths: dict[str, int] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def figures(rt: Runtime, window: timedelta) -> Figures:
     """Every figure of ``stats``, exact from Postgres (queues from the broker), synthetic offers left out."""
     s = rt.settings
-    scope = reports.Scope(since=datetime.now(UTC) - window)
+    scope = store_reports.Scope(since=datetime.now(UTC) - window)
     with rt.db.transaction() as conn:
-        spike = reports.cancellation_spike(
+        spike = store_reports.cancellation_spike(
             conn,
             high_value_cents=s.high_value_cents,
             window_s=s.cancel_spike_window_seconds,
@@ -99,38 +134,45 @@ def figures(rt: Runtime, window: timedelta) -> dict[str, Any]:
             ratio=s.cancel_spike_ratio,
             minimum=s.cancel_spike_min,
         )
-        found = {
-            "window_seconds": window.total_seconds(),
-            "offers_by_state": reports.outcome_counts(conn, scope),
-            "success_rate": reports.success_rate(conn, scope),
-            "validation_ms": reports.stage_latencies(conn, scope)["validation"],
-            "auction_lag_ms": reports.auction_lag(conn, scope),
-            "dead_letters": reports.dlq_depth(conn),
-            "active_holds": reports.active_holds(conn),
-            "stuck_offers": reports.stuck_offers(conn, s.recovery_after_seconds),
-            "cancellations": reports.cancellations(conn, scope),
-            "high_value_cancellations": {
-                "threshold_cents": s.high_value_cents,
-                "recent": spike.recent,
-                "trailing_rate": round(spike.trailing_rate, 2),
-                "ratio": spike.ratio,
-                "spike": spike.spike,
-                "by_reason": spike.by_reason,
-            },
-        }
-    found["queue_depths"] = reports.queue_depths(s, QUEUES) if s.broker_url else None
-    return found
+        offers_by_state = store_reports.outcome_counts(conn, scope)
+        success_rate = store_reports.success_rate(conn, scope)
+        validation_ms = store_reports.stage_latencies(conn, scope)["validation"]
+        auction_lag_ms = store_reports.auction_lag(conn, scope)
+        dead_letters = store_reports.pending_dead_letters(conn)
+        active_holds = store_reports.active_holds(conn)
+        stuck_offers = store_reports.stuck_offers(conn, s.recovery_after_seconds)
+        cancellations = store_reports.cancellations(conn, scope)
+    return Figures(
+        window_seconds=window.total_seconds(),
+        offers_by_state=offers_by_state,
+        success_rate=success_rate,
+        validation_ms=validation_ms,
+        auction_lag_ms=auction_lag_ms,
+        dead_letters=dead_letters,
+        active_holds=active_holds,
+        stuck_offers=stuck_offers,
+        cancellations=cancellations,
+        high_value_cancellations=HighValueCancellations(
+            threshold_cents=s.high_value_cents,
+            recent=spike.recent,
+            trailing_rate=round(spike.trailing_rate, 2),
+            ratio=spike.ratio,
+            spike=spike.spike,
+            by_reason=spike.by_reason,
+        ),
+        queue_depths=reports.queue_depths(s, QUEUES) if s.broker_url else None,
+    )
 
 
-def checks(rt: Runtime, found: dict[str, Any]) -> list[Check]:
+def checks(rt: Runtime, found: Figures) -> list[Check]:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:,.0f} ms"
 
-    rate = found["success_rate"]
-    validation_p95 = found["validation_ms"]["p95"]
-    lag_p95 = found["auction_lag_ms"]["p95"]
-    dlq = sum(found["dead_letters"].values())
-    hv = found["high_value_cancellations"]
+    rate = found.success_rate
+    validation_p95 = found.validation_ms.p95
+    lag_p95 = found.auction_lag_ms.p95
+    dlq = sum(found.dead_letters.values())
+    hv = found.high_value_cancellations
     return [
         Check(
             "success_rate",
@@ -155,19 +197,19 @@ def checks(rt: Runtime, found: dict[str, Any]) -> list[Check]:
             f"{dlq:,} pending",
             "0",
             dlq == 0,
-            [f"{stage}: {n}" for stage, n in found["dead_letters"].items()],
+            [f"{stage}: {n}" for stage, n in found.dead_letters.items()],
         ),
         Check(
             "stuck_offers",
-            f"{found['stuck_offers']:,}",
+            f"{found.stuck_offers:,}",
             f"0 older than {rt.settings.recovery_after_seconds:g} s",
-            found["stuck_offers"] == 0,
+            found.stuck_offers == 0,
         ),
         Check(
             "high_value_cancellations",
-            f"{hv['recent']} in the last {rt.settings.cancel_spike_window_seconds / 3600:g} h ({hv['trailing_rate']:.1f} trailing)",
+            f"{hv.recent} in the last {rt.settings.cancel_spike_window_seconds / 3600:g} h ({hv.trailing_rate:.1f} trailing)",
             f"< {rt.settings.cancel_spike_ratio:g}× trailing or < {rt.settings.cancel_spike_min}",
-            not hv["spike"],
-            [f"{reason}: {n}" for reason, n in hv["by_reason"].items()],
+            not hv.spike,
+            [f"{reason}: {n}" for reason, n in hv.by_reason.items()],
         ),
     ]

@@ -47,48 +47,46 @@ class OffersCollector:
         states = GaugeMetricFamily(
             "offers_by_state", "Offers received in the last hour, by state and reason", labels=["state", "reason"]
         )
-        for row in found["offers_by_state"]:
-            states.add_metric([row["state"], row["reason"] or ""], row["offers"])
+        for row in found.offers_by_state:
+            states.add_metric([row.state, row.reason or ""], row.offers)
         yield states
-        if found["success_rate"] is not None:
+        if found.success_rate is not None:
             yield GaugeMetricFamily(
                 "offers_submission_success_rate",
                 "Share of finished offers that finished as designed (last hour)",
-                value=found["success_rate"],
+                value=found.success_rate,
             )
-        for name, key in (
-            ("offers_validation_seconds", "validation_ms"),
-            ("offers_auction_lag_seconds", "auction_lag_ms"),
+        for name, what, latency in (
+            ("offers_validation_seconds", "validation", found.validation_ms),
+            ("offers_auction_lag_seconds", "auction_lag", found.auction_lag_ms),
         ):
-            gauge = GaugeMetricFamily(
-                name, f"{key.removesuffix('_ms')} latency percentiles over the last hour", labels=["quantile"]
-            )
-            for q in ("p50", "p95", "p99"):
-                if found[key][q] is not None:
-                    gauge.add_metric([f"0.{q[1:]}"], found[key][q] / 1000)
+            gauge = GaugeMetricFamily(name, f"{what} latency percentiles over the last hour", labels=["quantile"])
+            for quantile, ms in (("0.50", latency.p50), ("0.95", latency.p95), ("0.99", latency.p99)):
+                if ms is not None:
+                    gauge.add_metric([quantile], ms / 1000)
             yield gauge
         dlq = GaugeMetricFamily("offers_dead_letters", "Pending dead letters by stage", labels=["stage"])
-        for stage, n in found["dead_letters"].items():
+        for stage, n in found.dead_letters.items():
             dlq.add_metric([stage], n)
         yield dlq
-        yield GaugeMetricFamily("offers_active_holds", "Card authorizations held", value=found["active_holds"]["holds"])
+        yield GaugeMetricFamily("offers_active_holds", "Card authorizations held", value=found.active_holds.holds)
         yield GaugeMetricFamily(
-            "offers_stuck", "Open offers with no progress past the recovery threshold", value=found["stuck_offers"]
+            "offers_stuck", "Open offers with no progress past the recovery threshold", value=found.stuck_offers
         )
         cancelled = GaugeMetricFamily(
             "offers_cancellations", "Cancellations in the last hour by reason", labels=["reason"]
         )
-        for row in found["cancellations"]["by_reason"]:
-            cancelled.add_metric([row["reason"] or ""], row["offers"])
+        for cancelled_for in found.cancellations.by_reason:
+            cancelled.add_metric([cancelled_for.reason or ""], cancelled_for.offers)
         yield cancelled
         yield GaugeMetricFamily(
             "offers_high_value_cancellation_spike",
             "1 while high-value cancellations spike",
-            value=int(found["high_value_cancellations"]["spike"]),
+            value=int(found.high_value_cancellations.spike),
         )
-        if found["queue_depths"] is not None:
+        if found.queue_depths is not None:
             queues = GaugeMetricFamily("offers_queue_depth", "Messages waiting per queue", labels=["queue"])
-            for queue, n in found["queue_depths"].items():
+            for queue, n in found.queue_depths.items():
                 queues.add_metric([queue], n)
             yield queues
         yield self._partner_errors()

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.runtime import Runtime
+from offers_workers.store import audit_trail, dead_letters, intake_rejections, offers, outbox, policy
 
 log = logging.getLogger(__name__)
 
@@ -91,54 +91,33 @@ def ensure_policy(rt: Runtime) -> None:
     s = rt.settings
     maker_id, listing_id = s.synthetic_maker_id, s.synthetic_listing_id
     with rt.db.transaction() as conn:
-        maker_changed = conn.execute(
-            """
-            INSERT INTO makers AS m (maker_id, display_name, min_offer_cents, auto_reject_below_pct, synthetic)
-            VALUES (%(maker)s, %(name)s, 1, 0, true)
-            ON CONFLICT (maker_id) DO UPDATE SET min_offer_cents = 1, auto_reject_below_pct = 0, updated_at = now()
-            WHERE m.synthetic AND (m.min_offer_cents, m.auto_reject_below_pct) IS DISTINCT FROM (1, 0)
-            RETURNING maker_id
-            """,
-            {"maker": maker_id, "name": MAKER_NAME},
-        ).fetchone()
-        listing_changed = conn.execute(
-            """
-            INSERT INTO listings AS l (listing_id, maker_id, title, asking_price_cents, currency, status, synthetic)
-            VALUES (%(listing)s, %(maker)s, %(title)s, %(amount)s, %(currency)s, 'active', true)
-            ON CONFLICT (listing_id) DO UPDATE SET
-                asking_price_cents = EXCLUDED.asking_price_cents, currency = EXCLUDED.currency,
-                status = EXCLUDED.status, updated_at = now()
-            WHERE l.synthetic AND l.maker_id = EXCLUDED.maker_id
-              AND (l.asking_price_cents, l.currency, l.status)
-                  IS DISTINCT FROM (EXCLUDED.asking_price_cents, EXCLUDED.currency, EXCLUDED.status)
-            RETURNING listing_id
-            """,
-            {
-                "listing": listing_id,
-                "maker": maker_id,
-                "title": LISTING_TITLE,
-                "amount": s.synthetic_amount_cents,
-                "currency": s.synthetic_currency,
-            },
-        ).fetchone()
-        listing = conn.execute("SELECT maker_id FROM listings WHERE listing_id = %s", (listing_id,)).fetchone()
-        if listing["maker_id"] != maker_id:
+        ensured = policy.ensure_synthetic_policy(
+            conn,
+            maker_id=maker_id,
+            maker_name=MAKER_NAME,
+            listing_id=listing_id,
+            listing_title=LISTING_TITLE,
+            amount_cents=s.synthetic_amount_cents,
+            currency=s.synthetic_currency,
+        )
+        if ensured.listing_maker_id != maker_id:
             # Rolls back the maker just created, if it was: nothing is left half made.
             raise Blocked(
-                f"listing {listing_id} (OFFERS_SYNTHETIC_LISTING_ID) belongs to maker {listing['maker_id']},"
+                f"listing {listing_id} (OFFERS_SYNTHETIC_LISTING_ID) belongs to maker {ensured.listing_maker_id},"
                 f" not to {maker_id} (OFFERS_SYNTHETIC_MAKER_ID)"
             )
+        maker_changed, listing_changed = ensured.maker_changed, ensured.listing_changed
         if maker_changed or listing_changed:
-            store.record_audit(
+            audit_trail.record_audit(
                 conn,
                 None,
                 "synthetic_policy_ensured",
                 actor=ACTOR,
                 data={
                     "maker_id": maker_id,
-                    "maker_changed": bool(maker_changed),
+                    "maker_changed": maker_changed,
                     "listing_id": listing_id,
-                    "listing_changed": bool(listing_changed),
+                    "listing_changed": listing_changed,
                 },
             )
     if maker_changed or listing_changed:
@@ -195,28 +174,18 @@ def run(
         journey.steps.append(Step("submitted", False, round((time.monotonic() - started) * 1000), blocked))
         return _logged(journey)
 
-    def offer() -> dict[str, Any] | None:
+    def offer() -> offers.Offer | None:
         with rt.db.transaction() as conn:
-            return conn.execute(
-                "SELECT state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = %s", (offer_id,)
-            ).fetchone()
+            return offers.load_offer(conn, offer_id)
 
     def published(detail_type: str) -> bool:
         with rt.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT published_at FROM offer_events WHERE offer_id = %s AND detail_type = %s",
-                (offer_id, detail_type),
-            ).fetchone()
-        return bool(row and row["published_at"])
+            return outbox.is_published(conn, offer_id, detail_type)
 
     def dead_letter() -> str | None:
         with rt.db.transaction() as conn:
-            dl = conn.execute(
-                "SELECT stage, error_type, error_message FROM dead_letters WHERE offer_id = %s AND status = 'pending'"
-                " ORDER BY id DESC LIMIT 1",
-                (offer_id,),
-            ).fetchone()
-        return f"offer dead-lettered at {dl['stage']}: {dl['error_type']}: {dl['error_message']}" if dl else None
+            dl = dead_letters.latest_pending(conn, offer_id)
+        return f"offer dead-lettered at {dl.stage}: {dl.error_type}: {dl.error_message}" if dl else None
 
     def ended_otherwise(wanted: str) -> Callable[[], str | None]:
         """Why the offer can no longer reach ``wanted`` (None while it still can)."""
@@ -225,23 +194,18 @@ def run(
             row = offer()
             if row is None:
                 with rt.db.transaction() as conn:
-                    rejection = conn.execute(
-                        "SELECT reason, errors FROM intake_rejections WHERE offer_id = %s ORDER BY id DESC LIMIT 1",
-                        (offer_id,),
-                    ).fetchone()
+                    rejection = intake_rejections.latest_for_offer(conn, offer_id)
                 if rejection is None:
                     return None
-                errors = "; ".join(
-                    f"{e.get('field') or '(message)'}: {e.get('message')}" for e in rejection["errors"] or []
-                )
-                return f"offer rejected at intake: {rejection['reason']}" + (f" ({errors})" if errors else "")
-            if row["state"] == wanted:
+                errors = "; ".join(f"{e.get('field') or '(message)'}: {e.get('message')}" for e in rejection.errors)
+                return f"offer rejected at intake: {rejection.reason}" + (f" ({errors})" if errors else "")
+            if row.state == wanted:
                 return None
-            if row["state"] == states.REJECTED:
-                return f"offer rejected: {row['reason']}"
-            if row["state"] == states.CANCELLED:
-                return f"offer cancelled: {row['reason']}"
-            if row["state"] == states.DEAD_LETTERED:
+            if row.state == states.REJECTED:
+                return f"offer rejected: {row.reason}"
+            if row.state == states.CANCELLED:
+                return f"offer cancelled: {row.reason}"
+            if row.state == states.DEAD_LETTERED:
                 return dead_letter() or "offer dead-lettered"
             return dead_letter()
 
@@ -272,14 +236,17 @@ def run(
 
     def state() -> str:
         row = offer()
-        return f"offer is {row['state']}/{row['reason']}, hold {row['hold_status']}" if row else "no offer recorded"
+        return f"offer is {row.state}/{row.reason}, hold {row.hold_status}" if row else "no offer recorded"
 
     send("offers.submit", {"offer": synthetic_offer(rt, offer_id)})
     if not step(
-        "submitted", lambda: (o := offer()) and o["state"] == states.SUBMITTED, state, ended_otherwise(states.SUBMITTED)
+        "submitted", lambda: (o := offer()) and o.state == states.SUBMITTED, state, ended_otherwise(states.SUBMITTED)
     ):
         return _logged(journey)
-    pi = offer()["payment_intent_id"]
+    submitted = offer()
+    # The journey pays by card: a submitted offer holds a PaymentIntent.
+    assert submitted is not None and submitted.payment_intent_id is not None
+    pi = submitted.payment_intent_id
     step(
         "hold placed",
         lambda: rt.stripe.get_hold(pi).status == "requires_capture",
@@ -287,12 +254,12 @@ def run(
     )
     step("offer.submitted published", lambda: published("offer.submitted"))
     send("offers.cancel", {"offer_id": offer_id, "reason": "ops", "actor": "ops"})
-    step(
-        "cancelled", lambda: (o := offer()) and o["state"] == states.CANCELLED, state, ended_otherwise(states.CANCELLED)
-    )
+    step("cancelled", lambda: (o := offer()) and o.state == states.CANCELLED, state, ended_otherwise(states.CANCELLED))
     step(
         "hold released",
-        lambda: rt.stripe.get_hold(pi).status == "canceled" and offer()["hold_status"] == "released",
+        lambda: (
+            rt.stripe.get_hold(pi).status == "canceled" and (o := offer()) is not None and o.hold_status == "released"
+        ),
         lambda: f"{pi} is {rt.stripe.get_hold(pi).status}",
     )
     step("offer.cancelled published", lambda: published("offer.cancelled"))

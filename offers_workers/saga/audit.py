@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-import psycopg
-from psycopg import sql
-
 from offers_workers.runtime import Runtime
+from offers_workers.store import audit_exports, audit_trail
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +27,6 @@ GENESIS = "0" * 64
 SEP = chr(31)
 NULL = "\\N"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Session advisory lock: one export at a time across the fleet ("auditexp" in ASCII).
-EXPORT_LOCK = 0x6175646974657870
-ROW_COLUMNS = "id, at, offer_id, kind, from_state, to_state, reason, actor, data::text AS data, prev_hash, row_hash"
-#: Rows fetched per round trip while streaming.
-BATCH = 2000
 
 
 def digest(row: dict[str, Any], prev_hash: str) -> str:
@@ -90,30 +83,12 @@ def check_chain(rows: Iterable[dict[str, Any]], expected_prev: str | None = None
     return result
 
 
-#: Row filters the trail is read by (fixed SQL; the values go in as parameters).
-SINCE = sql.SQL("at >= %s")
-ID_RANGE = sql.SQL("id BETWEEN %s AND %s")
-
-
-EVERY_ROW = sql.SQL("TRUE")
-
-
-def stream_rows(
-    conn: psycopg.Connection, where: sql.Composable = EVERY_ROW, params: tuple[Any, ...] = ()
-) -> Iterator[dict[str, Any]]:
-    """Audit rows in id order through a server-side cursor: memory stays flat however many rows."""
-    query = sql.SQL("SELECT {} FROM audit_events WHERE {} ORDER BY id").format(sql.SQL(ROW_COLUMNS), where)
-    with conn.cursor(name="audit_rows") as cur:
-        cur.itersize = BATCH
-        cur.execute(query, params)
-        yield from cur
-
-
 def verify_chain(rt: Runtime, since: datetime | None = None) -> ChainCheck:
+    """Walk the whole trail from the genesis hash, or the rows from ``since`` on (trusting the first link)."""
     with rt.db.transaction() as conn:
         if since is None:
-            return check_chain(stream_rows(conn), expected_prev=GENESIS)
-        return check_chain(stream_rows(conn, SINCE, (since,)))
+            return check_chain(audit_trail.every_row(conn), expected_prev=GENESIS)
+        return check_chain(audit_trail.rows_since(conn, since))
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -142,55 +117,34 @@ def run_export(
     from the window, and a window already exported is found, not written again. None: nothing new.
     """
     until = until or default_until()
-    with psycopg.connect(rt.settings.database_url, autocommit=True) as lock_conn:
-        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()[0]:
+    with audit_trail.export_lock(rt.settings.database_url) as locked:
+        if not locked:
             raise ExportBusy("another audit export is running")
-        try:
-            return _export_locked(rt, until, progress)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (EXPORT_LOCK,))
+        return _export_locked(rt, until, progress)
 
 
 def _export_locked(rt: Runtime, until: datetime, progress: Callable[[int, int], None] | None) -> dict[str, Any] | None:
     with rt.db.transaction() as conn:
-        after = conn.execute(
-            "SELECT coalesce(max(last_row_id), 0) AS id FROM audit_exports WHERE status = 'done'"
-        ).fetchone()["id"]
-        window = conn.execute(
-            "SELECT min(id) AS first, max(id) AS last, count(*) AS n FROM audit_events WHERE id > %s AND at < %s",
-            (after, until),
-        ).fetchone()
-        if not window["n"]:
+        window = audit_trail.rows_to_export(conn, audit_exports.last_exported_row(conn), until)
+        if not window.rows or window.first is None or window.last is None:
             return None
-        key = object_key(until, window["first"], window["last"])
-        job = conn.execute(
-            """
-            INSERT INTO audit_exports (until, first_row_id, last_row_id, object_key, manifest_key, storage_class, status)
-            VALUES (%s, %s, %s, %s, %s, %s, 'running')
-            ON CONFLICT (object_key) DO UPDATE SET status = CASE WHEN audit_exports.status = 'done' THEN 'done' ELSE 'running' END,
-                attempts = audit_exports.attempts + CASE WHEN audit_exports.status = 'done' THEN 0 ELSE 1 END,
-                error = NULL
-            RETURNING *
-            """,
-            (
-                until,
-                window["first"],
-                window["last"],
-                key,
-                key.removesuffix(".jsonl.gz") + ".manifest.json",
-                rt.settings.audit_storage_class,
-            ),
-        ).fetchone()
+        key = object_key(until, window.first, window.last)
+        job = audit_exports.start(
+            conn,
+            until=until,
+            first_row_id=window.first,
+            last_row_id=window.last,
+            object_key=key,
+            manifest_key=key.removesuffix(".jsonl.gz") + ".manifest.json",
+            storage_class=rt.settings.audit_storage_class,
+        )
     if job["status"] == "done":
         return job
     try:
-        return _write(rt, job, window["n"], progress)
+        return _write(rt, job, window.rows, progress)
     except Exception as exc:
         with rt.db.transaction() as conn:
-            failed = conn.execute(
-                "UPDATE audit_exports SET status = 'failed', error = %s, finished_at = clock_timestamp() WHERE id = %s RETURNING *",
-                (f"{type(exc).__name__}: {str(exc)[:500]}", job["id"]),
-            ).fetchone()
+            failed = audit_exports.mark_failed(conn, job["id"], f"{type(exc).__name__}: {str(exc)[:500]}")
         # The alert: names the job so on-call can find it (`offers-workers audit exports`).
         log.error(
             "audit export failed",
@@ -214,7 +168,7 @@ def _write(
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
         with rt.db.transaction() as conn, gzip.GzipFile(fileobj=hasher, mode="wb", mtime=0) as gz:
-            rows = stream_rows(conn, ID_RANGE, (job["first_row_id"], job["last_row_id"]))
+            rows = audit_trail.rows_between(conn, job["first_row_id"], job["last_row_id"])
             check = check_chain(_written(rows, gz, expected, progress))
         if not check.ok:
             raise ValueError(f"the audit chain is broken, refusing to archive it: {check.first_break}")
@@ -235,11 +189,7 @@ def _write(
         archive.put_export(job["object_key"], spool, sha256, {"export-id": str(job["id"]), "rows": str(check.rows)})
     archive.put_manifest(job["manifest_key"], json.dumps(manifest, indent=2).encode())
     with rt.db.transaction() as conn:
-        done = conn.execute(
-            "UPDATE audit_exports SET status = 'done', row_count = %s, sha256 = %s, finished_at = clock_timestamp(), error = NULL"
-            " WHERE id = %s RETURNING *",
-            (check.rows, sha256, job["id"]),
-        ).fetchone()
+        done = audit_exports.mark_done(conn, job["id"], row_count=check.rows, sha256=sha256)
     log.info("audit export done", extra={"export_id": job["id"], "rows": check.rows, "object_key": job["object_key"]})
     return done
 
@@ -281,7 +231,7 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     from offers_workers.partners.aws_archive import AuditArchive
 
     with rt.db.transaction() as conn:
-        job = conn.execute("SELECT * FROM audit_exports WHERE id = %s", (export_id,)).fetchone()
+        job = audit_exports.load(conn, export_id)
     if job is None:
         return [f"no export {export_id}"]
     if job["status"] != "done":
@@ -310,14 +260,9 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     if check.last_hash != manifest["last_hash"]:
         problems.append("the archive's last hash differs from the manifest's")
     with rt.db.transaction() as conn:
-        db = conn.execute(
-            "SELECT count(*) AS n, (SELECT row_hash FROM audit_events WHERE id = %(last)s) AS last_hash,"
-            " (SELECT prev_hash FROM audit_events WHERE id = %(first)s) AS first_prev"
-            " FROM audit_events WHERE id BETWEEN %(first)s AND %(last)s",
-            {"first": job["first_row_id"], "last": job["last_row_id"]},
-        ).fetchone()
-    if db["n"] != check.rows:
-        problems.append(f"Postgres holds {db['n']} rows in the window, the archive {check.rows}")
-    if db["last_hash"] != check.last_hash or db["first_prev"] != manifest["first_prev_hash"]:
+        held = audit_trail.chain_ends(conn, job["first_row_id"], job["last_row_id"])
+    if held.rows != check.rows:
+        problems.append(f"Postgres holds {held.rows} rows in the window, the archive {check.rows}")
+    if held.last_hash != check.last_hash or held.first_prev_hash != manifest["first_prev_hash"]:
         problems.append("the archive's chain does not end where Postgres's does")
     return problems

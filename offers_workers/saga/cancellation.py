@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.payload import FieldError
 from offers_workers.runtime import Runtime
 from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
+from offers_workers.store import audit_trail, cancel_requests, dead_letters, offers
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,6 @@ class CancelResult:
     outcome: str
     offer_id: str | None
     dispatches: list[Dispatch]
-
-
-def lock_offer_id(conn: psycopg.Connection, offer_id: str) -> None:
-    """Serialise cancel and submit of one offer id until the transaction ends."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (offer_id,))
 
 
 def request_cancel(
@@ -94,8 +88,8 @@ def _check(offer_id: Any, reason: Any, actor: Any, unexpected: dict[str, Any]) -
 
 def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None) -> CancelResult:
     with rt.db.transaction() as conn:
-        lock_offer_id(conn, offer_id)
-        offer = store.load_offer(conn, offer_id, for_update=True)
+        offers.lock_offer_id(conn, offer_id)
+        offer = offers.load_offer(conn, offer_id, for_update=True)
         if offer is None:
             _record(conn, offer_id, reason, actor, "tombstone", task_id)
             log.warning(
@@ -117,48 +111,34 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
     return CancelResult("cancelled", offer_id, dispatches)
 
 
-def _cancel_locked(conn: psycopg.Connection, offer: store.Offer, reason: str, *, actor: str) -> list[Dispatch]:
+def _cancel_locked(conn: psycopg.Connection, offer: offers.Offer, reason: str, *, actor: str) -> list[Dispatch]:
     """Move a locked, not yet ended offer to cancelled; its event and hold release follow."""
-    moved = store.transition(conn, offer.offer_id, offer.state, states.CANCELLED, actor=actor, reason=reason)
+    moved = offers.transition(conn, offer.offer_id, offer.state, states.CANCELLED, actor=actor, reason=reason)
     assert moved, "the row is locked: its state cannot have changed"
     # A dead letter of a cancelled offer has nothing left to replay.
-    conn.execute(
-        "UPDATE dead_letters SET status = 'discarded', resolved_at = clock_timestamp(), resolution = 'offer cancelled'"
-        " WHERE offer_id = %s AND status = 'pending'",
-        (offer.offer_id,),
-    )
+    dead_letters.discard_for_offer(conn, offer.offer_id, resolution="offer cancelled")
     return after_outcome(conn, offer.offer_id, "offer.cancelled")
 
 
 def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> list[Dispatch] | None:
     """Called by intake right after inserting an offer (same transaction, same advisory lock):
     if a cancel came first, the offer ends cancelled at once. None when there is no tombstone."""
-    tomb = conn.execute(
-        "UPDATE cancel_requests SET outcome = 'tombstone_applied', applied_at = clock_timestamp()"
-        " WHERE id = (SELECT id FROM cancel_requests WHERE offer_id = %s AND outcome = 'tombstone' ORDER BY id LIMIT 1)"
-        " RETURNING reason, actor",
-        (offer_id,),
-    ).fetchone()
+    tomb = cancel_requests.apply_tombstone(conn, offer_id)
     if tomb is None:
         return None
-    offer = store.load_offer(conn, offer_id, for_update=True)
+    offer = offers.load_offer(conn, offer_id, for_update=True)
     assert offer is not None
-    log.info("offer arrived already cancelled (tombstone)", extra={"offer_id": offer_id, "reason": tomb["reason"]})
-    return _cancel_locked(conn, offer, tomb["reason"], actor=tomb["actor"])
+    log.info("offer arrived already cancelled (tombstone)", extra={"offer_id": offer_id, "reason": tomb.reason})
+    return _cancel_locked(conn, offer, tomb.reason, actor=tomb.actor)
 
 
 def expire_overdue(rt: Runtime) -> list[Dispatch]:
     """Cancel submitted offers whose maker did not answer within the policy's SLA window."""
     with rt.db.transaction() as conn:
-        due = conn.execute(
-            "SELECT o.offer_id FROM offers o JOIN makers m USING (maker_id)"
-            " WHERE o.state = 'submitted' AND o.completed_at + make_interval(secs => m.sla_hours * 3600) < clock_timestamp()"
-            " ORDER BY o.completed_at LIMIT %s",
-            (SLA_BATCH,),
-        ).fetchall()
+        due = offers.past_maker_sla(conn, SLA_BATCH)
     dispatches: list[Dispatch] = []
-    for row in due:
-        dispatches += cancel(rt, row["offer_id"], SLA_EXPIRED, SLA_ACTOR).dispatches
+    for offer_id in due:
+        dispatches += cancel(rt, offer_id, SLA_EXPIRED, SLA_ACTOR).dispatches
     return dispatches
 
 
@@ -171,20 +151,10 @@ def _record(
     task_id: str | None,
     errors: list[FieldError] | None = None,
 ) -> None:
-    conn.execute(
-        "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, errors, task_id, applied_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
-        (
-            offer_id,
-            reason,
-            actor,
-            outcome,
-            Jsonb([e.model_dump() for e in errors]) if errors else None,
-            task_id,
-            outcome == "cancelled",
-        ),
+    cancel_requests.record(
+        conn, offer_id=offer_id, reason=reason, actor=actor, outcome=outcome, task_id=task_id, errors=errors
     )
     if offer_id and outcome != "invalid":
-        store.record_audit(
+        audit_trail.record_audit(
             conn, offer_id, "cancel_requested", actor=actor or "?", reason=reason, data={"outcome": outcome}
         )

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.payload import (
     RAW_BODY_KEEP_BYTES,
@@ -26,6 +25,7 @@ from offers_workers.domain.payload import (
 from offers_workers.runtime import Runtime
 from offers_workers.saga import cancellation
 from offers_workers.saga.stages import Dispatch, hand_on
+from offers_workers.store import audit_trail, intake_rejections, offers, policy
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +89,19 @@ def submit(
         return _reject(rt, raw, "submission_disabled", [gate.error], task_id=task_id, offer_id=offer.offer_id)
 
     with rt.db.transaction() as conn:
-        cancellation.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
-        if store.insert_offer(conn, offer, raw, actor=ACTOR):
+        offers.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
+        if offers.insert_offer(conn, offer, raw, actor=ACTOR):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
             cancelled = cancellation.apply_tombstone(conn, offer.offer_id)
             if cancelled is not None:
                 return IntakeResult("cancelled", offer.offer_id, cancelled)
             return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED))
-        existing = conn.execute(
-            "SELECT body_sha256, state FROM offers WHERE offer_id = %s", (offer.offer_id,)
-        ).fetchone()
-        if existing["body_sha256"] == body_sha256(raw):
-            store.record_audit(conn, offer.offer_id, "duplicate_ignored", actor=ACTOR, data={"task_id": task_id})
+        existing = offers.submitted(conn, offer.offer_id)
+        if existing is not None and existing.body_sha256 == body_sha256(raw):
+            audit_trail.record_audit(conn, offer.offer_id, "duplicate_ignored", actor=ACTOR, data={"task_id": task_id})
             log.info("duplicate submit ignored", extra={"offer_id": offer.offer_id, "stage": "intake"})
             # A redelivery after a crash between commit and send must still hand the offer on.
-            dispatches = hand_on(offer.offer_id, states.RECEIVED) if existing["state"] == states.RECEIVED else []
+            dispatches = hand_on(offer.offer_id, states.RECEIVED) if existing.state == states.RECEIVED else []
             return IntakeResult("duplicate", offer.offer_id, dispatches)
     error = FieldError(
         field="offer_id",
@@ -125,7 +123,7 @@ def record_unreadable(
     )
     error = FieldError(field="", code=problem, message=f"{detail} (queue {queue})")
     with rt.db.transaction() as conn:
-        rejection_id = store.record_intake_rejection(
+        rejection_id = intake_rejections.record(
             conn,
             reason="invalid_payload",
             errors=[error],
@@ -152,7 +150,7 @@ def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = F
         return None
     with rt.db.transaction() as conn:
         # A redelivery of an offer already taken in is not a new submit: let it through as a duplicate.
-        if conn.execute("SELECT 1 FROM offers WHERE offer_id = %s", (offer_id,)).fetchone():
+        if offers.exists(conn, offer_id):
             return None
     if not submission_on:
         return _Gate(
@@ -180,8 +178,7 @@ def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = F
 
 def _synthetic_maker(rt: Runtime, maker_id: str) -> bool:
     with rt.db.transaction() as conn:
-        row = conn.execute("SELECT synthetic FROM makers WHERE maker_id = %s", (maker_id,)).fetchone()
-    return bool(row and row["synthetic"])
+        return policy.is_synthetic_maker(conn, maker_id)
 
 
 def _reject(
@@ -189,7 +186,7 @@ def _reject(
 ) -> IntakeResult:
     text, size = _raw_text(raw)
     with rt.db.transaction() as conn:
-        rejection_id = store.record_intake_rejection(
+        rejection_id = intake_rejections.record(
             conn, reason=reason, errors=errors, raw_body=text, raw_size=size, offer_id=offer_id, task_id=task_id
         )
     log.warning(

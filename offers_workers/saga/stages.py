@@ -15,12 +15,12 @@ from typing import Any
 
 import psycopg
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError
 from offers_workers.domain.states import Stage
 from offers_workers.domain.validation import check_offer
 from offers_workers.runtime import Runtime
+from offers_workers.store import audit_trail, offers, outbox
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,12 @@ def run_stage(
     round trip set: ``work(offer, conn)`` reads through that transaction's connection."""
     if local:
         with rt.db.transaction() as conn:
-            offer = store.load_offer(conn, offer_id)
+            offer = offers.load_offer(conn, offer_id)
             # Never a second pooled connection while this one is held: with OFFERS_DB_POOL_SIZE=1 it would never come.
             outcome = _work(stage, offer_id, offer, lambda o: work(o, conn))
             return outcome if isinstance(outcome, list) else _commit(conn, stage, offer_id, outcome)
     with rt.db.read() as conn:
-        offer = store.load_offer(conn, offer_id)
+        offer = offers.load_offer(conn, offer_id)
     outcome = _work(stage, offer_id, offer, work)
     if isinstance(outcome, list):
         return outcome
@@ -87,7 +87,7 @@ def run_stage(
 
 
 def _work(
-    stage: Stage, offer_id: str, offer: store.Offer | None, work: Callable[[store.Offer], Outcome]
+    stage: Stage, offer_id: str, offer: offers.Offer | None, work: Callable[[offers.Offer], Outcome]
 ) -> Outcome | list[Dispatch]:
     """The stage's outcome, or the messages to send when the offer is not there to work on."""
     if offer is None:
@@ -104,18 +104,14 @@ def _work(
 def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outcome) -> list[Dispatch]:
     if isinstance(outcome, Advance):
         if outcome.payment_intent_id:
-            conn.execute(
-                "UPDATE offers SET payment_intent_id = %s, hold_status = 'held'"
-                " WHERE offer_id = %s AND hold_status = 'none'",
-                (outcome.payment_intent_id, offer_id),
-            )
+            offers.record_hold(conn, offer_id, outcome.payment_intent_id)
         if outcome.published:
-            store.add_outbox_event(conn, outcome.published[0], outcome.published[1], published=True)
-        if store.transition(
+            outbox.add_event(conn, outcome.published[0], outcome.published[1], published=True)
+        if offers.transition(
             conn, offer_id, stage.from_state, stage.to_state, actor=stage.task, fields=outcome.fields, data=outcome.data
         ):
             return hand_on(offer_id, stage.to_state)
-    elif store.transition(
+    elif offers.transition(
         conn,
         offer_id,
         stage.from_state,
@@ -133,10 +129,10 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
 
 def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> list[Dispatch]:
     """An offer just ended: queue its event in the outbox and release any hold it has."""
-    offer = store.load_offer(conn, offer_id)
+    offer = offers.load_offer(conn, offer_id)
     assert offer is not None
-    detail = store.build_event(offer, detail_type, state=offer.state, reason=offer.reason)
-    store.add_outbox_event(conn, detail, detail_type, published=False)
+    detail = outbox.build_event(offer, detail_type, state=offer.state, reason=offer.reason)
+    outbox.add_event(conn, detail, detail_type, published=False)
     dispatches = [Dispatch(PUBLISH_EVENT_TASK, {"event_id": detail["event_id"]})]
     if offer.hold_status == "held":
         dispatches.append(Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id}))
@@ -144,7 +140,7 @@ def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> 
 
 
 def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatch]:
-    offer = store.load_offer(conn, offer_id)
+    offer = offers.load_offer(conn, offer_id)
     if offer is not None and offer.state in states.TERMINAL and offer.hold_status == "held":
         return [Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id})]
     return []
@@ -154,7 +150,7 @@ def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatc
 
 
 def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
-    def work(offer: store.Offer, conn: psycopg.Connection) -> Outcome:
+    def work(offer: offers.Offer, conn: psycopg.Connection) -> Outcome:
         found = rt.policies.lookup(conn, offer.payload.listing_id)
         problems = check_offer(offer.payload, found)
         if problems:
@@ -165,7 +161,7 @@ def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
 
 def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
-    def work(offer: store.Offer) -> Outcome:
+    def work(offer: offers.Offer) -> Outcome:
         p = offer.payload
         if p.payment.method == "card":
             hold = rt.stripe.place_hold(
@@ -190,7 +186,7 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
 def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
     settings = rt.settings
 
-    def work(offer: store.Offer) -> Outcome:
+    def work(offer: offers.Offer) -> Outcome:
         p = offer.payload
         score = rt.sift.score_order(
             offer_id=p.offer_id,
@@ -220,8 +216,8 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
 
 def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
-    def work(offer: store.Offer) -> Outcome:
-        detail = store.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
+    def work(offer: offers.Offer) -> Outcome:
+        detail = outbox.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
         rt.events.publish(
             event_id=detail["event_id"],
             detail_type="offer.submitted",
@@ -236,9 +232,9 @@ def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
 def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
     """The audit stage: the offer's trail must show every step before it is called submitted."""
 
-    def work(offer: store.Offer) -> Outcome:
+    def work(offer: offers.Offer) -> Outcome:
         with rt.db.read() as conn:
-            reached = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
+            reached = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
         expected = list(states.HAPPY_PATH[:-1])
         # Each step reached, in order; a replayed offer passes some states twice, which is fine.
         firsts = [reached.index(s) for s in expected if s in reached]
@@ -255,7 +251,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
 def publish_event(rt: Runtime, event_id: str) -> None:
     """Publish one outbox event to EventBridge (and SNS for submitted/cancelled); at least once."""
     with rt.db.read() as conn:
-        event = store.load_outbox_event(conn, event_id)
+        event = outbox.load_event(conn, event_id)
     if event is None or event["published_at"] is not None:
         return
     topic = {
@@ -264,24 +260,19 @@ def publish_event(rt: Runtime, event_id: str) -> None:
     }.get(event["detail_type"])
     rt.events.publish(event_id=event_id, detail_type=event["detail_type"], detail=event["detail"], sns_topic_arn=topic)
     with rt.db.transaction() as conn:
-        store.mark_event_published(conn, event_id)
+        outbox.mark_published(conn, event_id)
 
 
 def release_hold(rt: Runtime, offer_id: str, *, why: str = "offer_ended", actor: str = RELEASE_HOLD_TASK) -> str | None:
     """Cancel the offer's PaymentIntent (stable idempotency key) and record it; None if no hold."""
     with rt.db.read() as conn:
-        offer = store.load_offer(conn, offer_id)
+        offer = offers.load_offer(conn, offer_id)
     if offer is None or offer.hold_status != "held" or not offer.payment_intent_id:
         return None
     status = rt.stripe.release_hold(offer_id=offer_id, payment_intent_id=offer.payment_intent_id)
     with rt.db.transaction() as conn:
-        released = conn.execute(
-            "UPDATE offers SET hold_status = 'released', hold_released_at = clock_timestamp(),"
-            " updated_at = clock_timestamp() WHERE offer_id = %s AND hold_status = 'held' RETURNING offer_id",
-            (offer_id,),
-        ).fetchone()
-        if released:
-            store.record_audit(
+        if offers.mark_hold_released(conn, offer_id):
+            audit_trail.record_audit(
                 conn,
                 offer_id,
                 "hold_released",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from offers_workers import store
+from offers_workers.store import audit_trail
 from offers_workers.store.db import Database
 
 #: Flag → what turning it off (or on, for SOFT_LAUNCH_MODE) does.
@@ -76,7 +76,7 @@ def set_flag(conn: psycopg.Connection, name: str, enabled: bool, *, actor: str) 
         (name, enabled, actor),
     )
     was = before["enabled"] if before else DEFAULTS[name]
-    store.record_audit(
+    audit_trail.record_audit(
         conn, None, "flag_changed", actor=actor, reason=name, data={"flag": name, "from": was, "to": enabled}
     )
     return was != enabled

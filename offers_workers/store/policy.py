@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,69 @@ def _pick(row: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     if "currency" in values:
         values["currency"] = values["currency"].strip()
     return values
+
+
+def is_synthetic_maker(conn: psycopg.Connection, maker_id: str) -> bool:
+    """Whether the maker was made by the synthetic journey (a policy file cannot mark one)."""
+    row = conn.execute("SELECT synthetic FROM makers WHERE maker_id = %s", (maker_id,)).fetchone()
+    return bool(row and row["synthetic"])
+
+
+@dataclass(frozen=True)
+class SyntheticPolicy:
+    """What ``ensure_synthetic_policy`` changed, and whose the listing is."""
+
+    maker_changed: bool
+    listing_changed: bool
+    #: The maker the listing belongs to (another's when an operator pointed the journey at a real listing).
+    listing_maker_id: str
+
+
+def ensure_synthetic_policy(
+    conn: psycopg.Connection,
+    *,
+    maker_id: str,
+    maker_name: str,
+    listing_id: str,
+    listing_title: str,
+    amount_cents: int,
+    currency: str,
+) -> SyntheticPolicy:
+    """Make the synthetic journey's maker and listing, or bring synthetic ones back to what it needs.
+
+    Idempotent and safe when two journeys run at once (``INSERT … ON CONFLICT`` on the primary
+    keys; the second waits for the first's row, then finds it). Rows not marked synthetic are real
+    ones an operator pointed the journey at: never changed.
+    """
+    maker_changed = conn.execute(
+        """
+        INSERT INTO makers AS m (maker_id, display_name, min_offer_cents, auto_reject_below_pct, synthetic)
+        VALUES (%(maker)s, %(name)s, 1, 0, true)
+        ON CONFLICT (maker_id) DO UPDATE SET min_offer_cents = 1, auto_reject_below_pct = 0, updated_at = now()
+        WHERE m.synthetic AND (m.min_offer_cents, m.auto_reject_below_pct) IS DISTINCT FROM (1, 0)
+        RETURNING maker_id
+        """,
+        {"maker": maker_id, "name": maker_name},
+    ).fetchone()
+    listing_changed = conn.execute(
+        """
+        INSERT INTO listings AS l (listing_id, maker_id, title, asking_price_cents, currency, status, synthetic)
+        VALUES (%(listing)s, %(maker)s, %(title)s, %(amount)s, %(currency)s, 'active', true)
+        ON CONFLICT (listing_id) DO UPDATE SET
+            asking_price_cents = EXCLUDED.asking_price_cents, currency = EXCLUDED.currency,
+            status = EXCLUDED.status, updated_at = now()
+        WHERE l.synthetic AND l.maker_id = EXCLUDED.maker_id
+          AND (l.asking_price_cents, l.currency, l.status)
+              IS DISTINCT FROM (EXCLUDED.asking_price_cents, EXCLUDED.currency, EXCLUDED.status)
+        RETURNING listing_id
+        """,
+        {
+            "listing": listing_id,
+            "maker": maker_id,
+            "title": listing_title,
+            "amount": amount_cents,
+            "currency": currency,
+        },
+    ).fetchone()
+    listing = conn.execute("SELECT maker_id FROM listings WHERE listing_id = %s", (listing_id,)).fetchone()
+    return SyntheticPolicy(maker_changed is not None, listing_changed is not None, listing["maker_id"])

@@ -16,19 +16,19 @@ import psycopg.sql
 import pytest
 
 from config.settings import load_settings
-from offers_workers import store
 from offers_workers.local.demo import send_samples, settled
 from offers_workers.local.samples import make_samples
 from offers_workers.local.sandbox import clear_faults, set_fault
 from offers_workers.partners.aws_archive import AuditArchive, RestoreInProgress
 from offers_workers.runtime import Runtime
 from offers_workers.saga import audit
+from offers_workers.store import audit_trail
 from tests.conftest import RUN_ID, cli, wait_until
 
 
 def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:
     with runtime.db.transaction() as conn:
-        store.record_audit(conn, None, "test_row", actor="test")
+        audit_trail.record_audit(conn, None, "test_row", actor="test")
     for statement in (
         "UPDATE audit_events SET actor = 'someone else'",
         "DELETE FROM audit_events",
@@ -45,7 +45,7 @@ def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: s
     env = {"OFFERS_DATABASE_URL": scratch_database}
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(10):
-            store.record_audit(
+            audit_trail.record_audit(
                 conn, f"off_{n}", "transition", actor="test", to_state="received", data={"n": n, "note": "ünïcode ✓"}
             )
         ids = [r[0] for r in conn.execute("SELECT id FROM audit_events ORDER BY id")]
@@ -80,7 +80,7 @@ def test_verify_chain_since_takes_a_duration_like_every_other_since(scratch_data
     env = {"OFFERS_DATABASE_URL": scratch_database}
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(3):
-            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
+            audit_trail.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
     # When the operator checks the last hour, or week, as `offers list --since` would take it
     for since in ("1h", "7d"):
         checked = cli("audit", "verify-chain", "--since", since, env=env)
@@ -142,7 +142,7 @@ def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(
 
     # Two exports at once: the second finds the first holding the lock
     with psycopg.connect(settings.database_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (audit.EXPORT_LOCK,))
+        holder.execute("SELECT pg_advisory_lock(%s)", (audit_trail.EXPORT_LOCK,))
         busy = cli("audit", "export")
         assert busy.returncode == 1 and "another audit export is running" in busy.stderr
     assert cli("audit", "verify", "999999").returncode == 1
@@ -170,7 +170,7 @@ def test_verify_of_an_export_whose_restore_takes_hours_says_to_come_back_later(s
     env = {"OFFERS_DATABASE_URL": scratch_database}
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(3):
-            store.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
+            audit_trail.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
     until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     assert cli("audit", "export", "--until", until, env=env).returncode == 0
     job = json.loads(cli("audit", "exports", "--json", env=env).stdout)[0]
@@ -236,7 +236,7 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:
 @pytest.mark.usefixtures("fleet")
 def test_the_nightly_task_exports_through_a_worker(celery_app, runtime) -> None:
     with runtime.db.transaction() as conn:
-        store.record_audit(conn, None, "test_row", actor="test")
+        audit_trail.record_audit(conn, None, "test_row", actor="test")
         before = conn.execute("SELECT count(*) AS n FROM audit_exports WHERE status = 'done'").fetchone()["n"]
     celery_app.send_task("offers.export_audit", kwargs={"until": datetime.now(UTC).isoformat()})
 

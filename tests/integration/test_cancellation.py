@@ -16,8 +16,8 @@ import yaml
 from offers_workers.domain import states
 from offers_workers.local.fleet import Fleet, read_procfile
 from offers_workers.local.samples import base_offer
-from offers_workers.ops import reports
 from offers_workers.saga import cancellation, intake
+from offers_workers.store import reports
 from tests.bus import BusReader
 from tests.conftest import RUN_ID, cli, new_id, wait_until
 from tests.outages import through_sift_outage

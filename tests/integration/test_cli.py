@@ -234,6 +234,7 @@ def test_an_unreachable_postgres_is_one_line_and_exit_1(args: tuple[str, ...]) -
 
 def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtime, tmp_path) -> None:
     from offers_workers.saga import deadletter
+    from offers_workers.store import dead_letters
 
     # Given a pending dead letter, and the broker down
     entry_id = deadletter.record(
@@ -255,5 +256,5 @@ def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtim
         assert_one_line(cli(*args, env=down, timeout=60), "offers-workers: cannot reach the broker (127.0.0.1:1): ")
     # and the dead letter was not claimed: a replay once the broker is back still sends it
     with runtime.db.transaction() as conn:
-        assert deadletter.entry(conn, entry_id)["status"] == "pending"
+        assert dead_letters.entry(conn, entry_id)["status"] == "pending"
     assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0

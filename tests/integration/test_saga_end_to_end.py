@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import stripe
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.local.demo import settled
 from offers_workers.local.samples import SCENARIOS, base_offer, make_samples
+from offers_workers.store import audit_trail, outbox
 from tests.bus import BusReader
 from tests.conftest import new_id, wait_until
 
@@ -109,7 +109,7 @@ def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, r
     for offer_id in submitted:
         event = events[(offer_id, "offer.submitted")]
         assert event["source"] == "offers.submission"
-        assert event["detail"]["event_id"] == store.event_id(offer_id, "offer.submitted")
+        assert event["detail"]["event_id"] == outbox.event_id(offer_id, "offer.submitted")
         assert event["detail"]["state"] == states.SUBMITTED
     for offer_id in rejected:
         event = events[(offer_id, "offer.rejected")]
@@ -122,10 +122,10 @@ def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, r
     # and the audit trail holds every transition in order
     with runtime.db.transaction() as conn:
         for offer_id in submitted:
-            trail = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
+            trail = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
             assert trail == list(states.HAPPY_PATH)
         for offer_id in rejected:
-            trail = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
+            trail = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
             assert trail[0] == states.RECEIVED and trail[-1] == states.REJECTED
             assert trail[:-1] == list(states.HAPPY_PATH[: len(trail) - 1])
         lags = conn.execute(

@@ -11,11 +11,11 @@ from datetime import datetime
 
 import pytest
 
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.errors import TransientError
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import deadletter, intake, stages
+from offers_workers.store import audit_trail, offers
 from tests.conftest import cli, new_id
 
 
@@ -53,7 +53,7 @@ def test_each_stage_hands_on_to_the_next_and_a_rerun_changes_nothing(runtime) ->
     # An earlier stage delivered late finds the offer far along and does nothing at all.
     assert stages.validate(runtime, offer_id) == []
     with runtime.db.transaction() as conn:
-        trail = [e["to_state"] for e in store.audit_trail(conn, offer_id) if e["kind"] == "transition"]
+        trail = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
     assert trail == list(states.HAPPY_PATH)
 
 
@@ -139,11 +139,11 @@ def test_a_resent_body_is_a_duplicate_and_another_body_a_conflict(runtime) -> No
 def test_a_guarded_transition_refuses_a_moved_offer(runtime) -> None:
     offer_id = received(runtime)
     with runtime.db.transaction() as conn:
-        assert store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
+        assert offers.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
     with runtime.db.transaction() as conn:
-        assert not store.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
+        assert not offers.transition(conn, offer_id, states.RECEIVED, states.VALIDATED, actor="test")
         with pytest.raises(states.IllegalTransition):
-            store.transition(conn, offer_id, states.VALIDATED, states.SUBMITTED, actor="test")
+            offers.transition(conn, offer_id, states.VALIDATED, states.SUBMITTED, actor="test")
 
 
 def test_a_replayed_hold_keeps_the_moment_it_was_placed(runtime) -> None:

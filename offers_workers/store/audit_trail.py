@@ -1,0 +1,137 @@
+"""The audit trail: appending rows, an offer's history, and reading the chain in id order.
+
+The chain itself is written by the database (migration 0004); ``saga.audit`` checks and exports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+#: The columns of an exported row, ``data`` as the text the chain hashed.
+ROW_COLUMNS = sql.SQL(
+    "id, at, offer_id, kind, from_state, to_state, reason, actor, data::text AS data, prev_hash, row_hash"
+)
+#: Rows fetched per round trip while streaming.
+BATCH = 2000
+#: Session advisory lock: one export at a time across the fleet ("auditexp" in ASCII).
+EXPORT_LOCK = 0x6175646974657870
+
+
+def record_audit(
+    conn: psycopg.Connection,
+    offer_id: str | None,
+    kind: str,
+    *,
+    actor: str,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Append one row to the trail in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO audit_events (offer_id, kind, from_state, to_state, reason, actor, data)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (offer_id, kind, from_state, to_state, reason, actor, Jsonb(data or {})),
+    )
+
+
+def offer_trail(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any]]:
+    """Every audit row of one offer, oldest first."""
+    return conn.execute(
+        "SELECT id, at, kind, from_state, to_state, reason, actor, data FROM audit_events"
+        " WHERE offer_id = %s ORDER BY id",
+        (offer_id,),
+    ).fetchall()
+
+
+def offer_history(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any]]:
+    """The offer's states in order, as `offers show` prints them."""
+    rows = conn.execute(
+        "SELECT to_state, at, reason, actor FROM audit_events WHERE offer_id = %s AND kind = 'transition' ORDER BY id",
+        (offer_id,),
+    ).fetchall()
+    return [{"state": r["to_state"], "at": r["at"].isoformat(), "reason": r["reason"], "by": r["actor"]} for r in rows]
+
+
+def _stream(conn: psycopg.Connection, where: sql.Composable, params: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+    """Audit rows in id order through a server-side cursor: memory stays flat however many rows."""
+    query = sql.SQL("SELECT {} FROM audit_events WHERE {} ORDER BY id").format(ROW_COLUMNS, where)
+    with conn.cursor(name="audit_rows") as cur:
+        cur.itersize = BATCH
+        cur.execute(query, params)
+        yield from cur
+
+
+def every_row(conn: psycopg.Connection) -> Iterator[dict[str, Any]]:
+    """The whole trail, from its first row."""
+    return _stream(conn, sql.SQL("TRUE"), ())
+
+
+def rows_since(conn: psycopg.Connection, since: datetime) -> Iterator[dict[str, Any]]:
+    """The trail from its first row at or after ``since``."""
+    return _stream(conn, sql.SQL("at >= %s"), (since,))
+
+
+def rows_between(conn: psycopg.Connection, first_id: int, last_id: int) -> Iterator[dict[str, Any]]:
+    """The rows with ids ``first_id`` to ``last_id``, both included."""
+    return _stream(conn, sql.SQL("id BETWEEN %s AND %s"), (first_id, last_id))
+
+
+@contextmanager
+def export_lock(database_url: str | None) -> Iterator[bool]:
+    """Hold the fleet-wide export lock for the block, on a session of its own; yields False (and
+    holds nothing) when another export has it."""
+    with psycopg.connect(database_url or "", autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()[0]:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (EXPORT_LOCK,))
+
+
+@dataclass(frozen=True)
+class RowWindow:
+    """Audit rows an export takes: ids ``first`` to ``last``, ``rows`` of them (0: none)."""
+
+    first: int | None
+    last: int | None
+    rows: int
+
+
+def rows_to_export(conn: psycopg.Connection, after_id: int, until: datetime) -> RowWindow:
+    """The rows after id ``after_id`` written before ``until``."""
+    row = conn.execute(
+        "SELECT min(id) AS first, max(id) AS last, count(*) AS n FROM audit_events WHERE id > %s AND at < %s",
+        (after_id, until),
+    ).fetchone()
+    return RowWindow(row["first"], row["last"], row["n"])
+
+
+@dataclass(frozen=True)
+class ChainEnds:
+    """What Postgres holds for an id range: how many rows, the link into its first, its last hash."""
+
+    rows: int
+    first_prev_hash: str | None
+    last_hash: str | None
+
+
+def chain_ends(conn: psycopg.Connection, first_id: int, last_id: int) -> ChainEnds:
+    row = conn.execute(
+        "SELECT count(*) AS n, (SELECT row_hash FROM audit_events WHERE id = %(last)s) AS last_hash,"
+        " (SELECT prev_hash FROM audit_events WHERE id = %(first)s) AS first_prev"
+        " FROM audit_events WHERE id BETWEEN %(first)s AND %(last)s",
+        {"first": first_id, "last": last_id},
+    ).fetchone()
+    return ChainEnds(row["n"], row["first_prev"], row["last_hash"])

@@ -1,0 +1,55 @@
+"""Cancel requests: every ``offers.cancel`` and what it did, tombstones for offers not received yet among them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from offers_workers.domain.payload import FieldError
+
+
+def record(
+    conn: psycopg.Connection,
+    *,
+    offer_id: str | None,
+    reason: str | None,
+    actor: str | None,
+    outcome: str,
+    task_id: str | None,
+    errors: list[FieldError] | None = None,
+) -> None:
+    """Record one request and its outcome (``cancelled`` ones are applied at once)."""
+    conn.execute(
+        "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, errors, task_id, applied_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
+        (
+            offer_id,
+            reason,
+            actor,
+            outcome,
+            Jsonb([e.model_dump() for e in errors]) if errors else None,
+            task_id,
+            outcome == "cancelled",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A cancel that came before its offer: who cancelled and why."""
+
+    reason: str
+    actor: str
+
+
+def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> Tombstone | None:
+    """Mark the offer's first tombstone applied and return it; None when there is none."""
+    row = conn.execute(
+        "UPDATE cancel_requests SET outcome = 'tombstone_applied', applied_at = clock_timestamp()"
+        " WHERE id = (SELECT id FROM cancel_requests WHERE offer_id = %s AND outcome = 'tombstone' ORDER BY id LIMIT 1)"
+        " RETURNING reason, actor",
+        (offer_id,),
+    ).fetchone()
+    return Tombstone(row["reason"], row["actor"]) if row else None

@@ -1,0 +1,329 @@
+"""Offer rows and their guarded state transitions.
+
+A transition is ``UPDATE … WHERE state = expected`` plus its audit event in the caller's
+transaction: a redelivered task finds the state already moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from offers_workers.domain import states
+from offers_workers.domain.payload import OfferPayload, body_sha256
+
+#: The stage timestamp column each state sets when an offer first enters it.
+STATE_TIMESTAMP = {
+    states.VALIDATED: "validated_at",
+    states.PAYMENT_HELD: "payment_held_at",
+    states.RISK_CLEARED: "risk_cleared_at",
+    states.AUCTION_TRIGGERED: "auction_triggered_at",
+    states.SUBMITTED: "completed_at",
+    states.REJECTED: "rejected_at",
+    states.CANCELLED: "cancelled_at",
+    states.DEAD_LETTERED: "dead_lettered_at",
+}
+#: Stamps that move to the latest entry: an offer dead-lettered again has waited since then. Every
+#: other stamp keeps the first entry (see ``transition``).
+RESTAMPED = frozenset({"dead_lettered_at"})
+#: Columns a stage may set along with its transition.
+SETTABLE = frozenset({"payment_intent_id", "hold_status", "risk_score", "return_risk_score", "reason"})
+
+#: The one definition of a stuck offer: open, no progress and no retry due for longer than
+#: ``%(age)s`` seconds. The recovery sweep re-sends these; ``stats``, ``health`` and ``/metrics``
+#: count them, with the same words, so the figure on-call sees is what the sweep acts on.
+STUCK = sql.SQL(
+    "state = ANY(%(open)s)"
+    " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
+    " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
+)
+
+
+def stuck_params(older_than_s: float) -> dict[str, Any]:
+    """The parameters ``STUCK`` reads."""
+    return {"open": list(states.OPEN), "age": older_than_s}
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One offer row, with its payload parsed."""
+
+    offer_id: str
+    state: str
+    reason: str | None
+    payload: OfferPayload
+    payment_intent_id: str | None
+    hold_status: str
+    risk_score: float | None
+    row: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Offer:
+        return cls(
+            offer_id=row["offer_id"],
+            state=row["state"],
+            reason=row["reason"],
+            payload=OfferPayload.model_validate(row["payload"]),
+            payment_intent_id=row["payment_intent_id"],
+            hold_status=row["hold_status"],
+            risk_score=row["risk_score"],
+            row=row,
+        )
+
+
+def offer_row(conn: psycopg.Connection, offer_id: str) -> dict[str, Any] | None:
+    """The offer's row as it is stored (``offers show``), None if there is none."""
+    return conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+
+
+def load_offer(conn: psycopg.Connection, offer_id: str, *, for_update: bool = False) -> Offer | None:
+    """The offer, optionally locked until the transaction ends; None if there is none."""
+    query = "SELECT * FROM offers WHERE offer_id = %s" + (" FOR UPDATE" if for_update else "")
+    row = conn.execute(query, (offer_id,)).fetchone()
+    return Offer.from_row(row) if row else None
+
+
+def offers_by_id(conn: psycopg.Connection, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Where each of these offers stands (state, reason, hold), by offer id; missing ones left out."""
+    rows = conn.execute(
+        "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+        (offer_ids,),
+    )
+    return {r["offer_id"]: r for r in rows}
+
+
+def exists(conn: psycopg.Connection, offer_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM offers WHERE offer_id = %s", (offer_id,)).fetchone() is not None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What intake needs of an offer already taken in, to tell a redelivery from a conflict."""
+
+    body_sha256: str
+    state: str
+
+
+def submitted(conn: psycopg.Connection, offer_id: str) -> Submitted | None:
+    row = conn.execute("SELECT body_sha256, state FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+    return Submitted(row["body_sha256"], row["state"]) if row else None
+
+
+def lock_offer_id(conn: psycopg.Connection, offer_id: str) -> None:
+    """Serialise cancel and submit of one offer id until the transaction ends (the row may not exist yet)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (offer_id,))
+
+
+def insert_offer(conn: psycopg.Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str) -> bool:
+    """Record a new offer as ``received``; False when the offer_id exists already."""
+    # The row and its audit event in one statement (one round trip).
+    row = conn.execute(
+        """
+        WITH inserted AS (
+            INSERT INTO offers (offer_id, listing_id, maker_id, buyer_id, amount_cents, currency,
+                                payment_method, payload, body_sha256, synthetic, state)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (offer_id) DO NOTHING
+            RETURNING offer_id, state)
+        INSERT INTO audit_events (offer_id, kind, to_state, actor, data)
+        SELECT offer_id, 'transition', state, %s, '{}'::jsonb FROM inserted
+        RETURNING offer_id
+        """,
+        (
+            offer.offer_id,
+            offer.listing_id,
+            offer.maker_id,
+            offer.buyer_id,
+            offer.amount_cents,
+            offer.currency,
+            offer.payment.method,
+            Jsonb(offer.model_dump(mode="json")),
+            body_sha256(raw),
+            offer.synthetic,
+            states.RECEIVED,
+            actor,
+        ),
+    ).fetchone()
+    return row is not None
+
+
+def transition(
+    conn: psycopg.Connection,
+    offer_id: str,
+    from_state: str,
+    to_state: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    fields: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Move the offer from ``from_state`` to ``to_state`` if it is still there; audit it.
+
+    Returns False (and changes nothing) when the offer is no longer in ``from_state``.
+    """
+    states.check_transition(from_state, to_state)
+    values: dict[str, Any] = dict(fields or {})
+    if reason is not None:
+        values["reason"] = reason
+    unknown = set(values) - SETTABLE
+    if unknown:
+        raise ValueError(f"not settable by a transition: {sorted(unknown)}")
+    assignments = [sql.SQL("state = {}").format(sql.Literal(to_state))]
+    assignments += [sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values]
+    stamp = STATE_TIMESTAMP.get(to_state)
+    if stamp in RESTAMPED:
+        assignments.append(sql.SQL("{} = clock_timestamp()").format(sql.Identifier(stamp)))
+    elif stamp:
+        # A replay re-enters a state without re-running the stage that produced it: keep when that
+        # stage really finished (the hold watch's clock, and honest stage latencies and auction lag).
+        assignments.append(sql.SQL("{0} = coalesce({0}, clock_timestamp())").format(sql.Identifier(stamp)))
+    assignments.append(sql.SQL("updated_at = clock_timestamp()"))
+    # The move and its audit row in one statement: one round trip, and the audit chain's lock is
+    # taken as late as possible in the transaction.
+    query = sql.SQL(
+        "WITH moved AS ("
+        " UPDATE offers SET {} WHERE offer_id = %(offer_id)s AND state = %(from_state)s RETURNING offer_id)"
+        " INSERT INTO audit_events (offer_id, kind, from_state, to_state, reason, actor, data)"
+        " SELECT offer_id, 'transition', %(from_state)s, %(to_state)s, %(reason)s, %(actor)s, %(data)s FROM moved"
+        " RETURNING offer_id"
+    ).format(sql.SQL(", ").join(assignments))
+    params = {
+        **values,
+        "offer_id": offer_id,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reason": reason,
+        "actor": actor,
+        "data": Jsonb(data or {}),
+    }
+    return conn.execute(query, params).fetchone() is not None
+
+
+# --- payment holds ------------------------------------------------------------------------------
+
+
+def record_hold(conn: psycopg.Connection, offer_id: str, payment_intent_id: str) -> None:
+    """Note a hold the payment stage placed, whatever state the offer has moved to (so it is released)."""
+    conn.execute(
+        "UPDATE offers SET payment_intent_id = %s, hold_status = 'held' WHERE offer_id = %s AND hold_status = 'none'",
+        (payment_intent_id, offer_id),
+    )
+
+
+def mark_hold_released(conn: psycopg.Connection, offer_id: str) -> bool:
+    """Record the offer's hold as released; False when it was not held (released already)."""
+    return (
+        conn.execute(
+            "UPDATE offers SET hold_status = 'released', hold_released_at = clock_timestamp(),"
+            " updated_at = clock_timestamp() WHERE offer_id = %s AND hold_status = 'held' RETURNING offer_id",
+            (offer_id,),
+        ).fetchone()
+        is not None
+    )
+
+
+def holds_placed_before(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+    """Offers holding an authorization placed more than ``older_than_s`` ago, oldest first."""
+    rows = conn.execute(
+        "SELECT offer_id FROM offers WHERE hold_status = 'held'"
+        " AND payment_held_at < clock_timestamp() - make_interval(secs => %s) ORDER BY payment_held_at LIMIT %s",
+        (older_than_s, limit),
+    ).fetchall()
+    return [r["offer_id"] for r in rows]
+
+
+# --- recovery -------------------------------------------------------------------------------------
+
+
+def note_retry_due(conn: psycopg.Connection, offer_id: str, countdown_s: float) -> None:
+    """A retry of the offer's stage is on its way: the recovery sweep leaves it alone until then."""
+    conn.execute(
+        "UPDATE offers SET retry_due_at = clock_timestamp() + make_interval(secs => %s) WHERE offer_id = %s",
+        (countdown_s, offer_id),
+    )
+
+
+@dataclass(frozen=True)
+class StuckOffer:
+    offer_id: str
+    state: str
+
+
+def claim_stuck(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[StuckOffer]:
+    """Up to ``limit`` stuck offers (``STUCK``), longest waiting first, marked as having a retry due.
+
+    The re-send counts as a pending retry: an offer merely queued behind a backlog gets one more
+    message per ``older_than_s``, not one per sweep; SKIP LOCKED lets two sweeps overlap.
+    """
+    rows = conn.execute(
+        sql.SQL(
+            "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
+            " SELECT offer_id FROM offers WHERE {} ORDER BY updated_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+            " RETURNING offer_id, state"
+        ).format(STUCK),
+        {**stuck_params(older_than_s), "batch": limit},
+    ).fetchall()
+    return [StuckOffer(r["offer_id"], r["state"]) for r in rows]
+
+
+def claim_unreleased_holds(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+    """Offers that ended more than ``older_than_s`` ago still holding an authorization (their
+    release lost), marked as having a retry due, like ``claim_stuck``."""
+    rows = conn.execute(
+        "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
+        " SELECT offer_id FROM offers WHERE hold_status = 'held' AND state = ANY(%(ended)s)"
+        " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
+        " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
+        " LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+        " RETURNING offer_id",
+        {"ended": list(states.TERMINAL), "age": older_than_s, "batch": limit},
+    ).fetchall()
+    return [r["offer_id"] for r in rows]
+
+
+def past_maker_sla(conn: psycopg.Connection, limit: int) -> list[str]:
+    """Submitted offers whose maker did not answer within the policy's SLA window, oldest first."""
+    rows = conn.execute(
+        "SELECT o.offer_id FROM offers o JOIN makers m USING (maker_id)"
+        " WHERE o.state = 'submitted' AND o.completed_at + make_interval(secs => m.sla_hours * 3600) < clock_timestamp()"
+        " ORDER BY o.completed_at LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [r["offer_id"] for r in rows]
+
+
+# --- what an operator sees ------------------------------------------------------------------------
+
+
+def offer_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON an operator sees for one offer (`offers show --json`, `offers list --json`)."""
+
+    def ms_between(a: str, b: str) -> float | None:
+        if row.get(a) and row.get(b):
+            return round((row[b] - row[a]).total_seconds() * 1000, 1)
+        return None
+
+    return {
+        "offer_id": row["offer_id"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "amount_cents": row["amount_cents"],
+        "currency": row["currency"].strip(),
+        "listing_id": row["listing_id"],
+        "maker_id": row["maker_id"],
+        "buyer_id": row["buyer_id"],
+        "payment_method": row["payment_method"],
+        "payment_intent_id": row["payment_intent_id"],
+        "hold_status": row["hold_status"],
+        "risk_score": row["risk_score"],
+        "return_risk_score": row["return_risk_score"],
+        "synthetic": row["synthetic"],
+        "received_at": row["received_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "auction_lag_ms": ms_between("received_at", "auction_triggered_at"),
+    }

@@ -1,0 +1,80 @@
+"""The event outbox: each offer event kept in Postgres until EventBridge has it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from offers_workers.store.offers import Offer
+
+#: Namespace for event ids: stable per offer and event type, so consumers can drop repeats.
+EVENT_NAMESPACE = uuid.UUID("6f2b3c1e-8d0a-4f6e-9b1c-0ffe25000001")
+
+
+def event_id(offer_id: str, detail_type: str) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{offer_id}/{detail_type}"))
+
+
+def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | None) -> dict[str, Any]:
+    """The event's detail as partners see it."""
+    p = offer.payload
+    return {
+        "event_id": event_id(offer.offer_id, detail_type),
+        "offer_id": offer.offer_id,
+        "listing_id": p.listing_id,
+        "maker_id": p.maker_id,
+        "state": state,
+        "reason": reason,
+        "amount_cents": p.amount_cents,
+        "currency": p.currency,
+        "payment_method": p.payment.method,
+        "synthetic": p.synthetic,
+    }
+
+
+def add_event(conn: psycopg.Connection, detail: dict[str, Any], detail_type: str, *, published: bool) -> None:
+    """Keep the event in the outbox (idempotent by event_id); ``published`` when already sent."""
+    conn.execute(
+        "INSERT INTO offer_events (event_id, offer_id, detail_type, detail, published_at)"
+        " VALUES (%s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)"
+        " ON CONFLICT (event_id) DO UPDATE SET published_at ="
+        "   COALESCE(offer_events.published_at, EXCLUDED.published_at)",
+        (detail["event_id"], detail["offer_id"], detail_type, Jsonb(detail), published),
+    )
+
+
+def load_event(conn: psycopg.Connection, event_id_: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM offer_events WHERE event_id = %s", (event_id_,)).fetchone()
+
+
+def mark_published(conn: psycopg.Connection, event_id_: str) -> None:
+    conn.execute(
+        "UPDATE offer_events SET published_at = clock_timestamp() WHERE event_id = %s AND published_at IS NULL",
+        (event_id_,),
+    )
+
+
+def is_published(conn: psycopg.Connection, offer_id: str, detail_type: str) -> bool:
+    """Whether the offer's event of this type has reached EventBridge."""
+    row = conn.execute(
+        "SELECT published_at FROM offer_events WHERE offer_id = %s AND detail_type = %s", (offer_id, detail_type)
+    ).fetchone()
+    return bool(row and row["published_at"])
+
+
+def claim_unpublished(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+    """Events still unpublished ``older_than_s`` after they were written (or last re-sent), oldest
+    first, marked as re-sent now; SKIP LOCKED lets two sweeps overlap."""
+    rows = conn.execute(
+        "UPDATE offer_events SET resent_at = clock_timestamp() WHERE event_id IN ("
+        " SELECT event_id FROM offer_events WHERE published_at IS NULL"
+        " AND created_at < clock_timestamp() - make_interval(secs => %(age)s)"
+        " AND (resent_at IS NULL OR resent_at < clock_timestamp() - make_interval(secs => %(age)s))"
+        " ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+        " RETURNING event_id",
+        {"age": older_than_s, "batch": limit},
+    ).fetchall()
+    return [r["event_id"] for r in rows]
