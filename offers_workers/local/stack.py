@@ -30,16 +30,20 @@ class Stack:
         self.fleet: Fleet | None = None
         self._cleanup = ExitStack()
 
-    def start(self, *, process_types: list[str] | None = None, with_sandbox: bool = True) -> Settings:
-        """Start stores, sandbox and processes; returns the settings every process now shares."""
+    def start(
+        self, *, process_types: list[str] | None = None, with_sandbox: bool = True, worker_args: tuple[str, ...] = ()
+    ) -> Settings:
+        """Start stores, sandbox and processes; returns the settings every process now shares.
+
+        ``worker_args`` are added to every worker's command line (the bench's ``--include``)."""
         try:
-            self._start(process_types, with_sandbox)
+            self._start(process_types, with_sandbox, list(worker_args))
         except BaseException:
             self.stop()
             raise
         return self.settings
 
-    def _start(self, process_types: list[str] | None, with_sandbox: bool) -> None:
+    def _start(self, process_types: list[str] | None, with_sandbox: bool, worker_args: list[str]) -> None:
         state_dir = self.base_settings.state_dir
         if not self.base_settings.database_url:
             pg = EmbeddedPostgres(state_dir)
@@ -73,7 +77,7 @@ class Stack:
         load_sample_policy(self.settings)
         wanted = process_types or [name for name in types if name != "release"]
         for name in wanted:
-            self.fleet.start(types[name])
+            self.fleet.start(types[name], extra_args=worker_args if name.startswith("worker") else None)
 
     def wait_for_workers(self, app, timeout: float = 60) -> None:
         """Block until every started worker answers a ping (or a worker died)."""
