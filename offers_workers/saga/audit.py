@@ -195,7 +195,7 @@ def _write(
 
 
 def _written(
-    rows: Iterable[dict[str, Any]], gz: IO[bytes], expected: int, progress: Callable[[int, int], None] | None
+    rows: Iterable[dict[str, Any]], gz: gzip.GzipFile, expected: int, progress: Callable[[int, int], None] | None
 ) -> Iterator[dict[str, Any]]:
     for n, row in enumerate(rows, 1):
         record = {**row, "at": row["at"].isoformat()}

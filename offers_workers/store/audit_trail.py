@@ -15,6 +15,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from offers_workers.store.db import Connection, one_row
+
 #: The columns of an exported row, ``data`` as the text the chain hashed.
 ROW_COLUMNS = sql.SQL(
     "id, at, offer_id, kind, from_state, to_state, reason, actor, data::text AS data, prev_hash, row_hash"
@@ -26,7 +28,7 @@ EXPORT_LOCK = 0x6175646974657870
 
 
 def record_audit(
-    conn: psycopg.Connection,
+    conn: Connection,
     offer_id: str | None,
     kind: str,
     *,
@@ -44,7 +46,7 @@ def record_audit(
     )
 
 
-def offer_trail(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any]]:
+def offer_trail(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
     """Every audit row of one offer, oldest first."""
     return conn.execute(
         "SELECT id, at, kind, from_state, to_state, reason, actor, data FROM audit_events"
@@ -53,7 +55,7 @@ def offer_trail(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any]]
     ).fetchall()
 
 
-def offer_history(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any]]:
+def offer_history(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
     """The offer's states in order, as `offers show` prints them."""
     rows = conn.execute(
         "SELECT to_state, at, reason, actor FROM audit_events WHERE offer_id = %s AND kind = 'transition' ORDER BY id",
@@ -62,7 +64,7 @@ def offer_history(conn: psycopg.Connection, offer_id: str) -> list[dict[str, Any
     return [{"state": r["to_state"], "at": r["at"].isoformat(), "reason": r["reason"], "by": r["actor"]} for r in rows]
 
 
-def _stream(conn: psycopg.Connection, where: sql.Composable, params: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+def _stream(conn: Connection, where: sql.Composable, params: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
     """Audit rows in id order through a server-side cursor: memory stays flat however many rows."""
     query = sql.SQL("SELECT {} FROM audit_events WHERE {} ORDER BY id").format(ROW_COLUMNS, where)
     with conn.cursor(name="audit_rows") as cur:
@@ -71,17 +73,17 @@ def _stream(conn: psycopg.Connection, where: sql.Composable, params: tuple[Any, 
         yield from cur
 
 
-def every_row(conn: psycopg.Connection) -> Iterator[dict[str, Any]]:
+def every_row(conn: Connection) -> Iterator[dict[str, Any]]:
     """The whole trail, from its first row."""
     return _stream(conn, sql.SQL("TRUE"), ())
 
 
-def rows_since(conn: psycopg.Connection, since: datetime) -> Iterator[dict[str, Any]]:
+def rows_since(conn: Connection, since: datetime) -> Iterator[dict[str, Any]]:
     """The trail from its first row at or after ``since``."""
     return _stream(conn, sql.SQL("at >= %s"), (since,))
 
 
-def rows_between(conn: psycopg.Connection, first_id: int, last_id: int) -> Iterator[dict[str, Any]]:
+def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[dict[str, Any]]:
     """The rows with ids ``first_id`` to ``last_id``, both included."""
     return _stream(conn, sql.SQL("id BETWEEN %s AND %s"), (first_id, last_id))
 
@@ -91,7 +93,8 @@ def export_lock(database_url: str | None) -> Iterator[bool]:
     """Hold the fleet-wide export lock for the block, on a session of its own; yields False (and
     holds nothing) when another export has it."""
     with psycopg.connect(database_url or "", autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()[0]:
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()
+        if not (locked and locked[0]):
             yield False
             return
         try:
@@ -109,12 +112,14 @@ class RowWindow:
     rows: int
 
 
-def rows_to_export(conn: psycopg.Connection, after_id: int, until: datetime) -> RowWindow:
+def rows_to_export(conn: Connection, after_id: int, until: datetime) -> RowWindow:
     """The rows after id ``after_id`` written before ``until``."""
-    row = conn.execute(
-        "SELECT min(id) AS first, max(id) AS last, count(*) AS n FROM audit_events WHERE id > %s AND at < %s",
-        (after_id, until),
-    ).fetchone()
+    row = one_row(
+        conn.execute(
+            "SELECT min(id) AS first, max(id) AS last, count(*) AS n FROM audit_events WHERE id > %s AND at < %s",
+            (after_id, until),
+        )
+    )
     return RowWindow(row["first"], row["last"], row["n"])
 
 
@@ -127,11 +132,13 @@ class ChainEnds:
     last_hash: str | None
 
 
-def chain_ends(conn: psycopg.Connection, first_id: int, last_id: int) -> ChainEnds:
-    row = conn.execute(
-        "SELECT count(*) AS n, (SELECT row_hash FROM audit_events WHERE id = %(last)s) AS last_hash,"
-        " (SELECT prev_hash FROM audit_events WHERE id = %(first)s) AS first_prev"
-        " FROM audit_events WHERE id BETWEEN %(first)s AND %(last)s",
-        {"first": first_id, "last": last_id},
-    ).fetchone()
+def chain_ends(conn: Connection, first_id: int, last_id: int) -> ChainEnds:
+    row = one_row(
+        conn.execute(
+            "SELECT count(*) AS n, (SELECT row_hash FROM audit_events WHERE id = %(last)s) AS last_hash,"
+            " (SELECT prev_hash FROM audit_events WHERE id = %(first)s) AS first_prev"
+            " FROM audit_events WHERE id BETWEEN %(first)s AND %(last)s",
+            {"first": first_id, "last": last_id},
+        )
+    )
     return ChainEnds(row["n"], row["first_prev"], row["last_hash"])

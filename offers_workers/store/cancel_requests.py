@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from offers_workers.domain.payload import FieldError
+from offers_workers.store.db import Connection
 
 
 def record(
-    conn: psycopg.Connection,
+    conn: Connection,
     *,
     offer_id: str | None,
     reason: str | None,
@@ -44,7 +44,7 @@ class Tombstone:
     actor: str
 
 
-def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> Tombstone | None:
+def apply_tombstone(conn: Connection, offer_id: str) -> Tombstone | None:
     """Mark the offer's first tombstone applied and return it; None when there is none."""
     row = conn.execute(
         "UPDATE cancel_requests SET outcome = 'tombstone_applied', applied_at = clock_timestamp()"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
@@ -23,6 +24,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
+
+#: A connection the store is handed. Pooled ones return dict rows (``dict_row``); the row type is left
+#: open so a caller's plain ``psycopg.Connection`` fits, and the store's functions return typed values.
+Connection: TypeAlias = psycopg.Connection[Any]
 
 #: Advisory lock key that serialises `db migrate` across processes ("offersmg" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F66666572736D67
@@ -96,13 +101,13 @@ class Database:
         conn.commit()
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed on success, rolled back on error."""
         with self.pool.connection() as conn:
             yield conn
 
     @contextmanager
-    def read(self) -> Iterator[psycopg.Connection]:
+    def read(self) -> Iterator[Connection]:
         """A connection for reads outside a transaction: each statement is one round trip, with no
         BEGIN and COMMIT around it. Only for reads that need no consistent snapshot across statements."""
         with self.pool.connection() as conn:
@@ -117,6 +122,14 @@ class Database:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.close()
         self._pool = None
+
+
+def one_row(cursor: psycopg.Cursor[Any]) -> dict[str, Any]:
+    """The row of a statement that always returns one (an aggregate, or RETURNING of a row it wrote)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return dict(row)
 
 
 @dataclass(frozen=True)

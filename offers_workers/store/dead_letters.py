@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+
+from offers_workers.store.db import Connection, one_row
 
 #: Entries of a stage (or every stage) in a status (or any), unordered: `entries` and `dlq list` read them.
 ENTRIES = sql.SQL(
@@ -24,7 +25,7 @@ DISCARD = sql.SQL(
 
 
 def record_failure(
-    conn: psycopg.Connection,
+    conn: Connection,
     *,
     stage: str,
     task_name: str,
@@ -54,22 +55,22 @@ def record_failure(
             (*values, stage, offer_id),
         ).fetchone()
     if row is None:
-        row = conn.execute(
-            "INSERT INTO dead_letters (stage, task_name, offer_id, kwargs, error_type, error_message, traceback, attempts)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (stage, task_name, offer_id, Jsonb(kwargs), *values),
-        ).fetchone()
+        row = one_row(
+            conn.execute(
+                "INSERT INTO dead_letters (stage, task_name, offer_id, kwargs, error_type, error_message, traceback, attempts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (stage, task_name, offer_id, Jsonb(kwargs), *values),
+            )
+        )
     return int(row["id"])
 
 
-def entries(
-    conn: psycopg.Connection, *, stage: str | None = None, status: str | None = "pending"
-) -> list[dict[str, Any]]:
+def entries(conn: Connection, *, stage: str | None = None, status: str | None = "pending") -> list[dict[str, Any]]:
     """Entries of ``stage`` (None: every stage) in ``status`` (None: any), oldest first."""
     return conn.execute(sql.SQL("{} ORDER BY id").format(ENTRIES), {"stage": stage, "status": status}).fetchall()
 
 
-def entry(conn: psycopg.Connection, entry_id: int) -> dict[str, Any] | None:
+def entry(conn: Connection, entry_id: int) -> dict[str, Any] | None:
     """One entry with every column (kwargs, traceback), None if there is none."""
     return conn.execute("SELECT * FROM dead_letters WHERE id = %s", (entry_id,)).fetchone()
 
@@ -81,20 +82,20 @@ class Found:
     offer_id: str | None
 
 
-def peek(conn: psycopg.Connection, entry_id: int) -> Found | None:
+def peek(conn: Connection, entry_id: int) -> Found | None:
     """The entry's offer, without a lock (to lock the offer first); None if there is no entry."""
     row = conn.execute("SELECT offer_id FROM dead_letters WHERE id = %s", (entry_id,)).fetchone()
     return Found(row["offer_id"]) if row else None
 
 
-def lock_pending(conn: psycopg.Connection, entry_id: int) -> dict[str, Any] | None:
+def lock_pending(conn: Connection, entry_id: int) -> dict[str, Any] | None:
     """The entry, locked, if it is pending and no one else holds it; else None."""
     return conn.execute(
         "SELECT * FROM dead_letters WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED", (entry_id,)
     ).fetchone()
 
 
-def mark_replayed(conn: psycopg.Connection, entry_id: int) -> None:
+def mark_replayed(conn: Connection, entry_id: int) -> None:
     conn.execute(
         "UPDATE dead_letters SET status = 'replayed', replay_count = replay_count + 1, resolved_at = clock_timestamp(),"
         " resolution = 'replayed' WHERE id = %s",
@@ -108,13 +109,13 @@ class Discarded:
     offer_id: str | None
 
 
-def discard(conn: psycopg.Connection, entry_id: int, *, resolution: str) -> Discarded | None:
+def discard(conn: Connection, entry_id: int, *, resolution: str) -> Discarded | None:
     """Close one pending entry without replaying it; None when it is not pending."""
     row = conn.execute(DISCARD.format(sql.SQL("id = %(id)s")), {"resolution": resolution, "id": entry_id}).fetchone()
     return Discarded(row["id"], row["offer_id"]) if row else None
 
 
-def discard_for_offer(conn: psycopg.Connection, offer_id: str, *, resolution: str) -> list[Discarded]:
+def discard_for_offer(conn: Connection, offer_id: str, *, resolution: str) -> list[Discarded]:
     """Close every pending entry of the offer (it has nothing left to replay)."""
     rows = conn.execute(
         DISCARD.format(sql.SQL("offer_id = %(offer_id)s")), {"resolution": resolution, "offer_id": offer_id}
@@ -131,7 +132,7 @@ class Failure:
     error_message: str
 
 
-def latest_pending(conn: psycopg.Connection, offer_id: str) -> Failure | None:
+def latest_pending(conn: Connection, offer_id: str) -> Failure | None:
     row = conn.execute(
         "SELECT stage, error_type, error_message FROM dead_letters WHERE offer_id = %s AND status = 'pending'"
         " ORDER BY id DESC LIMIT 1",

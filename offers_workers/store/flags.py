@@ -8,10 +8,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psycopg
-
 from offers_workers.store import audit_trail
-from offers_workers.store.db import Database
+from offers_workers.store.db import Connection, Database
 
 #: Flag → what turning it off (or on, for SOFT_LAUNCH_MODE) does.
 FLAGS = {
@@ -65,7 +63,7 @@ class FlagStore:
         ]
 
 
-def set_flag(conn: psycopg.Connection, name: str, enabled: bool, *, actor: str) -> bool:
+def set_flag(conn: Connection, name: str, enabled: bool, *, actor: str) -> bool:
     """Set a flag; returns whether it changed. The change is recorded in the audit trail."""
     if name not in FLAGS:
         raise UnknownFlag(name)

@@ -6,14 +6,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from offers_workers.domain.payload import FieldError
+from offers_workers.store.db import Connection, one_row
 
 
 def record(
-    conn: psycopg.Connection,
+    conn: Connection,
     *,
     reason: str,
     errors: list[FieldError],
@@ -23,11 +23,13 @@ def record(
     task_id: str | None,
 ) -> int:
     """Record one rejection; returns its id."""
-    row = conn.execute(
-        "INSERT INTO intake_rejections (task_id, offer_id, reason, errors, raw_body, raw_size)"
-        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        (task_id, offer_id, reason, Jsonb([e.model_dump() for e in errors]), raw_body, raw_size),
-    ).fetchone()
+    row = one_row(
+        conn.execute(
+            "INSERT INTO intake_rejections (task_id, offer_id, reason, errors, raw_body, raw_size)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (task_id, offer_id, reason, Jsonb([e.model_dump() for e in errors]), raw_body, raw_size),
+        )
+    )
     return int(row["id"])
 
 
@@ -38,14 +40,14 @@ class Rejection:
     errors: list[dict[str, Any]]
 
 
-def latest_for_offer(conn: psycopg.Connection, offer_id: str) -> Rejection | None:
+def latest_for_offer(conn: Connection, offer_id: str) -> Rejection | None:
     row = conn.execute(
         "SELECT reason, errors FROM intake_rejections WHERE offer_id = %s ORDER BY id DESC LIMIT 1", (offer_id,)
     ).fetchone()
     return Rejection(row["reason"], row["errors"] or []) if row else None
 
 
-def reasons_by_offer(conn: psycopg.Connection, offer_ids: list[str]) -> dict[str, list[str]]:
+def reasons_by_offer(conn: Connection, offer_ids: list[str]) -> dict[str, list[str]]:
     """The reasons each of these offer ids was rejected for, in no particular order."""
     found: dict[str, list[str]] = defaultdict(list)
     for r in conn.execute("SELECT offer_id, reason FROM intake_rejections WHERE offer_id = ANY(%s)", (offer_ids,)):
@@ -53,7 +55,7 @@ def reasons_by_offer(conn: psycopg.Connection, offer_ids: list[str]) -> dict[str
     return found
 
 
-def counts_by_reason(conn: psycopg.Connection, offer_id_prefix: str) -> dict[str, int]:
+def counts_by_reason(conn: Connection, offer_id_prefix: str) -> dict[str, int]:
     """Rejections of offer ids starting with ``offer_id_prefix`` (a run's), per reason, by reason."""
     prefix = offer_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
     rows = conn.execute(

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from offers_workers.store.db import Database
+from offers_workers.store.db import Connection, Database, one_row
+from offers_workers.store.dead_letters import ENTRIES
 
 #: Rows fetched per round trip when a whole listing is streamed.
 BATCH = 2000
@@ -144,7 +144,7 @@ def stream(db: Database, listing: Listing, params: dict[str, Any]) -> Iterator[d
 
 
 def read_page(
-    conn: psycopg.Connection,
+    conn: Connection,
     listing: Listing,
     params: dict[str, Any],
     *,
@@ -173,5 +173,54 @@ def read_page(
         last = tuple(rows[-1][k.column] for k in listing.key)
         where, after_params = _after(listing, last)
         count = sql.SQL("SELECT count(*) AS n FROM ({}) AS listed WHERE {}").format(listing.query, where)
-        more = conn.cursor(row_factory=dict_row).execute(count, {**params, **after_params}).fetchone()["n"]
+        more = one_row(conn.cursor(row_factory=dict_row).execute(count, {**params, **after_params}))["n"]
     return Page(rows, encode_cursor(listing, rows[-1]), more)
+
+
+# --- the listings the CLI prints ------------------------------------------------------------------
+
+#: `offers list`: offers, newest first, of a state (or any) received since a time (or ever).
+OFFERS = Listing(
+    "offers",
+    sql.SQL(
+        "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+        " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(Key("received_at", datetime), Key("offer_id", str)),
+    descending=True,
+)
+
+#: `intake rejections`: newest first, received since a time (or ever).
+INTAKE_REJECTIONS = Listing(
+    "intake_rejections",
+    sql.SQL(
+        "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
+        " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(Key("id", int),),
+    descending=True,
+)
+
+#: `dlq list`: entries of a stage (or every stage) in a status (or any), oldest first.
+DEAD_LETTERS = Listing("dead_letters", ENTRIES, key=(Key("id", int),))
+
+#: `holds list` and `holds release`: offers holding an authorization, oldest hold first; of one offer,
+#: only dead-lettered ones, or only holds placed before a time, when asked.
+HOLDS = Listing(
+    "holds",
+    sql.SQL(
+        "SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at"
+        " FROM offers WHERE hold_status = 'held'"
+        " AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)"
+        " AND (NOT %(dead_lettered)s OR state = 'dead_lettered')"
+        " AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)"
+    ),
+    # A hold placed while its offer was cancelled has no payment_held_at (its transition lost): it sorts last.
+    key=(
+        Key("payment_held_at", datetime, null_as=sql.SQL("'infinity'::timestamptz")),
+        Key("offer_id", str),
+    ),
+)
+
+#: `audit exports`: export jobs, newest first.
+AUDIT_EXPORTS = Listing("audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(Key("id", int),), descending=True)

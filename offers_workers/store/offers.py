@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from offers_workers.domain import states
 from offers_workers.domain.payload import OfferPayload, body_sha256
+from offers_workers.store.db import Connection
 
 #: The stage timestamp column each state sets when an offer first enters it.
 STATE_TIMESTAMP = {
@@ -75,19 +75,19 @@ class Offer:
         )
 
 
-def offer_row(conn: psycopg.Connection, offer_id: str) -> dict[str, Any] | None:
+def offer_row(conn: Connection, offer_id: str) -> dict[str, Any] | None:
     """The offer's row as it is stored (``offers show``), None if there is none."""
     return conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
 
 
-def load_offer(conn: psycopg.Connection, offer_id: str, *, for_update: bool = False) -> Offer | None:
+def load_offer(conn: Connection, offer_id: str, *, for_update: bool = False) -> Offer | None:
     """The offer, optionally locked until the transaction ends; None if there is none."""
     query = "SELECT * FROM offers WHERE offer_id = %s" + (" FOR UPDATE" if for_update else "")
     row = conn.execute(query, (offer_id,)).fetchone()
     return Offer.from_row(row) if row else None
 
 
-def offers_by_id(conn: psycopg.Connection, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
+def offers_by_id(conn: Connection, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Where each of these offers stands (state, reason, hold), by offer id; missing ones left out."""
     rows = conn.execute(
         "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
@@ -96,7 +96,7 @@ def offers_by_id(conn: psycopg.Connection, offer_ids: list[str]) -> dict[str, di
     return {r["offer_id"]: r for r in rows}
 
 
-def exists(conn: psycopg.Connection, offer_id: str) -> bool:
+def exists(conn: Connection, offer_id: str) -> bool:
     return conn.execute("SELECT 1 FROM offers WHERE offer_id = %s", (offer_id,)).fetchone() is not None
 
 
@@ -108,17 +108,17 @@ class Submitted:
     state: str
 
 
-def submitted(conn: psycopg.Connection, offer_id: str) -> Submitted | None:
+def submitted(conn: Connection, offer_id: str) -> Submitted | None:
     row = conn.execute("SELECT body_sha256, state FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
     return Submitted(row["body_sha256"], row["state"]) if row else None
 
 
-def lock_offer_id(conn: psycopg.Connection, offer_id: str) -> None:
+def lock_offer_id(conn: Connection, offer_id: str) -> None:
     """Serialise cancel and submit of one offer id until the transaction ends (the row may not exist yet)."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (offer_id,))
 
 
-def insert_offer(conn: psycopg.Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str) -> bool:
+def insert_offer(conn: Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str) -> bool:
     """Record a new offer as ``received``; False when the offer_id exists already."""
     # The row and its audit event in one statement (one round trip).
     row = conn.execute(
@@ -152,7 +152,7 @@ def insert_offer(conn: psycopg.Connection, offer: OfferPayload, raw: dict[str, A
 
 
 def transition(
-    conn: psycopg.Connection,
+    conn: Connection,
     offer_id: str,
     from_state: str,
     to_state: str,
@@ -173,7 +173,7 @@ def transition(
     unknown = set(values) - SETTABLE
     if unknown:
         raise ValueError(f"not settable by a transition: {sorted(unknown)}")
-    assignments = [sql.SQL("state = {}").format(sql.Literal(to_state))]
+    assignments: list[sql.Composable] = [sql.SQL("state = {}").format(sql.Literal(to_state))]
     assignments += [sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in values]
     stamp = STATE_TIMESTAMP.get(to_state)
     if stamp in RESTAMPED:
@@ -207,7 +207,7 @@ def transition(
 # --- payment holds ------------------------------------------------------------------------------
 
 
-def record_hold(conn: psycopg.Connection, offer_id: str, payment_intent_id: str) -> None:
+def record_hold(conn: Connection, offer_id: str, payment_intent_id: str) -> None:
     """Note a hold the payment stage placed, whatever state the offer has moved to (so it is released)."""
     conn.execute(
         "UPDATE offers SET payment_intent_id = %s, hold_status = 'held' WHERE offer_id = %s AND hold_status = 'none'",
@@ -215,7 +215,7 @@ def record_hold(conn: psycopg.Connection, offer_id: str, payment_intent_id: str)
     )
 
 
-def mark_hold_released(conn: psycopg.Connection, offer_id: str) -> bool:
+def mark_hold_released(conn: Connection, offer_id: str) -> bool:
     """Record the offer's hold as released; False when it was not held (released already)."""
     return (
         conn.execute(
@@ -227,7 +227,7 @@ def mark_hold_released(conn: psycopg.Connection, offer_id: str) -> bool:
     )
 
 
-def holds_placed_before(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+def holds_placed_before(conn: Connection, older_than_s: float, limit: int) -> list[str]:
     """Offers holding an authorization placed more than ``older_than_s`` ago, oldest first."""
     rows = conn.execute(
         "SELECT offer_id FROM offers WHERE hold_status = 'held'"
@@ -240,7 +240,7 @@ def holds_placed_before(conn: psycopg.Connection, older_than_s: float, limit: in
 # --- recovery -------------------------------------------------------------------------------------
 
 
-def note_retry_due(conn: psycopg.Connection, offer_id: str, countdown_s: float) -> None:
+def note_retry_due(conn: Connection, offer_id: str, countdown_s: float) -> None:
     """A retry of the offer's stage is on its way: the recovery sweep leaves it alone until then."""
     conn.execute(
         "UPDATE offers SET retry_due_at = clock_timestamp() + make_interval(secs => %s) WHERE offer_id = %s",
@@ -254,7 +254,7 @@ class StuckOffer:
     state: str
 
 
-def claim_stuck(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[StuckOffer]:
+def claim_stuck(conn: Connection, older_than_s: float, limit: int) -> list[StuckOffer]:
     """Up to ``limit`` stuck offers (``STUCK``), longest waiting first, marked as having a retry due.
 
     The re-send counts as a pending retry: an offer merely queued behind a backlog gets one more
@@ -271,7 +271,7 @@ def claim_stuck(conn: psycopg.Connection, older_than_s: float, limit: int) -> li
     return [StuckOffer(r["offer_id"], r["state"]) for r in rows]
 
 
-def claim_unreleased_holds(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+def claim_unreleased_holds(conn: Connection, older_than_s: float, limit: int) -> list[str]:
     """Offers that ended more than ``older_than_s`` ago still holding an authorization (their
     release lost), marked as having a retry due, like ``claim_stuck``."""
     rows = conn.execute(
@@ -286,7 +286,7 @@ def claim_unreleased_holds(conn: psycopg.Connection, older_than_s: float, limit:
     return [r["offer_id"] for r in rows]
 
 
-def past_maker_sla(conn: psycopg.Connection, limit: int) -> list[str]:
+def past_maker_sla(conn: Connection, limit: int) -> list[str]:
     """Submitted offers whose maker did not answer within the policy's SLA window, oldest first."""
     rows = conn.execute(
         "SELECT o.offer_id FROM offers o JOIN makers m USING (maker_id)"

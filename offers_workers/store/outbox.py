@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
+from offers_workers.store.db import Connection
 from offers_workers.store.offers import Offer
 
 #: Namespace for event ids: stable per offer and event type, so consumers can drop repeats.
@@ -35,7 +35,7 @@ def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | Non
     }
 
 
-def add_event(conn: psycopg.Connection, detail: dict[str, Any], detail_type: str, *, published: bool) -> None:
+def add_event(conn: Connection, detail: dict[str, Any], detail_type: str, *, published: bool) -> None:
     """Keep the event in the outbox (idempotent by event_id); ``published`` when already sent."""
     conn.execute(
         "INSERT INTO offer_events (event_id, offer_id, detail_type, detail, published_at)"
@@ -46,18 +46,18 @@ def add_event(conn: psycopg.Connection, detail: dict[str, Any], detail_type: str
     )
 
 
-def load_event(conn: psycopg.Connection, event_id_: str) -> dict[str, Any] | None:
+def load_event(conn: Connection, event_id_: str) -> dict[str, Any] | None:
     return conn.execute("SELECT * FROM offer_events WHERE event_id = %s", (event_id_,)).fetchone()
 
 
-def mark_published(conn: psycopg.Connection, event_id_: str) -> None:
+def mark_published(conn: Connection, event_id_: str) -> None:
     conn.execute(
         "UPDATE offer_events SET published_at = clock_timestamp() WHERE event_id = %s AND published_at IS NULL",
         (event_id_,),
     )
 
 
-def is_published(conn: psycopg.Connection, offer_id: str, detail_type: str) -> bool:
+def is_published(conn: Connection, offer_id: str, detail_type: str) -> bool:
     """Whether the offer's event of this type has reached EventBridge."""
     row = conn.execute(
         "SELECT published_at FROM offer_events WHERE offer_id = %s AND detail_type = %s", (offer_id, detail_type)
@@ -65,7 +65,7 @@ def is_published(conn: psycopg.Connection, offer_id: str, detail_type: str) -> b
     return bool(row and row["published_at"])
 
 
-def claim_unpublished(conn: psycopg.Connection, older_than_s: float, limit: int) -> list[str]:
+def claim_unpublished(conn: Connection, older_than_s: float, limit: int) -> list[str]:
     """Events still unpublished ``older_than_s`` after they were written (or last re-sent), oldest
     first, marked as re-sent now; SKIP LOCKED lets two sweeps overlap."""
     rows = conn.execute(

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from offers_workers.domain.policy import Listing, ListingPolicy, MakerPolicy, PolicyFile, PolicyFileError
-from offers_workers.store.db import Database
+from offers_workers.store.db import Connection, Database, one_row
 
 
 def read_policy_file(path: Path) -> PolicyFile:
@@ -53,7 +53,7 @@ class PolicyStore:
         self.cache_key = f"{key_prefix}policy:listings"
         self.cache_seconds = cache_seconds
 
-    def load(self, conn: psycopg.Connection, policy: PolicyFile) -> tuple[int, int]:
+    def load(self, conn: Connection, policy: PolicyFile) -> tuple[int, int]:
         """Upsert makers and listings in the caller's transaction; returns (makers, listings).
 
         Only upserts: rows not in the file stay as they are, the synthetic journey's among them
@@ -105,7 +105,7 @@ class PolicyStore:
         if self.redis is not None:
             self.redis.hdel(self.cache_key, listing_id)
 
-    def lookup(self, db: Database | psycopg.Connection, listing_id: str) -> ListingPolicy | None:
+    def lookup(self, db: Database | Connection, listing_id: str) -> ListingPolicy | None:
         """The listing with its maker's policy, from the cache or else Postgres: through ``db``'s pool,
         or through a connection the caller holds (its transaction)."""
         if self.redis is not None:
@@ -126,7 +126,7 @@ class PolicyStore:
         return found
 
     @staticmethod
-    def _from_db(conn: psycopg.Connection, listing_id: str) -> ListingPolicy | None:
+    def _from_db(conn: Connection, listing_id: str) -> ListingPolicy | None:
         row = conn.execute(
             """
             SELECT l.listing_id, l.maker_id, l.title, l.asking_price_cents, l.currency, l.status,
@@ -151,7 +151,7 @@ def _pick(row: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     return values
 
 
-def is_synthetic_maker(conn: psycopg.Connection, maker_id: str) -> bool:
+def is_synthetic_maker(conn: Connection, maker_id: str) -> bool:
     """Whether the maker was made by the synthetic journey (a policy file cannot mark one)."""
     row = conn.execute("SELECT synthetic FROM makers WHERE maker_id = %s", (maker_id,)).fetchone()
     return bool(row and row["synthetic"])
@@ -168,7 +168,7 @@ class SyntheticPolicy:
 
 
 def ensure_synthetic_policy(
-    conn: psycopg.Connection,
+    conn: Connection,
     *,
     maker_id: str,
     maker_name: str,
@@ -213,5 +213,5 @@ def ensure_synthetic_policy(
             "currency": currency,
         },
     ).fetchone()
-    listing = conn.execute("SELECT maker_id FROM listings WHERE listing_id = %s", (listing_id,)).fetchone()
+    listing = one_row(conn.execute("SELECT maker_id FROM listings WHERE listing_id = %s", (listing_id,)))
     return SyntheticPolicy(maker_changed is not None, listing_changed is not None, listing["maker_id"])

@@ -14,10 +14,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from offers_workers.domain import states
+from offers_workers.store.db import Connection, one_row
 from offers_workers.store.offers import STUCK, stuck_params
 
 #: Stage name → (the timestamp it starts from, the timestamp it ends at).
@@ -119,7 +119,7 @@ class SpikeCheck:
     by_reason: dict[str, int]
 
 
-def outcome_counts(conn: psycopg.Connection, scope: Scope) -> list[OutcomeCount]:
+def outcome_counts(conn: Connection, scope: Scope) -> list[OutcomeCount]:
     where, params = scope.where()
     query = sql.SQL(
         "SELECT state, reason, count(*) AS offers FROM offers WHERE {} GROUP BY state, reason ORDER BY count(*) DESC, state, reason"
@@ -127,18 +127,18 @@ def outcome_counts(conn: psycopg.Connection, scope: Scope) -> list[OutcomeCount]
     return [OutcomeCount(r["state"], r["reason"], r["offers"]) for r in conn.execute(query, params)]
 
 
-def success_rate(conn: psycopg.Connection, scope: Scope) -> float | None:
+def success_rate(conn: Connection, scope: Scope) -> float | None:
     where, params = scope.where()
     query = sql.SQL(
         "SELECT count(*) FILTER (WHERE state IN ('submitted', 'rejected', 'cancelled')) AS ok,"
         " count(*) FILTER (WHERE state = 'dead_lettered') AS failed FROM offers WHERE {}"
     ).format(where)
-    row = conn.execute(query, params).fetchone()
+    row = one_row(conn.execute(query, params))
     finished = row["ok"] + row["failed"]
     return float(row["ok"] / finished) if finished else None
 
 
-def _percentiles(conn: psycopg.Connection, scope: Scope, start: str, end: str) -> Percentiles:
+def _percentiles(conn: Connection, scope: Scope, start: str, end: str) -> Percentiles:
     where, params = scope.where()
     span = sql.SQL("extract(epoch FROM ({} - {})) * 1000").format(sql.Identifier(end), sql.Identifier(start))
     query = sql.SQL(
@@ -147,7 +147,7 @@ def _percentiles(conn: psycopg.Connection, scope: Scope, start: str, end: str) -
         " percentile_cont(0.99) WITHIN GROUP (ORDER BY {span}) AS p99"
         " FROM offers WHERE {where} AND {end} IS NOT NULL AND {start} IS NOT NULL"
     ).format(span=span, where=where, start=sql.Identifier(start), end=sql.Identifier(end))
-    row = conn.execute(query, params).fetchone()
+    row = one_row(conn.execute(query, params))
 
     def ms(key: str) -> float | None:
         return float(row[key]) if row[key] is not None else None
@@ -155,20 +155,20 @@ def _percentiles(conn: psycopg.Connection, scope: Scope, start: str, end: str) -
     return Percentiles(ms("p50"), ms("p95"), ms("p99"), row["n"])
 
 
-def stage_latencies(conn: psycopg.Connection, scope: Scope) -> dict[str, Percentiles]:
+def stage_latencies(conn: Connection, scope: Scope) -> dict[str, Percentiles]:
     """Per stage, milliseconds from the previous stage's commit to this one's (queueing included)."""
     return {stage: _percentiles(conn, scope, start, end) for stage, (start, end) in STAGE_SPANS.items()}
 
 
-def auction_lag(conn: psycopg.Connection, scope: Scope) -> Percentiles:
+def auction_lag(conn: Connection, scope: Scope) -> Percentiles:
     """Intake → auction trigger, in milliseconds (the runbook's "auction-trigger lag")."""
     return _percentiles(conn, scope, "received_at", "auction_triggered_at")
 
 
-def open_offers(conn: psycopg.Connection, scope: Scope) -> int:
+def open_offers(conn: Connection, scope: Scope) -> int:
     where, params = scope.where()
     query = sql.SQL("SELECT count(*) AS n FROM offers WHERE state = ANY(%s) AND {}").format(where)
-    return int(conn.execute(query, [list(states.OPEN), *params]).fetchone()["n"])
+    return int(one_row(conn.execute(query, [list(states.OPEN), *params]))["n"])
 
 
 # --- cancellations and the high-value watch ---------------------------------------------------------
@@ -179,7 +179,7 @@ def _cancel_scope(scope: Scope) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL("state = 'cancelled' AND {}").format(where), params
 
 
-def cancellations(conn: psycopg.Connection, scope: Scope) -> Cancellations:
+def cancellations(conn: Connection, scope: Scope) -> Cancellations:
     """Cancelled offers by reason and by value band."""
     where, params = _cancel_scope(scope)
     by_reason = [
@@ -194,18 +194,20 @@ def cancellations(conn: psycopg.Connection, scope: Scope) -> Cancellations:
     ]
     bands = []
     for label, low, high in VALUE_BANDS:
-        row = conn.execute(
-            sql.SQL(
-                "SELECT count(*) AS offers FROM offers WHERE {} AND amount_cents >= %s AND (%s::bigint IS NULL OR amount_cents < %s)"
-            ).format(where),
-            [*params, low, high, high],
-        ).fetchone()
+        row = one_row(
+            conn.execute(
+                sql.SQL(
+                    "SELECT count(*) AS offers FROM offers WHERE {} AND amount_cents >= %s AND (%s::bigint IS NULL OR amount_cents < %s)"
+                ).format(where),
+                [*params, low, high, high],
+            )
+        )
         bands.append(ValueBand(label, row["offers"]))
     return Cancellations(by_reason, bands)
 
 
 def cancellation_spike(
-    conn: psycopg.Connection,
+    conn: Connection,
     *,
     high_value_cents: int,
     window_s: float,
@@ -216,16 +218,18 @@ def cancellation_spike(
 ) -> SpikeCheck:
     """Compare the recent window's high-value cancellations with the trailing window's rate."""
     prefix = _like_prefix(offer_id_prefix or "")
-    row = conn.execute(
-        """
+    row = one_row(
+        conn.execute(
+            """
         SELECT count(*) FILTER (WHERE cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s)) AS recent,
                count(*) FILTER (WHERE cancelled_at < clock_timestamp() - make_interval(secs => %(w)s)) AS trailing
         FROM offers
         WHERE state = 'cancelled' AND NOT synthetic AND amount_cents >= %(hv)s AND offer_id LIKE %(prefix)s
           AND cancelled_at >= clock_timestamp() - make_interval(secs => %(w)s + %(t)s)
         """,
-        {"w": window_s, "t": trailing_s, "hv": high_value_cents, "prefix": prefix},
-    ).fetchone()
+            {"w": window_s, "t": trailing_s, "hv": high_value_cents, "prefix": prefix},
+        )
+    )
     reasons = conn.execute(
         "SELECT reason, count(*) AS n FROM offers WHERE state = 'cancelled' AND NOT synthetic AND amount_cents >= %s AND offer_id LIKE %s"
         " AND cancelled_at >= clock_timestamp() - make_interval(secs => %s) GROUP BY reason ORDER BY count(*) DESC",
@@ -240,7 +244,7 @@ def cancellation_spike(
 # --- operations ----------------------------------------------------------------------------------------
 
 
-def pending_dead_letters(conn: psycopg.Connection) -> dict[str, int]:
+def pending_dead_letters(conn: Connection) -> dict[str, int]:
     """Pending dead letters per stage, by stage."""
     return {
         r["stage"]: r["n"]
@@ -250,17 +254,19 @@ def pending_dead_letters(conn: psycopg.Connection) -> dict[str, int]:
     }
 
 
-def active_holds(conn: psycopg.Connection) -> ActiveHolds:
-    row = conn.execute(
-        "SELECT count(*) AS n, coalesce(sum(amount_cents), 0) AS cents FROM offers WHERE hold_status = 'held'"
-    ).fetchone()
+def active_holds(conn: Connection) -> ActiveHolds:
+    row = one_row(
+        conn.execute(
+            "SELECT count(*) AS n, coalesce(sum(amount_cents), 0) AS cents FROM offers WHERE hold_status = 'held'"
+        )
+    )
     return ActiveHolds(row["n"], int(row["cents"]))
 
 
-def stuck_offers(conn: psycopg.Connection, older_than_s: float) -> int:
+def stuck_offers(conn: Connection, older_than_s: float) -> int:
     """How many offers are stuck (``offers.STUCK``, what the recovery sweep re-sends)."""
     query = sql.SQL("SELECT count(*) AS n FROM offers WHERE {}").format(STUCK)
-    return int(conn.execute(query, stuck_params(older_than_s)).fetchone()["n"])
+    return int(one_row(conn.execute(query, stuck_params(older_than_s)))["n"])
 
 
 # --- a run of offers (demo, bench) ----------------------------------------------------------------------
@@ -277,14 +283,16 @@ class RunProgress:
     last_done: float | None
 
 
-def run_progress(conn: psycopg.Connection, offer_id_prefix: str) -> RunProgress:
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE state = 'submitted') AS submitted,"
-        " count(*) FILTER (WHERE state IN ('rejected', 'cancelled', 'dead_lettered')) AS failed,"
-        " extract(epoch FROM max(completed_at))::float8 AS last_done"
-        " FROM offers WHERE offer_id LIKE %s",
-        (_like_prefix(offer_id_prefix),),
-    ).fetchone()
+def run_progress(conn: Connection, offer_id_prefix: str) -> RunProgress:
+    row = one_row(
+        conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'submitted') AS submitted,"
+            " count(*) FILTER (WHERE state IN ('rejected', 'cancelled', 'dead_lettered')) AS failed,"
+            " extract(epoch FROM max(completed_at))::float8 AS last_done"
+            " FROM offers WHERE offer_id LIKE %s",
+            (_like_prefix(offer_id_prefix),),
+        )
+    )
     return RunProgress(row["submitted"], row["failed"], row["last_done"])
 
 
@@ -296,7 +304,7 @@ class AuctionLag:
     lag_ms: float
 
 
-def auction_lags(conn: psycopg.Connection, offer_id_prefix: str) -> list[AuctionLag]:
+def auction_lags(conn: Connection, offer_id_prefix: str) -> list[AuctionLag]:
     """Each auction-triggered offer of a run (ids with one prefix)."""
     rows = conn.execute(
         "SELECT payment_method,"
