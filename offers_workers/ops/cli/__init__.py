@@ -19,20 +19,19 @@ from urllib.parse import urlsplit
 import click
 import kombu.exceptions
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.payload import json_schema
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
 from offers_workers.saga import deadletter
-from offers_workers.store import listings
+from offers_workers.store import audit_trail, dead_letters, listings
+from offers_workers.store import offers as offer_rows
 
 console = Console()
 err_console = Console(stderr=True)
@@ -285,7 +284,7 @@ def policy_load(file: Path) -> None:
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         makers, listings = rt.policies.load(conn, policy_file)
-        store.record_audit(
+        audit_trail.record_audit(
             conn, None, "policy_loaded", actor="cli", data={"file": file.name, "makers": makers, "listings": listings}
         )
     rt.policies.invalidate()
@@ -370,10 +369,10 @@ def offers_show(offer_id: str, as_json: bool) -> None:
     """One offer with its state history."""
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
-        row = conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+        row = offer_rows.offer_row(conn, offer_id)
         if row is None:
             fail(f"no offer {offer_id!r}", 1)
-        summary = store.offer_summary(row) | {"history": store.offer_history(conn, offer_id)}
+        summary = offer_rows.offer_summary(row) | {"history": audit_trail.offer_history(conn, offer_id)}
     if as_json:
         print_json(summary)
         return
@@ -390,17 +389,6 @@ def offers_show(offer_id: str, as_json: bool) -> None:
     console.print(history)
 
 
-OFFERS = listings.Listing(
-    "offers",
-    sql.SQL(
-        "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
-        " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
-    ),
-    key=(listings.Key("received_at", datetime), listings.Key("offer_id", str)),
-    descending=True,
-)
-
-
 @offers.command("list", epilog=LISTING_HELP)
 @click.option("--state", type=click.Choice(sorted(states.ALL_STATES)))
 @click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
@@ -411,12 +399,12 @@ def offers_list(state: str | None, since: str | None, limit: int | None, after: 
     rt = runtime_or_exit()
     show_listing(
         rt,
-        OFFERS,
+        listings.OFFERS,
         {"state": state, "since": moment},
         limit=limit,
         after=after,
         as_json=as_json,
-        shape=store.offer_summary,
+        shape=offer_rows.offer_summary,
         table=offers_table,
     )
 
@@ -442,17 +430,6 @@ def intake() -> None:
     """Messages that did not yield a usable offer."""
 
 
-INTAKE_REJECTIONS = listings.Listing(
-    "intake_rejections",
-    sql.SQL(
-        "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
-        " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
-    ),
-    key=(listings.Key("id", int),),
-    descending=True,
-)
-
-
 @intake.command("rejections", epilog=LISTING_HELP)
 @click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
 @listing_options
@@ -462,7 +439,7 @@ def intake_rejections(since: str | None, limit: int | None, after: str | None, a
     rt = runtime_or_exit()
     show_listing(
         rt,
-        INTAKE_REJECTIONS,
+        listings.INTAKE_REJECTIONS,
         {"since": moment},
         limit=limit,
         after=after,
@@ -499,10 +476,9 @@ def dlq() -> None:
 def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after: str | None, as_json: bool) -> None:
     """Dead-lettered stage runs, oldest first."""
     rt = runtime_or_exit()
-    dead_letters = listings.Listing("dead_letters", deadletter.ENTRIES, key=(listings.Key("id", int),))
     show_listing(
         rt,
-        dead_letters,
+        listings.DEAD_LETTERS,
         {"stage": stage, "status": None if include_resolved else "pending"},
         limit=limit,
         after=after,
@@ -537,7 +513,7 @@ def dlq_show(entry_id: int, as_json: bool) -> None:
     """One entry with its kwargs and traceback."""
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
-        row = deadletter.entry(conn, entry_id)
+        row = dead_letters.entry(conn, entry_id)
     if row is None:
         fail(f"no dead letter {entry_id}", 1)
     if as_json:
@@ -566,9 +542,9 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         if replay_all:
-            ids = [r["id"] for r in deadletter.entries(conn, stage=stage)]
+            ids = [r["id"] for r in dead_letters.entries(conn, stage=stage)]
         else:
-            row = deadletter.entry(conn, entry_id)
+            row = dead_letters.entry(conn, entry_id)
             if row is None:
                 fail(f"no dead letter {entry_id}", 1)
             ids = [entry_id] if row["status"] == "pending" else []
@@ -612,23 +588,6 @@ def holds() -> None:
     """Payment holds (the runbook's release_holds)."""
 
 
-HOLDS = listings.Listing(
-    "holds",
-    sql.SQL(
-        "SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at"
-        " FROM offers WHERE hold_status = 'held'"
-        " AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)"
-        " AND (NOT %(dead_lettered)s OR state = 'dead_lettered')"
-        " AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)"
-    ),
-    # A hold placed while its offer was cancelled has no payment_held_at (its transition lost): it sorts last.
-    key=(
-        listings.Key("payment_held_at", datetime, null_as=sql.SQL("'infinity'::timestamptz")),
-        listings.Key("offer_id", str),
-    ),
-)
-
-
 def _hold_filters(
     offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None
 ) -> dict[str, Any]:
@@ -639,7 +598,7 @@ def _hold_filters(
 def _holds(
     rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None
 ) -> list[dict[str, Any]]:
-    return list(listings.stream(rt.db, HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
+    return list(listings.stream(rt.db, listings.HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
 
 
 @holds.command("list", epilog=LISTING_HELP)
@@ -655,7 +614,14 @@ def holds_list(limit: int | None, after: str | None, as_json: bool) -> None:
         }
 
     show_listing(
-        rt, HOLDS, _hold_filters(), limit=limit, after=after, as_json=as_json, shape=with_release_due, table=holds_table
+        rt,
+        listings.HOLDS,
+        _hold_filters(),
+        limit=limit,
+        after=after,
+        as_json=as_json,
+        shape=with_release_due,
+        table=holds_table,
     )
 
 
@@ -828,18 +794,13 @@ def audit_export(until: str | None) -> None:
     )
 
 
-AUDIT_EXPORTS = listings.Listing(
-    "audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(listings.Key("id", int),), descending=True
-)
-
-
 @audit.command("exports", epilog=LISTING_HELP)
 @listing_options
 def audit_exports(limit: int | None, after: str | None, as_json: bool) -> None:
     """Export jobs, newest first."""
     rt = runtime_or_exit()
     show_listing(
-        rt, AUDIT_EXPORTS, {}, limit=limit, after=after, as_json=as_json, shape=dict, table=audit_exports_table
+        rt, listings.AUDIT_EXPORTS, {}, limit=limit, after=after, as_json=as_json, shape=dict, table=audit_exports_table
     )
 
 
@@ -899,58 +860,55 @@ def stats(window: str, as_json: bool) -> None:
     rt = runtime_or_exit()
     found = figures(rt, age)
     if as_json:
-        print_json(found)
+        print_json(found.to_json())
         return
     table = Table(title=f"Offers received in the last {window} (synthetic journeys left out)")
     for col in ("state", "reason", "offers"):
         table.add_column(col, justify="right" if col == "offers" else "left")
-    for row in found["offers_by_state"]:
-        table.add_row(row["state"], row["reason"] or "", f"{row['offers']:,}")
+    for row in found.offers_by_state:
+        table.add_row(row.state, row.reason or "", f"{row.offers:,}")
     console.print(table)
 
     slo = Table(title="Service levels")
     for col in ("figure", "count", "p50", "p95", "p99"):
         slo.add_column(col, justify="left" if col == "figure" else "right")
-    rate = found["success_rate"]
+    rate = found.success_rate
     slo.add_row("submission success rate", "", "-" if rate is None else f"{rate:.1%}", "", "")
-    for label, key in (("validation (ms)", "validation_ms"), ("intake → auction (ms)", "auction_lag_ms")):
-        f = found[key]
-        slo.add_row(
-            label, f"{f['count']:,}", reports.ms_text(f["p50"]), reports.ms_text(f["p95"]), reports.ms_text(f["p99"])
-        )
+    for label, f in (("validation (ms)", found.validation_ms), ("intake → auction (ms)", found.auction_lag_ms)):
+        slo.add_row(label, f"{f.count:,}", reports.ms_text(f.p50), reports.ms_text(f.p95), reports.ms_text(f.p99))
     console.print(slo)
 
     ops = Table(title="Now")
     ops.add_column("what")
     ops.add_column("value", justify="right")
-    for stage, n in found["dead_letters"].items():
+    for stage, n in found.dead_letters.items():
         ops.add_row(f"dead letters · {stage}", f"{n:,}")
-    if not found["dead_letters"]:
+    if not found.dead_letters:
         ops.add_row("dead letters", "0")
-    holds = found["active_holds"]
-    ops.add_row("active holds", f"{holds['holds']:,} ({holds['amount_cents'] / 100:,.2f})")
-    ops.add_row("stuck offers", f"{found['stuck_offers']:,}")
-    for queue, n in (found["queue_depths"] or {}).items():
+    holds = found.active_holds
+    ops.add_row("active holds", f"{holds.holds:,} ({holds.amount_cents / 100:,.2f})")
+    ops.add_row("stuck offers", f"{found.stuck_offers:,}")
+    for queue, n in (found.queue_depths or {}).items():
         ops.add_row(f"queue · {queue}", f"{n:,}")
     console.print(ops)
 
     reasons = Table(title=f"Cancellations in the last {window}, by reason")
     for col in ("reason", "offers", "amount"):
         reasons.add_column(col, justify="left" if col == "reason" else "right")
-    for row in found["cancellations"]["by_reason"]:
-        reasons.add_row(row["reason"] or "", f"{row['offers']:,}", f"{(row['amount_cents'] or 0) / 100:,.2f}")
+    for cancelled in found.cancellations.by_reason:
+        reasons.add_row(cancelled.reason or "", f"{cancelled.offers:,}", f"{(cancelled.amount_cents or 0) / 100:,.2f}")
     console.print(reasons)
     bands = Table(title="… by value band (offer amount, major units)")
     bands.add_column("band")
     bands.add_column("offers", justify="right")
-    for row in found["cancellations"]["by_value_band"]:
-        bands.add_row(row["band"], f"{row['offers']:,}")
+    for band in found.cancellations.by_value_band:
+        bands.add_row(band.band, f"{band.offers:,}")
     console.print(bands)
-    hv = found["high_value_cancellations"]
+    hv = found.high_value_cancellations
     console.print(
-        f"high-value cancellations (≥ {hv['threshold_cents'] / 100:,.0f}): {hv['recent']} in the last"
-        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {hv['trailing_rate']:.1f} per window trailing"
-        + (" — [red]spike[/red]" if hv["spike"] else "")
+        f"high-value cancellations (≥ {hv.threshold_cents / 100:,.0f}): {hv.recent} in the last"
+        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {hv.trailing_rate:.1f} per window trailing"
+        + (" — [red]spike[/red]" if hv.spike else "")
     )
 
 
@@ -1227,6 +1185,7 @@ def bench(
     """Start the fleet and sandbox, measure the saga against a bare Celery chain, print one table."""
     from offers_workers.local import bench as bench_run
     from offers_workers.local.stack import Stack
+    from offers_workers.store.db import scratch_database
 
     _stop_on_sigterm()
     os.environ.setdefault("OFFERS_SANDBOX", "1")  # the bench injects latency into the sandbox it starts
@@ -1246,9 +1205,7 @@ def bench(
     if configured.database_url:
         # A database of its own on the configured server: the run neither reads nor leaves rows there.
         try:
-            os.environ["OFFERS_DATABASE_URL"] = cleanup.enter_context(
-                bench_run.scratch_database(configured.database_url)
-            )
+            os.environ["OFFERS_DATABASE_URL"] = cleanup.enter_context(scratch_database(configured.database_url))
         except psycopg.Error as exc:
             fail(f"cannot create the bench's database on the configured server: {exc}", 1)
         get_settings.cache_clear()
@@ -1280,5 +1237,3 @@ def bench(
             cleanup.close()
     # The figures are for people to read; a lost or failed offer is what makes the bench fail.
     sys.exit(0 if result is not None and not result.problems else 1)
-
-
