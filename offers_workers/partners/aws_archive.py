@@ -150,6 +150,7 @@ class AuditArchive:
     def read(self, key: str) -> bytes:
         """The whole body of a small object (a manifest)."""
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc

@@ -11,6 +11,7 @@ and the in-process fakes (``fakes``) both satisfy these. Every method raises onl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
@@ -152,6 +153,11 @@ class ObjectVersion:
     key: str
     version_id: str
     is_latest: bool
+
+
+def client_transaction_id(offer_id: str) -> str:
+    """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
+    return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
 
 
 #: Storage classes whose objects must be restored before they can be read.

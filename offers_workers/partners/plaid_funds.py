@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
@@ -18,16 +17,13 @@ from plaid.model.signal_evaluate_request import SignalEvaluateRequest
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
-from offers_workers.partners.interfaces import Balance, ReturnRisk
+from offers_workers.partners.interfaces import Balance, ReturnRisk, client_transaction_id
+
+__all__ = ["PlaidFunds", "client_transaction_id", "sort_error"]
 
 T = TypeVar("T")
 #: error_type or error_code values worth retrying (PARTNERS.md); any 5xx/429 is retried too.
 RETRYABLE = {"INSTITUTION_DOWN", "INSTITUTION_NOT_RESPONDING", "RATE_LIMIT_EXCEEDED", "API_ERROR", "RATE_LIMIT"}
-
-
-def client_transaction_id(offer_id: str) -> str:
-    """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
-    return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
 
 
 def _to_cents(dollars: float) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import stripe
+from stripe.params import PaymentIntentCreateParams
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
@@ -71,7 +72,10 @@ class StripePayments:
             "metadata": {**metadata, "offer_id": offer_id},
         }
         try:
-            pi = self._client.v1.payment_intents.create(params, {"idempotency_key": f"offer:{offer_id}:hold"})
+            # The SDK's TypedDict lacks payment_method_types, which the API takes.
+            pi = self._client.v1.payment_intents.create(
+                cast("PaymentIntentCreateParams", params), {"idempotency_key": f"offer:{offer_id}:hold"}
+            )
         except stripe.StripeError as exc:
             raise sort_error(exc) from None
         return _hold(pi)
