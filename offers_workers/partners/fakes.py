@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
@@ -34,7 +34,6 @@ from offers_workers.partners.interfaces import (
     ReturnRisk,
     RiskScore,
     StoredObject,
-    client_transaction_id,
 )
 
 __all__ = [
@@ -102,7 +101,6 @@ class _Intent:
     hold: Hold
     params: dict[str, Any]
     decline: tuple[str, str] | None = None
-    events: list[str] = field(default_factory=list)
 
 
 class FakePayments(_Scripted):
@@ -123,6 +121,8 @@ class FakePayments(_Scripted):
         self.payment_methods = STRIPE_TEST_CARDS | payment_methods
         self._intents: dict[str, _Intent] = {}
         self._by_key: dict[str, str] = {}
+        #: Release idempotency key -> the PaymentIntent it cancelled.
+        self._released_by_key: dict[str, str] = {}
         self._ids = itertools.count(1)
 
     # -- the Protocol -----------------------------------------------------------------------------
@@ -170,6 +170,16 @@ class FakePayments(_Scripted):
     def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
         """See ``interfaces.Payments.release_hold``."""
         self._enter("release_hold", offer_id=offer_id, payment_intent_id=payment_intent_id)
+        key = f"offer:{offer_id}:release"
+        if key in self._released_by_key:
+            if self._released_by_key[key] != payment_intent_id:  # same key, another PaymentIntent's URL
+                raise PermanentError(
+                    "stripe",
+                    "IdempotencyError",
+                    "Keys for idempotent requests can only be used for the same endpoint",
+                    400,
+                )
+            return "canceled"  # Stripe replays the first (successful) cancel
         intent = self._intent(payment_intent_id)
         status = intent.hold.status
         if status == "succeeded":
@@ -178,7 +188,9 @@ class FakePayments(_Scripted):
             )
         if status != "canceled":
             intent.hold = replace(intent.hold, status="canceled")
-            intent.events.append("canceled")
+            # Only a cancel that ran stores its response under the key; a no-op on a canceled
+            # PaymentIntent is Stripe's "unexpected state" error, which the adapter reads as released.
+            self._released_by_key[key] = payment_intent_id
         return "canceled"
 
     def get_hold(self, payment_intent_id: str) -> Hold:
@@ -304,8 +316,6 @@ class FakeBankFunds(_Scripted):
         self.default_balance = default_balance
         self.default_return_risk = default_return_risk or ReturnRisk(10, 10)
         self.item_errors = dict(item_errors or {})
-        #: client_transaction_id -> the first answer: Signal evaluates one transaction once.
-        self._evaluated: dict[str, ReturnRisk] = {}
 
     def balance(self, *, access_token: str, account_id: str) -> Balance:
         """See ``interfaces.BankFunds.balance``."""
@@ -323,10 +333,7 @@ class FakeBankFunds(_Scripted):
             amount_cents=amount_cents,
         )
         self._item(access_token)
-        key = client_transaction_id(offer_id)
-        if key not in self._evaluated:
-            self._evaluated[key] = self.return_risks.get(access_token, self.default_return_risk)
-        return self._evaluated[key]
+        return self.return_risks.get(access_token, self.default_return_risk)
 
     def _item(self, access_token: str) -> None:
         error = self.item_errors.get(access_token)

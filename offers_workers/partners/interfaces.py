@@ -196,9 +196,11 @@ class Payments(Protocol):
     def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
         """Cancel the hold and return its final status, ``canceled``.
 
-        Idempotency key ``offer:{offer_id}:release``; releasing an already-canceled hold returns
-        ``canceled`` again. Raises PermanentError for a captured hold (``payment_intent_captured``) or
-        an unknown one, TransientError as ``place_hold``.
+        Idempotency key ``offer:{offer_id}:release``, which belongs to one PaymentIntent (the same key
+        for another one is a PermanentError ``IdempotencyError``); releasing an already-canceled hold
+        returns ``canceled`` again. Raises PermanentError for a captured hold
+        (``payment_intent_captured``) or an unknown one (``resource_missing``), TransientError as
+        ``place_hold``.
         """
         ...
 
@@ -252,9 +254,8 @@ class BankFunds(Protocol):
     def return_risk(self, *, offer_id: str, access_token: str, account_id: str, amount_cents: int) -> ReturnRisk:
         """Signal's return risk for debiting ``amount_cents``.
 
-        Idempotency key: ``client_transaction_id`` derived from ``offer_id``, so asking again for the
-        same offer is one Signal evaluation. Errors as ``balance``; PermanentError if Signal returns
-        no score at all.
+        Idempotency key: ``client_transaction_id(offer_id)``, so a retried stage refers to the same
+        transaction. Errors as ``balance``; PermanentError if Signal returns no score at all.
         """
         ...
 
