@@ -124,7 +124,8 @@ def _call(url: str, method: str, payload: dict[str, Any] | None = None) -> dict[
     req.add_header("Content-Type", "application/json")
     try:
         with _OPENER.open(req, timeout=5) as resp:
-            return json.loads(resp.read())
+            snapshot: dict[str, Any] = json.loads(resp.read())
+            return snapshot
     except urllib.error.HTTPError as exc:
         raise ValueError(f"sandbox refused the fault: {exc.read().decode(errors='replace')}") from None
 
