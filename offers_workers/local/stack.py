@@ -16,7 +16,7 @@ from typing import Any
 from config.settings import Settings, get_settings
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from offers_workers.local.fleet import PROJECT_ROOT, Fleet, read_procfile
-from offers_workers.local.sandbox.faults import PARTNERS
+from offers_workers.partners.table import PARTNER_NAMES as PARTNERS
 from offers_workers.runtime import Runtime
 from offers_workers.store.policy import read_policy_file
 

@@ -13,8 +13,8 @@ import psycopg
 from rich.console import Console
 
 from config.settings import ConfigError, get_settings
-from offers_workers.local.sandbox.faults import PARTNERS
 from offers_workers.ops.cli.common import console, err_console, fail, print_json, settings_or_exit
+from offers_workers.partners.table import PARTNER_NAMES as PARTNERS
 
 
 @click.group()
