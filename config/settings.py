@@ -18,26 +18,20 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from offers_workers.partners.table import PARTNERS
+
 PREFIX = "OFFERS_"
 
-#: Ports of the local sandbox partners (README, "Sandbox").
-SANDBOX_PORTS = {"stripe": 12111, "sift": 12112, "plaid": 12113, "aws": 12114}
+#: Ports of the local sandbox partners (README, "Sandbox"), from the partner table.
+SANDBOX_PORTS = {p.name: p.sandbox_port for p in PARTNERS}
 
 #: What OFFERS_SANDBOX=1 fills in where nothing is set. Test keys only: the sandbox accepts any.
 SANDBOX_DEFAULTS: dict[str, str] = {
-    "stripe_api_key": "sk_test_sandbox",
-    "stripe_api_base": f"http://127.0.0.1:{SANDBOX_PORTS['stripe']}",
-    "sift_api_key": "sandbox-sift-key",
-    "sift_account_id": "sandbox-account",
-    "sift_api_url": f"http://127.0.0.1:{SANDBOX_PORTS['sift']}",
-    "plaid_client_id": "sandbox-client",
-    "plaid_secret": "sandbox-secret",
-    "plaid_host": f"http://127.0.0.1:{SANDBOX_PORTS['plaid']}",
-    "aws_endpoint_url": f"http://127.0.0.1:{SANDBOX_PORTS['aws']}",
-    "sns_submitted_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-submitted",
-    "sns_cancelled_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-cancelled",
-    "audit_bucket": "offers-audit",
+    name: value for p in PARTNERS for name, value in {**p.sandbox_settings, p.url_setting: p.sandbox_url}.items()
 }
+
+#: The keys the sandbox's AWS (moto) is signed with. moto takes any; boto3 needs some to sign at all.
+SANDBOX_AWS_CREDENTIALS = ("testing", "testing")
 
 #: Settings a production deployment must give (the sandbox fills them in).
 REQUIRED_OUTSIDE_SANDBOX = (
@@ -285,6 +279,15 @@ class Settings(BaseSettings):
         if self.broker_url and self.broker_url.startswith(REDIS_SCHEMES):
             return self.broker_url
         return None
+
+    @property
+    def aws_credentials(self) -> tuple[str, str] | None:
+        """Explicit AWS keys for the AWS adapters: the sandbox's test keys, else None.
+
+        None means boto3's standard chain (env vars, shared config, web identity, instance role):
+        what a deployment uses, also behind a VPC or FIPS endpoint (OFFERS_AWS_ENDPOINT_URL).
+        """
+        return SANDBOX_AWS_CREDENTIALS if self.sandbox else None
 
     def secret(self, name: str) -> str:
         value = getattr(self, name)

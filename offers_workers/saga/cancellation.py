@@ -24,9 +24,9 @@ from offers_workers.store import audit_trail, cancel_requests, dead_letters, off
 log = logging.getLogger(__name__)
 
 #: Who may send ``offers.cancel``.
-ACTORS = frozenset({"buyer", "maker", "ops"})
+ACTORS = frozenset(states.CANCEL_ACTORS)
 #: Reasons a cancel request may give (``maker_sla_expired`` is the SLA job's own).
-REQUEST_REASONS = frozenset({"buyer_withdrew", "maker_rejected", "ops"})
+REQUEST_REASONS = frozenset(states.CANCEL_REASONS)
 SLA_EXPIRED = "maker_sla_expired"
 SLA_ACTOR = "offers.expire_offers"
 

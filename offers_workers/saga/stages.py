@@ -173,10 +173,8 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
             )
             return Advance(payment_intent_id=hold.payment_intent_id, data={"payment_intent_id": hold.payment_intent_id})
         # Bank debits have no authorization to hold: a verified balance stands for the hold.
-        available = rt.plaid.available_cents(
-            access_token=p.payment.plaid_access_token, account_id=p.payment.plaid_account_id
-        )
-        if available < p.amount_cents:
+        balance = rt.plaid.balance(access_token=p.payment.plaid_access_token, account_id=p.payment.plaid_account_id)
+        if balance.available_cents < p.amount_cents:
             return Reject("insufficient_funds", data={"funds_verified": False})
         return Advance(data={"funds_verified": True})
 
@@ -197,7 +195,7 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
             ip=p.buyer_context.ip,
             session_id=p.buyer_context.session_id,
             payment_method=p.payment.method,
-        )
+        ).score
         return_risk = None
         if p.payment.method == "bank_account":
             return_risk = rt.plaid.return_risk(
@@ -205,7 +203,7 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
                 access_token=p.payment.plaid_access_token,
                 account_id=p.payment.plaid_account_id,
                 amount_cents=p.amount_cents,
-            )
+            ).score
         scores = {"risk_score": score, "return_risk_score": return_risk}
         blocked = score >= settings.risk_block_threshold or (
             return_risk is not None and return_risk >= settings.return_risk_block_threshold
