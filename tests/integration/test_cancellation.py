@@ -131,7 +131,8 @@ def test_offers_past_the_makers_sla_are_cancelled_and_their_holds_released(
     ids = [o["offer_id"] for o in batch]
     wait_until(
         lambda: (
-            len(offer_rows(runtime, ids)) == 3 and {r["state"] for r in offer_rows(runtime, ids).values()} == {states.SUBMITTED}
+            len(offer_rows(runtime, ids)) == 3
+            and {r["state"] for r in offer_rows(runtime, ids).values()} == {states.SUBMITTED}
         ),
         message="submitted",
     )
