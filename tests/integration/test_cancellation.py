@@ -19,9 +19,9 @@ from offers_workers.local.samples import base_offer
 from offers_workers.ops import reports
 from offers_workers.saga import cancellation, intake
 from tests.bus import BusReader
-from tests.conftest import RUN_ID, cli, new_id, wait_until
+from tests.conftest import RUN_ID, cli, new_id, offer_rows, wait_until
 from tests.outages import through_sift_outage
-from tests.races import cancelled_events, holds_by_offer, offers, settled_cancelled
+from tests.races import cancelled_events, holds_by_offer, settled_cancelled
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -36,7 +36,7 @@ def test_a_cancel_sent_twice_publishes_one_event_and_releases_once(celery_app, r
     celery_app.send_task("offers.submit", kwargs={"offer": offer})
     offer_id = offer["offer_id"]
     wait_until(
-        lambda: offers(runtime, [offer_id]).get(offer_id, {}).get("state") == states.SUBMITTED, message="submitted"
+        lambda: offer_rows(runtime, [offer_id]).get(offer_id, {}).get("state") == states.SUBMITTED, message="submitted"
     )
 
     assert cli("cancel", offer_id, "--reason", "maker_rejected", "--actor", "maker").returncode == 0
@@ -53,7 +53,7 @@ def test_a_cancel_sent_twice_publishes_one_event_and_releases_once(celery_app, r
     assert holds_by_offer(runtime, [offer_id]) == {offer_id: ["canceled"]}
     on_bus, on_sns = cancelled_events(bus, [offer_id])
     assert (on_bus[offer_id], on_sns[offer_id]) == (1, 1)
-    assert offers(runtime, [offer_id])[offer_id]["reason"] == "maker_rejected"
+    assert offer_rows(runtime, [offer_id])[offer_id]["reason"] == "maker_rejected"
 
 
 def test_a_cancel_racing_a_dlq_replay_ends_cancelled_with_one_event_and_one_release(
@@ -131,7 +131,8 @@ def test_offers_past_the_makers_sla_are_cancelled_and_their_holds_released(
     ids = [o["offer_id"] for o in batch]
     wait_until(
         lambda: (
-            len(offers(runtime, ids)) == 3 and {r["state"] for r in offers(runtime, ids).values()} == {states.SUBMITTED}
+            len(offer_rows(runtime, ids)) == 3
+            and {r["state"] for r in offer_rows(runtime, ids).values()} == {states.SUBMITTED}
         ),
         message="submitted",
     )
@@ -142,7 +143,7 @@ def test_offers_past_the_makers_sla_are_cancelled_and_their_holds_released(
         fleet.start(beat)
         # Then the offers are cancelled maker_sla_expired and their holds released
         wait_until(lambda: settled_cancelled(runtime, ids), timeout=60, message=f"SLA expiry (logs in {tmp_path})")
-    assert {r["reason"] for r in offers(runtime, ids).values()} == {"maker_sla_expired"}
+    assert {r["reason"] for r in offer_rows(runtime, ids).values()} == {"maker_sla_expired"}
     assert holds_by_offer(runtime, ids) == {offer_id: ["canceled"] for offer_id in ids}
 
 
