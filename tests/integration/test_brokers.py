@@ -24,7 +24,7 @@ from offers_workers.local.demo import send_samples
 from offers_workers.local.samples import SCENARIOS
 from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
 from tests.bus import BusReader
-from tests.conftest import DRILL_RESULTS, RUN_ID, cli, wait_until
+from tests.conftest import DRILL_RESULTS, RUN_ID, cli, offer_rows, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, worker_processes
 from tests.outages import all_in, through_sift_outage
 from tests.races import cancel_race
