@@ -237,11 +237,12 @@ def cancel_request_errors(
         errors.append(
             FieldError(field="offer_id", code="invalid", message="1-64 characters: letters, digits, '_' or '-'")
         )
-    if reason not in REQUEST_REASONS:
+    # Only a string can be one of them: a list or a dict from the wire must be refused, not crash the lookup.
+    if not isinstance(reason, str) or reason not in REQUEST_REASONS:
         errors.append(
             FieldError(field="reason", code="invalid", message=f"one of {', '.join(sorted(REQUEST_REASONS))}")
         )
-    if actor not in CANCEL_ACTORS:
+    if not isinstance(actor, str) or actor not in CANCEL_ACTORS:
         errors.append(FieldError(field="actor", code="invalid", message=f"one of {', '.join(sorted(CANCEL_ACTORS))}"))
     return errors
 
