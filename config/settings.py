@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 PREFIX = "OFFERS_"
 
-#: Ports of the local sandbox partners (DESIGN.md).
+#: Ports of the local sandbox partners (README, "Sandbox").
 SANDBOX_PORTS = {"stripe": 12111, "sift": 12112, "plaid": 12113, "aws": 12114}
 
 #: What OFFERS_SANDBOX=1 fills in where nothing is set. Test keys only: the sandbox accepts any.

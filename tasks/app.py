@@ -22,8 +22,9 @@ TASK_MODULES = [
     "tasks.audit",
     "tasks.events",
     "tasks.maintenance",
-    "tasks.bench",
 ]
+# tasks.bench (the bench's no-op chain) is not here: only the fleets `offers-workers bench` starts
+# load it, with `--include tasks.bench`, so a production worker registers no bench task.
 
 
 #: Tasks whose callers wait for an answer through the result backend.

@@ -16,28 +16,29 @@ from tasks.base import OffersTask
 log = logging.getLogger(__name__)
 
 
+def reported(dispatches: list[Dispatch], level: int, message: str, key: str = "messages") -> list[Dispatch]:
+    """A periodic job's work, logged when there was any (an idle tick says nothing)."""
+    if dispatches:
+        log.log(level, message, extra={key: len(dispatches)})
+    return dispatches
+
+
 @app.task(name="offers.recover", base=OffersTask, bind=True, stage="maintenance")
 def recover(self: OffersTask, stuck_after_s: float) -> list[Dispatch]:
-    dispatches = recovery.sweep(get_runtime(), stuck_after_s=stuck_after_s)
-    if dispatches:
-        log.warning("recovery re-sent work", extra={"messages": len(dispatches)})
-    return dispatches
+    return reported(
+        recovery.sweep(get_runtime(), stuck_after_s=stuck_after_s), logging.WARNING, "recovery re-sent work"
+    )
 
 
 @app.task(name="offers.release_expiring_holds", base=OffersTask, bind=True, stage="maintenance")
 def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispatch]:
     dispatches = recovery.expiring_holds(get_runtime(), older_than_s=older_than_s)
-    if dispatches:
-        log.warning("releasing holds before their authorization lapses", extra={"holds": len(dispatches)})
-    return dispatches
+    return reported(dispatches, logging.WARNING, "releasing holds before their authorization lapses", key="holds")
 
 
 @app.task(name="offers.expire_offers", base=OffersTask, bind=True, stage="maintenance")
 def expire_offers(self: OffersTask) -> list[Dispatch]:
-    dispatches = cancellation.expire_overdue(get_runtime())
-    if dispatches:
-        log.info("offers past their maker's SLA cancelled", extra={"messages": len(dispatches)})
-    return dispatches
+    return reported(cancellation.expire_overdue(get_runtime()), logging.INFO, "offers past their maker's SLA cancelled")
 
 
 @app.task(name="offers.export_audit", base=OffersTask, bind=True, stage="maintenance")

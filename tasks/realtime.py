@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from offers_workers.domain.validation import validate_draft as check_draft
 from offers_workers.runtime import get_runtime
+from offers_workers.saga.drafts import validate_draft as check_draft
 from tasks.app import app
 
 

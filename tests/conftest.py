@@ -261,6 +261,18 @@ def fleet(offers_env: dict[str, str], celery_app: Any, tmp_path_factory: pytest.
         yield running
 
 
+def offer_rows(runtime: Any, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What a drill checks of each offer, read straight from Postgres: state, reason and hold."""
+    with runtime.db.transaction() as conn:
+        return {
+            r["offer_id"]: r
+            for r in conn.execute(
+                "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+                (offer_ids,),
+            )
+        }
+
+
 def new_id(prefix: str = "t") -> str:
     return f"{prefix}_{RUN_ID}_{secrets.token_hex(4)}"
 

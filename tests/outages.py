@@ -3,27 +3,14 @@ failure, cancellation and operations tests."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from offers_workers.domain import states
 from offers_workers.local.samples import base_offer
 from offers_workers.local.sandbox import clear_faults, set_fault
-from tests.conftest import new_id, wait_until
-
-
-def rows(runtime, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
-    with runtime.db.transaction() as conn:
-        return {
-            r["offer_id"]: r
-            for r in conn.execute(
-                "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
-                (offer_ids,),
-            )
-        }
+from tests.conftest import new_id, offer_rows, wait_until
 
 
 def all_in(runtime, offer_ids: list[str], state: str) -> bool:
-    found = rows(runtime, offer_ids)
+    found = offer_rows(runtime, offer_ids)
     return len(found) == len(offer_ids) and all(r["state"] == state for r in found.values())
 
 

@@ -16,23 +16,12 @@ from offers_workers.domain import states
 from offers_workers.local.samples import base_offer
 from offers_workers.runtime import Runtime
 from tests.bus import BusReader
-from tests.conftest import new_id, wait_until
-
-
-def offers(runtime: Runtime, ids: list[str]) -> dict[str, dict[str, Any]]:
-    with runtime.db.transaction() as conn:
-        return {
-            r["offer_id"]: r
-            for r in conn.execute(
-                "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
-                (ids,),
-            )
-        }
+from tests.conftest import new_id, offer_rows, wait_until
 
 
 def settled_cancelled(runtime: Runtime, ids: list[str]) -> bool:
     """Every offer cancelled, no hold left held, its offer.cancelled event published."""
-    rows = offers(runtime, ids)
+    rows = offer_rows(runtime, ids)
     if len(rows) < len(ids) or any(r["state"] != states.CANCELLED or r["hold_status"] == "held" for r in rows.values()):
         return False
     with runtime.db.transaction() as conn:
@@ -91,7 +80,7 @@ def cancel_race(app: Celery, runtime: Runtime, bus: BusReader, count: int, seed:
         waiting = set(after_submitted)
         deadline = time.monotonic() + 120
         while waiting and time.monotonic() < deadline:
-            for offer_id, row in offers(runtime, list(waiting)).items():
+            for offer_id, row in offer_rows(runtime, list(waiting)).items():
                 if row["state"] == states.SUBMITTED:
                     cancel(offer_id)
                     waiting.discard(offer_id)
@@ -112,7 +101,7 @@ def cancel_race(app: Celery, runtime: Runtime, bus: BusReader, count: int, seed:
     # Then every offer ends cancelled, its hold released and its event published
     wait_until(lambda: settled_cancelled(runtime, all_ids), timeout=120, message="every offer to settle cancelled")
     drained = time.monotonic() - started
-    assert not any(r["state"] == states.SUBMITTED for r in offers(runtime, all_ids).values())
+    assert not any(r["state"] == states.SUBMITTED for r in offer_rows(runtime, all_ids).values())
     # No PaymentIntent of a cancelled offer is left requires_capture, and none was created twice
     holds = holds_by_offer(runtime, all_ids)
     assert [o for o, sts in holds.items() if "requires_capture" in sts] == []

@@ -7,13 +7,9 @@ Pure functions, shared by the validation stage and real-time draft validation. E
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from offers_workers.domain.payload import FieldError, OfferPayload
 from offers_workers.domain.policy import ListingPolicy
-
-if TYPE_CHECKING:
-    from offers_workers.runtime import Runtime
 
 
 def _money(cents: int, currency: str) -> str:
@@ -65,26 +61,3 @@ def check_offer(offer: OfferPayload, found: ListingPolicy | None) -> list[FieldE
             )
         )
     return problems
-
-
-def validate_draft(rt: Runtime, draft: object) -> dict[str, object]:
-    """Real-time validation of a draft offer: the validation stage's checks, no side effects.
-
-    ``{"valid": bool, "errors": [{"field", "code", "message"}]}``; when the REAL_TIME_VALIDATION flag
-    is off, ``valid`` is None and the one error says so.
-    """
-    from offers_workers.domain.payload import PayloadRejected, parse_offer
-
-    if not rt.flags.enabled("REAL_TIME_VALIDATION"):
-        off = FieldError(
-            field="",
-            code="real_time_validation_off",
-            message="real-time validation is switched off; the offer is checked when submitted",
-        )
-        return {"valid": None, "errors": [off.model_dump()]}
-    try:
-        offer = parse_offer(draft)
-    except PayloadRejected as rejected:
-        return {"valid": False, "errors": [e.model_dump() for e in rejected.errors]}
-    problems = check_offer(offer, rt.policies.lookup(rt.db, offer.listing_id))
-    return {"valid": not problems, "errors": [p.model_dump() for p in problems]}

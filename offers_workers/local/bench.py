@@ -49,6 +49,8 @@ PATH_REQUESTS = {
 }
 #: The hops of the baseline chain: the queues the saga's five stages run on.
 CHAIN_QUEUES = ("offers.validation", "offers.payment", "offers.risk", "offers.auction", "offers.audit")
+#: The bench's workers also load its no-op chain tasks, which production workers never register.
+WORKER_ARGS = ("--include", "tasks.bench")
 WARMUP_OFFERS = 100
 MEMORY_BATCH = 2500
 

@@ -9,6 +9,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -22,7 +23,7 @@ def free_port() -> int:
 class EmbeddedPostgres:
     def __init__(self, state_dir: Path) -> None:
         self.pgdata = (state_dir / "postgres").resolve()
-        self._server = None
+        self._server: Any = None  # pgserver.PostgresServer, imported only when started
 
     def start(self) -> str:
         with warnings.catch_warnings():
@@ -36,7 +37,7 @@ class EmbeddedPostgres:
 
     def restart(self, downtime_s: float = 0) -> None:
         """Stop the server (fast: open connections are cut), wait, start it again. For drills."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # pgserver's own helper, not re-exported
 
         assert self._server is not None, "not started"
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)

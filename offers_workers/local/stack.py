@@ -9,6 +9,7 @@ import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings, get_settings
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -30,16 +31,20 @@ class Stack:
         self.fleet: Fleet | None = None
         self._cleanup = ExitStack()
 
-    def start(self, *, process_types: list[str] | None = None, with_sandbox: bool = True) -> Settings:
-        """Start stores, sandbox and processes; returns the settings every process now shares."""
+    def start(
+        self, *, process_types: list[str] | None = None, with_sandbox: bool = True, worker_args: tuple[str, ...] = ()
+    ) -> Settings:
+        """Start stores, sandbox and processes; returns the settings every process now shares.
+
+        ``worker_args`` are added to every worker's command line (the bench's ``--include``)."""
         try:
-            self._start(process_types, with_sandbox)
+            self._start(process_types, with_sandbox, list(worker_args))
         except BaseException:
             self.stop()
             raise
         return self.settings
 
-    def _start(self, process_types: list[str] | None, with_sandbox: bool) -> None:
+    def _start(self, process_types: list[str] | None, with_sandbox: bool, worker_args: list[str]) -> None:
         state_dir = self.base_settings.state_dir
         if not self.base_settings.database_url:
             pg = EmbeddedPostgres(state_dir)
@@ -73,22 +78,28 @@ class Stack:
         load_sample_policy(self.settings)
         wanted = process_types or [name for name in types if name != "release"]
         for name in wanted:
-            self.fleet.start(types[name])
+            self.fleet.start(types[name], extra_args=worker_args if name.startswith("worker") else None)
 
-    def wait_for_workers(self, app, timeout: float = 60) -> None:
+    @property
+    def running(self) -> Fleet:
+        """The fleet ``start`` launched."""
+        if self.fleet is None:
+            raise RuntimeError("the stack is not started")
+        return self.fleet
+
+    def wait_for_workers(self, app: Any, timeout: float = 60) -> None:
         """Block until every started worker answers a ping (or a worker died)."""
-        expected = sum(1 for name in (self.fleet.processes if self.fleet else {}) if name.startswith("worker"))
+        fleet = self.running
+        expected = sum(1 for name in fleet.processes if name.startswith("worker"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            dead = self.fleet.dead() if self.fleet else []
+            dead = fleet.dead()
             if dead:
-                raise RuntimeError(f"process {', '.join(dead)} exited at start-up; see {self.fleet.log_dir}")
+                raise RuntimeError(f"process {', '.join(dead)} exited at start-up; see {fleet.log_dir}")
             replies = app.control.ping(timeout=0.5) or []
             if len(replies) >= expected:
                 return
-        raise RuntimeError(
-            f"workers did not come up within {timeout:.0f}s; see {self.fleet.log_dir if self.fleet else ''}"
-        )
+        raise RuntimeError(f"workers did not come up within {timeout:.0f}s; see {fleet.log_dir}")
 
     def stop(self) -> None:
         self._cleanup.close()

@@ -98,3 +98,67 @@ def test_every_option_of_a_listed_command_is_in_the_readme() -> None:
         if in_code - options - {"--help"}:
             missing[path] = sorted(in_code - options - {"--help"})
     assert missing == {}, "options the README's Operator CLI list does not show"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+BACKTICKED = re.compile(r"`([^`\s]+)`")
+
+
+def layout_bullets() -> list[list[str]]:
+    """The README's Layout section: each bullet's backticked names, the folder it is about first."""
+    text = README.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    bullets = re.split(r"\n- ", "\n" + text.split("\n- ", 1)[1])
+    return [BACKTICKED.findall(bullet) for bullet in bullets if bullet.strip()]
+
+
+def test_the_layout_names_every_package_and_only_paths_that_exist() -> None:
+    missing, named = [], set()
+    for names in layout_bullets():
+        base = names[0]
+        named.add(base.rstrip("/"))
+        for name in names[1:]:
+            if not (name.endswith((".py", "/")) or "/" in name):
+                continue
+            candidates = [ROOT / base / name, ROOT / name]
+            if not any(p.exists() for p in candidates):
+                missing.append(f"{name} (under {base})")
+    assert missing == [], "the README's Layout names paths that are not in the tree"
+    packages = {
+        str(p.parent.relative_to(ROOT))
+        for p in ROOT.glob("offers_workers/*/__init__.py")
+        if p.parent.name not in {"migrations"}
+    }
+    packages |= {"tasks", "config", "tests"}
+    packages -= {"offers_workers/store/migrations"}
+    assert sorted(packages - named) == [], "packages the README's Layout does not describe"
+
+
+def test_the_architecture_page_points_at_files_that_exist() -> None:
+    paths = [n for n in BACKTICKED.findall(ARCHITECTURE.read_text()) if "/" in n and not n.startswith("offer:")]
+    assert paths, "the scan found no paths"
+    # A package may be named on its own (`saga/`), as the page's last section does.
+    missing = [
+        p for p in paths if not p.startswith("/") and not any((d / p).exists() for d in (ROOT, ROOT / "offers_workers"))
+    ]
+    assert missing == []
+
+
+def test_the_offer_flow_diagram_names_real_tasks_and_states() -> None:
+    from config.celery import ROUTES
+    from offers_workers.domain import states
+
+    diagram = snippet("offer-flow").text
+    tasks = set(re.findall(r"\b(offers\.[a-z_.]+[a-z])\b", diagram)) - set(QUEUE_NAMES())
+    assert tasks - set(ROUTES) == set(), "the diagram names tasks the fleet does not route"
+    assert {s.task for s in states.STAGES} <= tasks, "a stage is missing from the diagram"
+    shown = set(re.findall(r"<i>([a-z_]+)</i>", diagram))
+    assert shown - set(states.ALL_STATES) == set()
+    assert set(states.HAPPY_PATH) <= shown
+    for worker, queues in re.findall(r'subgraph (\w+)\["\w+: ([^"]+)"\]', diagram):
+        assert set(queues.split(", ")) <= set(QUEUE_NAMES()), worker
+
+
+def QUEUE_NAMES() -> list[str]:
+    from config.celery import QUEUES
+
+    return QUEUES

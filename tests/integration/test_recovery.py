@@ -12,7 +12,7 @@ from offers_workers.domain import states
 from offers_workers.local.fleet import Fleet, read_procfile
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import cancellation, intake, recovery, stages
-from tests.conftest import new_id, wait_until
+from tests.conftest import new_id, offer_rows, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -75,14 +75,7 @@ def test_holds_are_released_before_their_authorization_window_lapses(celery_app,
     ids = [o["offer_id"] for o in offers]
 
     def rows() -> dict[str, dict]:
-        with runtime.db.transaction() as conn:
-            return {
-                r["offer_id"]: r
-                for r in conn.execute(
-                    "SELECT offer_id, state, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
-                    (ids,),
-                )
-            }
+        return offer_rows(runtime, ids)
 
     wait_until(
         lambda: all(r["state"] == states.SUBMITTED for r in rows().values()) and len(rows()) == 3, message="submitted"

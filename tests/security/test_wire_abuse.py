@@ -29,6 +29,18 @@ class Exploit:
         return (Path.touch, (str(MARKER),))  # type: ignore[return-value]
 
 
+def the_next_offer_goes_through(celery_app: Any, runtime: Any, fleet: Any, *, after: str) -> None:
+    """A good offer sent after the abuse is submitted, and no worker died of it."""
+    good = base_offer(new_id(f"after{after}"), 1)
+    celery_app.send_task("offers.submit", kwargs={"offer": good})
+    wait_until(
+        lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED,
+        timeout=60,
+        message=f"the good offer after the {after}",
+    )
+    assert not fleet.dead(), "a worker died"
+
+
 def publish(
     celery_app, body: bytes, *, content_type: str = "application/json", task: str = "offers.submit", **headers: Any
 ) -> None:
@@ -122,15 +134,7 @@ def test_a_hostile_message_is_refused_recorded_and_the_next_offer_goes_through(
     arguments, logged, code = ABUSES[abuse]
     before, after_id = worker_log(fleet).count(logged), last_rejection_id(runtime)
     publish(celery_app, **arguments)
-    good = base_offer(new_id("afterabuse"), 1)
-    celery_app.send_task("offers.submit", kwargs={"offer": good})
-
-    wait_until(
-        lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED,
-        timeout=60,
-        message="the good offer after the abuse",
-    )
-    assert not fleet.dead(), "a worker died"
+    the_next_offer_goes_through(celery_app, runtime, fleet, after="abuse")
     wait_until(lambda: worker_log(fleet).count(logged) > before, timeout=10, message=f"a log line saying {logged!r}")
     assert not MARKER.exists(), "a non-JSON body was deserialised"
     # Then the refused message is on record, with its raw text and what was wrong with it
@@ -174,16 +178,9 @@ def test_an_unreadable_redis_envelope_is_recorded_and_no_worker_stops(
     after_id = last_rejection_id(runtime)
     with celery_app.connection_for_write() as conn:
         conn.default_channel.client.lpush("offers.intake", raw)
-    good = base_offer(new_id("afterenvelope"), 1)
-    celery_app.send_task("offers.submit", kwargs={"offer": good})
     # Then no worker stops (kombu alone would: "Unrecoverable error"), the next offer goes through,
     # and the envelope is on record with its raw text
-    wait_until(
-        lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED,
-        timeout=60,
-        message="the good offer after the envelope",
-    )
-    assert not fleet.dead(), "a worker died"
+    the_next_offer_goes_through(celery_app, runtime, fleet, after="envelope")
     found = wait_until(
         lambda: recorded_since(runtime, after_id, "invalid_envelope"), timeout=20, message="the envelope's record"
     )
@@ -207,15 +204,7 @@ def test_a_bad_submit_is_recorded_and_the_next_offer_goes_through(celery_app, ru
             retries=99,
             **{"x-death": [{"count": 5}], "dead_lettered": True},
         )
-    good = base_offer(new_id("afterabuse"), 1)
-    celery_app.send_task("offers.submit", kwargs={"offer": good})
-
-    wait_until(
-        lambda: state_of(runtime, good["offer_id"]) == states.SUBMITTED,
-        timeout=60,
-        message="the good offer after the abuse",
-    )
-    assert not fleet.dead(), "a worker died"
+    the_next_offer_goes_through(celery_app, runtime, fleet, after="abuse")
     if abuse == "10 MB body":
         found = wait_until(lambda: rejection(runtime, offer_id), message="the rejection")
         assert found["reason"] == "invalid_payload" and found["errors"][0]["code"] == "too_large"

@@ -1258,7 +1258,7 @@ def bench(
     result = None
     try:
         with human.status("starting stores, sandbox and workers…"):
-            settings = stack.start()
+            settings = stack.start(worker_args=bench_run.WORKER_ARGS)
             from tasks.app import app
 
             stack.wait_for_workers(app)
