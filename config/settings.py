@@ -39,6 +39,9 @@ SANDBOX_DEFAULTS: dict[str, str] = {
     "audit_bucket": "offers-audit",
 }
 
+#: The keys the sandbox's AWS (moto) is signed with. moto takes any; boto3 needs some to sign at all.
+SANDBOX_AWS_CREDENTIALS = ("testing", "testing")
+
 #: Settings a production deployment must give (the sandbox fills them in).
 REQUIRED_OUTSIDE_SANDBOX = (
     "stripe_api_key",
@@ -285,6 +288,15 @@ class Settings(BaseSettings):
         if self.broker_url and self.broker_url.startswith(REDIS_SCHEMES):
             return self.broker_url
         return None
+
+    @property
+    def aws_credentials(self) -> tuple[str, str] | None:
+        """Explicit AWS keys for the AWS adapters: the sandbox's test keys, else None.
+
+        None means boto3's standard chain (env vars, shared config, web identity, instance role):
+        what a deployment uses, also behind a VPC or FIPS endpoint (OFFERS_AWS_ENDPOINT_URL).
+        """
+        return SANDBOX_AWS_CREDENTIALS if self.sandbox else None
 
     def secret(self, name: str) -> str:
         value = getattr(self, name)

@@ -1,6 +1,8 @@
 """What a stage needs at run time: settings, the database, Redis and the partner adapters.
 
-Built once per process and lazily, so a forked worker child opens its own connections.
+Built once per process and lazily, so a forked worker child opens its own connections. Partners are
+typed by their roles (``partners.interfaces``): a test passes fakes (``partners.fakes``) instead of
+the SDK adapters, e.g. ``Runtime(settings, stripe=FakePayments())``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,37 @@ from offers_workers.store.db import Database
 from offers_workers.store.policy import PolicyStore
 
 if TYPE_CHECKING:
-    from offers_workers.partners.aws_events import EventPublisher
-    from offers_workers.partners.plaid_funds import PlaidFunds
-    from offers_workers.partners.sift_risk import SiftRisk
-    from offers_workers.partners.stripe_payments import StripePayments
+    from offers_workers.partners.interfaces import Archive, AuctionEvents, BankFunds, Payments, RiskScoring
     from offers_workers.saga.admission import SoftLaunch
     from offers_workers.store.flags import FlagStore
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, db_wait_s: float = 10) -> None:
+    """Settings, stores and partners for one process.
+
+    Parameters:
+        settings: the validated settings.
+        db_wait_s: how long the first database use waits for Postgres to come up.
+        stripe, sift, plaid, events, archive: partners to use instead of the SDK adapters the
+            settings would build (fakes in tests); None builds the real one on first use.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db_wait_s: float = 10,
+        stripe: Payments | None = None,
+        sift: RiskScoring | None = None,
+        plaid: BankFunds | None = None,
+        events: AuctionEvents | None = None,
+        archive: Archive | None = None,
+    ) -> None:
         self.settings = settings
         self.db_wait_s = db_wait_s
+        # A cached_property reads the instance dict first: a given partner is used as it is.
+        given = {"stripe": stripe, "sift": sift, "plaid": plaid, "events": events, "archive": archive}
+        self.__dict__.update({name: partner for name, partner in given.items() if partner is not None})
 
     @cached_property
     def db(self) -> Database:
@@ -53,28 +74,34 @@ class Runtime:
         )
 
     @cached_property
-    def stripe(self) -> StripePayments:
+    def stripe(self) -> Payments:
         from offers_workers.partners.stripe_payments import StripePayments
 
         return StripePayments(self.settings)
 
     @cached_property
-    def sift(self) -> SiftRisk:
+    def sift(self) -> RiskScoring:
         from offers_workers.partners.sift_risk import SiftRisk
 
         return SiftRisk(self.settings)
 
     @cached_property
-    def plaid(self) -> PlaidFunds:
+    def plaid(self) -> BankFunds:
         from offers_workers.partners.plaid_funds import PlaidFunds
 
         return PlaidFunds(self.settings)
 
     @cached_property
-    def events(self) -> EventPublisher:
+    def events(self) -> AuctionEvents:
         from offers_workers.partners.aws_events import EventPublisher
 
         return EventPublisher(self.settings)
+
+    @cached_property
+    def archive(self) -> Archive:
+        from offers_workers.partners.aws_archive import AuditArchive
+
+        return AuditArchive(self.settings)
 
     @cached_property
     def flags(self) -> FlagStore:

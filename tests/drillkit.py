@@ -110,8 +110,8 @@ class Drill:
         ids = {s.offer_id for s in samples}
         holds: dict[str, list[str]] = defaultdict(list)
         for pi in self.runtime.stripe.list_holds():
-            if pi["offer_id"] in ids:
-                holds[pi["offer_id"]].append(pi["status"])
+            if pi.offer_id in ids:
+                holds[pi.offer_id].append(pi.status)
         ended = {o for o, row in offers.items() if row["state"] in states.TERMINAL}
         problems = check(samples, offers, rejections, holds)
         self.figures.update(

@@ -36,8 +36,8 @@ def settled_cancelled(runtime: Runtime, ids: list[str]) -> bool:
 def holds_by_offer(runtime: Runtime, ids: list[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for pi in runtime.stripe.list_holds():
-        if pi["offer_id"] in ids:
-            found.setdefault(pi["offer_id"], []).append(pi["status"])
+        if pi.offer_id in ids:
+            found.setdefault(pi.offer_id, []).append(pi.status)
     return found
 
 

@@ -419,7 +419,7 @@ class Bench:
     def count_duplicate_holds(self) -> int:
         per_offer: dict[str, int] = {}
         for pi in self.rt.stripe.list_holds():
-            offer_id = pi.get("offer_id") or ""
+            offer_id = pi.offer_id or ""
             if offer_id.startswith(self.run_id):
                 per_offer[offer_id] = per_offer.get(offer_id, 0) + 1
         return sum(1 for n in per_offer.values() if n > 1)

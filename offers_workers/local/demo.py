@@ -107,8 +107,8 @@ def check(
 def stripe_holds(rt: Runtime) -> dict[str, list[str]]:
     holds: dict[str, list[str]] = defaultdict(list)
     for pi in rt.stripe.list_holds():
-        if pi.get("offer_id"):
-            holds[pi["offer_id"]].append(pi["status"])
+        if pi.offer_id:
+            holds[pi.offer_id].append(pi.status)
     return holds
 
 

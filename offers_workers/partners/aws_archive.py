@@ -11,22 +11,25 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import Settings
-from offers_workers.partners.aws_events import sort_error
+from offers_workers.partners.aws_events import client_kwargs, sort_error
+from offers_workers.partners.interfaces import (
+    NEEDS_RESTORE,
+    ArchivedObject,
+    ObjectVersion,
+    RestoreInProgress,
+    StoredObject,
+)
 
-#: Storage classes whose objects must be restored before they can be read.
-NEEDS_RESTORE = {"GLACIER", "DEEP_ARCHIVE"}
+__all__ = ["NEEDS_RESTORE", "AuditArchive", "RestoreInProgress"]
 
 
-class RestoreInProgress(Exception):
-    """An archived object's restore is requested and not finished yet (Glacier Standard: hours)."""
-
-    def __init__(self, bucket: str, key: str) -> None:
-        super().__init__(f"the restore of s3://{bucket}/{key} is requested and still in progress")
-        self.bucket = bucket
-        self.key = key
+def _stored(key: str, response: dict[str, Any]) -> StoredObject:
+    return StoredObject(key, response.get("VersionId"), response.get("ChecksumSHA256"))
 
 
 class AuditArchive:
+    """``Archive`` on S3 through boto3 (see ``interfaces.Archive``)."""
+
     def __init__(self, settings: Settings) -> None:
         if not settings.audit_bucket:
             raise ValueError("OFFERS_AUDIT_BUCKET is not set")
@@ -36,12 +39,7 @@ class AuditArchive:
             read_timeout=max(settings.partner_read_timeout, 30),
             retries={"max_attempts": 5, "mode": "standard"},
         )
-        kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
-        if settings.aws_endpoint_url:  # a VPC or FIPS endpoint, or the sandbox's moto
-            kwargs["endpoint_url"] = settings.aws_endpoint_url
-        if settings.sandbox:  # moto takes any credentials; a real endpoint takes boto3's usual chain
-            kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
-        self._s3 = boto3.client("s3", **kwargs)
+        self._s3 = boto3.client("s3", **client_kwargs(settings, config))
         self.bucket = settings.audit_bucket
         self.storage_class = settings.audit_storage_class
         self.kms_key_id = settings.audit_kms_key_id
@@ -51,10 +49,10 @@ class AuditArchive:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
 
-    def put_export(self, key: str, body: IO[bytes], sha256_hex: str, metadata: dict[str, str]) -> dict[str, Any]:
+    def put_export(self, key: str, body: IO[bytes], sha256_hex: str, metadata: dict[str, str]) -> StoredObject:
         """Upload one export; S3 checks the SHA-256 we computed while writing it."""
         try:
-            return self._s3.put_object(
+            response = self._s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=body,
@@ -68,11 +66,13 @@ class AuditArchive:
             )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
+        return _stored(key, response)
 
-    def put_manifest(self, key: str, body: bytes) -> None:
+    def put_manifest(self, key: str, body: bytes) -> StoredObject:
+        """Upload a manifest in the standard class: readable without a restore."""
         # The manifest stays readable without a restore: it is what a restore is checked against.
         try:
-            self._s3.put_object(
+            response = self._s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=body,
@@ -82,19 +82,36 @@ class AuditArchive:
             )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
+        return _stored(key, response)
 
-    def head(self, key: str) -> dict[str, Any]:
+    def head(self, key: str) -> ArchivedObject:
+        """What S3 knows of ``key`` (with its stored checksum)."""
         try:
-            return self._s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            head = self._s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
+        return ArchivedObject(
+            key=key,
+            # S3 leaves StorageClass out of HEAD for the standard class.
+            storage_class=head.get("StorageClass") or "STANDARD",
+            restore=head.get("Restore"),
+            checksum_sha256=head.get("ChecksumSHA256"),
+            server_side_encryption=head.get("ServerSideEncryption"),
+            version_id=head.get("VersionId"),
+            size=int(head.get("ContentLength") or 0),
+        )
 
-    def versions(self, key: str) -> list[dict[str, Any]]:
+    def versions(self, key: str) -> list[ObjectVersion]:
+        """Every stored version of exactly ``key`` (S3 lists by prefix)."""
         try:
             listed = self._s3.list_object_versions(Bucket=self.bucket, Prefix=key)
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
-        return [v for v in listed.get("Versions", []) if v["Key"] == key]
+        return [
+            ObjectVersion(key, v["VersionId"], bool(v.get("IsLatest")))
+            for v in listed.get("Versions", [])
+            if v["Key"] == key
+        ]
 
     def restore(
         self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1
@@ -105,12 +122,9 @@ class AuditArchive:
         earlier request is still running: the caller comes back later, the request stands.
         """
         head = self.head(key)
-        if head.get("StorageClass") not in NEEDS_RESTORE:
+        if head.readable:
             return
-        restore_state = head.get("Restore", "")
-        if 'ongoing-request="false"' in restore_state:
-            return
-        if 'ongoing-request="true"' in restore_state:
+        if 'ongoing-request="true"' in (head.restore or ""):
             # Asked for earlier and still running: it will not end within this call's wait either.
             raise RestoreInProgress(self.bucket, key)
         try:
@@ -121,19 +135,22 @@ class AuditArchive:
             if exc.response.get("Error", {}).get("Code") != "RestoreAlreadyInProgress":
                 raise sort_error(exc) from exc
         deadline = time.monotonic() + timeout_s
-        while 'ongoing-request="false"' not in self.head(key).get("Restore", ""):
+        while not self.head(key).readable:
             if time.monotonic() > deadline:
                 raise RestoreInProgress(self.bucket, key)
             time.sleep(poll_s)
 
     def download(self, key: str, into: IO[bytes]) -> None:
+        """Stream ``key`` into ``into``."""
         try:
             self._s3.download_fileobj(self.bucket, key, into)
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
 
     def read(self, key: str) -> bytes:
+        """The whole body of a small object (a manifest)."""
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc

@@ -12,6 +12,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
+from offers_workers.partners.interfaces import Published
 
 SOURCE = "offers.submission"
 RETRYABLE_CODES = {
@@ -32,7 +33,24 @@ RETRYABLE_CODES = {
 }
 
 
+def client_kwargs(settings: Settings, config: Config) -> dict[str, Any]:
+    """boto3 client arguments shared by every AWS adapter.
+
+    Credentials are passed only when the settings give them (the sandbox's test keys); otherwise
+    boto3's standard chain finds them (env vars, shared config, web identity, instance role), also
+    behind a VPC or FIPS endpoint.
+    """
+    kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
+    if settings.aws_endpoint_url:  # a VPC or FIPS endpoint, or the sandbox's moto
+        kwargs["endpoint_url"] = settings.aws_endpoint_url
+    credentials = settings.aws_credentials
+    if credentials is not None:
+        kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = credentials
+    return kwargs
+
+
 def sort_error(exc: Exception) -> Exception:
+    """Map a botocore error to TransientError / PermanentError (partner ``aws``)."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code") or "ClientError"
@@ -53,6 +71,8 @@ def _subject(detail_type: str) -> str:
 
 
 class EventPublisher:
+    """``AuctionEvents`` through boto3 (see ``interfaces.AuctionEvents``)."""
+
     def __init__(self, settings: Settings) -> None:
         config = Config(
             connect_timeout=settings.partner_connect_timeout,
@@ -60,16 +80,14 @@ class EventPublisher:
             # total_max_attempts=1 is "no SDK retry"; max_attempts=1 would still retry once (legacy meaning).
             retries={"total_max_attempts": 1, "mode": "standard"},
         )
-        kwargs: dict[str, Any] = {"region_name": settings.aws_region, "config": config}
-        if settings.aws_endpoint_url:  # a VPC or FIPS endpoint, or the sandbox's moto
-            kwargs["endpoint_url"] = settings.aws_endpoint_url
-        if settings.sandbox:  # moto takes any credentials; a real endpoint takes boto3's usual chain
-            kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
+        kwargs = client_kwargs(settings, config)
         self._events = boto3.client("events", **kwargs)
         self._sns = boto3.client("sns", **kwargs)
         self._bus = settings.event_bus_name
 
-    def publish(self, *, event_id: str, detail_type: str, detail: dict[str, Any], sns_topic_arn: str | None) -> None:
+    def publish(
+        self, *, event_id: str, detail_type: str, detail: dict[str, Any], sns_topic_arn: str | None
+    ) -> Published:
         """Put one event on the bus, then notify the topic.
 
         ``event_id`` goes into the detail: a retry after a failed SNS publish re-puts the event, and
@@ -87,10 +105,11 @@ class EventPublisher:
             message = failed.get("ErrorMessage") or "EventBridge rejected the entry"
             kind = TransientError if code in RETRYABLE_CODES else PermanentError
             raise kind("aws", code, message)
+        bus_event_id = result["Entries"][0].get("EventId", "")
         if not sns_topic_arn:
-            return
+            return Published(event_id, bus_event_id)
         try:
-            self._sns.publish(
+            sent = self._sns.publish(
                 TopicArn=sns_topic_arn,
                 Message=json.dumps(
                     {"event_id": event_id, "detail_type": detail_type, "detail": json.loads(body)},
@@ -104,3 +123,4 @@ class EventPublisher:
             )
         except (BotoCoreError, ClientError) as exc:
             raise sort_error(exc) from None
+        return Published(event_id, bus_event_id, sent.get("MessageId"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
@@ -18,15 +17,13 @@ from plaid.model.signal_evaluate_request import SignalEvaluateRequest
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
+from offers_workers.partners.interfaces import Balance, ReturnRisk, client_transaction_id
+
+__all__ = ["PlaidFunds", "client_transaction_id", "sort_error"]
 
 T = TypeVar("T")
 #: error_type or error_code values worth retrying (PARTNERS.md); any 5xx/429 is retried too.
 RETRYABLE = {"INSTITUTION_DOWN", "INSTITUTION_NOT_RESPONDING", "RATE_LIMIT_EXCEEDED", "API_ERROR", "RATE_LIMIT"}
-
-
-def client_transaction_id(offer_id: str) -> str:
-    """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
-    return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
 
 
 def _to_cents(dollars: float) -> int:
@@ -48,6 +45,8 @@ def sort_error(exc: plaid.ApiException) -> Exception:
 
 
 class PlaidFunds:
+    """``BankFunds`` through the Plaid SDK (see ``interfaces.BankFunds``)."""
+
     def __init__(self, settings: Settings) -> None:
         cfg = plaid.Configuration(
             host=settings.plaid_host,
@@ -67,7 +66,7 @@ class PlaidFunds:
         except OpenApiException as exc:  # request or response failed the SDK's model validation
             raise PermanentError("plaid", type(exc).__name__, str(exc)[:300]) from None
 
-    def available_cents(self, *, access_token: str, account_id: str) -> int:
+    def balance(self, *, access_token: str, account_id: str) -> Balance:
         """Available balance (or current, when the institution reports no available) in cents."""
         request = AccountsBalanceGetRequest(
             access_token=access_token, options=AccountsBalanceGetRequestOptions(account_ids=[account_id])
@@ -77,14 +76,15 @@ class PlaidFunds:
         if account is None:
             raise PermanentError("plaid", "account_not_found", f"account {account_id} is not on this item")
         balance = account.balances.available
+        from_current = balance is None
         if balance is None:
             balance = account.balances.current
         if balance is None:
             raise PermanentError("plaid", "balance_unavailable", f"no balance for account {account_id}")
-        return _to_cents(balance)
+        return Balance(account_id, _to_cents(balance), from_current)
 
-    def return_risk(self, *, offer_id: str, access_token: str, account_id: str, amount_cents: int) -> int:
-        """Signal's worse return-risk score (1-99) for debiting ``amount_cents`` from the account."""
+    def return_risk(self, *, offer_id: str, access_token: str, account_id: str, amount_cents: int) -> ReturnRisk:
+        """Signal's return-risk scores (1-99) for debiting ``amount_cents`` from the account."""
         request = SignalEvaluateRequest(
             access_token=access_token,
             account_id=account_id,
@@ -92,11 +92,10 @@ class PlaidFunds:
             amount=float(Decimal(amount_cents) / 100),
         )
         response = self._call(self._api.signal_evaluate, request)
-        found = []
+        found: dict[str, int | None] = {}
         for name in ("customer_initiated_return_risk", "bank_initiated_return_risk"):
             risk = response.scores.get(name) if response.get("scores") is not None else None
-            if risk is not None:
-                found.append(int(risk.score.value))  # SignalScore wraps the int
-        if not found:
+            found[name] = int(risk.score.value) if risk is not None else None  # SignalScore wraps the int
+        if all(score is None for score in found.values()):
             raise PermanentError("plaid", "missing_score", "signal response has no return-risk score")
-        return max(found)
+        return ReturnRisk(found["customer_initiated_return_risk"], found["bank_initiated_return_risk"])

@@ -9,6 +9,7 @@ from sift.client import ApiException
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
+from offers_workers.partners.interfaces import RiskScore
 
 #: Our payment-method kinds -> Sift ``$payment_type``.
 PAYMENT_TYPES = {
@@ -27,7 +28,16 @@ def _body_error(status: Any, message: str | None, http_status: int | None) -> Ex
     return PermanentError("sift", code, message or "sift error", http_status)
 
 
+def _reasons(raw: Any) -> tuple[str, ...]:
+    # Sift gives reasons as {"name": …, "value": …}; only the names say anything without its console.
+    if not isinstance(raw, list):
+        return ()
+    return tuple(str(r.get("name", r)) if isinstance(r, dict) else str(r) for r in raw)
+
+
 class SiftRisk:
+    """``RiskScoring`` through the Sift SDK (see ``interfaces.RiskScoring``)."""
+
     def __init__(self, settings: Settings) -> None:
         self._client = sift.Client(
             api_key=settings.secret("sift_api_key"),
@@ -47,8 +57,8 @@ class SiftRisk:
         ip: str | None,
         session_id: str | None,
         payment_method: str | None,
-    ) -> float:
-        """The ``payment_abuse`` score in [0, 1] for this offer."""
+    ) -> RiskScore:
+        """The ``payment_abuse`` score in [0, 1] for this offer, with Sift's reasons."""
         props: dict[str, Any] = {
             "$user_id": buyer_id,
             "$order_id": offer_id,
@@ -87,9 +97,10 @@ class SiftRisk:
                 score_response.get("status"), score_response.get("error_message"), response.http_status_code
             )
         try:
-            score = float(score_response["scores"]["payment_abuse"]["score"])
+            abuse = score_response["scores"]["payment_abuse"]
+            score = float(abuse["score"])
         except (KeyError, TypeError, ValueError):
             raise PermanentError(
                 "sift", "missing_score", "response has no payment_abuse score", response.http_status_code
             ) from None
-        return score
+        return RiskScore(score, _reasons(abuse.get("reasons")))

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import stripe
+from stripe.params import PaymentIntentCreateParams
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.partners.interfaces import Hold
+
+__all__ = ["Hold", "StripePayments", "sort_error"]
 
 
-@dataclass(frozen=True)
-class Hold:
-    payment_intent_id: str
-    status: str
+def _hold(pi: Any) -> Hold:
+    metadata = pi.metadata.to_dict() if pi.metadata else {}
+    return Hold(pi.id, pi.status, pi.amount, pi.currency, metadata.get("offer_id"), pi.created)
 
 
 def _code(exc: stripe.StripeError) -> str:
@@ -44,6 +46,8 @@ def sort_error(exc: stripe.StripeError) -> Exception:
 
 
 class StripePayments:
+    """``Payments`` through the Stripe SDK (see ``interfaces.Payments`` for what each method promises)."""
+
     def __init__(self, settings: Settings) -> None:
         self._client = stripe.StripeClient(
             settings.secret("stripe_api_key"),
@@ -68,10 +72,13 @@ class StripePayments:
             "metadata": {**metadata, "offer_id": offer_id},
         }
         try:
-            pi = self._client.v1.payment_intents.create(params, {"idempotency_key": f"offer:{offer_id}:hold"})
+            # The SDK's TypedDict lacks payment_method_types, which the API takes.
+            pi = self._client.v1.payment_intents.create(
+                cast("PaymentIntentCreateParams", params), {"idempotency_key": f"offer:{offer_id}:hold"}
+            )
         except stripe.StripeError as exc:
             raise sort_error(exc) from None
-        return Hold(pi.id, pi.status)
+        return _hold(pi)
 
     def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
         """Cancel the hold; an already-canceled hold counts as released. Returns the final status."""
@@ -94,25 +101,18 @@ class StripePayments:
         raise PermanentError("stripe", code, f"cannot release {payment_intent_id}: it is {status}", 400)
 
     def get_hold(self, payment_intent_id: str) -> Hold:
+        """The PaymentIntent as Stripe has it now."""
         try:
             pi = self._client.v1.payment_intents.retrieve(payment_intent_id)
         except stripe.StripeError as exc:
             raise sort_error(exc) from None
-        return Hold(pi.id, pi.status)
+        return _hold(pi)
 
-    def list_holds(self, *, status: str | None = None) -> Iterator[dict[str, Any]]:
+    def list_holds(self, *, status: str | None = None) -> Iterator[Hold]:
         """Every PaymentIntent, newest first (Stripe's list has no status filter: filtered here)."""
         try:
             for pi in self._client.v1.payment_intents.list({"limit": 100}).auto_paging_iter():
                 if status is None or pi.status == status:
-                    metadata = pi.metadata.to_dict() if pi.metadata else {}
-                    yield {
-                        "id": pi.id,
-                        "status": pi.status,
-                        "amount": pi.amount,
-                        "currency": pi.currency,
-                        "offer_id": metadata.get("offer_id"),
-                        "created": pi.created,
-                    }
+                    yield _hold(pi)
         except stripe.StripeError as exc:
             raise sort_error(exc) from None

@@ -208,9 +208,7 @@ class ExportFailed(Exception):
 def _write(
     rt: Runtime, job: dict[str, Any], expected: int, progress: Callable[[int, int], None] | None
 ) -> dict[str, Any]:
-    from offers_workers.partners.aws_archive import AuditArchive
-
-    archive = AuditArchive(rt.settings)
+    archive = rt.archive
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
         with rt.db.transaction() as conn, gzip.GzipFile(fileobj=hasher, mode="wb", mtime=0) as gz:
@@ -278,15 +276,13 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
 
     Returns the discrepancies found, first one first (empty: the archive is whole).
     """
-    from offers_workers.partners.aws_archive import AuditArchive
-
     with rt.db.transaction() as conn:
         job = conn.execute("SELECT * FROM audit_exports WHERE id = %s", (export_id,)).fetchone()
     if job is None:
         return [f"no export {export_id}"]
     if job["status"] != "done":
         return [f"export {export_id} is {job['status']}, not done"]
-    archive = AuditArchive(rt.settings)
+    archive = rt.archive
     manifest = json.loads(archive.read(job["manifest_key"]))
     archive.restore(job["object_key"])
     problems: list[str] = []

@@ -108,11 +108,6 @@ def decide_validation(payload: OfferPayload, found: ListingPolicy | None) -> Out
     return Advance()
 
 
-def holds_by_card(payload: OfferPayload) -> bool:
-    """Cards get an authorisation hold; bank debits have none, a verified balance stands for it."""
-    return payload.payment.method == "card"
-
-
 def card_held(payment_intent_id: str) -> Advance:
     """A placed hold advances the offer and is recorded with it."""
     return Advance(payment_intent_id=payment_intent_id, data={"payment_intent_id": payment_intent_id})
@@ -123,11 +118,6 @@ def funds_checked(available_cents: int, amount_cents: int) -> Outcome:
     if available_cents < amount_cents:
         return Reject("insufficient_funds", data={"funds_verified": False})
     return Advance(data={"funds_verified": True})
-
-
-def needs_return_risk(payload: OfferPayload) -> bool:
-    """Only a bank debit can be returned, so only bank-account offers are scored for it."""
-    return payload.payment.method == "bank_account"
 
 
 def decide_risk(

@@ -74,7 +74,7 @@ def submit(
 
     gate = _admission(rt, offer.offer_id, offer.maker_id, synthetic=offer.synthetic)
     if gate is not None:
-        if gate.wait_s:
+        if gate.error is None:  # over the soft launch's rate: wait, never rejected for the rate
             return IntakeResult("throttled", offer.offer_id, [], wait_s=gate.wait_s)
         return _reject(rt, raw, "submission_disabled", [gate.error], task_id=task_id, offer_id=offer.offer_id)
 

@@ -17,7 +17,7 @@ import psycopg
 from offers_workers import store
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected
-from offers_workers.domain.payload import OfferPayload
+from offers_workers.domain.payload import BankAccountPayment, CardPayment, OfferPayload
 from offers_workers.domain.states import Stage
 from offers_workers.runtime import Runtime
 from offers_workers.saga import decisions
@@ -33,10 +33,7 @@ from offers_workers.saga.decisions import (
 )
 
 if TYPE_CHECKING:
-    from offers_workers.partners.aws_events import EventPublisher
-    from offers_workers.partners.plaid_funds import PlaidFunds
-    from offers_workers.partners.sift_risk import SiftRisk
-    from offers_workers.partners.stripe_payments import StripePayments
+    from offers_workers.partners.interfaces import AuctionEvents, BankFunds, Payments, RiskScoring
 
 __all__ = ["PUBLISH_EVENT_TASK", "RELEASE_HOLD_TASK", "Advance", "Dispatch", "Outcome", "Reject", "hand_on"]
 
@@ -137,21 +134,21 @@ def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
     return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work, local=True)
 
 
-def payment_outcome(p: OfferPayload, payments: StripePayments, funds: PlaidFunds) -> Outcome:
+def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds) -> Outcome:
     """The payment stage's partner calls: a card hold, or a bank account's balance check."""
-    if decisions.holds_by_card(p):
-        assert p.payment.method == "card"  # narrows the payment for the type checker
+    payment = p.payment
+    if isinstance(payment, CardPayment):
         hold = payments.place_hold(
             offer_id=p.offer_id,
             amount_cents=p.amount_cents,
             currency=p.currency,
-            payment_method_id=p.payment.payment_method_id,
+            payment_method_id=payment.payment_method_id,
             metadata={"offer_id": p.offer_id, "listing_id": p.listing_id, "buyer_id": p.buyer_id},
         )
         return decisions.card_held(hold.payment_intent_id)
-    assert p.payment.method == "bank_account"
-    available = funds.available_cents(access_token=p.payment.plaid_access_token, account_id=p.payment.plaid_account_id)
-    return decisions.funds_checked(available, p.amount_cents)
+    # Bank debits have no authorization to hold: a verified balance stands for the hold.
+    balance = funds.balance(access_token=payment.plaid_access_token, account_id=payment.plaid_account_id)
+    return decisions.funds_checked(balance.available_cents, p.amount_cents)
 
 
 def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
@@ -163,8 +160,8 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
 def risk_outcome(
     p: OfferPayload,
-    risk: SiftRisk,
-    funds: PlaidFunds,
+    risk: RiskScoring,
+    funds: BankFunds,
     *,
     risk_block_threshold: float,
     return_risk_block_threshold: int,
@@ -179,16 +176,17 @@ def risk_outcome(
         ip=p.buyer_context.ip,
         session_id=p.buyer_context.session_id,
         payment_method=p.payment.method,
-    )
+    ).score
     return_risk = None
-    if decisions.needs_return_risk(p):
-        assert p.payment.method == "bank_account"
+    payment = p.payment
+    # Only a bank debit can be returned, so only bank-account offers are scored for it.
+    if isinstance(payment, BankAccountPayment):
         return_risk = funds.return_risk(
             offer_id=p.offer_id,
-            access_token=p.payment.plaid_access_token,
-            account_id=p.payment.plaid_account_id,
+            access_token=payment.plaid_access_token,
+            account_id=payment.plaid_account_id,
             amount_cents=p.amount_cents,
-        )
+        ).score
     return decisions.decide_risk(
         score,
         return_risk,
@@ -212,7 +210,7 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
     return run_stage(rt, states.STAGE_BY_NAME["risk"], offer_id, work)
 
 
-def auction_outcome(offer: store.Offer, events: EventPublisher, sns_topic_arn: str | None) -> Outcome:
+def auction_outcome(offer: store.Offer, events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
     """The auction stage's partner call: publish ``offer.submitted`` (EventBridge, then SNS)."""
     detail = store.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
     events.publish(

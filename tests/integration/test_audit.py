@@ -118,8 +118,8 @@ def test_an_export_is_archived_in_glacier_verified_and_never_written_twice(
     assert (job["status"], job["attempts"], job["object_key"]) == ("done", 2, jobs[0]["object_key"])
     archive = AuditArchive(settings)
     head = archive.head(job["object_key"])
-    assert head["StorageClass"] == "GLACIER"
-    assert head.get("ChecksumSHA256") and head.get("ServerSideEncryption") == "AES256"
+    assert head.storage_class == "GLACIER"
+    assert head.checksum_sha256 and head.server_side_encryption == "AES256"
     manifest = json.loads(archive.read(job["manifest_key"]))
     with runtime.db.transaction() as conn:
         in_window = conn.execute(

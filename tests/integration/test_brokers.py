@@ -113,8 +113,8 @@ def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(flee
     wait_until(lambda: all_in(d.runtime, ids, states.SUBMITTED), timeout=60, message="replayed offers to be submitted")
     holds: dict[str, list[str]] = {}
     for pi in d.runtime.stripe.list_holds():
-        if pi["offer_id"] in ids:
-            holds.setdefault(pi["offer_id"], []).append(pi["status"])
+        if pi.offer_id in ids:
+            holds.setdefault(pi.offer_id, []).append(pi.status)
     assert holds == {offer_id: ["requires_capture"] for offer_id in ids}
     DRILL_RESULTS.append(
         {

@@ -65,8 +65,8 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     wait_until(lambda: all_in(runtime, ids, states.SUBMITTED), timeout=60, message="replayed offers to be submitted")
     holds = {}
     for pi in runtime.stripe.list_holds():
-        if pi["offer_id"] in ids:
-            holds.setdefault(pi["offer_id"], []).append(pi["status"])
+        if pi.offer_id in ids:
+            holds.setdefault(pi.offer_id, []).append(pi.status)
     assert holds == {offer_id: ["requires_capture"] for offer_id in ids}
     assert {(e["status"], e["replay_count"]) for e in dead_letters(runtime, ids)} == {("replayed", 1)}
     DRILL_RESULTS.append(

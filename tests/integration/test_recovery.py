@@ -61,8 +61,8 @@ def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, off
 
         wait_until(done, timeout=60, message=f"the sweep to complete the lost work (beat log in {tmp_path})")
         assert not fleet.dead(), "beat exited"
-    holds = [h for h in runtime.stripe.list_holds() if h["offer_id"] in ids]
-    assert sorted((h["offer_id"], h["status"]) for h in holds) == sorted(
+    holds = [h for h in runtime.stripe.list_holds() if h.offer_id in ids]
+    assert sorted((h.offer_id, h.status) for h in holds) == sorted(
         [(ids[0], "requires_capture"), (ids[1], "requires_capture"), (ids[2], "canceled")]
     )
 

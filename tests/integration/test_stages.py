@@ -68,8 +68,8 @@ def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:
         conn.execute("UPDATE offers SET state = 'validated' WHERE offer_id = %s", (offer_id,))
     stages.hold_payment(runtime, offer_id)
     assert state_of(runtime, offer_id)["payment_intent_id"] == first_pi
-    holds = [h for h in runtime.stripe.list_holds() if h["offer_id"] == offer_id]
-    assert [h["id"] for h in holds] == [first_pi]
+    holds = [h for h in runtime.stripe.list_holds() if h.offer_id == offer_id]
+    assert [h.payment_intent_id for h in holds] == [first_pi]
 
 
 @pytest.mark.parametrize(

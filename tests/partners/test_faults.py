@@ -38,7 +38,7 @@ def call(partner: str, settings: Settings) -> Callable[[], object]:
         )
     if partner == "plaid":
         funds = PlaidFunds(settings)
-        return lambda: funds.available_cents(access_token="access-sandbox-1", account_id="acc_1")
+        return lambda: funds.balance(access_token="access-sandbox-1", account_id="acc_1")
     publisher = EventPublisher(settings)
     return lambda: publisher.publish(
         event_id=offer_id, detail_type="OfferSubmitted", detail={}, sns_topic_arn=settings.sns_submitted_topic_arn

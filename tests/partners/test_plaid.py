@@ -15,24 +15,27 @@ def funds(settings: Settings) -> PlaidFunds:
 
 
 def test_balance(funds: PlaidFunds) -> None:
-    assert funds.available_cents(access_token="access-sandbox-buyer-1", account_id="acc_1") == 5_000_000
+    assert funds.balance(access_token="access-sandbox-buyer-1", account_id="acc_1").available_cents == 5_000_000
 
 
 def test_low_balance(funds: PlaidFunds) -> None:
-    assert funds.available_cents(access_token="access-sandbox-low-balance", account_id="acc_1") == 0
+    assert funds.balance(access_token="access-sandbox-low-balance", account_id="acc_1").available_cents == 0
 
 
 def test_return_risk_normal_and_high(funds: PlaidFunds) -> None:
     normal = funds.return_risk(
         offer_id="off_1", access_token="access-sandbox-buyer-1", account_id="acc_1", amount_cents=12_345
-    )
+    ).score
     assert 1 <= normal <= 20
-    assert normal == funds.return_risk(
-        offer_id="off_2", access_token="access-sandbox-buyer-1", account_id="acc_1", amount_cents=99
+    assert (
+        normal
+        == funds.return_risk(
+            offer_id="off_2", access_token="access-sandbox-buyer-1", account_id="acc_1", amount_cents=99
+        ).score
     )
     high = funds.return_risk(
         offer_id="off_1", access_token="access-sandbox-high-risk", account_id="acc_1", amount_cents=12_345
-    )
+    ).score
     assert high == 95
 
 
@@ -42,7 +45,7 @@ def test_return_risk_normal_and_high(funds: PlaidFunds) -> None:
 )
 def test_item_errors_are_permanent(funds: PlaidFunds, token: str, code: str) -> None:
     with pytest.raises(PermanentError) as info:
-        funds.available_cents(access_token=token, account_id="acc_1")
+        funds.balance(access_token=token, account_id="acc_1")
     assert (info.value.code, info.value.http_status) == (code, 400)
     with pytest.raises(PermanentError):
         funds.return_risk(offer_id="off_1", access_token=token, account_id="acc_1", amount_cents=100)

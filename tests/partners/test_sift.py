@@ -20,7 +20,7 @@ def score(risk: SiftRisk, buyer_id: str) -> float:
         ip="203.0.113.7",
         session_id="sess_1",
         payment_method="card",
-    )
+    ).score
 
 
 def test_risky_buyer_scores_high(settings: Settings) -> None:

@@ -42,8 +42,8 @@ def hold(payments: StripePayments, offer_id: str, pm: str = "pm_card_visa", amou
     )
 
 
-def holds_for(payments: StripePayments, offer_id: str) -> list[dict]:
-    return [h for h in payments.list_holds() if h["offer_id"] == offer_id]
+def holds_for(payments: StripePayments, offer_id: str) -> list[Hold]:
+    return [h for h in payments.list_holds() if h.offer_id == offer_id]
 
 
 def test_visa_places_a_manual_capture_hold(payments: StripePayments, raw: stripe.StripeClient) -> None:
@@ -68,7 +68,7 @@ def test_declines_are_rejections(payments: StripePayments, pm: str, reason: str)
     assert info.value.reason == reason
     # As on Stripe, the declined PaymentIntent exists, waiting for another payment method.
     [declined] = holds_for(payments, offer_id)
-    assert declined["status"] == "requires_payment_method"
+    assert declined.status == "requires_payment_method"
     with pytest.raises(OfferRejected):  # the stored decline is replayed under the same key
         hold(payments, offer_id, pm=pm)
     assert len(holds_for(payments, offer_id)) == 1
@@ -109,7 +109,7 @@ def test_same_key_replays_one_payment_intent(payments: StripePayments, raw: stri
     offer_id = offer()
     first, second = hold(payments, offer_id), hold(payments, offer_id)
     assert first == second
-    assert [h["id"] for h in holds_for(payments, offer_id)] == [first.payment_intent_id]
+    assert [h.payment_intent_id for h in holds_for(payments, offer_id)] == [first.payment_intent_id]
     params = {
         "amount": 100,
         "currency": "usd",
@@ -146,7 +146,7 @@ def test_concurrent_same_key_makes_one_payment_intent(payments: StripePayments) 
     held = {r.payment_intent_id for r in results if isinstance(r, Hold)}
     assert len(held) == 1
     assert all(isinstance(r, Hold) or r.http_status == 409 for r in results)
-    assert [h["id"] for h in holds_for(payments, offer_id)] == list(held)
+    assert [h.payment_intent_id for h in holds_for(payments, offer_id)] == list(held)
 
 
 def test_key_in_use_is_transient(payments: StripePayments, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,10 +200,10 @@ def test_unknown_payment_intent_is_permanent(payments: StripePayments) -> None:
 
 def test_list_pages_through_more_than_100(payments: StripePayments, raw: stripe.StripeClient) -> None:
     ids = [hold(payments, offer(), amount=100 + i).payment_intent_id for i in range(120)]
-    listed = [h["id"] for h in payments.list_holds()]
+    listed = [h.payment_intent_id for h in payments.list_holds()]
     assert len(listed) == len(set(listed)) >= 120
     assert listed[:120] == ids[::-1]  # newest first, across pages of 100
-    assert {h["id"] for h in payments.list_holds(status="requires_capture")} >= set(ids)
+    assert {h.payment_intent_id for h in payments.list_holds(status="requires_capture")} >= set(ids)
     page = raw.v1.payment_intents.list({"limit": 3, "ending_before": ids[0]})
     assert [p.id for p in page.data] == ids[3:0:-1] and page.has_more
 

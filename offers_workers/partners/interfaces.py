@@ -1,0 +1,324 @@
+"""What the saga asks of each partner: one Protocol per role, and the typed results they return.
+
+The real adapters (``stripe_payments``, ``sift_risk``, ``plaid_funds``, ``aws_events``, ``aws_archive``)
+and the in-process fakes (``fakes``) both satisfy these. Every method raises only the three buckets of
+``offers_workers.domain.errors``:
+
+- ``OfferRejected``: a business outcome (a card decline); the offer ends ``rejected``.
+- ``TransientError``: timeouts, refused connections, 5xx, 429; the same call may succeed later.
+- ``PermanentError``: a retry cannot help (bad request, bad credentials, a malformed response).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol, runtime_checkable
+
+# --- typed results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A card hold: a manual-capture Stripe PaymentIntent.
+
+    Parameters:
+        payment_intent_id: Stripe's id (``pi_…``), stored on the offer.
+        status: ``requires_capture`` while held; ``canceled`` once released or expired; ``succeeded``
+            once captured.
+        amount_cents: the authorised amount, in the currency's minor unit.
+        currency: lower-case ISO code, as Stripe reports it.
+        offer_id: the offer the hold was placed for (from its metadata); None for holds not ours.
+        created: Unix time Stripe created it; left out of equality (a fake's clock is not Stripe's).
+    """
+
+    payment_intent_id: str
+    status: str
+    amount_cents: int
+    currency: str
+    offer_id: str | None = None
+    created: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RiskScore:
+    """Sift's ``payment_abuse`` verdict on one offer; the saga compares ``score`` with its threshold.
+
+    Parameters:
+        score: in [0, 1]; higher is riskier.
+        reasons: Sift's reasons for the score, as it words them (often empty).
+    """
+
+    score: float
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A bank account's balance as Plaid reports it.
+
+    Parameters:
+        account_id: the Plaid account asked about.
+        available_cents: available balance in cents, or the current balance where the institution
+            reports no available one.
+        from_current: True when ``available_cents`` is the current balance (no available reported).
+    """
+
+    account_id: str
+    available_cents: int
+    from_current: bool = False
+
+
+@dataclass(frozen=True)
+class ReturnRisk:
+    """Plaid Signal's return-risk scores (1-99, higher is riskier) for debiting an account.
+
+    Parameters:
+        customer_initiated: risk the account holder disputes the debit; None if Signal gave none.
+        bank_initiated: risk the bank returns it (NSF, closed account); None if Signal gave none.
+    """
+
+    customer_initiated: int | None
+    bank_initiated: int | None
+
+    @property
+    def score(self) -> int:
+        """The worse of the two: what the saga compares with its threshold."""
+        return max(s for s in (self.customer_initiated, self.bank_initiated) if s is not None)
+
+
+@dataclass(frozen=True)
+class Published:
+    """One offer event delivered to the auction.
+
+    Parameters:
+        event_id: our stable id, carried in the detail (consumers drop repeats by it).
+        bus_event_id: EventBridge's id for this put (a new one on every retry).
+        sns_message_id: SNS's message id, or None when no topic was given.
+    """
+
+    event_id: str
+    bus_event_id: str
+    sns_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object written to the audit archive.
+
+    Parameters:
+        key: its S3 key.
+        version_id: S3's version id (None on an unversioned bucket).
+        checksum_sha256: the base64 SHA-256 S3 checked the body against (None if none was sent).
+    """
+
+    key: str
+    version_id: str | None = None
+    checksum_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchivedObject:
+    """What the archive knows of one object (S3 ``HEAD``).
+
+    Parameters:
+        key: its S3 key.
+        storage_class: ``GLACIER``, ``DEEP_ARCHIVE``, ``GLACIER_IR`` or ``STANDARD``.
+        restore: S3's ``Restore`` header (``ongoing-request="true"|"false"…``); None if never asked.
+        checksum_sha256: base64 SHA-256 S3 stored with it, if any.
+        server_side_encryption: ``AES256`` or ``aws:kms``.
+        version_id: the current version's id.
+        size: length in bytes.
+    """
+
+    key: str
+    storage_class: str
+    restore: str | None = None
+    checksum_sha256: str | None = None
+    server_side_encryption: str | None = None
+    version_id: str | None = None
+    size: int = 0
+
+    @property
+    def readable(self) -> bool:
+        """True when a GET works now: no restore needed, or a finished one."""
+        return self.storage_class not in NEEDS_RESTORE or 'ongoing-request="false"' in (self.restore or "")
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version of an archive key."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+
+
+def client_transaction_id(offer_id: str) -> str:
+    """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
+    return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
+
+
+#: Storage classes whose objects must be restored before they can be read.
+NEEDS_RESTORE = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
+class RestoreInProgress(Exception):
+    """An archived object's restore is requested and not finished yet (Glacier Standard: hours)."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"the restore of s3://{bucket}/{key} is requested and still in progress")
+        self.bucket = bucket
+        self.key = key
+
+
+# --- the roles ----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Payments(Protocol):
+    """Card holds (Stripe PaymentIntents with manual capture)."""
+
+    def place_hold(
+        self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
+    ) -> Hold:
+        """Authorise ``amount_cents`` without capturing; normally returns status ``requires_capture``.
+
+        Idempotency key ``offer:{offer_id}:hold``: placing the same offer's hold again returns the
+        same PaymentIntent, never a second hold; the same key with other parameters is a
+        PermanentError. Raises OfferRejected (``payment_declined`` / ``insufficient_funds``) on a
+        decline, TransientError on 5xx, 429, 409 ``idempotency_key_in_use`` and lost connections,
+        PermanentError on bad requests, unknown payment methods and bad keys.
+        """
+        ...
+
+    def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
+        """Cancel the hold and return its final status, ``canceled``.
+
+        Idempotency key ``offer:{offer_id}:release``, which belongs to one PaymentIntent (the same key
+        for another one is a PermanentError ``IdempotencyError``); releasing an already-canceled hold
+        returns ``canceled`` again. Raises PermanentError for a captured hold
+        (``payment_intent_captured``) or an unknown one (``resource_missing``), TransientError as
+        ``place_hold``.
+        """
+        ...
+
+    def get_hold(self, payment_intent_id: str) -> Hold:
+        """Look a hold up (a read: no idempotency key). PermanentError if Stripe does not know it."""
+        ...
+
+    def list_holds(self, *, status: str | None = None) -> Iterator[Hold]:
+        """Every hold, newest first, optionally only those in ``status`` (for operators and drills)."""
+        ...
+
+
+@runtime_checkable
+class RiskScoring(Protocol):
+    """Fraud scoring of an offer (Sift ``$create_order`` with ``payment_abuse``)."""
+
+    def score_order(
+        self,
+        *,
+        offer_id: str,
+        buyer_id: str,
+        amount_cents: int,
+        currency: str,
+        email: str | None,
+        ip: str | None,
+        session_id: str | None,
+        payment_method: str | None,
+    ) -> RiskScore:
+        """Score the offer; the saga, not the partner, decides what score blocks it.
+
+        No idempotency key: Sift records each call as an event, and scoring again is harmless.
+        Raises TransientError on timeouts, refused connections, 5xx, 429 and Sift body statuses < 0
+        or 60; PermanentError on a bad key, bad fields or a response without a score.
+        """
+        ...
+
+
+@runtime_checkable
+class BankFunds(Protocol):
+    """Funds checks for bank-account offers (Plaid balance and Signal)."""
+
+    def balance(self, *, access_token: str, account_id: str) -> Balance:
+        """The account's balance (a read: no idempotency key).
+
+        Raises TransientError on ``INSTITUTION_DOWN``/``INSTITUTION_NOT_RESPONDING``, rate limits, 5xx
+        and lost connections; PermanentError on ``ITEM_LOGIN_REQUIRED``, invalid requests, an account
+        not on the item or no balance at all.
+        """
+        ...
+
+    def return_risk(self, *, offer_id: str, access_token: str, account_id: str, amount_cents: int) -> ReturnRisk:
+        """Signal's return risk for debiting ``amount_cents``.
+
+        Idempotency key: ``client_transaction_id(offer_id)``, so a retried stage refers to the same
+        transaction. Errors as ``balance``; PermanentError if Signal returns no score at all.
+        """
+        ...
+
+
+@runtime_checkable
+class AuctionEvents(Protocol):
+    """Offer events to the auction: EventBridge, then (optionally) an SNS topic."""
+
+    def publish(
+        self, *, event_id: str, detail_type: str, detail: dict[str, Any], sns_topic_arn: str | None
+    ) -> Published:
+        """Put one event on the bus, then notify the topic. At least once, never exactly once.
+
+        EventBridge has no dedup: ``event_id`` goes into the detail and is the consumers' key for
+        dropping repeats (a retry after a failed SNS publish puts the event again). Raises
+        TransientError on throttling, internal failures, 5xx and lost connections (including a
+        failed entry with a retryable code); PermanentError on anything else (access denied,
+        malformed detail, an unknown bus or topic).
+        """
+        ...
+
+
+@runtime_checkable
+class Archive(Protocol):
+    """The audit archive: S3 in a Glacier storage class, written nightly and restored to verify.
+
+    S3 writes to one key are idempotent by content: an export re-run writes the same key. Every
+    method raises TransientError on 5xx, throttling and lost connections (after the SDK's own
+    retries) and PermanentError on anything else (access denied, no such bucket or key).
+    """
+
+    bucket: str
+
+    def put_export(self, key: str, body: IO[bytes], sha256_hex: str, metadata: dict[str, str]) -> StoredObject:
+        """Upload one export in the archive's storage class; S3 checks the SHA-256 given."""
+        ...
+
+    def put_manifest(self, key: str, body: bytes) -> StoredObject:
+        """Upload a manifest in the standard class: readable without a restore."""
+        ...
+
+    def head(self, key: str) -> ArchivedObject:
+        """What the archive knows of ``key``."""
+        ...
+
+    def versions(self, key: str) -> list[ObjectVersion]:
+        """Every stored version of exactly ``key``."""
+        ...
+
+    def restore(
+        self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1
+    ) -> None:
+        """Make ``key`` readable: ask for a restore if it needs one and wait up to ``timeout_s``.
+
+        Raises RestoreInProgress when it is not readable by then, or at once when an earlier
+        request is still running (the request stands; come back later).
+        """
+        ...
+
+    def download(self, key: str, into: IO[bytes]) -> None:
+        """Stream ``key`` into ``into`` (it must be readable: see ``restore``)."""
+        ...
+
+    def read(self, key: str) -> bytes:
+        """The whole body of a small, readable object (a manifest)."""
+        ...
