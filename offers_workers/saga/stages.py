@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -210,9 +210,8 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
     return run_stage(rt, states.STAGE_BY_NAME["risk"], offer_id, work)
 
 
-def auction_outcome(offer: store.Offer, events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
-    """The auction stage's partner call: publish ``offer.submitted`` (EventBridge, then SNS)."""
-    detail = store.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
+def auction_outcome(detail: dict[str, Any], events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
+    """The auction stage's partner call: publish the ``offer.submitted`` event (EventBridge, then SNS)."""
     events.publish(
         event_id=detail["event_id"], detail_type="offer.submitted", detail=detail, sns_topic_arn=sns_topic_arn
     )
@@ -221,7 +220,8 @@ def auction_outcome(offer: store.Offer, events: AuctionEvents, sns_topic_arn: st
 
 def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: store.Offer) -> Outcome:
-        return auction_outcome(offer, rt.events, rt.settings.sns_submitted_topic_arn)
+        detail = store.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
+        return auction_outcome(detail, rt.events, rt.settings.sns_submitted_topic_arn)
 
     return run_stage(rt, states.STAGE_BY_NAME["auction"], offer_id, work)
 
