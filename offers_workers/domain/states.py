@@ -43,7 +43,12 @@ REJECTION_REASONS = frozenset(
         "risk_blocked",
     }
 )
-CANCELLATION_REASONS = frozenset({"buyer_withdrew", "maker_rejected", "maker_sla_expired", "ops"})
+#: Reasons a cancel request (``offers.cancel``, ``offers-workers cancel``) may give.
+CANCEL_REASONS = ("buyer_withdrew", "maker_rejected", "ops")
+#: Who may send a cancel request.
+CANCEL_ACTORS = ("buyer", "maker", "ops")
+#: Every reason a cancelled offer may carry: a request's, or the maker SLA job's own.
+CANCELLATION_REASONS = frozenset({*CANCEL_REASONS, "maker_sla_expired"})
 
 
 @dataclass(frozen=True)

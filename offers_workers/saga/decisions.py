@@ -205,12 +205,12 @@ def on_failure(
 # --- cancellation --------------------------------------------------------------------------------
 
 #: Who may send ``offers.cancel``.
-CANCEL_ACTORS = frozenset({"buyer", "maker", "ops"})
+CANCEL_ACTORS = frozenset(states.CANCEL_ACTORS)
+#: Reasons a cancel request may give.
+REQUEST_REASONS = frozenset(states.CANCEL_REASONS)
 #: The SLA job's own reason and actor: a cancel request may not give them.
 SLA_EXPIRED = "maker_sla_expired"
 SLA_ACTOR = "offers.expire_offers"
-#: Reasons a cancel request may give.
-REQUEST_REASONS = states.CANCELLATION_REASONS - {SLA_EXPIRED}
 
 CancelOutcome = Literal["cancelled", "tombstone", "already_cancelled", "already_rejected"]
 
