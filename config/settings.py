@@ -18,25 +18,16 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from offers_workers.partners.table import PARTNERS
+
 PREFIX = "OFFERS_"
 
-#: Ports of the local sandbox partners (README, "Sandbox").
-SANDBOX_PORTS = {"stripe": 12111, "sift": 12112, "plaid": 12113, "aws": 12114}
+#: Ports of the local sandbox partners (README, "Sandbox"), from the partner table.
+SANDBOX_PORTS = {p.name: p.sandbox_port for p in PARTNERS}
 
 #: What OFFERS_SANDBOX=1 fills in where nothing is set. Test keys only: the sandbox accepts any.
 SANDBOX_DEFAULTS: dict[str, str] = {
-    "stripe_api_key": "sk_test_sandbox",
-    "stripe_api_base": f"http://127.0.0.1:{SANDBOX_PORTS['stripe']}",
-    "sift_api_key": "sandbox-sift-key",
-    "sift_account_id": "sandbox-account",
-    "sift_api_url": f"http://127.0.0.1:{SANDBOX_PORTS['sift']}",
-    "plaid_client_id": "sandbox-client",
-    "plaid_secret": "sandbox-secret",
-    "plaid_host": f"http://127.0.0.1:{SANDBOX_PORTS['plaid']}",
-    "aws_endpoint_url": f"http://127.0.0.1:{SANDBOX_PORTS['aws']}",
-    "sns_submitted_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-submitted",
-    "sns_cancelled_topic_arn": "arn:aws:sns:us-east-1:123456789012:offers-cancelled",
-    "audit_bucket": "offers-audit",
+    name: value for p in PARTNERS for name, value in {**p.sandbox_settings, p.url_setting: p.sandbox_url}.items()
 }
 
 #: The keys the sandbox's AWS (moto) is signed with. moto takes any; boto3 needs some to sign at all.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from config.settings import ConfigError, Settings, get_settings
+from offers_workers.partners.table import PARTNERS
 from offers_workers.store.db import Database
 from offers_workers.store.policy import PolicyStore
 
@@ -127,8 +128,9 @@ class Runtime:
     def warm_up(self) -> None:
         """Import the partner SDKs and build their clients now, in one thread. Forty threads that
         each import a different SDK on their first task can deadlock on Python's import locks."""
-        for partner in ("stripe", "sift", "plaid", "events"):
-            getattr(self, partner)
+        for partner in PARTNERS:
+            for attribute in partner.runtime_attributes:
+                getattr(self, attribute)
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from config.settings import Settings, get_settings
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from offers_workers.local.fleet import PROJECT_ROOT, Fleet, read_procfile
+from offers_workers.partners.table import PARTNER_NAMES as PARTNERS
 from offers_workers.runtime import Runtime
 from offers_workers.store.policy import read_policy_file
 
@@ -114,3 +117,37 @@ def load_sample_policy(settings: Settings) -> None:
         rt.policies.invalidate()
     finally:
         rt.close()
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started stack, as ``demo`` and ``bench`` use it: the fleet, a runtime on its stores, the app."""
+
+    fleet: Fleet
+    rt: Runtime
+    app: Any
+
+
+@contextmanager
+def started_stack(
+    settings: Settings, status: Any, *, what: str, worker_args: tuple[str, ...] = ()
+) -> Iterator[Running]:
+    """Start stores, the sandbox on free ports and the fleet, wait for every worker; stop it all on exit.
+
+    ``status`` is the rich console that shows what is happening; ``what`` names the command in it.
+    """
+    stack = Stack(settings, sandbox_ports=dict.fromkeys(PARTNERS, 0))
+    try:
+        with status.status("starting stores, sandbox and workers…"):
+            started = stack.start(worker_args=worker_args)
+            from tasks.app import app
+
+            stack.wait_for_workers(app)
+        rt = Runtime(started)
+        try:
+            yield Running(stack.running, rt, app)
+        finally:
+            rt.close()
+    finally:
+        with status.status(f"stopping everything the {what} started…"):
+            stack.stop()

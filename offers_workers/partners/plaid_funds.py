@@ -22,7 +22,7 @@ from offers_workers.partners.interfaces import Balance, ReturnRisk, client_trans
 __all__ = ["PlaidFunds", "client_transaction_id", "sort_error"]
 
 T = TypeVar("T")
-#: error_type or error_code values worth retrying (PARTNERS.md); any 5xx/429 is retried too.
+#: error_type or error_code values worth retrying (Plaid's errors reference); any 5xx/429 is retried too.
 RETRYABLE = {"INSTITUTION_DOWN", "INSTITUTION_NOT_RESPONDING", "RATE_LIMIT_EXCEEDED", "API_ERROR", "RATE_LIMIT"}
 
 

@@ -26,7 +26,7 @@ def _code(exc: stripe.StripeError) -> str:
 
 
 def sort_error(exc: stripe.StripeError) -> Exception:
-    """Map a Stripe SDK error to OfferRejected / TransientError / PermanentError (see PARTNERS.md)."""
+    """Sort a Stripe SDK error into OfferRejected, TransientError or PermanentError (Stripe's error reference)."""
     code, status = _code(exc), exc.http_status
     message = " ".join((exc.user_message or type(exc).__name__).split())[:300]
     if isinstance(exc, stripe.CardError):

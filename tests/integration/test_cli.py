@@ -164,7 +164,7 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
 
 
 def test_dlq_stage_choices_name_every_stage_a_task_dead_letters_to(celery_app) -> None:
-    from offers_workers.ops.cli import dlq_list, dlq_replay
+    from offers_workers.ops.cli.dlq import dlq_list, dlq_replay
     from tasks.base import OffersTask
 
     # Given every task the workers run

@@ -17,7 +17,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PARTNERS = ("stripe", "sift", "plaid", "aws")
+from offers_workers.partners.table import PARTNER_NAMES
+from offers_workers.partners.table import PARTNERS as PARTNER_TABLE
+
+#: The partners the sandbox serves, by name (the partner table's order).
+PARTNERS = PARTNER_NAMES
 FAULTS_PATH = "/__sandbox/faults"
 
 
@@ -106,12 +110,7 @@ def partner_urls(target: Any) -> dict[str, str]:
     elif hasattr(target, "urls"):
         urls = dict(target.urls)
     else:
-        urls = {
-            "stripe": target.stripe_api_base,
-            "sift": target.sift_api_url,
-            "plaid": target.plaid_host,
-            "aws": target.aws_endpoint_url,
-        }
+        urls = {p.name: getattr(target, p.url_setting) for p in PARTNER_TABLE}
     return {p: u.rstrip("/") for p, u in urls.items() if u}
 
 
@@ -125,7 +124,8 @@ def _call(url: str, method: str, payload: dict[str, Any] | None = None) -> dict[
     req.add_header("Content-Type", "application/json")
     try:
         with _OPENER.open(req, timeout=5) as resp:
-            return json.loads(resp.read())
+            snapshot: dict[str, Any] = json.loads(resp.read())
+            return snapshot
     except urllib.error.HTTPError as exc:
         raise ValueError(f"sandbox refused the fault: {exc.read().decode(errors='replace')}") from None
 

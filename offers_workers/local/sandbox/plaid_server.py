@@ -167,6 +167,8 @@ class PlaidHandler(PartnerHandler):
         ]
         if missing:
             raise missing_fields(missing)
+        if not isinstance(account_id, str):
+            raise PlaidApiError(400, "INVALID_REQUEST", "INVALID_FIELD", "account_id must be a string")
         if not isinstance(txn, str) or not 1 <= len(txn) <= 36:
             raise PlaidApiError(
                 400, "INVALID_REQUEST", "INVALID_FIELD", "client_transaction_id must be 1 to 36 characters"

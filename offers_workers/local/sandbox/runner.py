@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from config.settings import SANDBOX_PORTS
+from config.settings import SANDBOX_PORTS, env_name
 from offers_workers.local.sandbox.aws import ensure_aws_resources, make_aws_server
 from offers_workers.local.sandbox.faults import PARTNERS, FaultState
 from offers_workers.local.sandbox.http import PartnerHandler, PartnerHTTPServer
 from offers_workers.local.sandbox.plaid_server import PlaidHandler
 from offers_workers.local.sandbox.sift_server import SiftHandler
 from offers_workers.local.sandbox.stripe_server import StripeHandler, StripeState
+from offers_workers.partners.table import PARTNERS as PARTNER_TABLE
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -92,13 +93,7 @@ class Sandbox:
     def settings_env(self) -> dict[str, str]:
         """``OFFERS_*`` variables pointing a process's Settings at this sandbox."""
         urls = self.urls
-        return {
-            "OFFERS_SANDBOX": "1",
-            "OFFERS_STRIPE_API_BASE": urls["stripe"],
-            "OFFERS_SIFT_API_URL": urls["sift"],
-            "OFFERS_PLAID_HOST": urls["plaid"],
-            "OFFERS_AWS_ENDPOINT_URL": urls["aws"],
-        }
+        return {"OFFERS_SANDBOX": "1", **{env_name(p.url_setting): urls[p.name] for p in PARTNER_TABLE}}
 
     def settings(self, **overrides: Any) -> Settings:
         """Sandbox ``Settings`` for this sandbox's URLs and test credentials (``overrides`` win)."""
@@ -108,10 +103,7 @@ class Sandbox:
         values: dict[str, Any] = {
             **SANDBOX_DEFAULTS,  # explicit, so real keys in the environment never reach the sandbox
             "sandbox": True,
-            "stripe_api_base": urls["stripe"],
-            "sift_api_url": urls["sift"],
-            "plaid_host": urls["plaid"],
-            "aws_endpoint_url": urls["aws"],
+            **{p.url_setting: urls[p.name] for p in PARTNER_TABLE},
         }
         return Settings(**{**values, **overrides})
 
@@ -123,12 +115,7 @@ def _port(url: str | None, partner: str) -> int:
 
 def serve(settings: Settings, host: str = "127.0.0.1") -> None:
     """Run the sandbox on the ports in ``settings``' partner URLs until SIGINT/SIGTERM."""
-    ports = {
-        "stripe": _port(settings.stripe_api_base, "stripe"),
-        "sift": _port(settings.sift_api_url, "sift"),
-        "plaid": _port(settings.plaid_host, "plaid"),
-        "aws": _port(settings.aws_endpoint_url, "aws"),
-    }
+    ports = {p.name: _port(getattr(settings, p.url_setting), p.name) for p in PARTNER_TABLE}
     sandbox = Sandbox(host=host, ports=ports).start(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

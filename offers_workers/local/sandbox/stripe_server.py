@@ -120,7 +120,8 @@ def nest_params(pairs: list[tuple[str, str]]) -> dict[str, Any]:
                 return [obj[k] for k in sorted(obj, key=int)]
         return obj
 
-    return listify(root)
+    nested: dict[str, Any] = listify(root)
+    return nested
 
 
 def _new_id(prefix: str) -> str:
@@ -132,7 +133,8 @@ class StripeHandler(PartnerHandler):
 
     @property
     def state(self) -> StripeState:
-        return self.server.state
+        state: StripeState = self.server.state
+        return state
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -196,7 +198,7 @@ class StripeHandler(PartnerHandler):
         with self.state.lock:
             entry = self.state.idempotency.get(scope)
             mine = entry is None
-            if mine:
+            if entry is None:
                 entry = self.state.idempotency[scope] = _IdemEntry(fingerprint, request_id)
             response = entry.response
         headers = {"Request-Id": request_id, "Idempotency-Key": key}

@@ -1,0 +1,133 @@
+"""``audit``: the tamper-evident audit trail and its Glacier archive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from psycopg import sql
+from rich.table import Table
+
+from offers_workers.ops.cli.common import (
+    LISTING_HELP,
+    console,
+    err_console,
+    fail,
+    listing_options,
+    parse_moment,
+    runtime_or_exit,
+    show_listing,
+)
+from offers_workers.store import listings
+
+
+@click.group()
+def audit() -> None:
+    """The tamper-evident audit trail and its Glacier archive."""
+
+
+@audit.command("verify-chain")
+@click.option(
+    "--since",
+    help="Start at the first row at or after this time: ISO time or a duration back from now (1h, 7d); default: the whole trail.",
+)
+def audit_verify_chain(since: str | None) -> None:
+    """Walk the hash chain; name the first broken link (exit 1)."""
+    from offers_workers.saga import audit as audit_trail
+
+    start = parse_moment(since, option="--since") if since is not None else None
+    rt = runtime_or_exit()
+    with console.status("walking the audit chain"):
+        check = audit_trail.verify_chain(rt, start)
+    if not check.ok:
+        fail(f"audit chain broken after {check.rows - 1:,} good rows: {check.first_break}", 1)
+    click.echo(f"audit chain intact: {check.rows:,} rows" + (f" since {start.isoformat()}" if start else ""))
+
+
+@audit.command("export")
+@click.option(
+    "--until",
+    help="Export rows before this time: ISO time or a duration back from now (1h, 7d); default: the start of today, UTC.",
+)
+def audit_export(until: str | None) -> None:
+    """Export the rows not yet archived to S3 (the runbook's run_glacier_export)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from offers_workers.saga import audit as audit_trail
+
+    cutoff = parse_moment(until, option="--until") if until else None
+    rt = runtime_or_exit()
+    with Progress(TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
+        task = bar.add_task("rows", total=None)
+        try:
+            job = audit_trail.run_export(
+                rt, cutoff, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        except audit_trail.ExportBusy as exc:
+            fail(str(exc), 1)
+        except audit_trail.ExportFailed as exc:
+            fail(f"audit export {exc.job['id']} failed: {exc.job['error']}; the next run retries this window", 1)
+    if job is None:
+        click.echo("nothing to export: every row before the cut-off is archived")
+        return
+    click.echo(
+        f"export {job['id']} {job['status']}: {job['row_count']:,} rows (ids {job['first_row_id']}–{job['last_row_id']})"
+        f" to s3://{rt.settings.audit_bucket}/{job['object_key']} [{job['storage_class']}] sha256 {job['sha256']}"
+    )
+
+
+AUDIT_EXPORTS = listings.Listing(
+    "audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(listings.Key("id", int),), descending=True
+)
+
+
+@audit.command("exports", epilog=LISTING_HELP)
+@listing_options
+def audit_exports(limit: int | None, after: str | None, as_json: bool) -> None:
+    """Export jobs, newest first."""
+    rt = runtime_or_exit()
+    show_listing(
+        rt, AUDIT_EXPORTS, {}, limit=limit, after=after, as_json=as_json, shape=dict, table=audit_exports_table
+    )
+
+
+def audit_exports_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} audit export(s)")
+    for col in ("id", "status", "until", "rows", "ids", "attempts", "finished", "object / error"):
+        table.add_column(col, justify="right" if col in ("id", "rows", "attempts") else "left")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["status"],
+            r["until"].isoformat()[:19],
+            f"{r['row_count'] or 0:,}",
+            f"{r['first_row_id']}–{r['last_row_id']}",
+            str(r["attempts"]),
+            r["finished_at"].isoformat()[:19] if r["finished_at"] else "",
+            r["error"] or r["object_key"],
+        )
+    return table
+
+
+@audit.command("verify")
+@click.argument("export_id", type=int)
+def audit_verify(export_id: int) -> None:
+    """Restore an export from Glacier and check it against its manifest and Postgres (exit 1 on a discrepancy)."""
+    from offers_workers.partners.aws_archive import RestoreInProgress
+    from offers_workers.saga import audit as audit_trail
+
+    rt = runtime_or_exit()
+    with console.status(f"restoring and checking export {export_id}"):
+        try:
+            problems = audit_trail.verify_export(rt, export_id)
+        except RestoreInProgress as exc:
+            # A Glacier Standard restore takes hours; the request stands, so a later run finds it done.
+            fail(
+                f"export {export_id}: {exc}; run `offers-workers audit verify {export_id}` again later (Glacier takes hours)",
+                1,
+            )
+    if problems:
+        fail(
+            f"export {export_id}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), 1
+        )
+    click.echo(f"export {export_id} verified: checksum, chain, manifest and Postgres agree")

@@ -1,0 +1,122 @@
+"""``holds``: payment holds (list, release)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from psycopg import sql
+from rich.table import Table
+
+from offers_workers.ops.cli.common import (
+    LISTING_HELP,
+    err_console,
+    fail,
+    listing_options,
+    parse_duration,
+    runtime_or_exit,
+    show_listing,
+)
+from offers_workers.runtime import Runtime
+from offers_workers.store import listings
+
+
+@click.group()
+def holds() -> None:
+    """Payment holds (the runbook's release_holds)."""
+
+
+HOLDS = listings.Listing(
+    "holds",
+    sql.SQL(
+        "SELECT offer_id, state, reason, payment_intent_id, amount_cents, currency, payment_held_at, updated_at"
+        " FROM offers WHERE hold_status = 'held'"
+        " AND (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)"
+        " AND (NOT %(dead_lettered)s OR state = 'dead_lettered')"
+        " AND (%(older_than)s::timestamptz IS NULL OR payment_held_at < %(older_than)s)"
+    ),
+    # A hold placed while its offer was cancelled has no payment_held_at (its transition lost): it sorts last.
+    key=(
+        listings.Key("payment_held_at", datetime, null_as=sql.SQL("'infinity'::timestamptz")),
+        listings.Key("offer_id", str),
+    ),
+)
+
+
+def _hold_filters(
+    offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None
+) -> dict[str, Any]:
+    cutoff = datetime.now(UTC) - older_than if older_than else None
+    return {"offer_id": offer_id, "dead_lettered": dead_lettered, "older_than": cutoff}
+
+
+def _holds(
+    rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None
+) -> list[dict[str, Any]]:
+    return list(listings.stream(rt.db, HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
+
+
+@holds.command("list", epilog=LISTING_HELP)
+@listing_options
+def holds_list(limit: int | None, after: str | None, as_json: bool) -> None:
+    """Offers holding a card authorization, oldest first."""
+    rt = runtime_or_exit()
+
+    def with_release_due(r: dict[str, Any]) -> dict[str, Any]:
+        # When the beat releases it at the latest (OFFERS_HOLD_RELEASE_AFTER), before Stripe lets it lapse.
+        return r | {
+            "release_due_at": r["payment_held_at"] + rt.settings.hold_release_after if r["payment_held_at"] else None
+        }
+
+    show_listing(
+        rt, HOLDS, _hold_filters(), limit=limit, after=after, as_json=as_json, shape=with_release_due, table=holds_table
+    )
+
+
+def holds_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} active hold(s)")
+    for col in ("offer_id", "state", "payment_intent_id", "amount", "held since", "released by"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["offer_id"],
+            r["state"],
+            r["payment_intent_id"],
+            f"{r['amount_cents'] / 100:,.2f} {r['currency']}",
+            r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "",
+            r["release_due_at"].isoformat()[:19] if r["release_due_at"] else "",
+        )
+    return table
+
+
+@holds.command("release")
+@click.option("--offer", "offer_id", help="Only this offer.")
+@click.option("--dead-lettered", is_flag=True, help="Only offers waiting in a dead-letter queue.")
+@click.option("--older-than", "older_than", help="Only holds older than this (24h, 6d).")
+@click.option("--dry-run", is_flag=True, help="Say what would be released; change nothing.")
+def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | None, dry_run: bool) -> None:
+    """Cancel the PaymentIntents of the chosen holds, record why, and print what was done."""
+    from rich.progress import track
+
+    from offers_workers.saga import stages
+
+    age = parse_duration(older_than, option="--older-than") if older_than else None
+    if not (offer_id or dead_lettered or age):
+        raise click.UsageError("choose holds with --offer, --dead-lettered or --older-than")
+    rt = runtime_or_exit()
+    rows = _holds(rt, offer_id, dead_lettered, age)
+    if offer_id and not rows:
+        fail(f"offer {offer_id!r} has no active hold", 1)
+    if dry_run:
+        for r in rows:
+            click.echo(f"would release {r['payment_intent_id']} of {r['offer_id']} ({r['state']})")
+        click.echo(f"{len(rows)} hold(s) would be released")
+        return
+    released = 0
+    for r in track(rows, description="releasing", console=err_console, disable=len(rows) < 2):
+        status = stages.release_hold(rt, r["offer_id"], why="released by an operator", actor="cli")
+        if status is not None:
+            released += 1
+            click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
+    click.echo(f"{released} hold(s) released")

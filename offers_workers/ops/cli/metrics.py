@@ -1,0 +1,30 @@
+"""``metrics``: the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import click
+
+from offers_workers.ops.cli.common import fail, runtime_or_exit
+
+
+@click.group()
+def metrics() -> None:
+    """Prometheus metrics."""
+
+
+@metrics.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, help="Default: OFFERS_METRICS_PORT (9464).")
+def metrics_serve(host: str, port: int | None) -> None:
+    """Serve /metrics until stopped (the Procfile's metrics: process)."""
+    from offers_workers import logs
+    from offers_workers.ops.metrics import serve
+
+    logs.setup()
+    rt = runtime_or_exit()
+    try:
+        serve(rt, host, port if port is not None else rt.settings.metrics_port)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {host}:{port or rt.settings.metrics_port}: {exc.strerror}", 1)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,218 @@
+"""What upstream services do, from the command line (``submit``, ``cancel``, ``schema``), and a look at
+what came of it (``offers``, ``intake rejections``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from psycopg import sql
+from rich.table import Table
+
+from offers_workers import store
+from offers_workers.domain import states
+from offers_workers.domain.payload import json_schema
+from offers_workers.ops.cli.common import (
+    LISTING_HELP,
+    console,
+    fail,
+    listing_options,
+    parse_moment,
+    print_json,
+    runtime_or_exit,
+    settings_or_exit,
+    show_listing,
+)
+from offers_workers.store import listings
+
+
+@click.command()
+def schema() -> None:
+    """Print the offer payload's JSON Schema (for upstream services in any language)."""
+    print_json(json_schema())
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def read_messages(source: str) -> list[Any]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    stripped = text.strip()
+    if not stripped:
+        raise click.UsageError(f"{source}: no offers in it")
+    try:
+        value = json.loads(stripped)
+        return value if isinstance(value, list) else [value]
+    except json.JSONDecodeError:
+        pass
+    messages = []
+    for n, line in enumerate(stripped.splitlines(), 1):
+        if line.strip():
+            try:
+                messages.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise click.UsageError(f"{source}: line {n} is not JSON ({exc.msg})") from None
+    return messages
+
+
+@click.command()
+@click.argument("source", metavar="FILE|-")
+def submit(source: str) -> None:
+    """Send offers.submit for each offer in FILE (a JSON object, an array, or JSON lines)."""
+    if source != "-" and not Path(source).is_file():
+        fail(f"{source}: no such file", 2)
+    messages = read_messages(source)
+    settings_or_exit()
+    from tasks.app import app
+
+    for message in messages:
+        app.send_task("offers.submit", kwargs={"offer": message})
+    click.echo(f"sent {len(messages)} offer(s) to offers.intake")
+
+
+@click.command()
+@click.argument("offer_id")
+@click.option("--reason", required=True, type=click.Choice(states.CANCEL_REASONS), help="Why.")
+@click.option("--actor", default="ops", show_default=True, type=click.Choice(states.CANCEL_ACTORS), help="Who asks.")
+def cancel(offer_id: str, reason: str, actor: str) -> None:
+    """Send offers.cancel for OFFER_ID, as an upstream service would."""
+    from offers_workers.saga.intake import OFFER_ID
+
+    if not OFFER_ID.fullmatch(offer_id):
+        fail(f"{offer_id!r} is not an offer id (1-64 letters, digits, '_' or '-')", 2)
+    settings_or_exit()
+    from tasks.app import app
+
+    app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": reason, "actor": actor})
+    click.echo(f"sent offers.cancel for {offer_id} ({reason}, by {actor}) to offers.intake")
+
+
+# --- offers, intake ----------------------------------------------------------------------------
+
+
+@click.group()
+def offers() -> None:
+    """Look at offers."""
+
+
+@offers.command("show")
+@click.argument("offer_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def offers_show(offer_id: str, as_json: bool) -> None:
+    """One offer with its state history."""
+    rt = runtime_or_exit()
+    with rt.db.transaction() as conn:
+        row = conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+        if row is None:
+            fail(f"no offer {offer_id!r}", 1)
+        summary = store.offer_summary(row) | {"history": store.offer_history(conn, offer_id)}
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"offer {offer_id}", show_header=False)
+    for key, value in summary.items():
+        if key != "history" and value is not None:
+            table.add_row(key, str(value))
+    console.print(table)
+    history = Table(title="history")
+    for col in ("state", "at", "reason", "by"):
+        history.add_column(col)
+    for step in summary["history"]:
+        history.add_row(step["state"], step["at"], step["reason"] or "", step["by"])
+    console.print(history)
+
+
+OFFERS = listings.Listing(
+    "offers",
+    sql.SQL(
+        "SELECT * FROM offers WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+        " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(listings.Key("received_at", datetime), listings.Key("offer_id", str)),
+    descending=True,
+)
+
+
+@offers.command("list", epilog=LISTING_HELP)
+@click.option("--state", type=click.Choice(sorted(states.ALL_STATES)))
+@click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@listing_options
+def offers_list(state: str | None, since: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+    """Offers, newest first (the objects of `offers show --json`, without history)."""
+    moment = parse_moment(since, option="--since") if since is not None else None
+    rt = runtime_or_exit()
+    show_listing(
+        rt,
+        OFFERS,
+        {"state": state, "since": moment},
+        limit=limit,
+        after=after,
+        as_json=as_json,
+        shape=store.offer_summary,
+        table=offers_table,
+    )
+
+
+def offers_table(summaries: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(summaries)} offer(s)")
+    for col in ("offer_id", "state", "reason", "amount", "payment", "received"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(
+            s["offer_id"],
+            s["state"],
+            s["reason"] or "",
+            f"{s['amount_cents'] / 100:,.2f} {s['currency']}",
+            s["payment_method"],
+            s["received_at"][:19],
+        )
+    return table
+
+
+@click.group()
+def intake() -> None:
+    """Messages that did not yield a usable offer."""
+
+
+INTAKE_REJECTIONS = listings.Listing(
+    "intake_rejections",
+    sql.SQL(
+        "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
+        " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(listings.Key("id", int),),
+    descending=True,
+)
+
+
+@intake.command("rejections", epilog=LISTING_HELP)
+@click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@listing_options
+def intake_rejections(since: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+    """Intake rejections, newest first, with their field-level errors."""
+    moment = parse_moment(since, option="--since") if since is not None else None
+    rt = runtime_or_exit()
+    show_listing(
+        rt,
+        INTAKE_REJECTIONS,
+        {"since": moment},
+        limit=limit,
+        after=after,
+        as_json=as_json,
+        shape=lambda r: {**r, "received_at": r["received_at"].isoformat()},
+        table=rejections_table,
+    )
+
+
+def rejections_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} intake rejection(s)")
+    for col in ("id", "received", "offer_id", "reason", "errors", "bytes"):
+        table.add_column(col)
+    for r in rows:
+        errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
+        table.add_row(str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
+    return table

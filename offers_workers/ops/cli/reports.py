@@ -1,0 +1,104 @@
+"""``stats`` and ``health``: the fleet's figures, and the runbook's thresholds checked against them."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.table import Table
+
+from offers_workers.ops import reports
+from offers_workers.ops.cli.common import console, parse_duration, print_json, runtime_or_exit
+
+
+@click.command()
+@click.option("--window", default="1h", show_default=True, help="How far back to look (30m, 1h, 7d).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(window: str, as_json: bool) -> None:
+    """Offers by state, success rate, latencies, dead letters, holds, cancellations and queues."""
+    from offers_workers.ops.health import figures
+
+    age = parse_duration(window, option="--window")
+    rt = runtime_or_exit()
+    found = figures(rt, age)
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title=f"Offers received in the last {window} (synthetic journeys left out)")
+    for col in ("state", "reason", "offers"):
+        table.add_column(col, justify="right" if col == "offers" else "left")
+    for row in found["offers_by_state"]:
+        table.add_row(row["state"], row["reason"] or "", f"{row['offers']:,}")
+    console.print(table)
+
+    slo = Table(title="Service levels")
+    for col in ("figure", "count", "p50", "p95", "p99"):
+        slo.add_column(col, justify="left" if col == "figure" else "right")
+    rate = found["success_rate"]
+    slo.add_row("submission success rate", "", "-" if rate is None else f"{rate:.1%}", "", "")
+    for label, key in (("validation (ms)", "validation_ms"), ("intake → auction (ms)", "auction_lag_ms")):
+        f = found[key]
+        slo.add_row(
+            label, f"{f['count']:,}", reports.ms_text(f["p50"]), reports.ms_text(f["p95"]), reports.ms_text(f["p99"])
+        )
+    console.print(slo)
+
+    ops = Table(title="Now")
+    ops.add_column("what")
+    ops.add_column("value", justify="right")
+    for stage, n in found["dead_letters"].items():
+        ops.add_row(f"dead letters · {stage}", f"{n:,}")
+    if not found["dead_letters"]:
+        ops.add_row("dead letters", "0")
+    holds = found["active_holds"]
+    ops.add_row("active holds", f"{holds['holds']:,} ({holds['amount_cents'] / 100:,.2f})")
+    ops.add_row("stuck offers", f"{found['stuck_offers']:,}")
+    for queue, n in (found["queue_depths"] or {}).items():
+        ops.add_row(f"queue · {queue}", f"{n:,}")
+    console.print(ops)
+
+    reasons = Table(title=f"Cancellations in the last {window}, by reason")
+    for col in ("reason", "offers", "amount"):
+        reasons.add_column(col, justify="left" if col == "reason" else "right")
+    for row in found["cancellations"]["by_reason"]:
+        reasons.add_row(row["reason"] or "", f"{row['offers']:,}", f"{(row['amount_cents'] or 0) / 100:,.2f}")
+    console.print(reasons)
+    bands = Table(title="… by value band (offer amount, major units)")
+    bands.add_column("band")
+    bands.add_column("offers", justify="right")
+    for row in found["cancellations"]["by_value_band"]:
+        bands.add_row(row["band"], f"{row['offers']:,}")
+    console.print(bands)
+    hv = found["high_value_cancellations"]
+    console.print(
+        f"high-value cancellations (≥ {hv['threshold_cents'] / 100:,.0f}): {hv['recent']} in the last"
+        f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {hv['trailing_rate']:.1f} per window trailing"
+        + (" — [red]spike[/red]" if hv["spike"] else "")
+    )
+
+
+@click.command()
+@click.option("--window", default="1h", show_default=True, help="The window the rates and latencies cover.")
+def health(window: str) -> None:
+    """Check the runbook's thresholds; exit 1 on a breach, naming the symptom and its first checks."""
+    from offers_workers.ops.health import checks, figures
+
+    age = parse_duration(window, option="--window")
+    rt = runtime_or_exit()
+    results = checks(rt, figures(rt, age))
+    table = Table(title=f"Health (last {window})")
+    for col in ("check", "value", "threshold", "status"):
+        table.add_column(col)
+    for c in results:
+        table.add_row(c.name, c.value, c.threshold, "[green]ok[/green]" if c.ok else "[red]BREACH[/red]")
+    console.print(table)
+    breaches = [c for c in results if not c.ok]
+    for c in breaches:
+        console.print(f"[bold red]Runbook symptom: {c.symptom}[/bold red] ({c.name}: {c.value})", soft_wrap=True)
+        if c.detail:
+            console.print("  " + ", ".join(c.detail), soft_wrap=True)
+        for n, step in enumerate(c.first_checks, 1):
+            console.print(f"  {n}. {step}", soft_wrap=True, markup=False)
+    if breaches:
+        sys.exit(1)
+    console.print("[green]all runbook thresholds met[/green]")
