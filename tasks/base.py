@@ -11,12 +11,12 @@ import redis
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
+from config.retry import STORE_OUTAGE, RetryPolicy
 from offers_workers import logs
-from offers_workers.domain.errors import PartnerError, TransientError
+from offers_workers.domain.errors import PartnerError
 from offers_workers.ops.metrics import count_partner_error
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import deadletter
+from offers_workers.saga import deadletter, decisions
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import offers
 
@@ -24,9 +24,6 @@ log = logging.getLogger("offers_workers.tasks")
 
 #: Our own stores briefly away (a Postgres restart, a serialization conflict, Redis failing over).
 STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
-#: Failures worth retrying: partners' transient errors, store outages, and a run that overstayed
-#: its soft time limit (a partner or a lock slower than usual; every stage is safe to run again).
-RETRYABLE = (TransientError, SoftTimeLimitExceeded, *STORE_ERRORS)
 
 
 class OffersTask(Task):
@@ -58,14 +55,18 @@ class OffersTask(Task):
             return None if isinstance(result, list) else result
         except Retry:
             raise
-        except RETRYABLE as exc:
-            fields = self.partner_failure(exc)
-            policy = STORE_OUTAGE if isinstance(exc, STORE_ERRORS) else policy_for(self.stage)
-            if self.request.retries < policy.max_retries:
-                self.retry_later(exc, policy, fields)
-            self.dead_letter_or_retry(exc, kwargs, fields)
         except Exception as exc:
             fields = self.partner_failure(exc)
+            failure = decisions.on_failure(
+                exc,
+                stage=self.stage,
+                retries_done=self.request.retries,
+                store_errors=STORE_ERRORS,
+                # A run that overstayed its soft time limit met a slow partner or lock; every stage is safe to rerun.
+                also_retryable=(SoftTimeLimitExceeded,),
+            )
+            if isinstance(failure, decisions.RetryLater):
+                self.retry_later(exc, failure.policy, fields)
             self.dead_letter_or_retry(exc, kwargs, fields)
         finally:
             logs.task_context.reset(token)

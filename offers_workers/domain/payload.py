@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,11 @@ RAW_BODY_KEEP_BYTES = 4 * 1024
 
 #: Control characters have no place in these fields (and Postgres refuses NUL in text and jsonb).
 NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: Ids (offer, listing, maker, buyer): 1-64 letters, digits, '_' or '-'.
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+Identifier = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
+#: An offer id, as intake and cancellation check a claimed one before the payload is parsed.
+OFFER_ID = re.compile(ID_PATTERN)
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NO_CONTROLS)]
 

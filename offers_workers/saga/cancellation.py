@@ -18,17 +18,12 @@ import psycopg
 from offers_workers.domain import states
 from offers_workers.domain.payload import FieldError
 from offers_workers.runtime import Runtime
+from offers_workers.saga import decisions
+from offers_workers.saga.decisions import SLA_ACTOR, SLA_EXPIRED
 from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
 from offers_workers.store import audit_trail, cancel_requests, dead_letters, offers
 
 log = logging.getLogger(__name__)
-
-#: Who may send ``offers.cancel``.
-ACTORS = frozenset(states.CANCEL_ACTORS)
-#: Reasons a cancel request may give (``maker_sla_expired`` is the SLA job's own).
-REQUEST_REASONS = frozenset(states.CANCEL_REASONS)
-SLA_EXPIRED = "maker_sla_expired"
-SLA_ACTOR = "offers.expire_offers"
 
 #: At most this many offers are expired per tick, so a backlog drains without a flood.
 SLA_BATCH = 500
@@ -53,37 +48,14 @@ def request_cancel(
     unexpected: dict[str, Any] | None = None,
 ) -> CancelResult:
     """Handle one ``offers.cancel`` message: check its arguments, then cancel."""
-    errors = _check(offer_id, reason, actor, unexpected or {})
+    errors = decisions.cancel_request_errors(offer_id, reason, actor, unexpected or {})
     if errors:
-        kept = {
-            k: v if isinstance(v, str) and len(v) <= 64 else None
-            for k, v in (("offer_id", offer_id), ("reason", reason), ("actor", actor))
-        }
+        kept = decisions.kept_cancel_arguments(offer_id, reason, actor)
         with rt.db.transaction() as conn:
             _record(conn, kept["offer_id"], kept["reason"], kept["actor"], "invalid", task_id, errors)
         log.warning("cancel refused", extra={"offer_id": kept["offer_id"], "errors": [e.field for e in errors]})
         return CancelResult("invalid", kept["offer_id"], [])
     return cancel(rt, offer_id, reason, actor, task_id=task_id)
-
-
-def _check(offer_id: Any, reason: Any, actor: Any, unexpected: dict[str, Any]) -> list[FieldError]:
-    from offers_workers.saga.intake import OFFER_ID
-
-    errors = [
-        FieldError(field=k, code="unexpected_argument", message="offers.cancel takes offer_id, reason and actor")
-        for k in sorted(unexpected)
-    ]
-    if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
-        errors.append(
-            FieldError(field="offer_id", code="invalid", message="1-64 characters: letters, digits, '_' or '-'")
-        )
-    if reason not in REQUEST_REASONS:
-        errors.append(
-            FieldError(field="reason", code="invalid", message=f"one of {', '.join(sorted(REQUEST_REASONS))}")
-        )
-    if actor not in ACTORS:
-        errors.append(FieldError(field="actor", code="invalid", message=f"one of {', '.join(sorted(ACTORS))}"))
-    return errors
 
 
 def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None) -> CancelResult:
@@ -97,8 +69,8 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
                 extra={"offer_id": offer_id, "reason": reason},
             )
             return CancelResult("tombstone", offer_id, [])
-        if offer.state in states.TERMINAL:
-            outcome = "already_cancelled" if offer.state == states.CANCELLED else "already_rejected"
+        outcome = decisions.decide_cancel(offer.state)
+        if outcome != "cancelled":
             _record(conn, offer_id, reason, actor, outcome, task_id)
             log.info(
                 "cancel of an offer that already ended; nothing to do",

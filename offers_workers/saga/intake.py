@@ -9,12 +9,12 @@ offer untouched.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from offers_workers.domain import states
 from offers_workers.domain.payload import (
+    OFFER_ID,
     RAW_BODY_KEEP_BYTES,
     FieldError,
     PayloadRejected,
@@ -23,14 +23,15 @@ from offers_workers.domain.payload import (
     parse_offer,
 )
 from offers_workers.runtime import Runtime
-from offers_workers.saga import cancellation
+from offers_workers.saga import cancellation, decisions
 from offers_workers.saga.stages import Dispatch, hand_on
 from offers_workers.store import audit_trail, intake_rejections, offers, policy
+
+__all__ = ["ACTOR", "OFFER_ID", "IntakeResult", "record_unreadable", "submit"]
 
 log = logging.getLogger(__name__)
 
 ACTOR = "offers.submit"
-OFFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -57,34 +58,23 @@ def _raw_text(raw: Any) -> tuple[str, int]:
     return kept, len(encoded)
 
 
-def _claimed_offer_id(raw: Any) -> str | None:
-    claimed = raw.get("offer_id") if isinstance(raw, dict) else None
-    return claimed if isinstance(claimed, str) and OFFER_ID.fullmatch(claimed) else None
-
-
 def submit(
     rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dict[str, Any] | None = None
 ) -> IntakeResult:
     """Record one submitted message; returns what happened and the stage to send next."""
     try:
-        if unexpected:
-            raise PayloadRejected(
-                [
-                    FieldError(field=k, code="unexpected_argument", message="offers.submit takes only 'offer'")
-                    for k in sorted(unexpected)
-                ]
-            )
-        if raw is None:
-            raise PayloadRejected(
-                [FieldError(field="offer", code="missing", message="the 'offer' argument is required")]
-            )
+        call_errors = decisions.submit_argument_errors(raw, unexpected or {})
+        if call_errors:
+            raise PayloadRejected(call_errors)
         offer = parse_offer(raw)
     except PayloadRejected as rejected:
-        return _reject(rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=_claimed_offer_id(raw))
+        return _reject(
+            rt, raw, "invalid_payload", rejected.errors, task_id=task_id, offer_id=decisions.claimed_offer_id(raw)
+        )
 
     gate = _admission(rt, offer.offer_id, offer.maker_id, synthetic=offer.synthetic)
     if gate is not None:
-        if gate.wait_s:
+        if gate.error is None:  # over the soft launch's rate: wait, never rejected for the rate
             return IntakeResult("throttled", offer.offer_id, [], wait_s=gate.wait_s)
         return _reject(rt, raw, "submission_disabled", [gate.error], task_id=task_id, offer_id=offer.offer_id)
 
@@ -97,17 +87,18 @@ def submit(
                 return IntakeResult("cancelled", offer.offer_id, cancelled)
             return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED))
         existing = offers.submitted(conn, offer.offer_id)
-        if existing is not None and existing.body_sha256 == body_sha256(raw):
+        assert existing is not None, "insert_offer found the offer id taken, and offers are never deleted"
+        resubmit = decisions.on_resubmit(
+            offer.offer_id,
+            stored_sha256=existing.body_sha256,
+            body_sha256=body_sha256(raw),
+            stored_state=existing.state,
+        )
+        if resubmit.outcome == "duplicate":
             audit_trail.record_audit(conn, offer.offer_id, "duplicate_ignored", actor=ACTOR, data={"task_id": task_id})
             log.info("duplicate submit ignored", extra={"offer_id": offer.offer_id, "stage": "intake"})
-            # A redelivery after a crash between commit and send must still hand the offer on.
-            dispatches = hand_on(offer.offer_id, states.RECEIVED) if existing.state == states.RECEIVED else []
-            return IntakeResult("duplicate", offer.offer_id, dispatches)
-    error = FieldError(
-        field="offer_id",
-        code="duplicate_conflict",
-        message="an offer with this id was already submitted with a different body",
-    )
+            return IntakeResult("duplicate", offer.offer_id, resubmit.dispatches)
+    error = decisions.duplicate_conflict_error()
     return _reject(rt, raw, "duplicate_conflict", [error], task_id=task_id, offer_id=offer.offer_id)
 
 
@@ -136,28 +127,20 @@ def record_unreadable(
     return rejection_id
 
 
-@dataclass(frozen=True)
-class _Gate:
-    wait_s: float = 0.0
-    error: FieldError | None = None
-
-
-def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = False) -> _Gate | None:
+def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = False) -> decisions.Gate | None:
     """The runbook's flags at the door: None admits the offer."""
     flags = rt.flags
     submission_on, soft_launch = flags.enabled("OFFER_SUBMISSION_ENABLED"), flags.enabled("SOFT_LAUNCH_MODE")
-    if submission_on and not soft_launch:
+    if decisions.door_open(submission_on, soft_launch):
         return None
     with rt.db.transaction() as conn:
         # A redelivery of an offer already taken in is not a new submit: let it through as a duplicate.
         if offers.exists(conn, offer_id):
             return None
     if not submission_on:
-        return _Gate(
-            error=FieldError(field="offer", code="submission_disabled", message="offer submission is switched off")
-        )
+        return decisions.admission_gate(submission_on, None)
     admission = rt.soft_launch.admit(maker_id)
-    if admission.refused and synthetic and _synthetic_maker(rt, maker_id):
+    if decisions.may_exempt(admission, synthetic=synthetic) and _synthetic_maker(rt, maker_id):
         # The synthetic journey is a probe, and a soft launch (a staged launch, or the runbook's
         # answer to a partner outage) is when on-call most needs to know the pipeline works: a
         # journey failing "not admitted" every night of a launch would teach them to ignore it.
@@ -167,13 +150,7 @@ def _admission(rt: Runtime, offer_id: str, maker_id: str, *, synthetic: bool = F
         # mismatch): no real traffic gets past the allow-list this way. A journey pointed at a
         # real maker meets the allow-list like anyone, and fails at once with intake's reason.
         admission = rt.soft_launch.admit(maker_id, exempt=True)
-    if admission.refused:
-        return _Gate(
-            error=FieldError(
-                field="maker_id", code="submission_disabled", message="soft launch: this maker is not admitted yet"
-            )
-        )
-    return None if admission.admitted else _Gate(wait_s=admission.wait_s)
+    return decisions.admission_gate(submission_on, admission)
 
 
 def _synthetic_maker(rt: Runtime, maker_id: str) -> bool:

@@ -10,59 +10,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from offers_workers.domain import states
-from offers_workers.domain.errors import OfferRejected, PermanentError
+from offers_workers.domain.errors import OfferRejected
+from offers_workers.domain.payload import BankAccountPayment, CardPayment, OfferPayload
 from offers_workers.domain.states import Stage
-from offers_workers.domain.validation import check_offer
 from offers_workers.runtime import Runtime
+from offers_workers.saga import decisions
+from offers_workers.saga.decisions import (
+    PUBLISH_EVENT_TASK,
+    RELEASE_HOLD_TASK,
+    Advance,
+    Arrival,
+    Dispatch,
+    Outcome,
+    Reject,
+    hand_on,
+)
 from offers_workers.store import audit_trail, offers, outbox
 
+if TYPE_CHECKING:
+    from offers_workers.partners.interfaces import AuctionEvents, BankFunds, Payments, RiskScoring
+
+__all__ = ["PUBLISH_EVENT_TASK", "RELEASE_HOLD_TASK", "Advance", "Dispatch", "Outcome", "Reject", "hand_on"]
+
 log = logging.getLogger(__name__)
-
-PUBLISH_EVENT_TASK = "offers.publish_event"
-RELEASE_HOLD_TASK = "offers.release_hold"
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """A task to send once the current transaction has committed."""
-
-    task: str
-    kwargs: dict[str, Any]
-
-
-@dataclass
-class Advance:
-    """The stage succeeded: move the offer on to the stage's next state."""
-
-    fields: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    #: A hold placed by this stage, recorded even if the offer moved meanwhile (so it is released).
-    payment_intent_id: str | None = None
-    #: An event this stage has already published, kept in the outbox as published.
-    published: tuple[dict[str, Any], str] | None = None
-
-
-@dataclass
-class Reject:
-    """A business outcome: the offer ends ``rejected`` with ``reason``."""
-
-    reason: str
-    fields: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-Outcome = Advance | Reject
-
-
-def hand_on(offer_id: str, state: str) -> list[Dispatch]:
-    stage = states.next_stage(state)
-    return [Dispatch(stage.task, {"offer_id": offer_id})] if stage else []
 
 
 def run_stage(
@@ -93,12 +68,13 @@ def _work(
     if offer is None:
         log.warning("no such offer; nothing to do", extra={"offer_id": offer_id, "stage": stage.name})
         return []
-    if offer.state != stage.from_state:
-        return hand_on(offer_id, offer.state) if offer.state == stage.to_state else []
+    arrival = decisions.on_arrival(stage, offer.state)
+    if arrival is not Arrival.WORK:
+        return hand_on(offer_id, offer.state) if arrival is Arrival.HAND_ON else []
     try:
         return work(offer)
-    except OfferRejected as rejected:
-        return Reject(rejected.reason, data={"detail": rejected.detail} if rejected.detail else {})
+    except OfferRejected as refused:
+        return decisions.rejected(refused)
 
 
 def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outcome) -> list[Dispatch]:
@@ -133,17 +109,15 @@ def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> 
     assert offer is not None
     detail = outbox.build_event(offer, detail_type, state=offer.state, reason=offer.reason)
     outbox.add_event(conn, detail, detail_type, published=False)
-    dispatches = [Dispatch(PUBLISH_EVENT_TASK, {"event_id": detail["event_id"]})]
-    if offer.hold_status == "held":
-        dispatches.append(Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id}))
-    return dispatches
+    return decisions.on_end(offer_id, detail["event_id"], offer.hold_status)
 
 
 def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatch]:
+    """Release the hold of an offer that ended while a stage worked on it (see ``decisions.on_lost_race``)."""
     offer = offers.load_offer(conn, offer_id)
-    if offer is not None and offer.state in states.TERMINAL and offer.hold_status == "held":
-        return [Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id})]
-    return []
+    if offer is None:
+        return []
+    return decisions.on_lost_race(offer_id, offer.state, offer.hold_status)
 
 
 # --- the stages -------------------------------------------------------------------------------
@@ -151,78 +125,99 @@ def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatc
 
 def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer, conn: psycopg.Connection) -> Outcome:
-        found = rt.policies.lookup(conn, offer.payload.listing_id)
-        problems = check_offer(offer.payload, found)
-        if problems:
-            return Reject(problems[0].code, data={"errors": [p.model_dump() for p in problems]})
-        return Advance()
+        return decisions.decide_validation(offer.payload, rt.policies.lookup(conn, offer.payload.listing_id))
 
     return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work, local=True)
 
 
+def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds) -> Outcome:
+    """The payment stage's partner calls: a card hold, or a bank account's balance check."""
+    payment = p.payment
+    if isinstance(payment, CardPayment):
+        hold = payments.place_hold(
+            offer_id=p.offer_id,
+            amount_cents=p.amount_cents,
+            currency=p.currency,
+            payment_method_id=payment.payment_method_id,
+            metadata={"offer_id": p.offer_id, "listing_id": p.listing_id, "buyer_id": p.buyer_id},
+        )
+        return decisions.card_held(hold.payment_intent_id)
+    # Bank debits have no authorization to hold: a verified balance stands for the hold.
+    balance = funds.balance(access_token=payment.plaid_access_token, account_id=payment.plaid_account_id)
+    return decisions.funds_checked(balance.available_cents, p.amount_cents)
+
+
 def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer) -> Outcome:
-        p = offer.payload
-        if p.payment.method == "card":
-            hold = rt.stripe.place_hold(
-                offer_id=p.offer_id,
-                amount_cents=p.amount_cents,
-                currency=p.currency,
-                payment_method_id=p.payment.payment_method_id,
-                metadata={"offer_id": p.offer_id, "listing_id": p.listing_id, "buyer_id": p.buyer_id},
-            )
-            return Advance(payment_intent_id=hold.payment_intent_id, data={"payment_intent_id": hold.payment_intent_id})
-        # Bank debits have no authorization to hold: a verified balance stands for the hold.
-        balance = rt.plaid.balance(access_token=p.payment.plaid_access_token, account_id=p.payment.plaid_account_id)
-        if balance.available_cents < p.amount_cents:
-            return Reject("insufficient_funds", data={"funds_verified": False})
-        return Advance(data={"funds_verified": True})
+        return payment_outcome(offer.payload, rt.stripe, rt.plaid)
 
     return run_stage(rt, states.STAGE_BY_NAME["payment"], offer_id, work)
+
+
+def risk_outcome(
+    p: OfferPayload,
+    risk: RiskScoring,
+    funds: BankFunds,
+    *,
+    risk_block_threshold: float,
+    return_risk_block_threshold: int,
+) -> Outcome:
+    """The risk stage's partner calls: Sift's score, and Plaid's return risk for a bank debit."""
+    score = risk.score_order(
+        offer_id=p.offer_id,
+        buyer_id=p.buyer_id,
+        amount_cents=p.amount_cents,
+        currency=p.currency,
+        email=p.buyer_context.email,
+        ip=p.buyer_context.ip,
+        session_id=p.buyer_context.session_id,
+        payment_method=p.payment.method,
+    ).score
+    return_risk = None
+    payment = p.payment
+    # Only a bank debit can be returned, so only bank-account offers are scored for it.
+    if isinstance(payment, BankAccountPayment):
+        return_risk = funds.return_risk(
+            offer_id=p.offer_id,
+            access_token=payment.plaid_access_token,
+            account_id=payment.plaid_account_id,
+            amount_cents=p.amount_cents,
+        ).score
+    return decisions.decide_risk(
+        score,
+        return_risk,
+        risk_block_threshold=risk_block_threshold,
+        return_risk_block_threshold=return_risk_block_threshold,
+    )
 
 
 def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
     settings = rt.settings
 
     def work(offer: offers.Offer) -> Outcome:
-        p = offer.payload
-        score = rt.sift.score_order(
-            offer_id=p.offer_id,
-            buyer_id=p.buyer_id,
-            amount_cents=p.amount_cents,
-            currency=p.currency,
-            email=p.buyer_context.email,
-            ip=p.buyer_context.ip,
-            session_id=p.buyer_context.session_id,
-            payment_method=p.payment.method,
-        ).score
-        return_risk = None
-        if p.payment.method == "bank_account":
-            return_risk = rt.plaid.return_risk(
-                offer_id=p.offer_id,
-                access_token=p.payment.plaid_access_token,
-                account_id=p.payment.plaid_account_id,
-                amount_cents=p.amount_cents,
-            ).score
-        scores = {"risk_score": score, "return_risk_score": return_risk}
-        blocked = score >= settings.risk_block_threshold or (
-            return_risk is not None and return_risk >= settings.return_risk_block_threshold
+        return risk_outcome(
+            offer.payload,
+            rt.sift,
+            rt.plaid,
+            risk_block_threshold=settings.risk_block_threshold,
+            return_risk_block_threshold=settings.return_risk_block_threshold,
         )
-        return Reject("risk_blocked", fields=scores, data=scores) if blocked else Advance(fields=scores, data=scores)
 
     return run_stage(rt, states.STAGE_BY_NAME["risk"], offer_id, work)
+
+
+def auction_outcome(detail: dict[str, Any], events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
+    """The auction stage's partner call: publish the ``offer.submitted`` event (EventBridge, then SNS)."""
+    events.publish(
+        event_id=detail["event_id"], detail_type="offer.submitted", detail=detail, sns_topic_arn=sns_topic_arn
+    )
+    return decisions.auction_triggered(detail)
 
 
 def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer) -> Outcome:
         detail = outbox.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
-        rt.events.publish(
-            event_id=detail["event_id"],
-            detail_type="offer.submitted",
-            detail=detail,
-            sns_topic_arn=rt.settings.sns_submitted_topic_arn,
-        )
-        return Advance(published=(detail, "offer.submitted"), data={"event_id": detail["event_id"]})
+        return auction_outcome(detail, rt.events, rt.settings.sns_submitted_topic_arn)
 
     return run_stage(rt, states.STAGE_BY_NAME["auction"], offer_id, work)
 
@@ -233,12 +228,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer) -> Outcome:
         with rt.db.read() as conn:
             reached = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
-        expected = list(states.HAPPY_PATH[:-1])
-        # Each step reached, in order; a replayed offer passes some states twice, which is fine.
-        firsts = [reached.index(s) for s in expected if s in reached]
-        if len(firsts) != len(expected) or firsts != sorted(firsts):
-            raise PermanentError("audit", "incomplete_trail", f"audit trail shows {reached}, expected {expected}")
-        return Advance()
+        return decisions.decide_audit(reached)
 
     return run_stage(rt, states.STAGE_BY_NAME["audit"], offer_id, work)
 

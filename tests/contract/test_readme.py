@@ -56,6 +56,7 @@ RUN_BY = {
     "bench": "test_every_cli_line_parses",
     "rabbitmq-vhost": "the RabbitMQ fleets' virtual host (contract_fleet)",
     "procfile-split-payment": "test_splitting_a_slow_partner_out",
+    "offer-flow": "test_docs_agree.test_the_offer_flow_diagram_names_real_tasks_and_states",
 }
 
 

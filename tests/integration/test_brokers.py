@@ -24,9 +24,9 @@ from offers_workers.local.demo import send_samples
 from offers_workers.local.samples import SCENARIOS
 from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
 from tests.bus import BusReader
-from tests.conftest import DRILL_RESULTS, RUN_ID, cli, wait_until
+from tests.conftest import DRILL_RESULTS, RUN_ID, cli, offer_rows, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, worker_processes
-from tests.outages import all_in, rows, through_sift_outage
+from tests.outages import all_in, through_sift_outage
 from tests.races import cancel_race
 
 
@@ -101,7 +101,7 @@ def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(flee
     # Given Sift answered 503 to everything: every offer ends dead-lettered at the risk stage
     ids = through_sift_outage(d.app, d.runtime, d.sandbox, "outage", 40)
     dead_lettered_after = time.monotonic() - started
-    assert {r["hold_status"] for r in rows(d.runtime, ids).values()} == {"held"}
+    assert {r["hold_status"] for r in offer_rows(d.runtime, ids).values()} == {"held"}
     # When the operator replays the risk queue from the CLI, on this fleet's broker
     listed = cli("dlq", "list", "--stage", "risk", "--json", env=d.env)
     assert listed.returncode == 0, listed.stderr

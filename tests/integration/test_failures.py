@@ -16,8 +16,8 @@ import pytest
 
 from offers_workers.domain import states
 from offers_workers.local.sandbox import clear_faults, set_fault
-from tests.conftest import DRILL_RESULTS, cli, wait_until
-from tests.outages import all_in, rows, send_offers, through_sift_outage
+from tests.conftest import DRILL_RESULTS, cli, offer_rows, wait_until
+from tests.outages import all_in, send_offers, through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -33,7 +33,7 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     started = time.monotonic()
     ids = through_sift_outage(celery_app, runtime, sandbox, "outage", 100)
     dead_lettered_after = time.monotonic() - started
-    assert {r["hold_status"] for r in rows(runtime, ids).values()} == {"held"}
+    assert {r["hold_status"] for r in offer_rows(runtime, ids).values()} == {"held"}
     entries = dead_letters(runtime, ids)
     assert len(entries) == len(ids)
     assert {(e["stage"], e["status"], e["error_type"]) for e in entries} == {("risk", "pending", "TransientError")}
@@ -114,7 +114,7 @@ def test_a_replay_that_fails_again_returns_with_its_count_raised(celery_app, run
 
 def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> None:
     ids = through_sift_outage(celery_app, runtime, sandbox, "release", 5)
-    intents = {r["offer_id"]: r["payment_intent_id"] for r in rows(runtime, ids).values()}
+    intents = {r["offer_id"]: r["payment_intent_id"] for r in offer_rows(runtime, ids).values()}
 
     listed = cli("holds", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -132,7 +132,7 @@ def test_release_holds_of_dead_lettered_offers(celery_app, runtime, sandbox) -> 
     released = cli("holds", "release", "--dead-lettered")
     assert released.returncode == 0, released.stderr
     assert {runtime.stripe.get_hold(pi).status for pi in intents.values()} == {"canceled"}
-    assert {r["hold_status"] for r in rows(runtime, ids).values()} == {"released"}
+    assert {r["hold_status"] for r in offer_rows(runtime, ids).values()} == {"released"}
     # A second run finds nothing of ours to release
     second = cli("holds", "release", "--dead-lettered")
     assert second.returncode == 0 and not any(pi in second.stdout for pi in intents.values())

@@ -117,3 +117,37 @@ def test_a_production_worker_loads_nothing_local_and_no_bench_task() -> None:
     assert loaded["local"] == []
     assert "offers.submit" in loaded["tasks"] and "offers.stage.hold_payment" in loaded["tasks"]
     assert not [name for name in loaded["tasks"] if name.startswith("offers.bench")]
+
+
+#: The saga's decisions are pure: besides the domain only the retry policies (plain data).
+DECISIONS_MAY_IMPORT = (
+    "offers_workers.domain",
+    "config.retry",
+    "__future__",
+    "collections",
+    "dataclasses",
+    "enum",
+    "typing",
+)
+
+
+def test_the_saga_decisions_do_no_io() -> None:
+    imported = imported_modules(PACKAGE / "saga" / "decisions.py")
+    assert sorted(m for m in imported if not m.startswith(DECISIONS_MAY_IMPORT)) == []
+
+
+def saga_imports(module: str) -> set[str]:
+    """The saga modules ``saga/<module>.py`` imports, at any level (lazy imports included)."""
+    names = imported_modules(PACKAGE / "saga" / f"{module}.py")
+    return {n.split(".")[2] for n in names if n.startswith("offers_workers.saga.")}
+
+
+def test_no_import_cycle_among_the_saga_modules() -> None:
+    modules = [p.stem for p in (PACKAGE / "saga").glob("*.py") if p.stem != "__init__"]
+    graph = {m: {d for d in saga_imports(m) if d in modules and d != m} for m in modules}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(d == target or (d not in seen and reaches(d, target, seen | {d})) for d in graph[start])
+
+    assert [m for m in modules if reaches(m, m, set())] == []
+    assert "intake" not in graph["cancellation"]

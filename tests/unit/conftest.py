@@ -1,0 +1,32 @@
+"""The unit layer runs with no network at all: any attempt to open a connection fails the test.
+
+Nothing here starts or needs Postgres, Redis, a broker or the sandbox (the top-level conftest's
+fixtures are all requested by name, never autouse), so ``tests/unit`` passes on a machine with no
+services and no network, in seconds.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+class NetworkUsed(AssertionError):
+    """A unit test (or the code under it) tried to reach the network."""
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise NetworkUsed(f"unit tests must not open connections (tried {args[1:] or args!r})")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse every outgoing connection and name lookup for the duration of each unit test."""
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", _refuse)
+    yield
