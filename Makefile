@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit fuzz clean
+.PHONY: install demo test lint unit fuzz clean
 
 install: $(STAMP)
 
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/offers-workers demo --offers 200
 
-## The whole suite (uses OFFERS_DATABASE_URL / OFFERS_BROKER_URL when set, else embedded servers).
-test: install
+## The gate, then the whole suite (uses OFFERS_DATABASE_URL / OFFERS_BROKER_URL when set, else embedded servers).
+test: lint
 	$(BIN)/python -m pytest
+
+## Lint and import order, formatting, types (configured in pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

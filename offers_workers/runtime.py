@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import redis
+from redis import Redis
 
 from config.settings import ConfigError, Settings, get_settings
 from offers_workers.partners.table import PARTNERS
@@ -67,6 +68,13 @@ class Runtime:
     def redis(self) -> redis.Redis | None:
         url = self.settings.effective_redis_url
         return redis.Redis.from_url(url, socket_timeout=5, health_check_interval=30) if url else None
+
+    @property
+    def required_redis(self) -> Redis:
+        """Redis, for what cannot work without it (the bench's counters)."""
+        if self.redis is None:
+            raise RuntimeError("this needs Redis: set OFFERS_BROKER_URL to a Redis URL or OFFERS_REDIS_URL")
+        return self.redis
 
     @cached_property
     def policies(self) -> PolicyStore:

@@ -21,7 +21,6 @@ def hop() -> None:
 @app.task(name="offers.bench.finish")
 def finish(run_key: str, sent_at: float) -> None:
     # One Redis push per chain: how the benchmark counts finished chains and their latency.
-    client = get_runtime().redis
-    assert client is not None, "the bench runs on a fleet with Redis"
+    client = get_runtime().required_redis
     client.rpush(run_key, f"{sent_at:.6f} {time.time():.6f}")
     client.expire(run_key, 3600)

@@ -257,7 +257,7 @@ class Bench:
         sender = threading.Thread(target=send, name="bench-send-chains", daemon=True)
         started = time.time()
         deadline = time.monotonic() + self.options.timeout
-        redis = self.rt.redis
+        redis = self.rt.required_redis
         with self.progress() as progress:
             bar = progress.add_task("bare chains", total=count)
             sender.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from offers_workers.store import audit_trail
 from offers_workers.store.db import Connection, Database
@@ -28,7 +29,7 @@ class UnknownFlag(ValueError):
 class Flag:
     name: str
     enabled: bool
-    updated_at: object
+    updated_at: datetime | None
     updated_by: str
 
 

@@ -490,6 +490,10 @@ def test_the_two_commands(offers_env: dict[str, str], tmp_path: Path) -> None:
     # `make test` is the run this test belongs to: check what it runs
     dry = subprocess.run(["make", "-n", "test"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert dry.returncode == 0 and "pytest" in dry.stdout, dry.stdout + dry.stderr
+    # and the gate the README promises runs before the tests
+    gate = dry.stdout[: dry.stdout.index("pytest")]
+    for step in ("ruff check", "ruff format --check", "mypy"):
+        assert step in gate, dry.stdout
     # `make demo` for real, on stores of its own (it would otherwise use the run's configured ones)
     if subprocess.run(["make", "-q", "install"], cwd=ROOT, capture_output=True, timeout=60).returncode != 0:
         pytest.skip("the project's .venv is not installed by `make install`, which `make demo` would run first")

@@ -104,6 +104,7 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
         if replay_all:
             ids = [r["id"] for r in dead_letters.entries(conn, stage=stage)]
         else:
+            assert entry_id is not None  # checked with --all above
             row = dead_letters.entry(conn, entry_id)
             if row is None:
                 fail(f"no dead letter {entry_id}", 1)
