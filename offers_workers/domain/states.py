@@ -49,6 +49,8 @@ CANCEL_REASONS = ("buyer_withdrew", "maker_rejected", "ops")
 CANCEL_ACTORS = ("buyer", "maker", "ops")
 #: Every reason a cancelled offer may carry: a request's, or the maker SLA job's own.
 CANCELLATION_REASONS = frozenset({*CANCEL_REASONS, "maker_sla_expired"})
+#: What a cancel request did, as `cancel_requests.outcome` records it.
+CANCEL_OUTCOMES = ("cancelled", "tombstone", "tombstone_applied", "already_cancelled", "already_rejected", "invalid")
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,19 @@ INTAKE_REJECTIONS = Listing(
     descending=True,
 )
 
+#: `cancel-requests list`: what each cancel did, newest first; of one offer, or of one outcome.
+CANCEL_REQUESTS = Listing(
+    "cancel_requests",
+    sql.SQL(
+        "SELECT id, received_at, offer_id, reason, actor, outcome, errors, applied_at FROM cancel_requests"
+        " WHERE (%(offer_id)s::text IS NULL OR offer_id = %(offer_id)s)"
+        " AND (%(outcome)s::text IS NULL OR outcome = %(outcome)s)"
+        " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+    ),
+    key=(Key("id", int),),
+    descending=True,
+)
+
 #: `dlq list`: entries of a stage (or every stage) in a status (or any), oldest first.
 DEAD_LETTERS = Listing("dead_letters", ENTRIES, key=(Key("id", int),))
 

@@ -57,6 +57,16 @@ def add_rejections(url: str, count: int) -> None:
         )
 
 
+def add_cancel_requests(url: str, count: int) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, received_at)"
+            " SELECT 'cxl_' || n, 'buyer_withdrew', 'buyer', CASE WHEN n %% 2 = 0 THEN 'tombstone' ELSE 'cancelled' END,"
+            "  %(at)s::timestamptz FROM generate_series(1, %(count)s) AS n",
+            {"count": count, "at": TIED},
+        )
+
+
 def add_dead_letters(url: str, count: int) -> None:
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -99,6 +109,7 @@ LISTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, int], None], str]] = {
     "offers": (("offers", "list"), lambda url, n: add_offers(url, n, received_at=TIED), "offer_id"),
     "intake rejections": (("intake", "rejections"), add_rejections, "id"),
     "dead letters": (("dlq", "list"), add_dead_letters, "id"),
+    "cancel requests": (("cancel-requests", "list"), add_cancel_requests, "id"),
     "holds": (("holds", "list"), add_holds, "offer_id"),
     "audit exports": (("audit", "exports"), add_audit_exports, "id"),
 }
@@ -150,6 +161,14 @@ def test_pages_yield_every_row_once_in_order(scratch_database: str, name: str) -
     assert [len(p["items"]) for p in pages] == [100, 100, 50]
     assert [p["truncated"] for p in pages] == [True, True, False]
     assert pages[-1]["next_cursor"] is None
+
+
+def test_cancel_requests_list_filters_by_offer_and_outcome(scratch_database: str) -> None:
+    add_cancel_requests(scratch_database, 10)
+    assert [r["offer_id"] for r in listed(scratch_database, "cancel-requests", "list", "--offer", "cxl_3")] == ["cxl_3"]
+    tombstones = listed(scratch_database, "cancel-requests", "list", "--outcome", "tombstone")
+    assert sorted(r["offer_id"] for r in tombstones) == sorted(f"cxl_{n}" for n in (2, 4, 6, 8, 10))
+    assert {(r["reason"], r["actor"], r["outcome"]) for r in tombstones} == {("buyer_withdrew", "buyer", "tombstone")}
 
 
 def test_after_alone_asks_for_a_page_of_100(scratch_database: str) -> None:

@@ -79,6 +79,7 @@ for _command in (
     offers.cancel,
     offers.offers,
     offers.intake,
+    offers.cancel_requests,
     dlq.dlq,
     holds.holds,
     flags.flags,

@@ -192,3 +192,45 @@ def rejections_table(rows: list[dict[str, Any]]) -> Table:
         errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
         table.add_row(str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
     return table
+
+
+@click.group("cancel-requests")
+def cancel_requests() -> None:
+    """Every cancel asked for, and what it did."""
+
+
+@cancel_requests.command("list", epilog=LISTING_HELP)
+@click.option("--offer", "offer_id", help="Only this offer's requests.")
+@click.option("--outcome", type=click.Choice(states.CANCEL_OUTCOMES))
+@click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@listing_options
+def cancel_requests_list(
+    offer_id: str | None, outcome: str | None, since: str | None, limit: int | None, after: str | None, as_json: bool
+) -> None:
+    """Cancel requests, newest first: who asked, why, and what the cancel did."""
+    moment = parse_moment(since, option="--since") if since is not None else None
+    show_listing(
+        runtime_or_exit(),
+        listings.CANCEL_REQUESTS,
+        {"offer_id": offer_id, "outcome": outcome, "since": moment},
+        limit=limit,
+        after=after,
+        as_json=as_json,
+        shape=lambda r: {
+            **r,
+            "received_at": r["received_at"].isoformat(),
+            "applied_at": r["applied_at"] and r["applied_at"].isoformat(),
+        },
+        table=cancel_requests_table,
+    )
+
+
+def cancel_requests_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} cancel request(s)")
+    for col in ("id", "received", "offer_id", "reason", "actor", "outcome"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"] or "", r["actor"] or "", r["outcome"]
+        )
+    return table
