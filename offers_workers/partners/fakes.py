@@ -29,6 +29,7 @@ from offers_workers.partners.interfaces import (
     Balance,
     Hold,
     ObjectVersion,
+    OrderToScore,
     Published,
     RestoreInProgress,
     ReturnRisk,
@@ -258,31 +259,10 @@ class FakeRiskScoring(_Scripted):
         self.scores = dict(scores or {})
         self.default = default
 
-    def score_order(
-        self,
-        *,
-        offer_id: str,
-        buyer_id: str,
-        amount_cents: int,
-        currency: str,
-        email: str | None,
-        ip: str | None,
-        session_id: str | None,
-        payment_method: str | None,
-    ) -> RiskScore:
+    def score_order(self, order: OrderToScore) -> RiskScore:
         """See ``interfaces.RiskScoring.score_order``."""
-        self._enter(
-            "score_order",
-            offer_id=offer_id,
-            buyer_id=buyer_id,
-            amount_cents=amount_cents,
-            currency=currency,
-            email=email,
-            ip=ip,
-            session_id=session_id,
-            payment_method=payment_method,
-        )
-        return RiskScore(self.scores.get(buyer_id, self.default))
+        self._enter("score_order", order=order)
+        return RiskScore(self.scores.get(order.buyer_id, self.default))
 
 
 # --- bank funds -----------------------------------------------------------------------------------

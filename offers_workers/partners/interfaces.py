@@ -42,6 +42,27 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class OrderToScore:
+    """What Sift is told about an offer (``email``, ``ip`` and ``session_id`` go to Sift, never to logs).
+
+    Parameters:
+        offer_id: Sift's ``$order_id``.
+        buyer_id: Sift's ``$user_id``; the sandbox scores buyers named ``risky_*`` high.
+        amount_cents: in minor units of ``currency``.
+        payment_method: ``card`` or ``bank_account`` (or a Sift ``$payment_type``).
+    """
+
+    offer_id: str
+    buyer_id: str
+    amount_cents: int
+    currency: str
+    payment_method: str | None = None
+    email: str | None = None
+    ip: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
 class RiskScore:
     """Sift's ``payment_abuse`` verdict on one offer; the saga compares ``score`` with its threshold.
 
@@ -217,18 +238,7 @@ class Payments(Protocol):
 class RiskScoring(Protocol):
     """Fraud scoring of an offer (Sift ``$create_order`` with ``payment_abuse``)."""
 
-    def score_order(
-        self,
-        *,
-        offer_id: str,
-        buyer_id: str,
-        amount_cents: int,
-        currency: str,
-        email: str | None,
-        ip: str | None,
-        session_id: str | None,
-        payment_method: str | None,
-    ) -> RiskScore:
+    def score_order(self, order: OrderToScore) -> RiskScore:
         """Score the offer; the saga, not the partner, decides what score blocks it.
 
         No idempotency key: Sift records each call as an event, and scoring again is harmless.

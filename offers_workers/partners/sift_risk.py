@@ -9,7 +9,7 @@ from sift.client import ApiException
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
-from offers_workers.partners.interfaces import RiskScore
+from offers_workers.partners.interfaces import OrderToScore, RiskScore
 
 #: Our payment-method kinds -> Sift ``$payment_type``.
 PAYMENT_TYPES = {
@@ -46,28 +46,18 @@ class SiftRisk:
             timeout=(settings.partner_connect_timeout, settings.partner_read_timeout),
         )
 
-    def score_order(
-        self,
-        *,
-        offer_id: str,
-        buyer_id: str,
-        amount_cents: int,
-        currency: str,
-        email: str | None,
-        ip: str | None,
-        session_id: str | None,
-        payment_method: str | None,
-    ) -> RiskScore:
+    def score_order(self, order: OrderToScore) -> RiskScore:
         """The ``payment_abuse`` score in [0, 1] for this offer, with Sift's reasons."""
         props: dict[str, Any] = {
-            "$user_id": buyer_id,
-            "$order_id": offer_id,
-            "$user_email": email,
-            "$ip": ip,
-            "$session_id": session_id,
-            "$amount": amount_cents * 10_000,  # Sift amounts are micros
-            "$currency_code": currency.upper(),
+            "$user_id": order.buyer_id,
+            "$order_id": order.offer_id,
+            "$user_email": order.email,
+            "$ip": order.ip,
+            "$session_id": order.session_id,
+            "$amount": order.amount_cents * 10_000,  # Sift amounts are micros
+            "$currency_code": order.currency.upper(),
         }
+        payment_method = order.payment_method
         if payment_method:
             props["$payment_methods"] = [
                 {

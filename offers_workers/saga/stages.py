@@ -18,6 +18,7 @@ from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected
 from offers_workers.domain.payload import BankAccountPayment, CardPayment, OfferPayload
 from offers_workers.domain.states import Stage
+from offers_workers.partners.interfaces import OrderToScore
 from offers_workers.runtime import Runtime
 from offers_workers.saga import decisions
 from offers_workers.saga.decisions import (
@@ -163,16 +164,17 @@ def risk_outcome(
     return_risk_block_threshold: int,
 ) -> Outcome:
     """The risk stage's partner calls: Sift's score, and Plaid's return risk for a bank debit."""
-    score = risk.score_order(
+    order = OrderToScore(
         offer_id=p.offer_id,
         buyer_id=p.buyer_id,
         amount_cents=p.amount_cents,
         currency=p.currency,
+        payment_method=p.payment.method,
         email=p.buyer_context.email,
         ip=p.buyer_context.ip,
         session_id=p.buyer_context.session_id,
-        payment_method=p.payment.method,
-    ).score
+    )
+    score = risk.score_order(order).score
     return_risk = None
     payment = p.payment
     # Only a bank debit can be returned, so only bank-account offers are scored for it.

@@ -35,6 +35,7 @@ from offers_workers.partners.interfaces import (
     Archive,
     AuctionEvents,
     BankFunds,
+    OrderToScore,
     Payments,
     RestoreInProgress,
     ReturnRisk,
@@ -194,14 +195,16 @@ def scoring(risk: RiskScoring, see: Observed) -> None:
     for buyer in ("risky_mallory", "alice", "bob"):
         see(
             lambda buyer=buyer: risk.score_order(
-                offer_id="off_1",
-                buyer_id=buyer,
-                amount_cents=12_500,
-                currency="usd",
-                email="buyer@example.com",
-                ip="203.0.113.7",
-                session_id="sess_1",
-                payment_method="card",
+                OrderToScore(
+                    offer_id="off_1",
+                    buyer_id=buyer,
+                    amount_cents=12_500,
+                    currency="usd",
+                    email="buyer@example.com",
+                    ip="203.0.113.7",
+                    session_id="sess_1",
+                    payment_method="card",
+                )
             )
         )
 
@@ -286,14 +289,16 @@ def one_call(partner: str, impl: Any) -> Callable[[], Any]:
             offer_id=offer_id, amount_cents=100, currency="usd", payment_method_id="pm_card_visa", metadata={}
         ),
         "sift": lambda: impl.score_order(
-            offer_id=offer_id,
-            buyer_id="alice",
-            amount_cents=100,
-            currency="usd",
-            email=None,
-            ip=None,
-            session_id=None,
-            payment_method="card",
+            OrderToScore(
+                offer_id=offer_id,
+                buyer_id="alice",
+                amount_cents=100,
+                currency="usd",
+                email=None,
+                ip=None,
+                session_id=None,
+                payment_method="card",
+            )
         ),
         "plaid": lambda: impl.balance(access_token="access-sandbox-buyer-1", account_id="acc_1"),
         "aws": lambda: impl.publish(event_id=offer_id, detail_type="offer.submitted", detail={}, sns_topic_arn=None),

@@ -27,7 +27,7 @@ from offers_workers.partners.fakes import (
     FakePayments,
     FakeRiskScoring,
 )
-from offers_workers.partners.interfaces import ReturnRisk
+from offers_workers.partners.interfaces import OrderToScore, ReturnRisk
 from offers_workers.saga import decisions
 from offers_workers.saga.decisions import RELEASE_HOLD_TASK, Advance, DeadLetter, Dispatch, Reject, RetryLater
 from offers_workers.saga.stages import auction_outcome, payment_outcome, risk_outcome
@@ -230,14 +230,16 @@ def test_sift_is_told_about_the_offer_and_its_buyer() -> None:
     risk_outcome(card_offer(), risk, FakeBankFunds(), **THRESHOLDS)
     [call] = risk.calls_to("score_order")
     assert call.kwargs == {
-        "offer_id": "off_1",
-        "buyer_id": "usr_1",
-        "amount_cents": 15000,
-        "currency": "USD",
-        "email": "buyer1@example.com",
-        "ip": "203.0.113.9",
-        "session_id": "s1",
-        "payment_method": "card",
+        "order": OrderToScore(
+            offer_id="off_1",
+            buyer_id="usr_1",
+            amount_cents=15000,
+            currency="USD",
+            payment_method="card",
+            email="buyer1@example.com",
+            ip="203.0.113.9",
+            session_id="s1",
+        )
     }
 
 
