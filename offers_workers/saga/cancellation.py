@@ -16,12 +16,11 @@ from typing import Any
 import psycopg
 
 from offers_workers.domain import states
-from offers_workers.domain.payload import FieldError
 from offers_workers.runtime import Runtime
 from offers_workers.saga import decisions
 from offers_workers.saga.decisions import SLA_ACTOR, SLA_EXPIRED
 from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
-from offers_workers.store import audit_trail, cancel_requests, dead_letters, offers
+from offers_workers.store import cancel_requests, dead_letters, offers
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +51,20 @@ def request_cancel(
     if errors:
         kept = decisions.kept_cancel_arguments(offer_id, reason, actor)
         with rt.db.transaction() as conn:
-            _record(conn, kept["offer_id"], kept["reason"], kept["actor"], "invalid", task_id, errors)
+            asked = cancel_requests.Asked(kept["offer_id"], kept["reason"], kept["actor"], task_id)
+            cancel_requests.record(conn, asked, "invalid", errors)
         log.warning("cancel refused", extra={"offer_id": kept["offer_id"], "errors": [e.field for e in errors]})
         return CancelResult("invalid", kept["offer_id"], [])
     return cancel(rt, offer_id, reason, actor, task_id=task_id)
 
 
 def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None) -> CancelResult:
+    asked = cancel_requests.Asked(offer_id, reason, actor, task_id)
     with rt.db.transaction() as conn:
         offers.lock_offer_id(conn, offer_id)
         offer = offers.load_offer(conn, offer_id, for_update=True)
         if offer is None:
-            _record(conn, offer_id, reason, actor, "tombstone", task_id)
+            cancel_requests.record(conn, asked, "tombstone")
             log.warning(
                 "cancel for an offer not received (yet): kept as a tombstone for a late submit",
                 extra={"offer_id": offer_id, "reason": reason},
@@ -71,14 +72,14 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
             return CancelResult("tombstone", offer_id, [])
         outcome = decisions.decide_cancel(offer.state)
         if outcome != "cancelled":
-            _record(conn, offer_id, reason, actor, outcome, task_id)
+            cancel_requests.record(conn, asked, outcome)
             log.info(
                 "cancel of an offer that already ended; nothing to do",
                 extra={"offer_id": offer_id, "state": offer.state},
             )
             return CancelResult(outcome, offer_id, compensate_if_ended(conn, offer_id))
         dispatches = _cancel_locked(conn, offer, reason, actor=actor)
-        _record(conn, offer_id, reason, actor, "cancelled", task_id)
+        cancel_requests.record(conn, asked, "cancelled")
     log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
     return CancelResult("cancelled", offer_id, dispatches)
 
@@ -112,21 +113,3 @@ def expire_overdue(rt: Runtime) -> list[Dispatch]:
     for offer_id in due:
         dispatches += cancel(rt, offer_id, SLA_EXPIRED, SLA_ACTOR).dispatches
     return dispatches
-
-
-def _record(
-    conn: psycopg.Connection,
-    offer_id: str | None,
-    reason: str | None,
-    actor: str | None,
-    outcome: str,
-    task_id: str | None,
-    errors: list[FieldError] | None = None,
-) -> None:
-    cancel_requests.record(
-        conn, offer_id=offer_id, reason=reason, actor=actor, outcome=outcome, task_id=task_id, errors=errors
-    )
-    if offer_id and outcome != "invalid":
-        audit_trail.record_audit(
-            conn, offer_id, "cancel_requested", actor=actor or "?", reason=reason, data={"outcome": outcome}
-        )

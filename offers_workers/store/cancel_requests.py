@@ -10,27 +10,28 @@ from offers_workers.domain.payload import FieldError
 from offers_workers.store.db import Connection
 
 
-def record(
-    conn: Connection,
-    *,
-    offer_id: str | None,
-    reason: str | None,
-    actor: str | None,
-    outcome: str,
-    task_id: str | None,
-    errors: list[FieldError] | None = None,
-) -> None:
+@dataclass(frozen=True)
+class Asked:
+    """One cancel as it was asked for: which offer, why, by whom, in which task run (any may be missing)."""
+
+    offer_id: str | None
+    reason: str | None
+    actor: str | None
+    task_id: str | None = None
+
+
+def record(conn: Connection, asked: Asked, outcome: str, errors: list[FieldError] | None = None) -> None:
     """Record one request and its outcome (``cancelled`` ones are applied at once)."""
     conn.execute(
         "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, errors, task_id, applied_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)",
         (
-            offer_id,
-            reason,
-            actor,
+            asked.offer_id,
+            asked.reason,
+            asked.actor,
             outcome,
             Jsonb([e.model_dump() for e in errors]) if errors else None,
-            task_id,
+            asked.task_id,
             outcome == "cancelled",
         ),
     )
