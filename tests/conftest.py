@@ -303,5 +303,29 @@ def cli(
     )
 
 
+def cli_at_once(
+    *args: str, terminals: int = 2, env: dict[str, str] | None = None, timeout: float = 120
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run `offers-workers ARGS` from ``terminals`` terminals started together, as two operators racing would."""
+    command = [sys.executable, "-m", "offers_workers.ops.cli", *args]
+    started = [
+        subprocess.Popen(
+            command,
+            cwd=project_root(),
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(terminals)
+    ]
+    # Started first, waited for after: the runs overlap
+    outputs = [process.communicate(timeout=timeout) for process in started]
+    return [
+        subprocess.CompletedProcess(command, process.returncode, out, err)
+        for process, (out, err) in zip(started, outputs, strict=True)
+    ]
+
+
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent

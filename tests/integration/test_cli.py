@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 
 import psycopg
@@ -16,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import intake, stages
-from tests.conftest import cli, new_id, project_root
+from tests.conftest import cli, cli_at_once, new_id
 
 
 @pytest.fixture(scope="module")
@@ -127,36 +125,18 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(settings.database_url, dbname=name)
-    env = os.environ | {"OFFERS_DATABASE_URL": url}
+    env = {"OFFERS_DATABASE_URL": url}
     try:
         # When two release phases run at once
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "offers_workers.ops.cli", "db", "migrate"],
-                cwd=project_root(),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        outputs = [p.communicate(timeout=60) for p in procs]
+        runs = cli_at_once("db", "migrate", env=env, timeout=60)
         # Then both succeed, one applied everything and the other found nothing left to do
-        assert [p.returncode for p in procs] == [0, 0], outputs
-        assert sorted("applied" in out for out, _ in outputs) == [False, True]
+        assert [run.returncode for run in runs] == [0, 0], runs
+        assert sorted("applied" in run.stdout for run in runs) == [False, True]
         with psycopg.connect(url) as conn:
             versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
         assert versions == sorted(set(versions)) and versions
         # and a third run is a no-op
-        again = subprocess.run(
-            [sys.executable, "-m", "offers_workers.ops.cli", "db", "migrate"],
-            cwd=project_root(),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = cli("db", "migrate", env=env, timeout=60)
         assert again.returncode == 0 and "up to date" in again.stdout
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:

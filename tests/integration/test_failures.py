@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta
 
@@ -16,7 +14,7 @@ import pytest
 
 from offers_workers.domain import states
 from offers_workers.local.sandbox import clear_faults, set_fault
-from tests.conftest import DRILL_RESULTS, cli, offer_rows, wait_until
+from tests.conftest import DRILL_RESULTS, cli, cli_at_once, offer_rows, wait_until
 from tests.outages import all_in, send_offers, through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -47,19 +45,10 @@ def test_sift_outage_dead_letters_then_replay_submits_each_offer_once(celery_app
     assert all_in(runtime, ids, states.DEAD_LETTERED)
     pending = len(json.loads(listed.stdout))
     # from two terminals at once
-    terminals = [
-        subprocess.Popen(
-            [sys.executable, "-m", "offers_workers.ops.cli", "dlq", "replay", "--all", "--stage", "risk"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [t.communicate(timeout=120) for t in terminals]
-    assert [t.returncode for t in terminals] == [0, 0], outputs
-    counts = [int(re.search(r"replayed (\d+) of", out).group(1)) for out, _ in outputs]
-    assert sum(counts) == pending, outputs  # each entry replayed by exactly one of them
+    runs = cli_at_once("dlq", "replay", "--all", "--stage", "risk", timeout=120)
+    assert [run.returncode for run in runs] == [0, 0], runs
+    counts = [int(re.search(r"replayed (\d+) of", run.stdout).group(1)) for run in runs]
+    assert sum(counts) == pending, runs  # each entry replayed by exactly one of them
 
     # Then every offer is submitted, with exactly one PaymentIntent each
     wait_until(lambda: all_in(runtime, ids, states.SUBMITTED), timeout=60, message="replayed offers to be submitted")

@@ -47,45 +47,35 @@ def add_offers(
         )
 
 
-def add_rejections(url: str, count: int) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO intake_rejections (offer_id, reason, errors, raw_body, raw_size, received_at)"
-            " SELECT 'rej_' || n, 'invalid_payload', '[{\"field\": \"amount_cents\", \"code\": \"too_small\"}]'::jsonb, '{}', 2,"
-            "  %(at)s::timestamptz FROM generate_series(1, %(count)s) AS n",
-            {"count": count, "at": TIED},
-        )
+def tied_rows(insert_select: str) -> Callable[[str, int], None]:
+    """A filler for one table: ``insert_select`` run over ``n`` = 1 … count, every row at the moment TIED (``%(at)s``)."""
+
+    def add(url: str, count: int) -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute(insert_select + " FROM generate_series(1, %(count)s) AS n", {"count": count, "at": TIED})
+
+    return add
 
 
-def add_cancel_requests(url: str, count: int) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, received_at)"
-            " SELECT 'cxl_' || n, 'buyer_withdrew', 'buyer', CASE WHEN n %% 2 = 0 THEN 'tombstone' ELSE 'cancelled' END,"
-            "  %(at)s::timestamptz FROM generate_series(1, %(count)s) AS n",
-            {"count": count, "at": TIED},
-        )
-
-
-def add_dead_letters(url: str, count: int) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO dead_letters (stage, task_name, offer_id, kwargs, error_type, error_message, attempts,"
-            "  first_failed_at, last_failed_at)"
-            " SELECT 'risk', 'offers.clear_risk', 'dl_' || n, '{}'::jsonb, 'TransientError', 'sift timed out', 17, %(at)s, %(at)s"
-            " FROM generate_series(1, %(count)s) AS n",
-            {"count": count, "at": TIED},
-        )
-
-
-def add_audit_exports(url: str, count: int) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO audit_exports (until, first_row_id, last_row_id, row_count, object_key, manifest_key, storage_class, status)"
-            " SELECT %(at)s, n * 10, n * 10 + 9, 10, 'audit/' || n || '.jsonl.gz', 'audit/' || n || '.manifest.json', 'GLACIER', 'done'"
-            " FROM generate_series(1, %(count)s) AS n",
-            {"count": count, "at": TIED},
-        )
+add_rejections = tied_rows(
+    "INSERT INTO intake_rejections (offer_id, reason, errors, raw_body, raw_size, received_at)"
+    " SELECT 'rej_' || n, 'invalid_payload', '[{\"field\": \"amount_cents\", \"code\": \"too_small\"}]'::jsonb, '{}', 2,"
+    "  %(at)s::timestamptz"
+)
+add_cancel_requests = tied_rows(
+    "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, received_at)"
+    " SELECT 'cxl_' || n, 'buyer_withdrew', 'buyer', CASE WHEN n %% 2 = 0 THEN 'tombstone' ELSE 'cancelled' END,"
+    "  %(at)s::timestamptz"
+)
+add_dead_letters = tied_rows(
+    "INSERT INTO dead_letters (stage, task_name, offer_id, kwargs, error_type, error_message, attempts,"
+    "  first_failed_at, last_failed_at)"
+    " SELECT 'risk', 'offers.clear_risk', 'dl_' || n, '{}'::jsonb, 'TransientError', 'sift timed out', 17, %(at)s, %(at)s"
+)
+add_audit_exports = tied_rows(
+    "INSERT INTO audit_exports (until, first_row_id, last_row_id, row_count, object_key, manifest_key, storage_class, status)"
+    " SELECT %(at)s, n * 10, n * 10 + 9, 10, 'audit/' || n || '.jsonl.gz', 'audit/' || n || '.manifest.json', 'GLACIER', 'done'"
+)
 
 
 def add_holds(url: str, count: int) -> None:

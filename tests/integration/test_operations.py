@@ -14,6 +14,7 @@ from offers_workers.domain import states
 from offers_workers.local.embedded import free_port
 from offers_workers.local.fleet import Fleet, read_procfile
 from tests.conftest import cli, wait_until
+from tests.expected import SYNTHETIC_STEPS
 from tests.outages import through_sift_outage
 
 pytestmark = pytest.mark.usefixtures("fleet")
@@ -134,14 +135,7 @@ def test_the_synthetic_journey_passes_and_stays_out_of_stats(runtime) -> None:
     ran = cli("synthetic", "run", "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     journey = json.loads(ran.stdout)
-    assert [s["name"] for s in journey["steps"]] == [
-        "submitted",
-        "hold placed",
-        "offer.submitted published",
-        "cancelled",
-        "hold released",
-        "offer.cancelled published",
-    ]
+    assert [s["name"] for s in journey["steps"]] == SYNTHETIC_STEPS
     assert all(s["ok"] for s in journey["steps"])
     with runtime.db.transaction() as conn:
         row = conn.execute("SELECT state, synthetic FROM offers WHERE offer_id = %s", (journey["offer_id"],)).fetchone()

@@ -23,15 +23,7 @@ from offers_workers.ops import synthetic
 from offers_workers.runtime import Runtime
 from tests.conftest import SERVER, _create_database, _drop_database, cli, new_id, redis_database, wait_until
 from tests.drillkit import Drill, drill, settings_for
-
-STEPS = [
-    "submitted",
-    "hold placed",
-    "offer.submitted published",
-    "cancelled",
-    "hold released",
-    "offer.cancelled published",
-]
+from tests.expected import SYNTHETIC_STEPS
 
 #: A deployment's own policy: none of the sample makers or listings.
 POLICY = """\
@@ -95,7 +87,7 @@ def test_synthetic_run_passes_on_a_fleet_whose_policy_has_none_of_the_sample_lis
     ran, _ = run_journey(probe, "--json")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     journey = json.loads(ran.stdout)
-    assert [s["name"] for s in journey["steps"]] == STEPS
+    assert [s["name"] for s in journey["steps"]] == SYNTHETIC_STEPS
     assert all(s["ok"] for s in journey["steps"]), journey
     [offer] = rows(
         probe, "SELECT listing_id, maker_id, state, synthetic FROM offers WHERE offer_id = %s", journey["offer_id"]

@@ -35,7 +35,6 @@ from offers_workers.partners.interfaces import (
     Archive,
     AuctionEvents,
     BankFunds,
-    OrderToScore,
     Payments,
     RestoreInProgress,
     ReturnRisk,
@@ -44,6 +43,7 @@ from offers_workers.partners.interfaces import (
 from offers_workers.partners.plaid_funds import PlaidFunds
 from offers_workers.partners.sift_risk import SiftRisk
 from offers_workers.partners.stripe_payments import StripePayments
+from tests.partners.orders import order_to_score
 
 #: What a result is compared by: the field's value, or a stand-in for what a partner makes up.
 MADE_UP = ("payment_intent_id", "version_id", "bus_event_id", "sns_message_id")
@@ -193,20 +193,7 @@ def test_release_of_a_captured_hold(fake_payments: PaymentsSide, real_payments: 
 
 def scoring(risk: RiskScoring, see: Observed) -> None:
     for buyer in ("risky_mallory", "alice", "bob"):
-        see(
-            lambda buyer=buyer: risk.score_order(
-                OrderToScore(
-                    offer_id="off_1",
-                    buyer_id=buyer,
-                    amount_cents=12_500,
-                    currency="usd",
-                    email="buyer@example.com",
-                    ip="203.0.113.7",
-                    session_id="sess_1",
-                    payment_method="card",
-                )
-            )
-        )
+        see(lambda buyer=buyer: risk.score_order(order_to_score(buyer)))
 
 
 def test_risk_scores(settings: Settings) -> None:
@@ -289,16 +276,7 @@ def one_call(partner: str, impl: Any) -> Callable[[], Any]:
             offer_id=offer_id, amount_cents=100, currency="usd", payment_method_id="pm_card_visa", metadata={}
         ),
         "sift": lambda: impl.score_order(
-            OrderToScore(
-                offer_id=offer_id,
-                buyer_id="alice",
-                amount_cents=100,
-                currency="usd",
-                email=None,
-                ip=None,
-                session_id=None,
-                payment_method="card",
-            )
+            order_to_score("alice", offer_id=offer_id, amount_cents=100, with_buyer_context=False)
         ),
         "plaid": lambda: impl.balance(access_token="access-sandbox-buyer-1", account_id="acc_1"),
         "aws": lambda: impl.publish(event_id=offer_id, detail_type="offer.submitted", detail={}, sns_topic_arn=None),

@@ -11,10 +11,10 @@ from config.settings import Settings
 from offers_workers.domain.errors import TransientError
 from offers_workers.local.sandbox import PARTNERS, Sandbox, clear_faults, get_faults, set_fault
 from offers_workers.partners.aws_events import EventPublisher
-from offers_workers.partners.interfaces import OrderToScore
 from offers_workers.partners.plaid_funds import PlaidFunds
 from offers_workers.partners.sift_risk import SiftRisk
 from offers_workers.partners.stripe_payments import StripePayments
+from tests.partners.orders import order_to_score
 
 
 def call(partner: str, settings: Settings) -> Callable[[], object]:
@@ -28,16 +28,7 @@ def call(partner: str, settings: Settings) -> Callable[[], object]:
     if partner == "sift":
         risk = SiftRisk(settings)
         return lambda: risk.score_order(
-            OrderToScore(
-                offer_id=offer_id,
-                buyer_id="alice",
-                amount_cents=1000,
-                currency="usd",
-                email=None,
-                ip=None,
-                session_id=None,
-                payment_method="card",
-            )
+            order_to_score("alice", offer_id=offer_id, amount_cents=1000, with_buyer_context=False)
         )
     if partner == "plaid":
         funds = PlaidFunds(settings)

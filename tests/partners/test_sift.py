@@ -7,23 +7,12 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError
-from offers_workers.partners.interfaces import OrderToScore
 from offers_workers.partners.sift_risk import SiftRisk
+from tests.partners.orders import order_to_score
 
 
 def score(risk: SiftRisk, buyer_id: str) -> float:
-    return risk.score_order(
-        OrderToScore(
-            offer_id="off_1",
-            buyer_id=buyer_id,
-            amount_cents=12_500,
-            currency="usd",
-            email="buyer@example.com",
-            ip="203.0.113.7",
-            session_id="sess_1",
-            payment_method="card",
-        )
-    ).score
+    return risk.score_order(order_to_score(buyer_id)).score
 
 
 def test_risky_buyer_scores_high(settings: Settings) -> None:

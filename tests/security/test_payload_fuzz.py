@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import intake
 from tests.conftest import new_id
+from tests.expected import REQUIRED_PAYLOAD_FIELDS
 
 EXAMPLES = int(os.environ.get("OFFERS_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -71,13 +72,7 @@ BREAKERS = st.one_of(
     st.integers(min_value=50, max_value=1_500).map(nested),
 )
 FIELDS = [
-    "offer_id",
-    "listing_id",
-    "maker_id",
-    "buyer_id",
-    "amount_cents",
-    "currency",
-    "payment",
+    *REQUIRED_PAYLOAD_FIELDS,
     "payment.method",
     "payment.payment_method_id",
     "buyer_context",

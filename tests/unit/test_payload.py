@@ -6,6 +6,7 @@ import pytest
 
 from offers_workers.domain.payload import MAX_MESSAGE_BYTES, PayloadRejected, body_sha256, json_schema, parse_offer
 from offers_workers.local.samples import base_offer
+from tests.expected import REQUIRED_PAYLOAD_FIELDS
 
 
 def codes(raw) -> dict[str, str]:
@@ -83,15 +84,7 @@ def test_the_same_body_hashes_the_same_whatever_the_key_order() -> None:
 
 def test_the_schema_describes_the_contract() -> None:
     schema = json_schema()
-    assert set(schema["required"]) == {
-        "offer_id",
-        "listing_id",
-        "maker_id",
-        "buyer_id",
-        "amount_cents",
-        "currency",
-        "payment",
-    }
+    assert set(schema["required"]) == set(REQUIRED_PAYLOAD_FIELDS)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["amount_cents"]["maximum"] == 100_000_000
 

@@ -22,6 +22,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def worker_stops_at_start_up_with(line: str) -> None:
+    """A worker started in this environment exits 2 at once, saying ``line`` and nothing else on stderr."""
+    result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line]
+
+
 def test_sandbox_needs_no_setting(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OFFERS_SANDBOX", "1")
     settings = load_settings()
@@ -73,11 +80,9 @@ def test_a_worker_with_a_bad_setting_stops_with_one_line(clean_env: pytest.Monke
     clean_env.setenv("OFFERS_SANDBOX", "1")
     clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:1/0")
     clean_env.setenv("OFFERS_DB_POOL_SIZE", "many")
-    result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    worker_stops_at_start_up_with(
         "offers-workers: invalid configuration: OFFERS_DB_POOL_SIZE: Input should be a valid integer, unable to parse string as an integer"
-    ]
+    )
 
 
 def test_celery_is_json_only_with_late_acks(clean_env: pytest.MonkeyPatch) -> None:
@@ -143,13 +148,10 @@ def test_a_redis_socket_url_is_refused_at_start_up_naming_the_setting(clean_env:
     # Given a broker URL kombu would take but the fleet's own Redis client (caches, flags) cannot open
     clean_env.setenv("OFFERS_SANDBOX", "1")
     clean_env.setenv("OFFERS_BROKER_URL", "redis+socket:///var/run/redis/redis.sock")
-    # When a worker starts
-    result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
-    # Then it stops at once, in one line naming the setting and what to use
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    # When a worker starts, then it stops at once, in one line naming the setting and what to use
+    worker_stops_at_start_up_with(
         "offers-workers: invalid configuration: OFFERS_BROKER_URL: redis+socket:// is not supported; use redis:// or rediss://"
-    ]
+    )
     # and the same for the Redis of caches and results
     clean_env.setenv("OFFERS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
     clean_env.setenv("OFFERS_REDIS_URL", "redis+socket:///var/run/redis/redis.sock")
