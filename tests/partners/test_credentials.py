@@ -25,10 +25,18 @@ SNS_PUBLISHED = (
 )
 
 
+class EndpointServer(ThreadingHTTPServer):
+    """A private AWS endpoint (a VPC interface or FIPS endpoint, say) that keeps what each request signed with."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Endpoint)
+        self.authorizations: list[str] = []
+
+
 class Endpoint(BaseHTTPRequestHandler):
     """Answers EventBridge PutEvents, SNS Publish and S3 PutObject as AWS would, minimally."""
 
-    authorizations: list[str]
+    server: EndpointServer
 
     def do_POST(self) -> None:
         self._record()
@@ -43,7 +51,7 @@ class Endpoint(BaseHTTPRequestHandler):
 
     def _record(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.authorizations.append(self.headers.get("Authorization", ""))  # type: ignore[attr-defined]
+        self.server.authorizations.append(self.headers.get("Authorization", ""))
 
     def _send(self, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(200)
@@ -60,11 +68,10 @@ class Endpoint(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint() -> Iterator[tuple[str, list[str]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    server.authorizations = []  # type: ignore[attr-defined]
+    server = EndpointServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", server.authorizations  # type: ignore[attr-defined]
+    yield f"http://127.0.0.1:{server.server_address[1]}", server.authorizations
     server.shutdown()
     server.server_close()
 

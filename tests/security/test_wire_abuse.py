@@ -26,7 +26,7 @@ class Exploit:
     """Unpickling this would create MARKER: proof of deserialisation if the file ever appears."""
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (Path.touch, (str(MARKER),))  # type: ignore[return-value]
+        return (Path.touch, (str(MARKER),))
 
 
 def the_next_offer_goes_through(celery_app: Any, runtime: Any, fleet: Any, *, after: str) -> None:
