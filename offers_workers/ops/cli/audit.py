@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
+    ListingTable,
     console,
     err_console,
     fail,
     listing_options,
+    moment_text,
     parse_moment,
     runtime_or_exit,
     show_listing,
@@ -85,22 +86,19 @@ def audit_exports(limit: int | None, after: str | None, as_json: bool) -> None:
     )
 
 
-def audit_exports_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} audit export(s)")
-    for col in ("id", "status", "until", "rows", "ids", "attempts", "finished", "object / error"):
-        table.add_column(col, justify="right" if col in ("id", "rows", "attempts") else "left")
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            r["status"],
-            r["until"].isoformat()[:19],
-            f"{r['row_count'] or 0:,}",
-            f"{r['first_row_id']}–{r['last_row_id']}",
-            str(r["attempts"]),
-            r["finished_at"].isoformat()[:19] if r["finished_at"] else "",
-            r["error"] or r["object_key"],
-        )
-    return table
+def audit_export_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One export job's line in `audit exports`: the audit rows it holds, and its object or its error."""
+    rows, ids = f"{r['row_count'] or 0:,}", f"{r['first_row_id']}–{r['last_row_id']}"
+    until, finished = moment_text(r["until"]), moment_text(r["finished_at"])
+    return (str(r["id"]), r["status"], until, rows, ids, str(r["attempts"]), finished, r["error"] or r["object_key"])
+
+
+audit_exports_table = ListingTable(
+    "audit export(s)",
+    ("id", "status", "until", "rows", "ids", "attempts", "finished", "object / error"),
+    audit_export_cells,
+    right=frozenset({"id", "rows", "attempts"}),
+)
 
 
 @audit.command("verify")

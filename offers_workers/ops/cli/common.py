@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -162,6 +163,50 @@ def show_listing(
             highlight=False,
             soft_wrap=True,
         )
+
+
+# --- tables: a listing's page, one record ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListingTable:
+    """How a page of a listing reads as a table (``show_listing``'s ``table``): a title that counts the
+    rows ("3 offer(s)"), one heading per column, and ``cells``, one row's cells in the headings' order."""
+
+    what: str  #: what one row is, with its plural in brackets: "offer(s)"
+    columns: tuple[str, ...]
+    cells: Callable[[dict[str, Any]], tuple[str, ...]]
+    right: frozenset[str] = frozenset()  #: columns of figures, aligned right
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Table:
+        table = Table(title=f"{len(rows)} {self.what}")
+        for col in self.columns:
+            table.add_column(col, justify="right" if col in self.right else "left")
+        for row in rows:
+            table.add_row(*self.cells(row))
+        return table
+
+
+def record_table(title: str, record: dict[str, Any], *, apart: str) -> Table:
+    """One record (``offers show``, ``dlq show``) as a table of field and value: fields without a value
+    are left out, and so is ``apart``, which the command prints after it (a history, a traceback)."""
+    table = Table(title=title, show_header=False)
+    for key, value in record.items():
+        if key != apart and value is not None:
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    return table
+
+
+def moment_text(value: datetime | str | None) -> str:
+    """A moment in a table cell, to the second ("2026-01-31T09:30:00"); blank when there is none."""
+    if value is None:
+        return ""
+    return (value.isoformat() if isinstance(value, datetime) else value)[:19]
+
+
+def amount_text(row: dict[str, Any]) -> str:
+    """A row's amount in major units with its currency, as tables show it ("1,234.50 USD")."""
+    return f"{row['amount_cents'] / 100:,.2f} {row['currency']}"
 
 
 def write_json_array(items: Iterable[Any]) -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
-from rich.table import Table
 
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
+    ListingTable,
     console,
     err_console,
     fail,
     listing_options,
+    moment_text,
     print_json,
+    record_table,
     runtime_or_exit,
     show_listing,
 )
@@ -48,22 +49,18 @@ def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after
     )
 
 
-def dead_letters_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} dead letter(s)")
-    for col in ("id", "stage", "offer_id", "error", "attempts", "replays", "last failed", "status"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            r["stage"],
-            r["offer_id"] or "",
-            f"{r['error_type']}: {r['error_message'][:60]}",
-            str(r["attempts"]),
-            str(r["replay_count"]),
-            r["last_failed_at"].isoformat()[:19],
-            r["status"],
-        )
-    return table
+def dead_letter_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One dead letter's line in `dlq list`: its error cut to 60 characters."""
+    error = f"{r['error_type']}: {r['error_message'][:60]}"
+    tries = (str(r["attempts"]), str(r["replay_count"]))
+    return (str(r["id"]), r["stage"], r["offer_id"] or "", error, *tries, moment_text(r["last_failed_at"]), r["status"])
+
+
+dead_letters_table = ListingTable(
+    "dead letter(s)",
+    ("id", "stage", "offer_id", "error", "attempts", "replays", "last failed", "status"),
+    dead_letter_cells,
+)
 
 
 @dlq.command("show")
@@ -79,11 +76,7 @@ def dlq_show(entry_id: int, as_json: bool) -> None:
     if as_json:
         print_json(row)
         return
-    table = Table(title=f"dead letter {entry_id}", show_header=False)
-    for key, value in row.items():
-        if key != "traceback" and value is not None:
-            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
-    console.print(table)
+    console.print(record_table(f"dead letter {entry_id}", row, apart="traceback"))
     if row["traceback"]:
         console.print(row["traceback"], markup=False, highlight=False)
 

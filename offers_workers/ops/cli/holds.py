@@ -6,13 +6,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from rich.table import Table
 
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
+    ListingTable,
+    amount_text,
     err_console,
     fail,
     listing_options,
+    moment_text,
     parse_duration,
     runtime_or_exit,
     show_listing,
@@ -63,20 +65,15 @@ def holds_list(limit: int | None, after: str | None, as_json: bool) -> None:
     )
 
 
-def holds_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} active hold(s)")
-    for col in ("offer_id", "state", "payment_intent_id", "amount", "held since", "released by"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["offer_id"],
-            r["state"],
-            r["payment_intent_id"],
-            f"{r['amount_cents'] / 100:,.2f} {r['currency']}",
-            r["payment_held_at"].isoformat()[:19] if r["payment_held_at"] else "",
-            r["release_due_at"].isoformat()[:19] if r["release_due_at"] else "",
-        )
-    return table
+def hold_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One hold's line in `holds list`: since when, and when the beat releases it at the latest."""
+    held, due = moment_text(r["payment_held_at"]), moment_text(r["release_due_at"])
+    return (r["offer_id"], r["state"], r["payment_intent_id"], amount_text(r), held, due)
+
+
+holds_table = ListingTable(
+    "active hold(s)", ("offer_id", "state", "payment_intent_id", "amount", "held since", "released by"), hold_cells
+)
 
 
 @holds.command("release")

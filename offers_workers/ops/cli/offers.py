@@ -15,11 +15,15 @@ from offers_workers.domain import states
 from offers_workers.domain.payload import json_schema
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
+    ListingTable,
+    amount_text,
     console,
     fail,
     listing_options,
+    moment_text,
     parse_moment,
     print_json,
+    record_table,
     runtime_or_exit,
     settings_or_exit,
     show_listing,
@@ -111,11 +115,7 @@ def offers_show(offer_id: str, as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
-    table = Table(title=f"offer {offer_id}", show_header=False)
-    for key, value in summary.items():
-        if key != "history" and value is not None:
-            table.add_row(key, str(value))
-    console.print(table)
+    console.print(record_table(f"offer {offer_id}", summary, apart="history"))
     history = Table(title="history")
     for col in ("state", "at", "reason", "by"):
         history.add_column(col)
@@ -144,20 +144,19 @@ def offers_list(state: str | None, since: str | None, limit: int | None, after: 
     )
 
 
-def offers_table(summaries: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(summaries)} offer(s)")
-    for col in ("offer_id", "state", "reason", "amount", "payment", "received"):
-        table.add_column(col)
-    for s in summaries:
-        table.add_row(
-            s["offer_id"],
-            s["state"],
-            s["reason"] or "",
-            f"{s['amount_cents'] / 100:,.2f} {s['currency']}",
-            s["payment_method"],
-            s["received_at"][:19],
-        )
-    return table
+def offer_cells(s: dict[str, Any]) -> tuple[str, ...]:
+    """One offer summary's line in `offers list`."""
+    return (
+        s["offer_id"],
+        s["state"],
+        s["reason"] or "",
+        amount_text(s),
+        s["payment_method"],
+        moment_text(s["received_at"]),
+    )
+
+
+offers_table = ListingTable("offer(s)", ("offer_id", "state", "reason", "amount", "payment", "received"), offer_cells)
 
 
 @click.group()
@@ -184,14 +183,15 @@ def intake_rejections(since: str | None, limit: int | None, after: str | None, a
     )
 
 
-def rejections_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} intake rejection(s)")
-    for col in ("id", "received", "offer_id", "reason", "errors", "bytes"):
-        table.add_column(col)
-    for r in rows:
-        errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
-        table.add_row(str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
-    return table
+def rejection_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One intake rejection's line in `intake rejections`: its first four field errors."""
+    errors = "; ".join(f"{e['field'] or '(message)'}: {e['code']}" for e in r["errors"][:4])
+    return (str(r["id"]), moment_text(r["received_at"]), r["offer_id"] or "", r["reason"], errors, str(r["raw_size"]))
+
+
+rejections_table = ListingTable(
+    "intake rejection(s)", ("id", "received", "offer_id", "reason", "errors", "bytes"), rejection_cells
+)
 
 
 @click.group("cancel-requests")
@@ -225,12 +225,12 @@ def cancel_requests_list(
     )
 
 
-def cancel_requests_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{len(rows)} cancel request(s)")
-    for col in ("id", "received", "offer_id", "reason", "actor", "outcome"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            str(r["id"]), r["received_at"][:19], r["offer_id"] or "", r["reason"] or "", r["actor"] or "", r["outcome"]
-        )
-    return table
+def cancel_request_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """One cancel request's line in `cancel-requests list`."""
+    received = moment_text(r["received_at"])
+    return (str(r["id"]), received, r["offer_id"] or "", r["reason"] or "", r["actor"] or "", r["outcome"])
+
+
+cancel_requests_table = ListingTable(
+    "cancel request(s)", ("id", "received", "offer_id", "reason", "actor", "outcome"), cancel_request_cells
+)
