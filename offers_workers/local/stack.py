@@ -16,7 +16,7 @@ from typing import Any
 from config.settings import Settings, get_settings
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from offers_workers.local.fleet import PROJECT_ROOT, Fleet, read_procfile
-from offers_workers.partners.table import PARTNER_NAMES as PARTNERS
+from offers_workers.partners.table import PARTNER_NAMES
 from offers_workers.runtime import Runtime
 from offers_workers.store.policy import read_policy_file
 
@@ -136,7 +136,7 @@ def started_stack(
 
     ``status`` is the rich console that shows what is happening; ``what`` names the command in it.
     """
-    stack = Stack(settings, sandbox_ports=dict.fromkeys(PARTNERS, 0))
+    stack = Stack(settings, sandbox_ports=dict.fromkeys(PARTNER_NAMES, 0))
     try:
         with status.status("starting stores, sandbox and workers…"):
             started = stack.start(worker_args=worker_args)

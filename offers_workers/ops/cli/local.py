@@ -14,7 +14,7 @@ from rich.console import Console
 
 from config.settings import ConfigError, get_settings
 from offers_workers.ops.cli.common import console, err_console, fail, print_json, settings_or_exit
-from offers_workers.partners.table import PARTNER_NAMES as PARTNERS
+from offers_workers.partners.table import PARTNER_NAMES
 
 
 @click.group()
@@ -41,7 +41,7 @@ def sandbox_faults() -> None:
 
 
 @sandbox_faults.command("set")
-@click.argument("partner", type=click.Choice(PARTNERS))
+@click.argument("partner", type=click.Choice(PARTNER_NAMES))
 @click.option("--status", type=click.IntRange(400, 599), help="HTTP status to answer with.")
 @click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests hit.")
 @click.option(
@@ -61,7 +61,7 @@ def sandbox_faults_set(partner: str, status: int | None, rate: float, latency_ms
 
 
 @sandbox_faults.command("clear")
-@click.argument("partner", required=False, type=click.Choice(PARTNERS))
+@click.argument("partner", required=False, type=click.Choice(PARTNER_NAMES))
 def sandbox_faults_clear(partner: str | None) -> None:
     """Clear PARTNER's fault, or every partner's."""
     from offers_workers.local.sandbox import clear_faults
