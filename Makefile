@@ -19,8 +19,10 @@ demo: install
 	$(BIN)/offers-workers demo --offers 200
 
 ## The gate, then the whole suite (uses OFFERS_DATABASE_URL / OFFERS_BROKER_URL when set, else embedded servers).
+## Test files run in TEST_WORKERS processes, each with a database, Redis databases and fleets of its own.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Lint and import order, formatting, types (configured in pyproject.toml).
 lint: install

@@ -30,8 +30,11 @@ RUN_ID = secrets.token_hex(4)
 #: The Postgres server this run's database lives on (for tests that need a scratch database).
 SERVER: dict[str, str] = {}
 
-#: Figures of the fault drills (tests/integration/test_drills.py), printed at the end of the run.
+#: Figures of the fault drills this process ran (tests/integration/test_drills.py and others).
 DRILL_RESULTS: list[dict[str, Any]] = []
+#: Every process's drill figures, as their test reports reached the process that prints the table
+#: (with pytest-xdist, the tests run in worker processes and the controller prints the summary).
+REPORTED_DRILLS: list[dict[str, Any]] = []
 
 DRILL_COLUMNS = (
     "drill",
@@ -47,11 +50,26 @@ DRILL_COLUMNS = (
 )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Attach the drills a test ran to its report, the one thing that travels back from an xdist worker."""
+    before = len(DRILL_RESULTS)
+    try:
+        return (yield)
+    finally:
+        item.user_properties.extend(("drill", row) for row in DRILL_RESULTS[before:])
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        REPORTED_DRILLS.extend(value for key, value in report.user_properties if key == "drill")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not DRILL_RESULTS:
+    if not REPORTED_DRILLS:
         return
     terminalreporter.section("fault drills")
-    rows = [[str(r.get(c, "")) for c in DRILL_COLUMNS] for r in DRILL_RESULTS]
+    rows = [[str(r.get(c, "")) for c in DRILL_COLUMNS] for r in REPORTED_DRILLS]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(DRILL_COLUMNS)]
     for row in [list(DRILL_COLUMNS), *rows]:
         terminalreporter.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)))
