@@ -77,7 +77,7 @@ class OffersTask(Task):
         """Log fields of a partner failure (stripe_error, sift_error, plaid_error…), counted for /metrics."""
         if not isinstance(exc, PartnerError):
             return {}
-        count_partner_error(get_runtime(), exc.partner, exc.code or type(exc).__name__)
+        count_partner_error(get_runtime(), exc.partner, exc.code or type(exc).__name__, exc.sns_topic)
         return exc.log_fields()
 
     def retry_later(

@@ -22,6 +22,9 @@ class OfferRejected(Exception):
 class PartnerError(Exception):
     """A partner call failed. ``partner`` is stripe/sift/plaid/aws; ``code`` the partner's error code."""
 
+    #: The SNS topic a failed publish was for, counted by topic for ``/metrics``.
+    sns_topic: str | None = None
+
     def __init__(self, partner: str, code: str | None, message: str, http_status: int | None = None) -> None:
         super().__init__(f"{partner} {code or 'error'}: {message}")
         self.partner = partner

@@ -1,5 +1,10 @@
 """Prometheus ``/metrics`` (the Procfile's ``metrics:`` process): the figures of ``stats``, read
-from Postgres and the broker at each scrape, plus partner errors counted fleet-wide in Redis.
+from Postgres and the broker at each scrape, plus partner errors and SNS publish failures counted
+fleet-wide in Redis. The alert rules in ``monitoring/alerts.yml`` read these names.
+
+Figures of offers are windowed gauges (the last hour, exact from Postgres, as ``stats`` shows them),
+not counters kept by each worker: a fleet on many hosts has one truth, and a restarted worker loses
+nothing. Events that Postgres does not keep (partner errors) are counters, for ``rate()``.
 
 A Datadog agent scrapes it with its OpenMetrics check (``openmetrics_endpoint: http://host:port/metrics``).
 """
@@ -15,7 +20,10 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from config.celery import QUEUES
+from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
+from offers_workers.store import reports as store_reports
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +35,38 @@ def partner_errors_key(prefix: str) -> str:
     return f"{prefix}metrics:partner_errors"
 
 
-def count_partner_error(rt: Runtime, partner: str, code: str) -> None:
+def sns_failures_key(prefix: str) -> str:
+    return f"{prefix}metrics:sns_publish_failures"
+
+
+def count_partner_error(rt: Runtime, partner: str, code: str, sns_topic: str | None = None) -> None:
     """Best effort: a metrics counter must never fail a task."""
     try:
         if rt.redis is not None:
-            rt.redis.hincrby(partner_errors_key(rt.settings.redis_key_prefix), f"{partner}|{code}", 1)
+            prefix = rt.settings.redis_key_prefix
+            rt.redis.hincrby(partner_errors_key(prefix), f"{partner}|{code}", 1)
+            if sns_topic:
+                rt.redis.hincrby(sns_failures_key(prefix), sns_topic, 1)
     except Exception:
         log.debug("partner error not counted", exc_info=True)
 
 
 class OffersCollector:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, app: Any = None) -> None:
         self.rt = rt
+        #: A Celery app to ask the workers which queues they consume (None: not asked).
+        self.app = app
 
     def collect(self) -> Iterator[Metric]:
         from offers_workers.ops.health import figures
 
         found = figures(self.rt, WINDOW)
+        yield from self._figures(found)
+        yield from self._watches()
+        yield self._partner_errors()
+        yield self._sns_failures()
+
+    def _figures(self, found: Any) -> Iterator[Metric]:
         states = GaugeMetricFamily(
             "offers_by_state", "Offers received in the last hour, by state and reason", labels=["state", "reason"]
         )
@@ -89,7 +112,45 @@ class OffersCollector:
             for queue, n in found.queue_depths.items():
                 queues.add_metric([queue], n)
             yield queues
-        yield self._partner_errors()
+
+    def _watches(self) -> Iterator[Metric]:
+        """What the alert rules watch beyond ``stats``: hold age, the nightly export, beat, consumers."""
+        with self.rt.db.read() as conn:
+            oldest = store_reports.oldest_hold_age_seconds(conn)
+            exports = store_reports.export_status(conn)
+        yield GaugeMetricFamily(
+            "offers_oldest_hold_age_seconds",
+            "Age of the oldest card authorization held (Stripe lets it lapse at 7 days); 0 with none",
+            value=oldest or 0,
+        )
+        failed = GaugeMetricFamily(
+            "offers_audit_export_failed",
+            "1 per audit export that failed after the last one that finished",
+            labels=["export_id", "object_key"],
+        )
+        for export in exports.failing:
+            failed.add_metric([str(export.export_id), export.object_key], 1)
+        yield failed
+        if exports.last_done_at is not None:
+            yield GaugeMetricFamily(
+                "offers_audit_export_last_success_timestamp_seconds",
+                "When the last audit export finished",
+                value=exports.last_done_at.timestamp(),
+            )
+        if self.rt.redis is not None:
+            lock_key = f"{self.rt.settings.redis_key_prefix}redbeat:lock"
+            yield GaugeMetricFamily(
+                "offers_beat_running",
+                "1 while a beat holds the schedule's lock",
+                value=int(self.rt.redis.exists(lock_key)),
+            )
+        if self.app is not None:
+            consumers = GaugeMetricFamily(
+                "offers_queue_consumers", "Workers consuming each queue, as they answer", labels=["queue"]
+            )
+            for queue, n in reports.queue_consumers(self.app, QUEUES).items():
+                consumers.add_metric([queue], n)
+            yield consumers
 
     def _partner_errors(self) -> Metric:
         errors = CounterMetricFamily(
@@ -103,6 +164,17 @@ class OffersCollector:
             errors.add_metric([partner, code], int(n))
         return errors
 
+    def _sns_failures(self) -> Metric:
+        failures = CounterMetricFamily(
+            "offers_sns_publish_failures", "SNS publishes that failed, by topic", labels=["topic"]
+        )
+        counts: dict[Any, Any] = (
+            self.rt.redis.hgetall(sns_failures_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
+        )
+        for topic, n in counts.items():
+            failures.add_metric([topic.decode()], int(n))
+        return failures
+
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
@@ -110,8 +182,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve(rt: Runtime, host: str, port: int) -> None:
+    from celery import Celery
+
+    from config.celery import celery_config
+
     registry = CollectorRegistry()
-    registry.register(OffersCollector(rt))
+    app = None
+    if rt.settings.broker_url:
+        app = Celery("offers-metrics", set_as_current=False)
+        app.config_from_object(celery_config(rt.settings))
+    registry.register(OffersCollector(rt, app))
     with make_server(host, port, make_wsgi_app(registry), handler_class=_QuietHandler) as server:
         log.info("serving /metrics", extra={"host": host, "port": server.server_port})
         server.serve_forever()

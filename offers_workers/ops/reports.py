@@ -48,3 +48,11 @@ def _rabbitmq_queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]
                 except conn.channel_errors:
                     depths[queue] = 0
     return depths
+
+
+def queue_consumers(app: Any, queues: list[str], timeout_s: float = 1.0) -> dict[str, int]:
+    """How many workers consume each queue, as the workers answer over the broker (Redis and
+    RabbitMQ alike); a worker too busy to answer within ``timeout_s`` counts as none."""
+    replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    consumed = [q["name"] for worker_queues in replies.values() for q in (worker_queues or [])]
+    return {queue: consumed.count(queue) for queue in queues}

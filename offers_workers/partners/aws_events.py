@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from config.settings import Settings
-from offers_workers.domain.errors import PermanentError, TransientError
+from offers_workers.domain.errors import PartnerError, PermanentError, TransientError
 from offers_workers.partners.interfaces import Published
 
 SOURCE = "offers.submission"
@@ -122,5 +122,8 @@ class EventPublisher:
                 },
             )
         except (BotoCoreError, ClientError) as exc:
-            raise sort_error(exc) from None
+            failure = sort_error(exc)
+            if isinstance(failure, PartnerError):
+                failure.sns_topic = sns_topic_arn.rsplit(":", 1)[-1]
+            raise failure from None
         return Published(event_id, bus_event_id, sent.get("MessageId"))

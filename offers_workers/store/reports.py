@@ -313,3 +313,45 @@ def auction_lags(conn: Connection, offer_id_prefix: str) -> list[AuctionLag]:
         (_like_prefix(offer_id_prefix),),
     )
     return [AuctionLag(r["payment_method"], r["lag_ms"]) for r in rows]
+
+
+# --- what /metrics adds for the alert rules ----------------------------------------------------------
+
+
+def oldest_hold_age_seconds(conn: Connection) -> float | None:
+    """Age of the oldest authorization the fleet holds (Stripe lets an uncaptured one lapse at 7 days)."""
+    row = one_row(
+        conn.execute(
+            "SELECT extract(epoch FROM clock_timestamp() - min(payment_held_at))::float8 AS age"
+            " FROM offers WHERE hold_status = 'held'"
+        )
+    )
+    return row["age"]
+
+
+@dataclass(frozen=True)
+class FailedExport:
+    export_id: int
+    object_key: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    #: Exports that failed after the last one that finished: each is an open alert until a later one finishes.
+    failing: list[FailedExport]
+    last_done_at: datetime | None
+
+
+def export_status(conn: Connection) -> ExportStatus:
+    done = one_row(
+        conn.execute("SELECT max(id) AS id, max(finished_at) AS at FROM audit_exports WHERE status = 'done'")
+    )
+    failing = conn.execute(
+        "SELECT id, object_key, error FROM audit_exports WHERE status = 'failed' AND id > coalesce(%s, 0) ORDER BY id",
+        (done["id"],),
+    ).fetchall()
+    return ExportStatus(
+        [FailedExport(r["id"], r["object_key"], r["error"]) for r in failing],
+        done["at"],
+    )
