@@ -73,12 +73,13 @@ class OffersCollector:
         for row in found.offers_by_state:
             states.add_metric([row.state, row.reason or ""], row.offers)
         yield states
+        # A family with no figure still says its name (HELP and TYPE), so dashboards and rules can rely on it.
+        rate = GaugeMetricFamily(
+            "offers_submission_success_rate", "Share of finished offers that finished as designed (last hour)"
+        )
         if found.success_rate is not None:
-            yield GaugeMetricFamily(
-                "offers_submission_success_rate",
-                "Share of finished offers that finished as designed (last hour)",
-                value=found.success_rate,
-            )
+            rate.add_metric([], found.success_rate)
+        yield rate
         for name, what, latency in (
             ("offers_validation_seconds", "validation", found.validation_ms),
             ("offers_auction_lag_seconds", "auction_lag", found.auction_lag_ms),
@@ -131,12 +132,12 @@ class OffersCollector:
         for export in exports.failing:
             failed.add_metric([str(export.export_id), export.object_key], 1)
         yield failed
+        last_done = GaugeMetricFamily(
+            "offers_audit_export_last_success_timestamp_seconds", "When the last audit export finished"
+        )
         if exports.last_done_at is not None:
-            yield GaugeMetricFamily(
-                "offers_audit_export_last_success_timestamp_seconds",
-                "When the last audit export finished",
-                value=exports.last_done_at.timestamp(),
-            )
+            last_done.add_metric([], exports.last_done_at.timestamp())
+        yield last_done
         if self.rt.redis is not None:
             lock_key = f"{self.rt.settings.redis_key_prefix}redbeat:lock"
             yield GaugeMetricFamily(

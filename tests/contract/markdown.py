@@ -75,3 +75,14 @@ def table_rows(path: Path, heading: str) -> list[list[str]]:
         elif rows:
             break
     return [row for row in rows[2:]]
+
+
+def anchors(text: str) -> set[str]:
+    """The link targets of a Markdown document's headings, as GitHub makes them (``#offersstuck``)."""
+    found = set()
+    for line in text.splitlines():
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading[1].lower().replace("`", "")).replace(" ", "-")
+            found.add(slug)
+    return found

@@ -106,6 +106,12 @@ def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_letter
     assert risk and risk[0].value >= 5
     sift = [s for s in families["offers_partner_errors"].samples if s.labels.get("partner") == "sift"]
     assert sift and sum(s.value for s in sift) >= 5 * 17  # every attempt of every dead-lettered offer
+    # What the alert rules watch beyond `stats` (the beat's lock: tests/integration/test_alerting.py)
+    consumers = {s.labels["queue"]: s.value for s in families["offers_queue_consumers"].samples}
+    assert consumers["offers.risk"] == 1 and consumers["offers.intake"] == 1, consumers
+    assert {"offers_oldest_hold_age_seconds", "offers_audit_export_failed", "offers_sns_publish_failures"} <= set(
+        families
+    )
 
 
 def test_a_second_beat_started_by_mistake_sends_nothing_twice(offers_env, tmp_path) -> None:

@@ -1,0 +1,70 @@
+"""The shipped alert rules, end to end: Prometheus scrapes a running fleet's /metrics and evaluates
+monitoring/alerts.yml, Alertmanager routes to a webhook standing for PagerDuty. A Sift outage pages
+with the runbook's links; clearing it (the outage over, the dead letters replayed) resolves the pages.
+
+The rules run with their windows and `for` shortened to seconds (tests/monitoring.py, fast_rules):
+the expressions, labels and annotations are the shipped ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offers_workers.domain import states
+from offers_workers.local.embedded import free_port
+from tests import monitoring
+from tests.conftest import cli, project_root, wait_until
+from tests.contract.markdown import anchors
+from tests.drillkit import drill
+from tests.outages import all_in, through_sift_outage
+
+pytestmark = pytest.mark.skipif(
+    bool(reason := monitoring.missing(monitoring.PROMETHEUS, monitoring.ALERTMANAGER)), reason=reason or ""
+)
+
+PAGES = {("OffersPartnerErrors", "partner", "sift"), ("OffersDeadLettersPending", "stage", "risk")}
+
+
+def paged(alerts: list[dict], wanted: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    return {w for w in wanted for a in alerts if a["labels"]["alertname"] == w[0] and a["labels"].get(w[1]) == w[2]}
+
+
+def test_a_sift_outage_pages_with_runbook_links_and_clearing_it_resolves(offers_env, sandbox, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    rules = monitoring.fast_rules(tmp_path / "alerts.yml")
+    with (
+        drill(
+            "alerting",
+            offers_env,
+            tmp_path / "logs",
+            process_types=("worker", "worker_partners", "beat", "metrics"),
+            OFFERS_METRICS_PORT=str(metrics_port),
+        ) as d,
+        monitoring.Receiver() as pagerduty,
+        monitoring.alertmanager(tmp_path / "alertmanager", pagerduty.url) as am,
+        monitoring.prometheus(tmp_path / "prometheus", metrics_port, am, rules) as prom,
+    ):
+        # Prometheus sees the fleet: the endpoint up, the beat holding its lock, every queue consumed
+        wait_until(lambda: monitoring.query(prom, 'up{job="offers-workers"} == 1'), timeout=60, message="a scrape")
+        wait_until(lambda: monitoring.query(prom, "offers_beat_running == 1"), timeout=60, message="the beat's lock")
+        assert not monitoring.query(prom, "offers_queue_consumers == 0")
+
+        ids = through_sift_outage(d.app, d.runtime, sandbox, "alerting", 10)
+        wait_until(lambda: paged(pagerduty.alerts("firing"), PAGES) == PAGES, timeout=90, message="the outage's pages")
+        readme = anchors((project_root() / "README.md").read_text())
+        for alert in pagerduty.alerts("firing"):
+            if alert["labels"]["alertname"] in {name for name, _, _ in PAGES}:
+                link = alert["annotations"]["runbook_url"]
+                assert link.startswith("README.md#") and link.split("#", 1)[1] in readme, link
+                assert alert["labels"]["severity"] in {"warning", "page"} and alert["annotations"]["first_checks"]
+        assert not paged(pagerduty.alerts("resolved"), PAGES)
+
+        # The outage is over (faults cleared); replaying the dead letters empties the queue
+        replay = cli("dlq", "replay", "--all", "--stage", "risk", env=d.env)
+        assert replay.returncode == 0, replay.stderr
+        wait_until(lambda: all_in(d.runtime, ids, states.SUBMITTED), timeout=90, message="replayed offers submitted")
+        wait_until(
+            lambda: paged(pagerduty.alerts("resolved"), PAGES) == PAGES, timeout=120, message="the pages resolved"
+        )
