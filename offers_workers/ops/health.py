@@ -108,6 +108,8 @@ class Figures:
     success_rate: float | None
     validation_ms: store_reports.Percentiles
     auction_lag_ms: store_reports.Percentiles
+    #: Per stage, from the previous stage's commit to this one's (validation_ms is its validation).
+    stage_ms: dict[str, store_reports.Percentiles]
     #: Pending dead letters per stage.
     dead_letters: dict[str, int]
     active_holds: store_reports.ActiveHolds
@@ -136,7 +138,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         )
         offers_by_state = store_reports.outcome_counts(conn, scope)
         success_rate = store_reports.success_rate(conn, scope)
-        validation_ms = store_reports.stage_latencies(conn, scope)["validation"]
+        stage_ms = store_reports.stage_latencies(conn, scope)
         auction_lag_ms = store_reports.auction_lag(conn, scope)
         dead_letters = store_reports.pending_dead_letters(conn)
         active_holds = store_reports.active_holds(conn)
@@ -146,8 +148,9 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
         success_rate=success_rate,
-        validation_ms=validation_ms,
+        validation_ms=stage_ms["validation"],
         auction_lag_ms=auction_lag_ms,
+        stage_ms=stage_ms,
         dead_letters=dead_letters,
         active_holds=active_holds,
         stuck_offers=stuck_offers,

@@ -89,6 +89,16 @@ class OffersCollector:
                 if ms is not None:
                     gauge.add_metric([quantile], ms / 1000)
             yield gauge
+        stages = GaugeMetricFamily(
+            "offers_stage_seconds",
+            "Per stage, time from the previous stage's commit to this one's (queueing included), last hour",
+            labels=["stage", "quantile"],
+        )
+        for stage, latency in found.stage_ms.items():
+            for quantile, ms in (("0.50", latency.p50), ("0.95", latency.p95), ("0.99", latency.p99)):
+                if ms is not None:
+                    stages.add_metric([stage, quantile], ms / 1000)
+        yield stages
         dlq = GaugeMetricFamily("offers_dead_letters", "Pending dead letters by stage", labels=["stage"])
         for stage, n in found.dead_letters.items():
             dlq.add_metric([stage], n)
@@ -103,6 +113,12 @@ class OffersCollector:
         for cancelled_for in found.cancellations.by_reason:
             cancelled.add_metric([cancelled_for.reason or ""], cancelled_for.offers)
         yield cancelled
+        bands = GaugeMetricFamily(
+            "offers_cancellations_by_value_band", "Cancellations in the last hour by value band", labels=["band"]
+        )
+        for band in found.cancellations.by_value_band:
+            bands.add_metric([band.band], band.offers)
+        yield bands
         yield GaugeMetricFamily(
             "offers_high_value_cancellation_spike",
             "1 while high-value cancellations spike",
