@@ -15,7 +15,8 @@ from tests.conftest import new_id
 class BusReader:
     """An SQS queue behind an EventBridge rule and each SNS topic: what consumers would receive."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, *, raw_sns: bool = True) -> None:
+        """``raw_sns=False``: the SNS queues receive SNS's envelope (with its MessageId), not the bare message."""
         kwargs = {
             "endpoint_url": settings.aws_endpoint_url,
             "region_name": settings.aws_region,
@@ -42,7 +43,10 @@ class BusReader:
             ("sns_cancelled", settings.sns_cancelled_topic_arn),
         ):
             sns.subscribe(
-                TopicArn=topic, Protocol="sqs", Endpoint=self.queues[kind][1], Attributes={"RawMessageDelivery": "true"}
+                TopicArn=topic,
+                Protocol="sqs",
+                Endpoint=self.queues[kind][1],
+                Attributes={"RawMessageDelivery": str(raw_sns).lower()},
             )
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
 

@@ -48,6 +48,9 @@ class Advance:
     payment_intent_id: str | None = None
     #: An event this stage has already published, kept in the outbox as published.
     published: tuple[dict[str, Any], str] | None = None
+    #: What EventBridge and SNS answered for that event (SNS's MessageId: None without a topic).
+    bus_event_id: str | None = None
+    sns_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +132,17 @@ def decide_risk(
     return Reject("risk_blocked", fields=scores, data=scores) if blocked else Advance(fields=scores, data=scores)
 
 
-def auction_triggered(detail: dict[str, Any]) -> Advance:
-    """The submitted event went out: keep it in the outbox as published and advance."""
-    return Advance(published=(detail, "offer.submitted"), data={"event_id": detail["event_id"]})
+def auction_triggered(
+    detail: dict[str, Any], *, bus_event_id: str | None = None, sns_message_id: str | None = None
+) -> Advance:
+    """The submitted event went out: keep it in the outbox as published, with the ids EventBridge
+    and SNS gave it (in the audit row too), and advance."""
+    return Advance(
+        published=(detail, "offer.submitted"),
+        data={"event_id": detail["event_id"], "bus_event_id": bus_event_id, "sns_message_id": sns_message_id},
+        bus_event_id=bus_event_id,
+        sns_message_id=sns_message_id,
+    )
 
 
 def decide_audit(reached: Sequence[str]) -> Advance:

@@ -83,7 +83,15 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
         if outcome.payment_intent_id:
             offers.record_hold(conn, offer_id, outcome.payment_intent_id)
         if outcome.published:
-            outbox.add_event(conn, outcome.published[0], outcome.published[1], published=True)
+            detail, detail_type = outcome.published
+            outbox.add_event(
+                conn,
+                detail,
+                detail_type,
+                published=True,
+                bus_event_id=outcome.bus_event_id,
+                sns_message_id=outcome.sns_message_id,
+            )
         if offers.transition(
             conn, offer_id, stage.from_state, stage.to_state, actor=stage.task, fields=outcome.fields, data=outcome.data
         ):
@@ -210,10 +218,12 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
 def auction_outcome(detail: dict[str, Any], events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
     """The auction stage's partner call: publish the ``offer.submitted`` event (EventBridge, then SNS)."""
-    events.publish(
+    delivery = events.publish(
         event_id=detail["event_id"], detail_type="offer.submitted", detail=detail, sns_topic_arn=sns_topic_arn
     )
-    return decisions.auction_triggered(detail)
+    return decisions.auction_triggered(
+        detail, bus_event_id=delivery.bus_event_id, sns_message_id=delivery.sns_message_id
+    )
 
 
 def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
@@ -248,9 +258,13 @@ def publish_event(rt: Runtime, event_id: str) -> None:
         "offer.submitted": rt.settings.sns_submitted_topic_arn,
         "offer.cancelled": rt.settings.sns_cancelled_topic_arn,
     }.get(event["detail_type"])
-    rt.events.publish(event_id=event_id, detail_type=event["detail_type"], detail=event["detail"], sns_topic_arn=topic)
+    delivery = rt.events.publish(
+        event_id=event_id, detail_type=event["detail_type"], detail=event["detail"], sns_topic_arn=topic
+    )
     with rt.db.transaction() as conn:
-        outbox.mark_published(conn, event_id)
+        outbox.mark_published(
+            conn, event_id, bus_event_id=delivery.bus_event_id, sns_message_id=delivery.sns_message_id
+        )
 
 
 def release_hold(rt: Runtime, offer_id: str, *, why: str = "offer_ended", actor: str = RELEASE_HOLD_TASK) -> str | None:

@@ -35,25 +35,57 @@ def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | Non
     }
 
 
-def add_event(conn: Connection, detail: dict[str, Any], detail_type: str, *, published: bool) -> None:
-    """Keep the event in the outbox (idempotent by event_id); ``published`` when already sent."""
+def add_event(
+    conn: Connection,
+    detail: dict[str, Any],
+    detail_type: str,
+    *,
+    published: bool,
+    bus_event_id: str | None = None,
+    sns_message_id: str | None = None,
+) -> None:
+    """Keep the event in the outbox (idempotent by event_id); ``published`` when already sent, with
+    the ids EventBridge and SNS gave its delivery."""
     conn.execute(
-        "INSERT INTO offer_events (event_id, offer_id, detail_type, detail, published_at)"
-        " VALUES (%s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END)"
+        "INSERT INTO offer_events (event_id, offer_id, detail_type, detail, published_at, bus_event_id, sns_message_id)"
+        " VALUES (%s, %s, %s, %s, CASE WHEN %s THEN clock_timestamp() END, %s, %s)"
         " ON CONFLICT (event_id) DO UPDATE SET published_at ="
-        "   COALESCE(offer_events.published_at, EXCLUDED.published_at)",
-        (detail["event_id"], detail["offer_id"], detail_type, Jsonb(detail), published),
+        "   COALESCE(offer_events.published_at, EXCLUDED.published_at),"
+        " bus_event_id = COALESCE(offer_events.bus_event_id, EXCLUDED.bus_event_id),"
+        " sns_message_id = COALESCE(offer_events.sns_message_id, EXCLUDED.sns_message_id)",
+        (
+            detail["event_id"],
+            detail["offer_id"],
+            detail_type,
+            Jsonb(detail),
+            published,
+            bus_event_id,
+            sns_message_id,
+        ),
     )
+
+
+def offer_events(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
+    """The offer's events, oldest first, with what their delivery got back (``offers show``)."""
+    rows = conn.execute(
+        "SELECT event_id, detail_type, published_at, bus_event_id, sns_message_id FROM offer_events"
+        " WHERE offer_id = %s ORDER BY created_at, event_id",
+        (offer_id,),
+    ).fetchall()
+    return [{**r, "published_at": r["published_at"].isoformat() if r["published_at"] else None} for r in rows]
 
 
 def load_event(conn: Connection, event_id_: str) -> dict[str, Any] | None:
     return conn.execute("SELECT * FROM offer_events WHERE event_id = %s", (event_id_,)).fetchone()
 
 
-def mark_published(conn: Connection, event_id_: str) -> None:
+def mark_published(
+    conn: Connection, event_id_: str, *, bus_event_id: str | None = None, sns_message_id: str | None = None
+) -> None:
     conn.execute(
-        "UPDATE offer_events SET published_at = clock_timestamp() WHERE event_id = %s AND published_at IS NULL",
-        (event_id_,),
+        "UPDATE offer_events SET published_at = clock_timestamp(), bus_event_id = %s, sns_message_id = %s"
+        " WHERE event_id = %s AND published_at IS NULL",
+        (bus_event_id, sns_message_id, event_id_),
     )
 
 

@@ -8,9 +8,11 @@ the expressions, labels and annotations are the shipped ones.
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from offers_workers.domain import states
 from offers_workers.local.embedded import free_port
@@ -18,9 +20,9 @@ from tests import monitoring
 from tests.conftest import cli, project_root, wait_until
 from tests.contract.markdown import anchors
 from tests.drillkit import drill
-from tests.outages import all_in, through_sift_outage
+from tests.outages import all_in, send_offers, through_sift_outage
 
-pytestmark = pytest.mark.skipif(
+needs_prometheus = pytest.mark.skipif(
     bool(reason := monitoring.missing(monitoring.PROMETHEUS, monitoring.ALERTMANAGER)), reason=reason or ""
 )
 
@@ -31,6 +33,7 @@ def paged(alerts: list[dict], wanted: set[tuple[str, str, str]]) -> set[tuple[st
     return {w for w in wanted for a in alerts if a["labels"]["alertname"] == w[0] and a["labels"].get(w[1]) == w[2]}
 
 
+@needs_prometheus
 def test_a_sift_outage_pages_with_runbook_links_and_clearing_it_resolves(offers_env, sandbox, tmp_path: Path) -> None:
     metrics_port = free_port()
     rules = monitoring.fast_rules(tmp_path / "alerts.yml")
@@ -68,3 +71,39 @@ def test_a_sift_outage_pages_with_runbook_links_and_clearing_it_resolves(offers_
         wait_until(
             lambda: paged(pagerduty.alerts("resolved"), PAGES) == PAGES, timeout=120, message="the pages resolved"
         )
+
+
+def test_sns_publish_failures_are_counted_by_topic_for_metrics(offers_env, settings, tmp_path: Path) -> None:
+    """A cancelled-offers topic that does not exist (a deleted topic, a wrong ARN): each failed
+    publish is counted under its topic on /metrics, which OffersSnsPublishFailures reads."""
+    gone = settings.sns_cancelled_topic_arn.rsplit(":", 1)[0] + ":offers-cancelled-gone"
+    metrics_port = free_port()
+    with drill(
+        "snsfail",
+        offers_env,
+        tmp_path / "logs",
+        process_types=("worker", "worker_partners", "metrics"),
+        OFFERS_METRICS_PORT=str(metrics_port),
+        OFFERS_SNS_CANCELLED_TOPIC_ARN=gone,
+    ) as d:
+        ids = send_offers(d.app, "snsfail", 2)
+        wait_until(lambda: all_in(d.runtime, ids, states.SUBMITTED), timeout=60, message="offers submitted")
+        for offer_id in ids:
+            d.app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": "ops", "actor": "ops"})
+        wait_until(lambda: all_in(d.runtime, ids, states.CANCELLED), timeout=60, message="offers cancelled")
+
+        def failures() -> dict[str, float]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                    text = response.read().decode()
+            except OSError:
+                return {}
+            family = next(f for f in text_string_to_metric_families(text) if f.name == "offers_sns_publish_failures")
+            return {s.labels["topic"]: s.value for s in family.samples}
+
+        counted = wait_until(
+            lambda: failures().get("offers-cancelled-gone", 0) >= 2 and failures(),
+            timeout=60,
+            message="the failed publishes counted",
+        )
+        assert set(counted) == {"offers-cancelled-gone"}  # the submitted topic's publishes all went out

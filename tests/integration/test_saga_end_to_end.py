@@ -19,7 +19,7 @@ from offers_workers.local.demo import settled
 from offers_workers.local.samples import SCENARIOS, base_offer, make_samples
 from offers_workers.store import audit_trail, outbox
 from tests.bus import BusReader
-from tests.conftest import new_id, wait_until
+from tests.conftest import cli, new_id, offer_rows, wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -234,3 +234,41 @@ def test_submit_refuses_a_file_that_is_not_json(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert "line 2 is not JSON" in result.stderr
+
+
+def offer_state(runtime, offer_id: str) -> str | None:
+    return offer_rows(runtime, [offer_id]).get(offer_id, {}).get("state")
+
+
+def test_each_sns_notification_is_recorded_with_its_message_id(celery_app, runtime, settings) -> None:
+    """SNS delivery you can see: the MessageId a subscriber gets is the one `offers show` names."""
+    bus = BusReader(settings, raw_sns=False)
+    offer = base_offer(new_id("sns"), 0)
+    send(celery_app, offer)
+    offer_id = offer["offer_id"]
+    wait_until(lambda: offer_state(runtime, offer_id) == states.SUBMITTED, message="the offer submitted")
+    celery_app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": "buyer_withdrew", "actor": "buyer"})
+    wait_until(lambda: offer_state(runtime, offer_id) == states.CANCELLED, message="the offer cancelled")
+
+    def notified() -> dict[str, str]:
+        received = bus.drain()
+        return {
+            kind: envelope["MessageId"]
+            for kind in ("sns_submitted", "sns_cancelled")
+            for envelope in received[kind]
+            if json.loads(envelope["Message"])["detail"]["offer_id"] == offer_id
+        }
+
+    ids: dict[str, str] = {}
+
+    def both_notified() -> bool:
+        ids.update(notified())
+        return len(ids) == 2
+
+    wait_until(both_notified, message="both notifications")
+    shown = cli("offers", "show", offer_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    events = {e["detail_type"]: e for e in json.loads(shown.stdout)["events"]}
+    assert events["offer.submitted"]["sns_message_id"] == ids["sns_submitted"], (events, ids)
+    assert events["offer.cancelled"]["sns_message_id"] == ids["sns_cancelled"]
+    assert all(e["published_at"] and e["bus_event_id"] for e in events.values())

@@ -190,11 +190,13 @@ def test_the_risk_threshold_is_the_deployments(threshold) -> None:
 # --- auction and audit ----------------------------------------------------------------------------
 
 
-def test_the_published_submitted_event_is_kept_and_named() -> None:
+def test_the_published_submitted_event_is_kept_and_named_with_its_delivery_ids() -> None:
     detail = {"event_id": "evt_1", "offer_id": "off_1"}
-    outcome = decisions.auction_triggered(detail)
+    outcome = decisions.auction_triggered(detail, bus_event_id="bus_1", sns_message_id="msg_1")
     assert outcome.published == (detail, "offer.submitted")
-    assert outcome.data == {"event_id": "evt_1"}
+    assert (outcome.bus_event_id, outcome.sns_message_id) == ("bus_1", "msg_1")
+    # the audit row keeps them too: a notification a subscriber missed is looked up by its MessageId
+    assert outcome.data == {"event_id": "evt_1", "bus_event_id": "bus_1", "sns_message_id": "msg_1"}
     assert outcome.payment_intent_id is None
 
 

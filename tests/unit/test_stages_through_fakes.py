@@ -329,7 +329,8 @@ def detail(event_id: str = "evt_1") -> dict[str, Any]:
 def test_the_auction_stage_publishes_offer_submitted_once_and_keeps_it_as_published() -> None:
     events = FakeAuctionEvents()
     result = auction_outcome(detail(), events, TOPIC)
-    assert result == Advance(published=(detail(), "offer.submitted"), data={"event_id": "evt_1"})
+    ids = {"bus_event_id": "fake-event-1", "sns_message_id": "fake-message-fake-event-1"}
+    assert result == Advance(published=(detail(), "offer.submitted"), data={"event_id": "evt_1", **ids}, **ids)
     assert events.event_ids("offer.submitted") == ["evt_1"]
     assert events.notified == [(TOPIC, "evt_1", "offer.submitted")]
 

@@ -187,12 +187,13 @@ class ListingTable:
         return table
 
 
-def record_table(title: str, record: dict[str, Any], *, apart: str) -> Table:
+def record_table(title: str, record: dict[str, Any], *, apart: str | tuple[str, ...]) -> Table:
     """One record (``offers show``, ``dlq show``) as a table of field and value: fields without a value
     are left out, and so is ``apart``, which the command prints after it (a history, a traceback)."""
+    apart = (apart,) if isinstance(apart, str) else apart
     table = Table(title=title, show_header=False)
     for key, value in record.items():
-        if key != apart and value is not None:
+        if key not in apart and value is not None:
             table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     return table
 

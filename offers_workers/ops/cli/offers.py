@@ -28,7 +28,7 @@ from offers_workers.ops.cli.common import (
     settings_or_exit,
     show_listing,
 )
-from offers_workers.store import audit_trail, listings
+from offers_workers.store import audit_trail, listings, outbox
 from offers_workers.store import offers as offer_rows
 
 
@@ -105,23 +105,37 @@ def offers() -> None:
 @click.argument("offer_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def offers_show(offer_id: str, as_json: bool) -> None:
-    """One offer with its state history."""
+    """One offer with its state history and its events (with what EventBridge and SNS answered)."""
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         row = offer_rows.offer_row(conn, offer_id)
         if row is None:
             fail(f"no offer {offer_id!r}", 1)
-        summary = offer_rows.offer_summary(row) | {"history": audit_trail.offer_history(conn, offer_id)}
+        summary = offer_rows.offer_summary(row) | {
+            "history": audit_trail.offer_history(conn, offer_id),
+            "events": outbox.offer_events(conn, offer_id),
+        }
     if as_json:
         print_json(summary)
         return
-    console.print(record_table(f"offer {offer_id}", summary, apart="history"))
+    console.print(record_table(f"offer {offer_id}", summary, apart=("history", "events")))
     history = Table(title="history")
     for col in ("state", "at", "reason", "by"):
         history.add_column(col)
     for step in summary["history"]:
         history.add_row(step["state"], step["at"], step["reason"] or "", step["by"])
     console.print(history)
+    events = Table(title="events")
+    for col in ("event", "published", "EventBridge id", "SNS MessageId"):
+        events.add_column(col)
+    for event in summary["events"]:
+        events.add_row(
+            event["detail_type"],
+            moment_text(event["published_at"]) or "not yet",
+            event["bus_event_id"] or "",
+            event["sns_message_id"] or "",
+        )
+    console.print(events)
 
 
 @offers.command("list", epilog=LISTING_HELP)
