@@ -65,3 +65,28 @@ def test_the_readme_lists_every_alert_and_no_other() -> None:
     for rule in RULES:
         entry = on_call[on_call.index(f"#### {rule['alert']}\n") :].split("\n\n")[0]
         assert f"`{rule['labels']['severity']}`" in entry, entry
+
+
+needs_amtool = pytest.mark.skipif(bool(reason := monitoring.missing(("amtool",))), reason=reason or "")
+ROUTING = monitoring.MONITORING / "alertmanager.example.yml"
+
+
+@needs_amtool
+def test_the_routing_example_is_valid() -> None:
+    checked = subprocess.run(["amtool", "check-config", str(ROUTING)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@needs_amtool
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r["alert"])
+def test_pages_reach_pagerduty_and_every_alert_the_team(rule) -> None:
+    routed = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={ROUTING}"]
+        + [f"{k}={v}" for k, v in {"alertname": rule["alert"], **rule["labels"]}.items()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    receivers = set(routed.stdout.strip().split(","))
+    expected = {"offers-submission-pagerduty", "eng-offers"} if rule["labels"]["severity"] == "page" else {"eng-offers"}
+    assert receivers == expected, routed.stdout + routed.stderr
