@@ -5,7 +5,8 @@ Celery copies a repr of every task's arguments into the message headers at send 
 workers' answers to ``inspect active/reserved/scheduled``; ``task-succeeded`` carries a repr of the
 result. Flower shows all of them. A submit's arguments are the whole offer, the buyer's email and IP
 included, so the fleet replaces those reprs: on its own sends (``OffersCelery.send_task``) and on
-every message a worker receives, an upstream's included (``RedactedRequest``).
+every message a worker receives, an upstream's included (``RedactedRequest``). Flower also shows
+each worker's configuration (``inspect conf``), here with no URL's password in it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.utils.serialization import jsonify, strtobool
+from celery.worker.control import inspect_command
 from celery.worker.request import Request
+from kombu.utils.encoding import safe_repr
+from kombu.utils.url import maybe_sanitize_url
 
 from offers_workers.domain.payload import OFFER_ID
 
@@ -71,3 +76,15 @@ class RedactedTask(Task):
     """The base of every task of the app (``OffersCelery.task_cls``): its requests are redacted."""
 
     Request = RedactedRequest
+
+
+@inspect_command(alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", strtobool)])
+def conf(state: Any, with_defaults: bool = False, **kwargs: Any) -> Any:
+    """List configuration."""
+    # Replaces Celery's own, which masks the password of broker_url and *backend* settings only:
+    # redbeat_redis_url showed the Redis password on Flower's worker page.
+    table = state.app.conf.table(with_defaults=with_defaults)
+    table = {key: maybe_sanitize_url(v) if isinstance(v, str) and "://" in v else v for key, v in table.items()}
+    return jsonify(
+        table, keyfilter=lambda key: isinstance(key, str) and not key.startswith("__"), unknown_type_filter=safe_repr
+    )

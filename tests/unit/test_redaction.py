@@ -1,4 +1,5 @@
-"""What task events and worker inspection show of a task (Flower reads them): its ids, never the offer."""
+"""What task events and worker inspection show (Flower reads them): a task's ids, never the offer;
+a worker's configuration, with no password."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.worker.control import Panel
 
-from tasks.redaction import WITHHELD, RedactedRequest, event_reprs, shown_kwargs
+from tasks.redaction import WITHHELD, RedactedRequest, conf, event_reprs, shown_kwargs
 
 EMAIL, IP = "buyer-7@example.com", "198.51.100.23"
 OFFER = {
@@ -123,3 +125,15 @@ def test_a_succeeded_event_withholds_a_result() -> None:
     request.send_event("task-succeeded", result=f"{{'valid': False, 'errors': [{{'message': '{IP}'}}]}}", runtime=0.1)
     request.send_event("task-succeeded", result="None", runtime=0.1)
     assert [fields["result"] for _, fields in eventer.sent] == [WITHHELD, "None"]
+
+
+def test_a_workers_configuration_shows_no_password() -> None:
+    # Given a worker whose beat and results use a Redis with a password
+    app = Celery(broker="redis://:brokerpw@redis.internal:6379/0", set_as_current=False)
+    app.conf.update(redbeat_redis_url="redis://:beatpw@redis.internal:6379/0", result_backend="redis://:resultpw@r/0")
+    # When Flower (or `celery inspect conf`) asks for its configuration
+    assert Panel.data["conf"] is conf
+    shown = conf(SimpleNamespace(app=app))
+    # Then every URL is there, without its password
+    assert shown["redbeat_redis_url"] == "redis://:**@redis.internal:6379/0"
+    assert [pw for pw in ("brokerpw", "beatpw", "resultpw") if pw in repr(shown)] == []
