@@ -64,8 +64,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Recycle a pool child when it has grown, not every N tasks: the bench showed no growth in
         # the children, and a child forked from a grown parent starts at the parent's size.
         "worker_max_memory_per_child": 300_000,  # KiB
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # What Flower shows; the events carry ids, never the offer (tasks/redaction.py).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "beat_schedule": beat_schedule(settings),
         "beat_scheduler": "tasks.beat:OffersBeatScheduler",
         "redbeat_key_prefix": f"{prefix}redbeat",

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     #: Redis broker: seconds before a dead worker's unacked messages go to another worker.
     #: Unset: twice the task time limit plus the longest retry countdown.
     broker_visibility_timeout_seconds: int | None = Field(default=None, gt=0)
+    #: Task events (sent, received, started, succeeded…) on the broker's celeryev exchange, for
+    #: Flower; they carry ids only (tasks/redaction.py). Off saves a few broker messages per task.
+    task_events: bool = True
 
     #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
     retry_delay_scale: float = Field(default=1.0, gt=0, le=10)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from celery import Celery, signals
 
 from config.celery import celery_config
 from config.settings import AMQP_SCHEMES, ConfigError, get_settings
 from offers_workers import logs
+from tasks.redaction import event_reprs
 
 TASK_MODULES = [
     "tasks.intake",
@@ -32,7 +34,12 @@ ANSWERED_TASKS = frozenset({"offers.validate_draft"})
 
 
 class OffersCelery(Celery):
-    def send_task(self, name: str, *args: object, **options: object):
+    #: Every task's events and inspection answers show its ids, never the offer (tasks/redaction.py).
+    task_cls = "tasks.redaction:RedactedTask"
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any):
+        # What task-sent events and the message headers carry: ids only, whoever reads them.
+        options["argsrepr"], options["kwargsrepr"] = event_reprs(args, kwargs)
         # Celery subscribes the sender to a result channel for every send_task unless told the
         # result is ignored: one extra Redis round trip per message, and a channel kept in the
         # subscriber's set until a result arrives, which for these tasks is never.
@@ -41,7 +48,7 @@ class OffersCelery(Celery):
         if self.conf.broker_url.startswith(AMQP_SCHEMES) and isinstance(countdown, (int, float)) and 0 < countdown < 1:
             # RabbitMQ's native delayed delivery counts whole seconds (kombu refuses less than one).
             options["countdown"] = 1
-        return super().send_task(name, *args, **options)
+        return super().send_task(name, args, kwargs, **options)
 
 
 def create_app() -> Celery:

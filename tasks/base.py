@@ -8,7 +8,6 @@ from typing import Any
 
 import psycopg
 import redis
-from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from config.retry import STORE_OUTAGE, RetryPolicy
@@ -19,6 +18,7 @@ from offers_workers.runtime import get_runtime
 from offers_workers.saga import deadletter, decisions
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import offers
+from tasks.redaction import RedactedTask
 
 log = logging.getLogger("offers_workers.tasks")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("offers_workers.tasks")
 STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
-class OffersTask(Task):
+class OffersTask(RedactedTask):
     """A saga step. ``stage`` names its dead-letter queue and retry policy.
 
     The task body returns the messages to send next; they are sent here, after the body's

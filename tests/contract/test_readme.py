@@ -57,6 +57,7 @@ RUN_BY = {
     "rabbitmq-vhost": "the RabbitMQ fleets' virtual host (contract_fleet)",
     "procfile-split-payment": "test_splitting_a_slow_partner_out",
     "offer-flow": "test_docs_agree.test_the_offer_flow_diagram_names_real_tasks_and_states",
+    "flower-procfile": "test_flower.test_flower_shows_the_fleet_and_no_buyer_data",
 }
 
 
