@@ -60,19 +60,19 @@ def audit_export(until: str | None) -> None:
     with Progress(TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
         task = bar.add_task("rows", total=None)
         try:
-            job = audit_trail.run_export(
+            summary = audit_trail.run_export(
                 rt, cutoff, progress=lambda done, total: bar.update(task, completed=done, total=total)
             )
         except audit_trail.ExportBusy as exc:
             fail(str(exc), 1)
         except audit_trail.ExportFailed as exc:
-            fail(f"audit export {exc.job['id']} failed: {exc.job['error']}; the next run retries this window", 1)
-    if job is None:
+            fail(f"{exc}; the next run retries this window", 1)
+    if summary is None:
         click.echo("nothing to export: every row before the cut-off is archived")
         return
     click.echo(
-        f"export {job['id']} {job['status']}: {job['row_count']:,} rows (ids {job['first_row_id']}–{job['last_row_id']})"
-        f" to s3://{rt.settings.audit_bucket}/{job['object_key']} [{job['storage_class']}] sha256 {job['sha256']}"
+        f"export {summary.export_id} {summary.status}: {summary.rows:,} rows (ids {summary.first_row_id}–{summary.last_row_id})"
+        f" to s3://{rt.settings.audit_bucket}/{summary.object_key} [{summary.storage_class}] sha256 {summary.sha256}"
     )
 
 
