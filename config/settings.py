@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from datetime import timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -190,6 +191,17 @@ class Settings(BaseSettings):
     synthetic_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     synthetic_payment_method_id: str = "pm_card_visa"
 
+    #: The audit export's summary email (ops.export_summary). No host: the summary is only logged.
+    #: STARTTLS when the server offers it; login only with a username, and never in the clear.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    #: Comma-separated recipients.
+    smtp_to: str = ""
+    smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
+
     #: Port of `offers-workers metrics serve` (Prometheus /metrics).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
@@ -270,6 +282,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _smtp(self) -> Settings:
+        if self.smtp_from and not is_email_address(self.smtp_from):
+            raise ValueError("OFFERS_SMTP_FROM is not one email address (name@domain or Name <name@domain>)")
+        for n, address in enumerate(self.smtp_recipients, 1):
+            if not is_email_address(address):
+                # Its position, not its value: the one line never prints a setting's value.
+                raise ValueError(f"OFFERS_SMTP_TO: address {n} is not an email address (name@domain)")
+        if self.smtp_host:
+            if not self.smtp_from:
+                raise ValueError("OFFERS_SMTP_FROM is required with OFFERS_SMTP_HOST")
+            if not self.smtp_recipients:
+                raise ValueError("OFFERS_SMTP_TO is required with OFFERS_SMTP_HOST (comma-separated addresses)")
+        if bool(self.smtp_username) != bool(self.smtp_password and self.smtp_password.get_secret_value()):
+            raise ValueError("OFFERS_SMTP_USERNAME and OFFERS_SMTP_PASSWORD go together: set both or neither")
+        return self
+
+    @property
+    def smtp_recipients(self) -> list[str]:
+        """Who the audit export's summary goes to (OFFERS_SMTP_TO)."""
+        return split_addresses(self.smtp_to)
+
     @property
     def broker_is_rabbitmq(self) -> bool:
         return bool(self.broker_url and self.broker_url.startswith(AMQP_SCHEMES))
@@ -295,6 +329,20 @@ class Settings(BaseSettings):
     def secret(self, name: str) -> str:
         value = getattr(self, name)
         return value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+
+
+def split_addresses(value: str) -> list[str]:
+    """``a@example.com, Ops <b@example.com>``: the addresses, as given, blanks dropped."""
+    return [a.strip() for a in value.split(",") if a.strip()]
+
+
+def is_email_address(value: str) -> bool:
+    """One ``name@domain`` or ``Display Name <name@domain>``, on one line."""
+    if "," in value or any(c.isspace() and c != " " for c in value) or ("<" in value) != value.endswith(">"):
+        return False
+    _, address = parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and not any(c.isspace() or c in "<>;@" for c in local + domain)
 
 
 def _one_line(exc: ValidationError) -> str:

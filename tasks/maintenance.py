@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from offers_workers.ops import synthetic
+from offers_workers.ops import export_summary, synthetic
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import audit, cancellation, recovery
 from offers_workers.saga.stages import Dispatch
@@ -45,12 +45,17 @@ def expire_offers(self: OffersTask) -> list[Dispatch]:
 def export_audit(self: OffersTask, until: str | None = None) -> None:
     # Failures are recorded on the export row and logged with its id (the alert); the next night
     # picks the window up again, so the task itself does not retry.
+    rt = get_runtime()
     try:
-        audit.run_export(get_runtime(), datetime.fromisoformat(until) if until else None)
+        summary = audit.run_export(rt, datetime.fromisoformat(until) if until else None)
     except audit.ExportBusy:
         log.warning("audit export skipped: another export is running")
-    except audit.ExportFailed:
-        pass
+        return
+    except audit.ExportFailed as exc:
+        summary = exc.summary
+    if summary is not None:
+        # Never raises: an unsent summary is a warning, not a failed export.
+        export_summary.report(summary, rt.settings)
 
 
 @app.task(name="offers.synthetic_journey", bind=True)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -108,22 +109,64 @@ def object_key(until: datetime, first_id: int, last_id: int) -> str:
     return f"audit/{until:%Y/%m/%d}/audit-{until:%Y%m%dT%H%M%SZ}-{first_id:012d}-{last_id:012d}.jsonl.gz"
 
 
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one export run did: the figures of the summary on-call reads (``ops.export_summary``).
+
+    Parameters:
+        export_id: its row in ``audit_exports``.
+        status: ``done`` or ``failed``.
+        window_from: when the earliest of its rows was written.
+        window_until: the cut-off: it holds the rows not yet exported that were written before this.
+        first_row_id, last_row_id: the ids of its first and last audit row.
+        rows: the rows archived; on failure, the rows the window holds.
+        size_bytes: the gzip object's size; None when no object was written this run.
+        sha256: the object's SHA-256; None when no object was written.
+        storage_class, object_key, attempts: as its row records them.
+        duration_s: how long this run took, from taking the export lock to the end.
+        error: why it failed; None when done.
+    """
+
+    export_id: int
+    status: str
+    window_from: datetime | None
+    window_until: datetime
+    first_row_id: int
+    last_row_id: int
+    rows: int
+    size_bytes: int | None
+    sha256: str | None
+    storage_class: str
+    object_key: str
+    attempts: int
+    duration_s: float
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "done"
+
+
 def run_export(
     rt: Runtime, until: datetime | None = None, *, progress: Callable[[int, int], None] | None = None
-) -> dict[str, Any] | None:
-    """Export every audit row not yet exported with ``at`` before ``until``; returns the export row.
+) -> ExportSummary | None:
+    """Export every audit row not yet exported with ``at`` before ``until``; returns what it did.
 
     Idempotent per window: rows are taken by id after the last finished export, the key follows
     from the window, and a window already exported is found, not written again. None: nothing new.
+    Raises ExportFailed (carrying the summary) when the archive could not be written.
     """
     until = until or default_until()
+    started = time.monotonic()
     with audit_trail.export_lock(rt.settings.database_url) as locked:
         if not locked:
             raise ExportBusy("another audit export is running")
-        return _export_locked(rt, until, progress)
+        return _export_locked(rt, until, started, progress)
 
 
-def _export_locked(rt: Runtime, until: datetime, progress: Callable[[int, int], None] | None) -> dict[str, Any] | None:
+def _export_locked(
+    rt: Runtime, until: datetime, started: float, progress: Callable[[int, int], None] | None
+) -> ExportSummary | None:
     with rt.db.transaction() as conn:
         window = audit_trail.rows_to_export(conn, audit_exports.last_exported_row(conn), until)
         if not window.rows or window.first is None or window.last is None:
@@ -139,9 +182,9 @@ def _export_locked(rt: Runtime, until: datetime, progress: Callable[[int, int], 
             storage_class=rt.settings.audit_storage_class,
         )
     if job["status"] == "done":
-        return job
+        return _summary(job, window, started, size_bytes=None)
     try:
-        return _write(rt, job, window.rows, progress)
+        done, size_bytes = _write(rt, job, window.rows, progress)
     except Exception as exc:
         with rt.db.transaction() as conn:
             failed = audit_exports.mark_failed(conn, job["id"], f"{type(exc).__name__}: {str(exc)[:500]}")
@@ -150,18 +193,41 @@ def _export_locked(rt: Runtime, until: datetime, progress: Callable[[int, int], 
             "audit export failed",
             extra={"export_id": job["id"], "object_key": job["object_key"], "error": str(exc)[:300]},
         )
-        raise ExportFailed(failed) from exc
+        raise ExportFailed(_summary(failed, window, started, size_bytes=None)) from exc
+    return _summary(done, window, started, size_bytes)
+
+
+def _summary(
+    job: dict[str, Any], window: audit_trail.RowWindow, started: float, size_bytes: int | None
+) -> ExportSummary:
+    return ExportSummary(
+        export_id=job["id"],
+        status=job["status"],
+        window_from=window.first_at,
+        window_until=job["until"],
+        first_row_id=job["first_row_id"],
+        last_row_id=job["last_row_id"],
+        rows=job["row_count"] if job["row_count"] is not None else window.rows,
+        size_bytes=size_bytes,
+        sha256=job["sha256"],
+        storage_class=job["storage_class"],
+        object_key=job["object_key"],
+        attempts=job["attempts"],
+        duration_s=time.monotonic() - started,
+        error=job["error"],
+    )
 
 
 class ExportFailed(Exception):
-    def __init__(self, job: dict[str, Any]) -> None:
-        super().__init__(f"audit export {job['id']} failed: {job['error']}")
-        self.job = job
+    def __init__(self, summary: ExportSummary) -> None:
+        super().__init__(f"audit export {summary.export_id} failed: {summary.error}")
+        self.summary = summary
 
 
 def _write(
     rt: Runtime, job: dict[str, Any], expected: int, progress: Callable[[int, int], None] | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """Write the window's object and manifest; returns the export row, marked done, and the object's size."""
     archive = rt.archive
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
@@ -189,7 +255,7 @@ def _write(
     with rt.db.transaction() as conn:
         done = audit_exports.mark_done(conn, job["id"], row_count=check.rows, sha256=sha256)
     log.info("audit export done", extra={"export_id": job["id"], "rows": check.rows, "object_key": job["object_key"]})
-    return done
+    return done, hasher.size
 
 
 def _written(
@@ -209,9 +275,11 @@ class _HashingWriter:
     def __init__(self, target: IO[bytes]) -> None:
         self.target = target
         self.sha256 = hashlib.sha256()
+        self.size = 0
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
+        self.size += len(data)
         return self.target.write(data)
 
     def flush(self) -> None:

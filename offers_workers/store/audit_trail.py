@@ -105,22 +105,25 @@ def export_lock(database_url: str | None) -> Iterator[bool]:
 
 @dataclass(frozen=True)
 class RowWindow:
-    """Audit rows an export takes: ids ``first`` to ``last``, ``rows`` of them (0: none)."""
+    """Audit rows an export takes: ids ``first`` to ``last``, ``rows`` of them (0: none), the
+    earliest written at ``first_at``."""
 
     first: int | None
     last: int | None
     rows: int
+    first_at: datetime | None = None
 
 
 def rows_to_export(conn: Connection, after_id: int, until: datetime) -> RowWindow:
     """The rows after id ``after_id`` written before ``until``."""
     row = one_row(
         conn.execute(
-            "SELECT min(id) AS first, max(id) AS last, count(*) AS n FROM audit_events WHERE id > %s AND at < %s",
+            "SELECT min(id) AS first, max(id) AS last, count(*) AS n, min(at) AS first_at"
+            " FROM audit_events WHERE id > %s AND at < %s",
             (after_id, until),
         )
     )
-    return RowWindow(row["first"], row["last"], row["n"])
+    return RowWindow(row["first"], row["last"], row["n"], row["first_at"])
 
 
 @dataclass(frozen=True)

@@ -210,11 +210,11 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:
                 (count,),
             )
 
-    def export_peak(until: datetime) -> tuple[dict, int]:
+    def export_peak(until: datetime) -> tuple[audit.ExportSummary, int]:
         tracemalloc.start()
         try:
-            job = audit.run_export(rt, until)
-            return job, tracemalloc.get_traced_memory()[1]
+            summary = audit.run_export(rt, until)
+            return summary, tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
 
@@ -227,7 +227,7 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:
         large, large_peak = export_peak(datetime.now(UTC) + timedelta(seconds=3))
     finally:
         rt.close()
-    assert (small["row_count"], large["row_count"]) == (6_000, 54_000)
+    assert (small.rows, large.rows) == (6_000, 54_000)
     assert large_peak < 1.5 * small_peak + 1_000_000, (
         f"peaks: {small_peak / 1e6:.1f} MB for 6k rows, {large_peak / 1e6:.1f} MB for 54k"
     )

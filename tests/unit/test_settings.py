@@ -220,3 +220,60 @@ def test_the_audit_export_runs_on_a_crontab_from_config(clean_env: pytest.Monkey
     clean_env.setenv("OFFERS_AUDIT_EXPORT_CRON", "nightly")
     with pytest.raises(ConfigError, match="OFFERS_AUDIT_EXPORT_CRON"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"OFFERS_SMTP_TO": "oncall@example.com"}, "OFFERS_SMTP_FROM is required with OFFERS_SMTP_HOST"),
+        ({"OFFERS_SMTP_FROM": "offers@example.com"}, "OFFERS_SMTP_TO is required with OFFERS_SMTP_HOST"),
+        (
+            {"OFFERS_SMTP_FROM": "offers@example.com", "OFFERS_SMTP_TO": "oncall@example.com, on call"},
+            "OFFERS_SMTP_TO: address 2 is not an email address",
+        ),
+        (
+            {"OFFERS_SMTP_FROM": "a@example.com, b@example.com", "OFFERS_SMTP_TO": "oncall@example.com"},
+            "OFFERS_SMTP_FROM is not one email address",
+        ),
+        (
+            {"OFFERS_SMTP_FROM": "a@example.com", "OFFERS_SMTP_TO": "b@example.com", "OFFERS_SMTP_USERNAME": "mailer"},
+            "OFFERS_SMTP_USERNAME and OFFERS_SMTP_PASSWORD go together",
+        ),
+        (
+            {"OFFERS_SMTP_FROM": "a@example.com", "OFFERS_SMTP_TO": "b@example.com", "OFFERS_SMTP_PORT": "smtp"},
+            "OFFERS_SMTP_PORT: Input should be a valid integer",
+        ),
+    ],
+)
+def test_a_bad_smtp_setting_stops_start_up_in_one_line(clean_env: pytest.MonkeyPatch, env, line) -> None:
+    for key, value in {"OFFERS_SANDBOX": "1", "OFFERS_SMTP_HOST": "smtp.example.com", **env}.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_worker_with_an_smtp_host_and_no_recipients_stops_with_one_line(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_BROKER_URL", "redis://127.0.0.1:1/0")
+    clean_env.setenv("OFFERS_SMTP_HOST", "smtp.example.com")
+    clean_env.setenv("OFFERS_SMTP_FROM", "offers@example.com")
+    worker_stops_at_start_up_with(
+        "offers-workers: invalid configuration: OFFERS_SMTP_TO is required with OFFERS_SMTP_HOST (comma-separated addresses)"
+    )
+
+
+def test_the_smtp_password_comes_from_a_file_and_is_masked(clean_env: pytest.MonkeyPatch, tmp_path) -> None:
+    secret = tmp_path / "smtp-password"
+    secret.write_text("smtp-secret-from-a-file\n")
+    clean_env.setenv("OFFERS_SMTP_PASSWORD_FILE", str(secret))
+    settings = load_settings(
+        sandbox=True,
+        smtp_host="smtp.example.com",
+        smtp_username="mailer",
+        smtp_from="a@example.com",
+        smtp_to="b@example.com",
+    )
+    assert settings.secret("smtp_password") == "smtp-secret-from-a-file"
+    assert "smtp-secret-from-a-file" not in repr(settings)
+    assert settings.smtp_port == 587 and settings.smtp_recipients == ["b@example.com"]

@@ -53,26 +53,40 @@ def audit_export(until: str | None) -> None:
     """Export the rows not yet archived to S3 (the runbook's run_glacier_export)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from offers_workers import logs
+    from offers_workers.ops import export_summary
     from offers_workers.saga import audit as audit_trail
 
     cutoff = parse_moment(until, option="--until") if until else None
     rt = runtime_or_exit()
+    # The export and its summary log JSON lines on stderr, as the nightly run does in a worker.
+    logs.setup()
+    failed: audit_trail.ExportFailed | None = None
     with Progress(TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
         task = bar.add_task("rows", total=None)
         try:
-            job = audit_trail.run_export(
+            summary = audit_trail.run_export(
                 rt, cutoff, progress=lambda done, total: bar.update(task, completed=done, total=total)
             )
         except audit_trail.ExportBusy as exc:
             fail(str(exc), 1)
         except audit_trail.ExportFailed as exc:
-            fail(f"audit export {exc.job['id']} failed: {exc.job['error']}; the next run retries this window", 1)
-    if job is None:
+            failed, summary = exc, exc.summary
+    if summary is None:
         click.echo("nothing to export: every row before the cut-off is archived")
         return
+    unsent = export_summary.report(summary, rt.settings)
+    # Notes on stderr, like the progress: stdout keeps the one result line scripts read. An unsent
+    # summary changes neither the export's row nor the exit code.
+    if unsent:
+        click.echo(f"offers-workers: could not send the export summary: {unsent}", err=True)
+    elif rt.settings.smtp_host:
+        click.echo(f"summary emailed to {', '.join(rt.settings.smtp_recipients)}", err=True)
+    if failed is not None:
+        fail(f"{failed}; the next run retries this window", 1)
     click.echo(
-        f"export {job['id']} {job['status']}: {job['row_count']:,} rows (ids {job['first_row_id']}–{job['last_row_id']})"
-        f" to s3://{rt.settings.audit_bucket}/{job['object_key']} [{job['storage_class']}] sha256 {job['sha256']}"
+        f"export {summary.export_id} {summary.status}: {summary.rows:,} rows (ids {summary.first_row_id}–{summary.last_row_id})"
+        f" to s3://{rt.settings.audit_bucket}/{summary.object_key} [{summary.storage_class}] sha256 {summary.sha256}"
     )
 
 
