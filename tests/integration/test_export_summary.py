@@ -6,7 +6,10 @@ S3 on the sandbox's moto. An SMTP outage never fails the export it reports.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -223,4 +226,38 @@ def test_the_nightly_task_mails_its_summary_from_a_worker(scratch_database: str,
     [mail] = mailbox.received
     assert job["status"] == "done" and mail.rcpt_tos == RECIPIENTS
     assert mail.message["Subject"] == f"[offers-workers] audit export {job['id']} succeeded: 120 rows"
+    assert figures(mail.message)["sha256"] == job["sha256"]
+
+
+def test_a_demo_run_then_an_export_mails_one_summary(scratch_database: str, offers_env, smtp_server, tmp_path) -> None:
+    """The runbook's morning check, end to end: `offers-workers demo` pushes 200 sample offers through
+    a fleet of its own into this database, then `audit export` archives their trail and mails one summary."""
+    port, mailbox = smtp_server
+    with redis_database(SERVER["redis"]) as redis_url:
+        stranger = {k: v for k, v in os.environ.items() if not k.startswith("OFFERS_")}
+        demo = subprocess.run(
+            [sys.executable, "-m", "offers_workers.ops.cli", "demo", "--offers", "200"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=stranger
+            | {
+                "OFFERS_DATABASE_URL": scratch_database,
+                "OFFERS_BROKER_URL": redis_url,
+                "OFFERS_STATE_DIR": str(tmp_path / "state"),
+            },
+        )
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+
+    # the nightly cut-off is the start of the day: an operator exports up to now
+    until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    exported = cli("audit", "export", "--until", until, env=smtp_env(scratch_database, port))
+    assert exported.returncode == 0, exported.stderr
+    [job] = exports(smtp_env(scratch_database, port))
+    with psycopg.connect(scratch_database) as conn:
+        [(trail,)] = conn.execute("SELECT count(*) FROM audit_events").fetchall()
+    # every row the demo's 200 offers left (six or so each) is in the one export
+    assert job["status"] == "done" and job["row_count"] == trail and trail > 200
+    [mail] = mailbox.received
+    assert mail.message["Subject"] == f"[offers-workers] audit export {job['id']} succeeded: {job['row_count']:,} rows"
     assert figures(mail.message)["sha256"] == job["sha256"]
