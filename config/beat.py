@@ -45,6 +45,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": "offers.export_audit",
             "schedule": audit_export_schedule(settings),
         },
+        "reconcile-holds-with-stripe": {
+            "task": "offers.reconcile_holds",
+            "schedule": settings.reconcile_interval_seconds,
+            "options": {"expires": settings.reconcile_interval_seconds},
+        },
         "release-expiring-holds": {
             "task": "offers.release_expiring_holds",
             "schedule": settings.hold_watch_interval_seconds,

@@ -28,6 +28,7 @@ ROUTES: dict[str, str] = {
     "offers.release_hold": "offers.payment",
     "offers.recover": "offers.maintenance",
     "offers.release_expiring_holds": "offers.maintenance",
+    "offers.reconcile_holds": "offers.maintenance",
     "offers.expire_offers": "offers.maintenance",
     "offers.export_audit": "offers.maintenance",
     "offers.synthetic_journey": "offers.maintenance",

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     hold_release_after: timedelta = Field(default=timedelta(days=6), gt=timedelta(0), le=timedelta(days=7))
     #: How often the beat looks for such holds.
     hold_watch_interval_seconds: float = Field(default=600, gt=0)
+    #: How often the beat reconciles holds with Stripe, over the intents created in the last
+    #: ``reconcile_window`` (Stripe lets an authorization lapse at 7 days); a hold younger than
+    #: ``reconcile_grace_seconds`` is left to the stage that placed it, which may be about to commit.
+    reconcile_interval_seconds: float = Field(default=3600, gt=0)
+    reconcile_window: timedelta = Field(default=timedelta(days=8), gt=timedelta(0))
+    reconcile_grace_seconds: float = Field(default=900, ge=0)
     #: How often the beat cancels submitted offers past their maker's SLA window (policy sla_hours).
     sla_check_interval_seconds: float = Field(default=60, gt=0)
 

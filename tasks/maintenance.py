@@ -8,7 +8,7 @@ from typing import Any
 
 from offers_workers.ops import export_summary, synthetic
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import audit, cancellation, recovery
+from offers_workers.saga import audit, cancellation, reconciliation, recovery
 from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
@@ -39,6 +39,14 @@ def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispat
 @app.task(name="offers.expire_offers", base=OffersTask, bind=True, stage="maintenance")
 def expire_offers(self: OffersTask) -> list[Dispatch]:
     return reported(cancellation.expire_overdue(get_runtime()), logging.INFO, "offers past their maker's SLA cancelled")
+
+
+@app.task(name="offers.reconcile_holds", base=OffersTask, bind=True, stage="maintenance")
+def reconcile_holds(self: OffersTask) -> dict[str, int]:
+    # A Stripe error is transient here and retried later by the base task; nothing is released
+    # that the run was unsure about.
+    rt = get_runtime()
+    return reconciliation.reconcile(rt, since=rt.settings.reconcile_window).counts()
 
 
 @app.task(name="offers.export_audit", base=OffersTask, bind=True, stage="maintenance")

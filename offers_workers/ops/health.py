@@ -11,6 +11,7 @@ from typing import Any
 from config.celery import QUEUES
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
+from offers_workers.store import hold_findings
 from offers_workers.store import reports as store_reports
 
 #: The runbook's SLOs.
@@ -57,6 +58,14 @@ RUNBOOK: dict[str, tuple[str, list[str]]] = {
             "Are the workers up? `celery -A tasks.app inspect ping`; is the single beat running (recovery sweep)?",
             "Check queue depths below and the workers' logs.",
             "The recovery sweep re-sends their stage; `offers-workers offers list --state S` shows them.",
+        ],
+    ),
+    "hold_findings": (
+        "Holds that do not match Stripe",
+        [
+            "`offers-workers holds reconcile --dry-run` lists each finding with its reason.",
+            "held_not_at_stripe: the offer's hold is gone at Stripe: check the offer (`offers show`) before it is captured.",
+            "amount/currency mismatch or release_refused: compare the PaymentIntent in Stripe's dashboard with the offer.",
         ],
     ),
     "high_value_cancellations": (
@@ -116,6 +125,8 @@ class Figures:
     stuck_offers: int
     cancellations: store_reports.Cancellations
     high_value_cancellations: HighValueCancellations
+    #: Open findings of reconciliation with Stripe, by kind (what waits for an operator).
+    hold_findings: dict[str, int]
     #: Messages waiting per queue; None without a broker.
     queue_depths: dict[str, int] | None
 
@@ -144,6 +155,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         active_holds = store_reports.active_holds(conn)
         stuck_offers = store_reports.stuck_offers(conn, s.recovery_after_seconds)
         cancellations = store_reports.cancellations(conn, scope)
+        open_findings = hold_findings.open_counts(conn)
     return Figures(
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
@@ -163,6 +175,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
             spike=spike.spike,
             by_reason=spike.by_reason,
         ),
+        hold_findings=open_findings,
         queue_depths=reports.queue_depths(s, QUEUES) if s.broker_url else None,
     )
 
@@ -207,6 +220,13 @@ def checks(rt: Runtime, found: Figures) -> list[Check]:
             f"{found.stuck_offers:,}",
             f"0 older than {rt.settings.recovery_after_seconds:g} s",
             found.stuck_offers == 0,
+        ),
+        Check(
+            "hold_findings",
+            f"{sum(found.hold_findings.values()):,} open",
+            "0",
+            not found.hold_findings,
+            [f"{kind}: {n}" for kind, n in found.hold_findings.items()],
         ),
         Check(
             "high_value_cancellations",

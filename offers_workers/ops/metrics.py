@@ -65,6 +65,14 @@ class OffersCollector:
         yield from self._watches()
         yield self._partner_errors()
         yield self._sns_failures()
+        findings = GaugeMetricFamily(
+            "offers_hold_findings_open",
+            "Holds reconciliation with Stripe flagged for an operator, by kind",
+            labels=["kind"],
+        )
+        for kind, n in found.hold_findings.items():
+            findings.add_metric([kind], n)
+        yield findings
 
     def _figures(self, found: Any) -> Iterator[Metric]:
         states = GaugeMetricFamily(

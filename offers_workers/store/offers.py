@@ -227,6 +227,15 @@ def mark_hold_released(conn: Connection, offer_id: str) -> bool:
     )
 
 
+def held_offers(conn: Connection, placed_after_s: float | None) -> list[dict[str, Any]]:
+    """Offers that say they hold an authorization (placed within ``placed_after_s``, if given)."""
+    return conn.execute(
+        "SELECT offer_id, payment_intent_id FROM offers WHERE hold_status = 'held' AND payment_intent_id IS NOT NULL"
+        " AND (%s::float8 IS NULL OR payment_held_at > clock_timestamp() - make_interval(secs => %s::float8))",
+        (placed_after_s, placed_after_s),
+    ).fetchall()
+
+
 def holds_placed_before(conn: Connection, older_than_s: float, limit: int) -> list[str]:
     """Offers holding an authorization placed more than ``older_than_s`` ago, oldest first."""
     rows = conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,3 +107,47 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
             released += 1
             click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
     click.echo(f"{released} hold(s) released")
+
+
+@holds.command("reconcile")
+@click.option("--since", help="Only intents Stripe created in this last stretch (8d); default: every one.")
+@click.option("--dry-run", is_flag=True, help="Say what would be released and flagged; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def holds_reconcile(since: str | None, dry_run: bool, as_json: bool) -> None:
+    """Match Stripe's uncaptured holds with the offers: release orphans, flag mismatches (exit 1 if any)."""
+    from dataclasses import asdict
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from offers_workers.domain.errors import PartnerError
+    from offers_workers.ops.cli.common import print_json
+    from offers_workers.saga import reconciliation
+
+    window = parse_duration(since, option="--since") if since else None
+    rt = runtime_or_exit()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True) as bar:
+        paging = bar.add_task("reading Stripe's holds", total=None)
+        try:
+            done = reconciliation.reconcile(
+                rt,
+                since=window,
+                dry_run=dry_run,
+                progress=lambda n: bar.update(paging, description=f"reading Stripe's holds: {n:,} of ours"),
+            )
+        except PartnerError as exc:
+            fail(f"Stripe did not answer, nothing more was changed: {exc}", 1)
+    if as_json:
+        print_json(asdict(done) | {"counts": done.counts()})
+    else:
+        # One line per hold, as `holds release` prints them: ids an operator copies whole.
+        verb = "would release" if dry_run else "released"
+        for f in done.released:
+            click.echo(f"{verb} {f.payment_intent_id} of {f.offer_id}: {f.why}")
+        for f in done.flagged:
+            click.echo(f"flagged {f.kind}: {f.payment_intent_id} of {f.offer_id}: {f.why}")
+        click.echo(
+            f"{done.holds_checked:,} Stripe holds and {done.offers_checked:,} held offers checked"
+            f" ({done.too_young:,} too young to judge): {len(done.released):,} {verb}, {len(done.flagged):,} flagged"
+        )
+    if done.flagged:
+        sys.exit(1)

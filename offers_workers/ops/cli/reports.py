@@ -50,6 +50,8 @@ def stats(window: str, as_json: bool) -> None:
     holds = found.active_holds
     ops.add_row("active holds", f"{holds.holds:,} ({holds.amount_cents / 100:,.2f})")
     ops.add_row("stuck offers", f"{found.stuck_offers:,}")
+    for kind, n in found.hold_findings.items():
+        ops.add_row(f"holds flagged · {kind}", f"{n:,}")
     for queue, n in (found.queue_depths or {}).items():
         ops.add_row(f"queue · {queue}", f"{n:,}")
     console.print(ops)
