@@ -220,6 +220,9 @@ def offers_env(
         "OFFERS_STATE_DIR": str(tmp_path_factory.mktemp("state")),
         # Retry waits of seconds become tens of milliseconds: outage drills finish in test time.
         "OFFERS_RETRY_DELAY_SCALE": "0.02",
+        # The run's fleets share one Stripe sandbox over many databases: to one fleet's beat, another's
+        # holds belong to no offer. Reconciliation tests and drills set their own grace.
+        "OFFERS_RECONCILE_GRACE_SECONDS": "86400",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
