@@ -176,6 +176,10 @@ class ObjectVersion:
     is_latest: bool
 
 
+#: How long Stripe keeps an idempotency key: a request whose key is older is a new request.
+STRIPE_IDEMPOTENCY_TTL_S = 24 * 3600
+
+
 def client_transaction_id(offer_id: str) -> str:
     """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
     return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
