@@ -275,3 +275,29 @@ def test_search_finds_payment_intents_by_metadata_newest_first(
     with pytest.raises(stripe.InvalidRequestError) as info:
         raw.v1.payment_intents.search({"query": "amount>100"})
     assert info.value.http_status == 400
+
+
+def test_second_hold_never_placed_after_the_key_expired(
+    payments: StripePayments, raw: stripe.StripeClient, sandbox: Sandbox
+) -> None:
+    """A replay 25 hours later: Stripe forgot the key, the offer's hold is found and adopted."""
+    offer_id = offer()
+    placed = hold(payments, offer_id)
+    advance_clock(sandbox, 25 * HOURS)
+    assert hold(payments, offer_id) == placed
+    every = raw.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+    mine = [pi for pi in every if pi.metadata.to_dict().get("offer_id") == offer_id]
+    assert [(pi.id, pi.status) for pi in mine] == [(placed.payment_intent_id, "requires_capture")]
+
+
+def test_second_hold_after_a_release_is_a_new_hold_under_a_key_of_its_own(payments: StripePayments) -> None:
+    """Within 24 hours the first key would replay the first hold's answer, though it was released."""
+    offer_id = offer()
+    first = hold(payments, offer_id)
+    payments.release_hold(offer_id=offer_id, payment_intent_id=first.payment_intent_id)
+    second = hold(payments, offer_id)
+    assert second.payment_intent_id != first.payment_intent_id and second.status == "requires_capture"
+    assert hold(payments, offer_id) == second
+    assert sorted((h.payment_intent_id, h.status) for h in holds_for(payments, offer_id)) == sorted(
+        [(first.payment_intent_id, "canceled"), (second.payment_intent_id, "requires_capture")]
+    )
