@@ -25,6 +25,7 @@ from typing import IO, Any
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
 from offers_workers.partners.interfaces import (
     NEEDS_RESTORE,
+    STRIPE_IDEMPOTENCY_TTL_S,
     ArchivedObject,
     Balance,
     Hold,
@@ -35,6 +36,7 @@ from offers_workers.partners.interfaces import (
     ReturnRisk,
     RiskScore,
     StoredObject,
+    adopt_or_key,
 )
 
 __all__ = [
@@ -110,20 +112,32 @@ class FakePayments(_Scripted):
     Stripe's test payment methods decide the outcome (``pm_card_visa`` holds; ``pm_card_chargeDeclined``
     and ``pm_card_chargeDeclinedInsufficientFunds`` decline, leaving a PaymentIntent in
     ``requires_payment_method``); any other ``pm_…`` is unknown (PermanentError ``resource_missing``),
-    unless listed in ``payment_methods``.
+    unless listed in ``payment_methods``. Idempotency keys are forgotten after
+    ``idempotency_ttl_s`` of its clock, which ``advance_clock`` moves forward, as the sandbox's.
 
     Parameters:
         fail_with: raised by every call (see ``fail_next`` for one-off failures).
         payment_methods: extra payment method ids that hold successfully.
+        idempotency_ttl_s: how long a key is kept (Stripe: 24 h).
     """
 
-    def __init__(self, *, fail_with: Exception | None = None, payment_methods: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        *,
+        fail_with: Exception | None = None,
+        payment_methods: frozenset[str] = frozenset(),
+        idempotency_ttl_s: float = STRIPE_IDEMPOTENCY_TTL_S,
+    ) -> None:
         super().__init__(fail_with=fail_with)
         self.payment_methods = STRIPE_TEST_CARDS | payment_methods
+        self.idempotency_ttl_s = idempotency_ttl_s
         self._intents: dict[str, _Intent] = {}
         self._by_key: dict[str, str] = {}
         #: Release idempotency key -> the PaymentIntent it cancelled.
         self._released_by_key: dict[str, str] = {}
+        #: Idempotency key -> when it was first used, on this fake's clock.
+        self._key_used_at: dict[str, float] = {}
+        self._advanced_s = 0.0
         self._ids = itertools.count(1)
 
     # -- the Protocol -----------------------------------------------------------------------------
@@ -140,14 +154,19 @@ class FakePayments(_Scripted):
             payment_method_id=payment_method_id,
             metadata=metadata,
         )
+        plan = adopt_or_key(
+            self.holds_for(offer_id)[::-1], offer_id=offer_id, amount_cents=amount_cents, currency=currency
+        )
+        if isinstance(plan, Hold):
+            return plan
         params = {
             "amount": amount_cents,
             "currency": currency.lower(),
             "payment_method": payment_method_id,
             "metadata": {**metadata, "offer_id": offer_id},
         }
-        key = f"offer:{offer_id}:hold"
-        if key in self._by_key:  # Stripe replays the first response under the same key
+        key = plan
+        if self._kept(key) and key in self._by_key:  # Stripe replays the first response under the same key
             intent = self._intents[self._by_key[key]]
             if intent.params != params:
                 raise PermanentError(
@@ -162,17 +181,18 @@ class FakePayments(_Scripted):
         decline = STRIPE_TEST_DECLINES.get(payment_method_id)
         pi_id = f"pi_fake{next(self._ids):06d}"
         status = "requires_payment_method" if decline else "requires_capture"
-        hold = Hold(pi_id, status, amount_cents, currency.lower(), offer_id, int(time.time()))
+        hold = Hold(pi_id, status, amount_cents, currency.lower(), offer_id, int(self._now()))
         intent = _Intent(hold, params, decline)
         self._intents[pi_id] = intent
         self._by_key[key] = pi_id
+        self._key_used_at[key] = self._now()
         return self._outcome(intent)
 
     def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
         """See ``interfaces.Payments.release_hold``."""
         self._enter("release_hold", offer_id=offer_id, payment_intent_id=payment_intent_id)
         key = f"offer:{offer_id}:release"
-        if key in self._released_by_key:
+        if self._kept(key) and key in self._released_by_key:
             if self._released_by_key[key] != payment_intent_id:  # same key, another PaymentIntent's URL
                 raise PermanentError(
                     "stripe",
@@ -192,6 +212,7 @@ class FakePayments(_Scripted):
             # Only a cancel that ran stores its response under the key; a no-op on a canceled
             # PaymentIntent is Stripe's "unexpected state" error, which the adapter reads as released.
             self._released_by_key[key] = payment_intent_id
+            self._key_used_at[key] = self._now()
         return "canceled"
 
     def get_hold(self, payment_intent_id: str) -> Hold:
@@ -222,6 +243,18 @@ class FakePayments(_Scripted):
         intent = self._intent(payment_intent_id)
         intent.hold = replace(intent.hold, status="canceled")
         return intent.hold
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move this fake's clock forward, as ``sandbox.advance_clock`` does the sandbox's (not a call)."""
+        self._advanced_s += seconds
+
+    def _now(self) -> float:
+        return time.time() + self._advanced_s
+
+    def _kept(self, key: str) -> bool:
+        """Whether Stripe still keeps ``key``: it forgets one ``idempotency_ttl_s`` after its first use."""
+        used_at = self._key_used_at.get(key)
+        return used_at is not None and self._now() - used_at < self.idempotency_ttl_s
 
     def _intent(self, payment_intent_id: str) -> _Intent:
         try:

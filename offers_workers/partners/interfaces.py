@@ -12,9 +12,11 @@ and the in-process fakes (``fakes``) both satisfy these. Every method raises onl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
+
+from offers_workers.domain.errors import PermanentError
 
 # --- typed results ------------------------------------------------------------------------------
 
@@ -176,9 +178,43 @@ class ObjectVersion:
     is_latest: bool
 
 
+#: How long Stripe keeps an idempotency key: a request whose key is older is a new request.
+STRIPE_IDEMPOTENCY_TTL_S = 24 * 3600
+
+
 def client_transaction_id(offer_id: str) -> str:
     """Stable per offer (Signal uses it as an idempotency key) and within Plaid's 36-character limit."""
     return "off-" + hashlib.sha256(offer_id.encode()).hexdigest()[:32]
+
+
+def hold_key(offer_id: str, canceled: int = 0) -> str:
+    """The idempotency key of an offer's hold. After ``canceled`` canceled holds the offer's next hold
+    has a key of its own: under the first, Stripe would replay the first hold's answer for 24 hours."""
+    return f"offer:{offer_id}:hold" + (f":{canceled + 1}" if canceled else "")
+
+
+def adopt_or_key(found: Sequence[Hold], *, offer_id: str, amount_cents: int, currency: str) -> Hold | str:
+    """Before placing an offer's hold: the hold to adopt, or the idempotency key to create one with.
+
+    ``found`` is every PaymentIntent Stripe has for the offer, newest first. A live hold
+    (``requires_capture``) is adopted, so a retry or a replay never places a second one, even after
+    Stripe forgot the key; one for another amount or currency is refused, as Stripe refuses a key
+    reused with other parameters. A captured one means the buyer was charged: refused too. Canceled
+    ones (released, or lapsed) hold nothing: the offer gets a new hold, under a key of its own.
+    Anything else (a decline) is created under the offer's key, whose answer Stripe replays.
+    """
+    live = [h for h in found if h.status == "requires_capture"]
+    if live:
+        hold = live[0]
+        if (hold.amount_cents, hold.currency) != (amount_cents, currency.lower()):
+            message = f"offer {offer_id} already holds {hold.payment_intent_id} for other parameters"
+            raise PermanentError("stripe", "IdempotencyError", message, 400)
+        return hold
+    captured = [h.payment_intent_id for h in found if h.status == "succeeded"]
+    if captured:
+        message = f"offer {offer_id} was already charged ({captured[0]}); a new hold would charge twice"
+        raise PermanentError("stripe", "payment_intent_captured", message, 400)
+    return hold_key(offer_id, sum(h.status == "canceled" for h in found))
 
 
 #: Storage classes whose objects must be restored before they can be read.
@@ -206,11 +242,14 @@ class Payments(Protocol):
     ) -> Hold:
         """Authorise ``amount_cents`` without capturing; normally returns status ``requires_capture``.
 
-        Idempotency key ``offer:{offer_id}:hold``: placing the same offer's hold again returns the
-        same PaymentIntent, never a second hold; the same key with other parameters is a
-        PermanentError. Raises OfferRejected (``payment_declined`` / ``insufficient_funds``) on a
-        decline, TransientError on 5xx, 429, 409 ``idempotency_key_in_use`` and lost connections,
-        PermanentError on bad requests, unknown payment methods and bad keys.
+        Placing the same offer's hold again returns the same PaymentIntent, never a second hold:
+        the offer's PaymentIntents are looked up first (``metadata.offer_id``) and a live hold is
+        adopted, so this holds after Stripe forgot the idempotency key too (24 h); see
+        ``adopt_or_key`` for captured and canceled ones. Idempotency key ``offer:{offer_id}:hold``;
+        the same offer with other parameters is a PermanentError. Raises OfferRejected
+        (``payment_declined`` / ``insufficient_funds``) on a decline, TransientError on 5xx, 429, 409
+        ``idempotency_key_in_use`` and lost connections, PermanentError on bad requests, unknown
+        payment methods and bad keys.
         """
         ...
 

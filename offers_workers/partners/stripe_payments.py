@@ -10,7 +10,7 @@ from stripe.params import PaymentIntentCreateParams
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
-from offers_workers.partners.interfaces import Hold
+from offers_workers.partners.interfaces import Hold, adopt_or_key
 
 __all__ = ["Hold", "StripePayments", "sort_error"]
 
@@ -61,7 +61,11 @@ class StripePayments:
     def place_hold(
         self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
     ) -> Hold:
-        """Authorise ``amount_cents`` without capturing. Normally returns status ``requires_capture``."""
+        """Authorise ``amount_cents`` without capturing, or adopt the offer's live hold. Normally
+        returns status ``requires_capture``."""
+        plan = adopt_or_key(self._holds_for(offer_id), offer_id=offer_id, amount_cents=amount_cents, currency=currency)
+        if isinstance(plan, Hold):
+            return plan
         params: dict[str, Any] = {
             "amount": amount_cents,
             "currency": currency.lower(),
@@ -74,11 +78,27 @@ class StripePayments:
         try:
             # The SDK's TypedDict lacks payment_method_types, which the API takes.
             pi = self._client.v1.payment_intents.create(
-                cast("PaymentIntentCreateParams", params), {"idempotency_key": f"offer:{offer_id}:hold"}
+                cast("PaymentIntentCreateParams", params), {"idempotency_key": plan}
             )
         except stripe.StripeError as exc:
             raise sort_error(exc) from None
         return _hold(pi)
+
+    def _holds_for(self, offer_id: str) -> list[Hold]:
+        """The offer's PaymentIntents, newest first, through Stripe's Search (list cannot filter by metadata).
+
+        Search lags writes by about a minute (more during an outage), so the idempotency key still
+        guards a retry that soon; this lookup guards the late ones (a replay, a sweep) after Stripe
+        dropped the key (24 h). A live hold is read again before it is adopted: retrieve is
+        consistent, and the index may not show its release yet.
+        """
+        query = f"metadata['offer_id']:'{offer_id}'"  # offer ids are [A-Za-z0-9_-]: nothing to escape
+        try:
+            pages = self._client.v1.payment_intents.search({"query": query, "limit": 100})
+            found = sorted((_hold(pi) for pi in pages.auto_paging_iter()), key=lambda h: h.created or 0, reverse=True)
+        except stripe.StripeError as exc:
+            raise sort_error(exc) from None
+        return [self.get_hold(h.payment_intent_id) if h.status == "requires_capture" else h for h in found]
 
     def release_hold(self, *, offer_id: str, payment_intent_id: str) -> str:
         """Cancel the hold; an already-canceled hold counts as released. Returns the final status."""

@@ -19,7 +19,7 @@ import stripe
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PartnerError, PermanentError
-from offers_workers.local.sandbox import Sandbox, clear_faults, set_fault
+from offers_workers.local.sandbox import Sandbox, advance_clock, clear_faults, set_fault
 from offers_workers.local.sandbox.sift_server import score_for
 from offers_workers.partners.aws_archive import AuditArchive
 from offers_workers.partners.aws_events import EventPublisher
@@ -100,22 +100,32 @@ def new_offer() -> str:
 # --- payments -------------------------------------------------------------------------------------
 
 
+#: Later than Stripe keeps an idempotency key (24 h).
+PAST_THE_KEY_S = 25 * 3600
+
+
 @dataclass
 class PaymentsSide:
     payments: Payments
     capture: Callable[[str], Any]
+    #: "25 hours later": Stripe has forgotten every idempotency key used so far.
+    forget_keys: Callable[[], Any]
 
 
 @pytest.fixture
-def real_payments(settings: Settings) -> PaymentsSide:
+def real_payments(settings: Settings, sandbox: Sandbox) -> PaymentsSide:
     raw = stripe.StripeClient(settings.secret("stripe_api_key"), base_addresses={"api": settings.stripe_api_base})
-    return PaymentsSide(StripePayments(settings), lambda pi: raw.v1.payment_intents.capture(pi))
+    return PaymentsSide(
+        StripePayments(settings),
+        lambda pi: raw.v1.payment_intents.capture(pi),
+        lambda: advance_clock(sandbox, PAST_THE_KEY_S),
+    )
 
 
 @pytest.fixture
 def fake_payments() -> PaymentsSide:
     fake = FakePayments()
-    return PaymentsSide(fake, fake.capture)
+    return PaymentsSide(fake, fake.capture, lambda: fake.advance_clock(PAST_THE_KEY_S))
 
 
 def hold_lifecycle(side: PaymentsSide, see: Observed, offer_id: str, other_offer: str, third_offer: str) -> None:
@@ -186,6 +196,34 @@ def captured(side: PaymentsSide, see: Observed, offer_id: str) -> None:
 
 def test_release_of_a_captured_hold(fake_payments: PaymentsSide, real_payments: PaymentsSide) -> None:
     both(captured, fake_payments, real_payments, offer_id=new_offer())
+
+
+def second_holds(side: PaymentsSide, see: Observed, offer_id: str, charged_offer: str) -> None:
+    p = side.payments
+
+    def place(offer_id: str = offer_id, amount: int = 12_500) -> Any:
+        return p.place_hold(
+            offer_id=offer_id, amount_cents=amount, currency="USD", payment_method_id="pm_card_visa", metadata={}
+        )
+
+    placed = see(place)
+    side.forget_keys()
+    see(place)  # the key is gone: the offer's live hold is adopted
+    see(lambda: place(amount=999))  # the offer's live hold, with other parameters
+    see(lambda: p.release_hold(offer_id=offer_id, payment_intent_id=placed.payment_intent_id))
+    see(place)  # released: a new hold, under a key of its own
+    see(place)  # which is adopted in turn
+    side.forget_keys()
+    see(place)
+    see(lambda: sorted((h.status, h.amount_cents) for h in p.list_holds() if h.offer_id == offer_id))
+    charged = see(lambda: place(charged_offer))
+    side.capture(charged.payment_intent_id)
+    side.forget_keys()
+    see(lambda: place(charged_offer))  # captured: the buyer was charged, no new hold
+
+
+def test_second_holds_after_the_idempotency_window(fake_payments: PaymentsSide, real_payments: PaymentsSide) -> None:
+    both(second_holds, fake_payments, real_payments, offer_id=new_offer(), charged_offer=new_offer())
 
 
 # --- risk and funds -------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import json
 import urllib.request
 
 import pytest
+import stripe
 
 from config.settings import load_settings
-from offers_workers.local.sandbox import Sandbox
+from offers_workers.local.sandbox import Sandbox, advance_clock
 
 
 def test_settings_env_points_settings_at_the_sandbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,3 +46,14 @@ def test_stripe_requires_a_test_key(sandbox: Sandbox) -> None:
         urllib.request.urlopen(req, timeout=2)
     assert info.value.code == 401
     assert json.loads(info.value.read())["error"]["type"] == "invalid_request_error"
+
+
+def test_idempotency_window_is_a_sandbox_setting() -> None:
+    with Sandbox(ports=0, stripe_idempotency_ttl_s=60) as sb:
+        raw = stripe.StripeClient("sk_test_window", base_addresses={"api": sb.urls["stripe"]}, max_network_retries=0)
+        params = {"amount": 100, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+        first = raw.v1.payment_intents.create(params, {"idempotency_key": "k"})
+        assert advance_clock(sb, 50)["idempotency_ttl_s"] == 60
+        assert raw.v1.payment_intents.create(params, {"idempotency_key": "k"}).id == first.id
+        advance_clock(sb, 10)
+        assert raw.v1.payment_intents.create(params, {"idempotency_key": "k"}).id != first.id

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.local.sandbox import Sandbox, advance_clock
 from offers_workers.local.sandbox.stripe_server import StripeHandler
 from offers_workers.partners.stripe_payments import Hold, StripePayments
 
@@ -44,6 +45,9 @@ def hold(payments: StripePayments, offer_id: str, pm: str = "pm_card_visa", amou
 
 def holds_for(payments: StripePayments, offer_id: str) -> list[Hold]:
     return [h for h in payments.list_holds() if h.offer_id == offer_id]
+
+
+HOURS = 3600
 
 
 def test_visa_places_a_manual_capture_hold(payments: StripePayments, raw: stripe.StripeClient) -> None:
@@ -217,3 +221,83 @@ def test_keep_alive_call_has_no_nagle_stall(payments: StripePayments) -> None:
         payments.get_hold(placed.payment_intent_id)
         timings.append(time.perf_counter() - start)
     assert statistics.median(timings) < 0.020
+
+
+# --- Stripe's 24-hour idempotency window, and Search ------------------------------------------------
+
+
+def test_idempotency_window_the_sandbox_forgets_a_key_after_24_hours(
+    raw: stripe.StripeClient, sandbox: Sandbox
+) -> None:
+    params = {"amount": 300, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+    key = f"raw:{offer()}"
+    first = raw.v1.payment_intents.create(params, {"idempotency_key": key})
+    clock = advance_clock(sandbox, 23 * HOURS)
+    assert clock["idempotency_ttl_s"] == 24 * HOURS
+    replayed = raw.v1.payment_intents.create(params, {"idempotency_key": key})
+    assert replayed.id == first.id and replayed.last_response.headers.get("Idempotent-Replayed") == "true"
+    later = advance_clock(sandbox, 2 * HOURS)
+    assert later["advanced_s"] - clock["advanced_s"] == 2 * HOURS and later["now"] >= first.created + 25 * HOURS
+    # As on Stripe, a key older than 24 hours is a new request: a second PaymentIntent
+    again = raw.v1.payment_intents.create(params, {"idempotency_key": key})
+    assert again.id != first.id and again.last_response.headers.get("Idempotent-Replayed") is None
+    assert again.created >= first.created + 25 * HOURS
+
+
+def test_idempotency_window_the_clock_only_moves_forward(sandbox: Sandbox) -> None:
+    for bad in (-1, "1", None):
+        with pytest.raises(ValueError, match="advance_s"):
+            advance_clock(sandbox, bad)  # type: ignore[arg-type]
+
+
+def test_search_finds_payment_intents_by_metadata_newest_first(
+    payments: StripePayments, raw: stripe.StripeClient
+) -> None:
+    offer_id, other = offer(), offer()
+    ids = [hold(payments, o).payment_intent_id for o in (offer_id, other)]
+    extra = raw.v1.payment_intents.create(
+        {"amount": 100, "currency": "usd", "metadata": {"offer_id": offer_id}, "payment_method": "pm_card_visa"}
+    )
+    query = f"metadata['offer_id']:'{offer_id}'"
+    found = raw.v1.payment_intents.search({"query": query})
+    assert (found.object, found.has_more, found.next_page, found.url) == (
+        "search_result",
+        False,
+        None,
+        "/v1/payment_intents/search",
+    )
+    assert [pi.id for pi in found.data] == [extra.id, ids[0]]
+    page = raw.v1.payment_intents.search({"query": query, "limit": 1})
+    assert [pi.id for pi in page.data] == [extra.id] and page.has_more and page.next_page
+    assert [pi.id for pi in page.auto_paging_iter()] == [extra.id, ids[0]]
+    held = raw.v1.payment_intents.search({"query": f'metadata["offer_id"]:"{offer_id}" AND status:"requires_capture"'})
+    assert [pi.id for pi in held.data] == [ids[0]]
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        raw.v1.payment_intents.search({"query": "amount>100"})
+    assert info.value.http_status == 400
+
+
+def test_second_hold_never_placed_after_the_key_expired(
+    payments: StripePayments, raw: stripe.StripeClient, sandbox: Sandbox
+) -> None:
+    """A replay 25 hours later: Stripe forgot the key, the offer's hold is found and adopted."""
+    offer_id = offer()
+    placed = hold(payments, offer_id)
+    advance_clock(sandbox, 25 * HOURS)
+    assert hold(payments, offer_id) == placed
+    every = raw.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+    mine = [pi for pi in every if pi.metadata.to_dict().get("offer_id") == offer_id]
+    assert [(pi.id, pi.status) for pi in mine] == [(placed.payment_intent_id, "requires_capture")]
+
+
+def test_second_hold_after_a_release_is_a_new_hold_under_a_key_of_its_own(payments: StripePayments) -> None:
+    """Within 24 hours the first key would replay the first hold's answer, though it was released."""
+    offer_id = offer()
+    first = hold(payments, offer_id)
+    payments.release_hold(offer_id=offer_id, payment_intent_id=first.payment_intent_id)
+    second = hold(payments, offer_id)
+    assert second.payment_intent_id != first.payment_intent_id and second.status == "requires_capture"
+    assert hold(payments, offer_id) == second
+    assert sorted((h.payment_intent_id, h.status) for h in holds_for(payments, offer_id)) == sorted(
+        [(first.payment_intent_id, "canceled"), (second.payment_intent_id, "requires_capture")]
+    )

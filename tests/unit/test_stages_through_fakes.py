@@ -27,7 +27,7 @@ from offers_workers.partners.fakes import (
     FakePayments,
     FakeRiskScoring,
 )
-from offers_workers.partners.interfaces import OrderToScore, ReturnRisk
+from offers_workers.partners.interfaces import Hold, OrderToScore, ReturnRisk, adopt_or_key
 from offers_workers.saga import decisions
 from offers_workers.saga.decisions import RELEASE_HOLD_TASK, Advance, DeadLetter, Dispatch, Reject, RetryLater
 from offers_workers.saga.stages import auction_outcome, payment_outcome, risk_outcome
@@ -157,6 +157,77 @@ def test_the_same_key_with_other_parameters_dead_letters() -> None:
     payment_outcome(card_offer(), payments, FakeBankFunds())
     changed = card_offer(amount_cents=16000)
     assert failure("payment", lambda: payment_outcome(changed, payments, FakeBankFunds())) == DeadLetter()
+
+
+# --- payment: after Stripe forgot the key (24 h) --------------------------------------------------
+
+PAST_THE_KEY_S = 25 * 3600
+
+
+def test_second_hold_never_placed_by_a_payment_stage_replayed_after_the_idempotency_window() -> None:
+    payments = FakePayments()
+    first = payment_outcome(card_offer(), payments, FakeBankFunds())
+    payments.advance_clock(PAST_THE_KEY_S)
+    # The replay finds the offer's hold and adopts it: the stage records the same PaymentIntent.
+    assert payment_outcome(card_offer(), payments, FakeBankFunds()) == first
+    assert [h.status for h in payments.holds_for("off_1")] == ["requires_capture"]
+
+
+def test_second_hold_placed_only_for_a_hold_that_was_released() -> None:
+    payments = FakePayments()
+    first = payment_outcome(card_offer(), payments, FakeBankFunds())
+    assert isinstance(first, Advance) and first.payment_intent_id
+    payments.expire(first.payment_intent_id)  # Stripe let the authorization lapse
+    payments.advance_clock(PAST_THE_KEY_S)
+    again = payment_outcome(card_offer(), payments, FakeBankFunds())
+    assert isinstance(again, Advance) and again.payment_intent_id != first.payment_intent_id
+    assert payment_outcome(card_offer(), payments, FakeBankFunds()) == again
+    assert [h.status for h in payments.holds_for("off_1")] == ["canceled", "requires_capture"]
+
+
+def test_second_hold_never_placed_on_a_charged_offer_the_stage_dead_letters() -> None:
+    payments = FakePayments()
+    first = payment_outcome(card_offer(), payments, FakeBankFunds())
+    assert isinstance(first, Advance) and first.payment_intent_id
+    payments.capture(first.payment_intent_id)
+    payments.advance_clock(PAST_THE_KEY_S)
+    call = lambda: payment_outcome(card_offer(), payments, FakeBankFunds())  # noqa: E731
+    assert failure("payment", call) == DeadLetter()
+    assert len(payments.holds_for("off_1")) == 1
+
+
+def hold(pi: str, status: str, amount_cents: int = 15000, currency: str = "usd") -> Hold:
+    return Hold(pi, status, amount_cents, currency, "off_1")
+
+
+@pytest.mark.parametrize(
+    ("found", "plan"),
+    [
+        ([], "offer:off_1:hold"),
+        ([hold("pi_2", "requires_capture"), hold("pi_1", "canceled")], hold("pi_2", "requires_capture")),
+        ([hold("pi_1", "requires_payment_method")], "offer:off_1:hold"),
+        ([hold("pi_1", "canceled")], "offer:off_1:hold:2"),
+        ([hold("pi_2", "canceled"), hold("pi_1", "canceled")], "offer:off_1:hold:3"),
+    ],
+    ids=["none", "live", "declined", "released", "released-twice"],
+)
+def test_second_hold_decision_adopts_a_live_hold_or_names_the_key(found, plan) -> None:
+    assert adopt_or_key(found, offer_id="off_1", amount_cents=15000, currency="USD") == plan
+
+
+@pytest.mark.parametrize(
+    ("found", "code"),
+    [
+        ([hold("pi_1", "requires_capture", amount_cents=9900)], "IdempotencyError"),
+        ([hold("pi_1", "requires_capture", currency="eur")], "IdempotencyError"),
+        ([hold("pi_1", "succeeded")], "payment_intent_captured"),
+    ],
+    ids=["other-amount", "other-currency", "captured"],
+)
+def test_second_hold_decision_refuses_what_would_hold_or_charge_twice(found, code) -> None:
+    with pytest.raises(PermanentError) as refused:
+        adopt_or_key(found, offer_id="off_1", amount_cents=15000, currency="USD")
+    assert refused.value.code == code
 
 
 # --- payment: bank accounts -----------------------------------------------------------------------

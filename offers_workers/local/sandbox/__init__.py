@@ -5,7 +5,16 @@ sandbox process and set over HTTP, so every process that talks to the sandbox se
 """
 
 from offers_workers.local.sandbox.aws import ensure_aws_resources
-from offers_workers.local.sandbox.faults import PARTNERS, clear_faults, get_faults, set_fault
+from offers_workers.local.sandbox.faults import PARTNERS, advance_clock, clear_faults, get_faults, set_fault
 from offers_workers.local.sandbox.runner import Sandbox, serve
 
-__all__ = ["PARTNERS", "Sandbox", "clear_faults", "ensure_aws_resources", "get_faults", "serve", "set_fault"]
+__all__ = [
+    "PARTNERS",
+    "Sandbox",
+    "advance_clock",
+    "clear_faults",
+    "ensure_aws_resources",
+    "get_faults",
+    "serve",
+    "set_fault",
+]

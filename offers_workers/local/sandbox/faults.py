@@ -3,6 +3,7 @@
 A fault is ``{"status": int | None, "rate": 0..1, "latency_ms": int}``. Every request to that partner
 first waits ``latency_ms``, then with probability ``rate`` is answered with ``status`` in the
 partner's own error shape. Control endpoint on each partner's port: ``GET|PUT|DELETE /__sandbox/faults``.
+The Stripe sandbox also has a clock (``GET|POST /__sandbox/clock``), moved forward by ``advance_clock``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from offers_workers.partners.table import PARTNERS as PARTNER_TABLE
 #: The partners the sandbox serves, by name (the partner table's order).
 PARTNERS = PARTNER_NAMES
 FAULTS_PATH = "/__sandbox/faults"
+CLOCK_PATH = "/__sandbox/clock"
 
 
 @dataclass(frozen=True)
@@ -118,16 +120,17 @@ def partner_urls(target: Any) -> dict[str, str]:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _call(url: str, method: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+def _call(url: str, method: str, payload: dict[str, Any] | None = None, path: str = FAULTS_PATH) -> dict[str, Any]:
     data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(url + FAULTS_PATH, data=data, method=method)
+    req = urllib.request.Request(url + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")
     try:
         with _OPENER.open(req, timeout=5) as resp:
             snapshot: dict[str, Any] = json.loads(resp.read())
             return snapshot
     except urllib.error.HTTPError as exc:
-        raise ValueError(f"sandbox refused the fault: {exc.read().decode(errors='replace')}") from None
+        what = "the fault" if path == FAULTS_PATH else path
+        raise ValueError(f"sandbox refused {what}: {exc.read().decode(errors='replace')}") from None
 
 
 def _url_for(target: Any, partner: str) -> str:
@@ -156,3 +159,9 @@ def get_faults(target: Any, partner: str | None = None) -> dict[str, dict[str, A
     """``{partner: {"fault": {...} | None, "requests": n, "injected": n}}`` (counts since the last ``set_fault``)."""
     names = [partner] if partner else [p for p in PARTNERS if p in partner_urls(target)]
     return {name: _call(_url_for(target, name), "GET") for name in names}
+
+
+def advance_clock(target: Any, seconds: float) -> dict[str, Any]:
+    """Move the Stripe sandbox's clock ``seconds`` forward ("25 hours later", at once): idempotency keys
+    older than Stripe's 24 h are then forgotten. Returns ``{"now", "advanced_s", "idempotency_ttl_s"}``."""
+    return _call(_url_for(target, "stripe"), "POST", {"advance_s": seconds}, CLOCK_PATH)

@@ -15,6 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from offers_workers.local.sandbox.faults import FAULTS_PATH, FaultState
 
+#: Where the sandbox's own control endpoints live on each partner's port.
+CONTROL_PREFIX = "/__sandbox/"
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +81,10 @@ class PartnerHandler(BaseHTTPRequestHandler):
         """The partner's own error body (JSON-able) and extra headers for an injected ``status``."""
         raise NotImplementedError
 
+    def sandbox_control(self, path: str, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """A partner's own control endpoint under ``/__sandbox/`` (HTTP status, JSON body); none by default."""
+        return 404, {"error": f"no sandbox control at {path}"}
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
@@ -115,6 +122,10 @@ class PartnerHandler(BaseHTTPRequestHandler):
             return
         if url.path == FAULTS_PATH:
             status, payload = self.server.faults.control(method, body)
+            self.send_json(status, payload)
+            return
+        if url.path.startswith(CONTROL_PREFIX):  # never faulted: a drill must be able to steer a failing partner
+            status, payload = self.sandbox_control(url.path, method, body)
             self.send_json(status, payload)
             return
         injected = self.server.faults.apply()

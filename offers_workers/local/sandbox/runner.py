@@ -16,6 +16,7 @@ from offers_workers.local.sandbox.http import PartnerHandler, PartnerHTTPServer
 from offers_workers.local.sandbox.plaid_server import PlaidHandler
 from offers_workers.local.sandbox.sift_server import SiftHandler
 from offers_workers.local.sandbox.stripe_server import StripeHandler, StripeState
+from offers_workers.partners.interfaces import STRIPE_IDEMPOTENCY_TTL_S
 from offers_workers.partners.table import PARTNERS as PARTNER_TABLE
 
 if TYPE_CHECKING:
@@ -25,9 +26,16 @@ _HANDLERS: dict[str, type[PartnerHandler]] = {"stripe": StripeHandler, "sift": S
 
 
 class Sandbox:
-    """All four partners. ``ports``: partner -> port (default ``SANDBOX_PORTS``; 0 or ``ports=0``: free ports)."""
+    """All four partners. ``ports``: partner -> port (default ``SANDBOX_PORTS``; 0 or ``ports=0``: free ports).
+    ``stripe_idempotency_ttl_s``: how long Stripe's sandbox keeps an idempotency key (Stripe: 24 h)."""
 
-    def __init__(self, host: str = "127.0.0.1", ports: Mapping[str, int] | int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ports: Mapping[str, int] | int | None = None,
+        *,
+        stripe_idempotency_ttl_s: float = STRIPE_IDEMPOTENCY_TTL_S,
+    ) -> None:
         if isinstance(ports, int):
             ports = dict.fromkeys(PARTNERS, ports)
         unknown = set(ports or {}) - set(PARTNERS)
@@ -36,6 +44,7 @@ class Sandbox:
         self.host = host
         self.ports: dict[str, int] = {**SANDBOX_PORTS, **(ports or {})}
         self.faults = {p: FaultState() for p in PARTNERS}
+        self.stripe_idempotency_ttl_s = stripe_idempotency_ttl_s
         self._servers: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
 
@@ -51,7 +60,9 @@ class Sandbox:
                 if partner == "aws":
                     server = make_aws_server(*addr, self.faults[partner])
                 else:
-                    state = StripeState() if partner == "stripe" else None
+                    state = (
+                        StripeState(idempotency_ttl_s=self.stripe_idempotency_ttl_s) if partner == "stripe" else None
+                    )
                     server = PartnerHTTPServer(addr, _HANDLERS[partner], self.faults[partner], state)
                 self._servers[partner] = server
                 self.ports[partner] = server.server_address[1]

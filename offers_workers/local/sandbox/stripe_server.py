@@ -2,11 +2,14 @@
 
 Test payment methods: ``pm_card_visa`` succeeds, ``pm_card_chargeDeclined`` is declined
 (``generic_decline``), ``pm_card_chargeDeclinedInsufficientFunds`` is declined (``insufficient_funds``).
+Idempotency keys are forgotten after 24 hours of the sandbox's clock, which ``/__sandbox/clock``
+moves forward, so a test can be 25 hours later at once.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import secrets
 import threading
@@ -15,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from offers_workers.local.sandbox.faults import CLOCK_PATH
 from offers_workers.local.sandbox.http import PartnerHandler
+from offers_workers.partners.interfaces import STRIPE_IDEMPOTENCY_TTL_S
 
 #: pm id -> (code, decline_code, message); None means the card authorises.
 TEST_PAYMENT_METHODS: dict[str, tuple[str, str, str] | None] = {
@@ -53,6 +58,12 @@ CREATE_PARAMS = {
     "on_behalf_of",
 }
 
+#: One clause of a search query: ``status:'requires_capture'``, ``metadata['offer_id']:"off_1"``.
+SEARCH_CLAUSE = re.compile(
+    r"(?P<field>status|currency|customer|metadata)(?:\[(?P<q>['\"])(?P<key>[^'\"]+)(?P=q)\])?"
+    r":(?P<vq>['\"])(?P<value>[^'\"]*)(?P=vq)"
+)
+
 
 class StripeApiError(Exception):
     """An error answer. ``save``: whether the idempotency layer stores it (Stripe skips validation)."""
@@ -89,6 +100,7 @@ def _missing(kind: str, ident: str, param: str | None = None) -> StripeApiError:
 class _IdemEntry:
     fingerprint: tuple[Any, ...]
     request_id: str
+    created: float  # the sandbox's clock: Stripe forgets the key idempotency_ttl_s later
     response: tuple[int, Any] | None = None  # None while the first request is in progress
 
 
@@ -99,6 +111,15 @@ class StripeState:
     order: list[str] = field(default_factory=list)  # creation order; lists are newest first
     position: dict[str, int] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], _IdemEntry] = field(default_factory=dict)
+    idempotency_ttl_s: float = STRIPE_IDEMPOTENCY_TTL_S
+    #: How far the sandbox's clock runs ahead of the machine's (``/__sandbox/clock``).
+    advanced_s: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.advanced_s
+
+    def clock(self) -> dict[str, Any]:
+        return {"now": int(self.now()), "advanced_s": self.advanced_s, "idempotency_ttl_s": self.idempotency_ttl_s}
 
 
 def nest_params(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -158,6 +179,25 @@ class StripeHandler(PartnerHandler):
             error = {"type": "invalid_request_error", "code": "sandbox_fault", "message": f"Injected HTTP {status}."}
         return {"error": error}, headers
 
+    # -- the sandbox's clock ----------------------------------------------------------------------
+
+    def sandbox_control(self, path: str, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``GET /__sandbox/clock``; ``POST`` ``{"advance_s": N}`` moves it forward (never back, as time goes)."""
+        if path != CLOCK_PATH:
+            return super().sandbox_control(path, method, body)
+        if method == "POST":
+            try:
+                advance = json.loads(body or b"{}").get("advance_s")
+            except (ValueError, AttributeError):
+                advance = None
+            if not isinstance(advance, int | float) or isinstance(advance, bool) or advance < 0:
+                return 400, {"error": 'give {"advance_s": seconds}, a number >= 0'}
+            with self.state.lock:
+                self.state.advanced_s += advance
+        elif method != "GET":
+            return 405, {"error": "use GET or POST"}
+        return 200, self.state.clock()
+
     # -- request handling ------------------------------------------------------------------------
 
     def handle_partner(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> None:
@@ -196,10 +236,13 @@ class StripeHandler(PartnerHandler):
         fingerprint = (method, path, tuple(sorted(pairs)))
         scope = (auth, key)  # Stripe scopes keys per account
         with self.state.lock:
+            now = self.state.now()
             entry = self.state.idempotency.get(scope)
+            if entry is not None and now - entry.created >= self.state.idempotency_ttl_s:
+                entry = None  # Stripe prunes keys after 24 h: the same key is then a new request
             mine = entry is None
             if entry is None:
-                entry = self.state.idempotency[scope] = _IdemEntry(fingerprint, request_id)
+                entry = self.state.idempotency[scope] = _IdemEntry(fingerprint, request_id, now)
             response = entry.response
         headers = {"Request-Id": request_id, "Idempotency-Key": key}
         if not mine:
@@ -245,6 +288,8 @@ class StripeHandler(PartnerHandler):
             return self._create(params)
         if len(parts) == 2 and method == "GET":
             return self._list(params)
+        if parts[2:] == ["search"] and method == "GET":
+            return self._search(params)
         if len(parts) == 3 and method in ("GET", "POST"):
             return self._retrieve(parts[2]) if method == "GET" else self._update(parts[2], params)
         if len(parts) == 4 and method == "POST" and parts[3] in ("cancel", "capture", "confirm"):
@@ -305,7 +350,7 @@ class StripeHandler(PartnerHandler):
                 "capture_method": capture_method,
                 "client_secret": None,
                 "confirmation_method": params.get("confirmation_method", "automatic"),
-                "created": int(time.time()),
+                "created": int(self.state.now()),
                 "currency": currency.lower(),
                 "customer": params.get("customer"),
                 "description": params.get("description"),
@@ -387,7 +432,9 @@ class StripeHandler(PartnerHandler):
             pi = self._get(intent_id)
             if pi["status"] not in CANCELLABLE:
                 raise self._unexpected_state(pi, "cancel", ", ".join(sorted(CANCELLABLE)))
-            pi.update(status="canceled", cancellation_reason=reason, canceled_at=int(time.time()), amount_capturable=0)
+            pi.update(
+                status="canceled", cancellation_reason=reason, canceled_at=int(self.state.now()), amount_capturable=0
+            )
             return copy.deepcopy(pi)
 
     def _capture(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -448,3 +495,44 @@ class StripeHandler(PartnerHandler):
                 page, has_more = newest_first[:limit], len(newest_first) > limit
             data = [copy.deepcopy(self.state.intents[i]) for i in page]
         return {"object": "list", "data": data, "has_more": has_more, "url": "/v1/payment_intents"}
+
+    def _search(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's Search, for ``field:'value'`` clauses joined by ``AND`` on ``status``, ``currency``,
+        ``customer`` and ``metadata['key']``, newest first. Unlike Stripe's, whose index lags writes by
+        about a minute, it sees every write at once."""
+        query = params.get("query")
+        if not query:
+            raise _invalid("Missing required param: query.", code="parameter_missing", param="query")
+        clauses = []
+        for clause in str(query).split(" AND "):
+            match = SEARCH_CLAUSE.fullmatch(clause.strip())
+            if match is None or (match.group("field") == "metadata") != (match.group("key") is not None):
+                raise _invalid(f"Invalid query: {clause.strip()!r} is not a supported clause.", param="query")
+            clauses.append((match.group("field"), match.group("key"), match.group("value")))
+        limit_raw = params.get("limit", "10")
+        if not str(limit_raw).isdigit() or not 1 <= int(limit_raw) <= 100:
+            raise _invalid(
+                "Invalid integer: limit must be between 1 and 100", code="parameter_invalid_integer", param="limit"
+            )
+        page = params.get("page") or "0"
+        if not str(page).isdigit():
+            raise _invalid(f"Invalid page: {page}", param="page")
+        start, limit = int(page), int(limit_raw)
+
+        def matches(pi: dict[str, Any]) -> bool:
+            return all(
+                (pi["metadata"].get(key) if name == "metadata" else pi.get(name)) == value
+                for name, key, value in clauses
+            )
+
+        with self.state.lock:
+            hits = [i for i in self.state.order[::-1] if matches(self.state.intents[i])]
+            data = [copy.deepcopy(self.state.intents[i]) for i in hits[start : start + limit]]
+        more = len(hits) > start + limit
+        return {
+            "object": "search_result",
+            "data": data,
+            "has_more": more,
+            "next_page": str(start + limit) if more else None,
+            "url": "/v1/payment_intents/search",
+        }
