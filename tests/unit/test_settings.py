@@ -220,3 +220,18 @@ def test_the_audit_export_runs_on_a_crontab_from_config(clean_env: pytest.Monkey
     clean_env.setenv("OFFERS_AUDIT_EXPORT_CRON", "nightly")
     with pytest.raises(ConfigError, match="OFFERS_AUDIT_EXPORT_CRON"):
         load_settings()
+
+
+def test_a_failpoint_is_refused_outside_the_sandbox(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:pill-, crash_on_offer:other")
+    assert load_settings().crash_on_offer == ("pill-", "other")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:")
+    with pytest.raises(ConfigError, match="OFFERS_FAILPOINTS takes crash_on_offer:PREFIX"):
+        load_settings()
+    # A deployment that sets one by accident does not start
+    clean_env.delenv("OFFERS_SANDBOX")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:pill-")
+    worker_stops_at_start_up_with(
+        "offers-workers: invalid configuration: OFFERS_FAILPOINTS is for drills and is refused unless OFFERS_SANDBOX=1"
+    )
