@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     #: Flower; they carry ids only (tasks/redaction.py). Off saves a few broker messages per task.
     task_events: bool = True
 
+    #: A message whose runs started this many times without one finishing (its worker died each
+    #: time) is not run again: its next delivery is dead-lettered (tasks/deliveries.py). Well under
+    #: RabbitMQ's own delivery limit (config.celery.BROKER_DELIVERY_LIMIT; 20 on 4.x without our
+    #: policy), which also counts messages a dead worker had only reserved: ours decides first.
+    poison_deliveries: int = Field(default=5, ge=1, le=10)
     #: Drills only: ``crash_on_offer:PREFIX`` (comma-separated for more) makes a worker exit at once
     #: when it starts a task for an offer whose id starts with PREFIX (tasks/failpoints.py).
     failpoints: str = ""

@@ -235,3 +235,11 @@ def test_a_failpoint_is_refused_outside_the_sandbox(clean_env: pytest.MonkeyPatc
     worker_stops_at_start_up_with(
         "offers-workers: invalid configuration: OFFERS_FAILPOINTS is for drills and is refused unless OFFERS_SANDBOX=1"
     )
+
+
+@pytest.mark.parametrize("deliveries", ["0", "11"])
+def test_the_poison_limit_stays_under_rabbitmqs(clean_env: pytest.MonkeyPatch, deliveries: str) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_POISON_DELIVERIES", deliveries)
+    with pytest.raises(ConfigError, match="OFFERS_POISON_DELIVERIES"):
+        load_settings()
