@@ -7,6 +7,7 @@ each Redis fleet gets a key prefix of its own: queue names are the contract and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -41,14 +42,24 @@ def _rabbitmqctl(*args: str) -> None:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-300:]}")
 
 
+def delivery_limit_policy(vhost: str) -> tuple[str, ...]:
+    """The operations guide's ``rabbitmqctl set_policy`` line, with the code's limit."""
+    from config.celery import BROKER_DELIVERY_LIMIT
+
+    definition = json.dumps({"delivery-limit": BROKER_DELIVERY_LIMIT})
+    return ("set_policy", "-p", vhost, "offers-delivery-limit", r"^offers\.", definition, "--apply-to", "queues")
+
+
 @contextmanager
 def rabbitmq_vhost(name: str) -> Iterator[str]:
     """A fresh virtual host for one fleet; yields its broker URL. Deleted, with its queues, after."""
     parts = urlsplit(RABBITMQ_URL)
-    # The operations guide's set-up: quorum as the default queue type, so plain clients are accepted.
+    # The operations guide's set-up: quorum as the default queue type, so plain clients are accepted,
+    # and RabbitMQ's delivery limit by policy, far above the workers' own.
     _rabbitmqctl("add_vhost", name, "--default-queue-type", "quorum")
     try:
         _rabbitmqctl("set_permissions", "-p", name, parts.username or "guest", ".*", ".*", ".*")
+        _rabbitmqctl(*delivery_limit_policy(name))
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
     finally:
         _rabbitmqctl("delete_vhost", name)
