@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 #: Where the tests look for RabbitMQ (the CI machine has one here).
 RABBITMQ_URL = os.environ.get("OFFERS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -63,6 +63,19 @@ def rabbitmq_vhost(name: str) -> Iterator[str]:
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
     finally:
         _rabbitmqctl("delete_vhost", name)
+
+
+def queue_policies(broker_url: str) -> dict[str, str]:
+    """The policy RabbitMQ applies to each queue of the virtual host of ``broker_url``."""
+    vhost = unquote(urlsplit(broker_url).path.lstrip("/"))
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "policy", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(line.split("\t", 1) for line in listed.stdout.splitlines() if "\t" in line)
 
 
 @contextmanager
