@@ -86,6 +86,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+#: RabbitMQ's own delivery limit for the fleet's queues, set by a policy (docs/operations.md,
+#: section 4), not a queue argument: a declared queue's arguments cannot change, and a client that
+#: declares the queue without the same argument is refused. A backstop far above
+#: OFFERS_POISON_DELIVERIES: RabbitMQ also counts the messages a dead worker had only reserved.
+BROKER_DELIVERY_LIMIT = 50
+
 #: RabbitMQ: the exchange every stage queue is bound to by its own name. A topic exchange, because
 #: Celery's native delayed delivery (retry countdowns on quorum queues) re-routes through it.
 EXCHANGE = Exchange("offers", type="topic", durable=True)

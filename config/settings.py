@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -51,6 +52,8 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 #: What redis-py and Celery's result backend both take as a rediss:// URL's ssl_cert_reqs.
 SSL_CERT_REQS = ("required", "optional", "none")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+#: What a crash_on_offer failpoint takes: the start of an offer id.
+FAILPOINT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -156,6 +159,15 @@ class Settings(BaseSettings):
     #: Flower; they carry ids only (tasks/redaction.py). Off saves a few broker messages per task.
     task_events: bool = True
 
+    #: A message whose runs started this many times without one finishing (its worker died each
+    #: time) is not run again: its next delivery is dead-lettered (tasks/deliveries.py). Well under
+    #: RabbitMQ's own delivery limit (config.celery.BROKER_DELIVERY_LIMIT; 20 on 4.x without our
+    #: policy), which also counts messages a dead worker had only reserved: ours decides first.
+    poison_deliveries: int = Field(default=5, ge=1, le=10)
+    #: Drills only: ``crash_on_offer:PREFIX`` (comma-separated for more) makes a worker exit at once
+    #: when it starts a task for an offer whose id starts with PREFIX (tasks/failpoints.py).
+    failpoints: str = ""
+
     #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
     retry_delay_scale: float = Field(default=1.0, gt=0, le=10)
 
@@ -253,6 +265,17 @@ class Settings(BaseSettings):
         return values
 
     @model_validator(mode="after")
+    def _failpoints_in_the_sandbox_only(self) -> Settings:
+        # A failpoint kills workers on purpose: a deployment must not be able to arm one by accident.
+        if self.failpoints and not self.sandbox:
+            raise ValueError("OFFERS_FAILPOINTS is for drills and is refused unless OFFERS_SANDBOX=1")
+        for point in filter(None, (p.strip() for p in self.failpoints.split(","))):
+            name, _, prefix = point.partition(":")
+            if name != "crash_on_offer" or not FAILPOINT_PREFIX.fullmatch(prefix):
+                raise ValueError("OFFERS_FAILPOINTS takes crash_on_offer:PREFIX (an offer id prefix), comma-separated")
+        return self
+
+    @model_validator(mode="after")
     def _required_outside_sandbox(self) -> Settings:
         if not self.sandbox:
             for name in REQUIRED_OUTSIDE_SANDBOX:
@@ -322,6 +345,12 @@ class Settings(BaseSettings):
         if self.broker_url and self.broker_url.startswith(REDIS_SCHEMES):
             return self.broker_url
         return None
+
+    @property
+    def crash_on_offer(self) -> tuple[str, ...]:
+        """Offer id prefixes whose tasks make a worker exit (OFFERS_FAILPOINTS, sandbox only)."""
+        points = (p.strip() for p in self.failpoints.split(","))
+        return tuple(p.removeprefix("crash_on_offer:") for p in points if p.startswith("crash_on_offer:"))
 
     @property
     def aws_credentials(self) -> tuple[str, str] | None:

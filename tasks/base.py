@@ -1,4 +1,5 @@
-"""The one base task: logging context, retries with backoff, dead-lettering, after-commit sends."""
+"""The one base task: logging context, retries with backoff, dead-lettering, after-commit sends,
+and poison messages (tasks/deliveries.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from offers_workers.runtime import get_runtime
 from offers_workers.saga import deadletter, decisions
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import offers
+from tasks import deliveries, failpoints
 from tasks.redaction import RedactedTask
 
 log = logging.getLogger("offers_workers.tasks")
@@ -49,7 +51,15 @@ class OffersTask(RedactedTask):
         if "offer_id" in kwargs:
             context["offer_id"] = kwargs["offer_id"]
         token = logs.task_context.set(context)
+        rt = get_runtime()
+        # Counted before the task runs, so a run that kills its worker counts too.
+        delivery = None if self.request.called_directly else deliveries.start(rt, self.request)
+        poisoned = delivery is not None and delivery.poisoned(rt.settings.poison_deliveries)
         try:
+            if delivery is not None and poisoned:
+                self.dead_letter_or_retry(deliveries.PoisonMessage(delivery), kwargs, {})
+                return None
+            failpoints.crash_if_armed(rt.settings, deadletter.offer_id_of(kwargs))
             result = self.run(*args, **kwargs)
             self.send_all(result)
             return None if isinstance(result, list) else result
@@ -69,6 +79,9 @@ class OffersTask(RedactedTask):
                 self.retry_later(exc, failure.policy, fields)
             self.dead_letter_or_retry(exc, kwargs, fields)
         finally:
+            # A poison message keeps its count: a retry or a stray redelivery is dead-lettered at once.
+            if delivery is not None and not poisoned:
+                deliveries.finish(rt, delivery)
             logs.task_context.reset(token)
         return None
 
@@ -117,14 +130,19 @@ class OffersTask(RedactedTask):
                     self.app.send_task(dispatch.task, kwargs=dispatch.kwargs)
 
     def dead_letter(self, exc: BaseException, kwargs: dict[str, Any], fields: dict[str, Any]) -> None:
+        if isinstance(exc, deliveries.PoisonMessage):
+            # Its workers died before anything could be caught: the deliveries tell what happened.
+            details, attempts = exc.delivery.history(), exc.delivery.died
+        else:
+            details, attempts = "".join(traceback.format_exception(exc))[-8000:], self.request.retries + 1
         entry_id = deadletter.record(
             get_runtime(),
             stage=self.stage,
             task_name=self.name,
             kwargs=kwargs,
             error=exc,
-            traceback_text="".join(traceback.format_exception(exc))[-8000:],
-            attempts=self.request.retries + 1,
+            traceback_text=details,
+            attempts=attempts,
             from_state=self.from_state,
         )
         log.error(

@@ -7,6 +7,7 @@ each Redis fleet gets a key prefix of its own: queue names are the contract and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 #: Where the tests look for RabbitMQ (the CI machine has one here).
 RABBITMQ_URL = os.environ.get("OFFERS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -41,17 +42,40 @@ def _rabbitmqctl(*args: str) -> None:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-300:]}")
 
 
+def delivery_limit_policy(vhost: str) -> tuple[str, ...]:
+    """The operations guide's ``rabbitmqctl set_policy`` line, with the code's limit."""
+    from config.celery import BROKER_DELIVERY_LIMIT
+
+    definition = json.dumps({"delivery-limit": BROKER_DELIVERY_LIMIT})
+    return ("set_policy", "-p", vhost, "offers-delivery-limit", r"^offers\.", definition, "--apply-to", "queues")
+
+
 @contextmanager
 def rabbitmq_vhost(name: str) -> Iterator[str]:
     """A fresh virtual host for one fleet; yields its broker URL. Deleted, with its queues, after."""
     parts = urlsplit(RABBITMQ_URL)
-    # The operations guide's set-up: quorum as the default queue type, so plain clients are accepted.
+    # The operations guide's set-up: quorum as the default queue type, so plain clients are accepted,
+    # and RabbitMQ's delivery limit by policy, far above the workers' own.
     _rabbitmqctl("add_vhost", name, "--default-queue-type", "quorum")
     try:
         _rabbitmqctl("set_permissions", "-p", name, parts.username or "guest", ".*", ".*", ".*")
+        _rabbitmqctl(*delivery_limit_policy(name))
         yield urlunsplit(parts._replace(path="/" + quote(name, safe="")))
     finally:
         _rabbitmqctl("delete_vhost", name)
+
+
+def queue_policies(broker_url: str) -> dict[str, str]:
+    """The policy RabbitMQ applies to each queue of the virtual host of ``broker_url``."""
+    vhost = unquote(urlsplit(broker_url).path.lstrip("/"))
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "policy", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(line.split("\t", 1) for line in listed.stdout.splitlines() if "\t" in line)
 
 
 @contextmanager

@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 STAGES = (*states.STAGE_BY_NAME, "intake", "cancellation", "events", "compensation", "maintenance")
 
 
+def offer_id_of(kwargs: dict[str, Any]) -> str | None:
+    """The offer a task's message is about: its ``offer_id``, or the id inside a submit's ``offer``."""
+    offer_id = kwargs.get("offer_id") if isinstance(kwargs.get("offer_id"), str) else None
+    if offer_id is None and isinstance(kwargs.get("offer"), dict):
+        offer_id = kwargs["offer"].get("offer_id") if isinstance(kwargs["offer"].get("offer_id"), str) else None
+    return offer_id
+
+
 def record(
     rt: Runtime,
     *,
@@ -33,9 +41,7 @@ def record(
     from_state: str | None,
 ) -> int:
     """Record a stage run that failed for good and move its offer to ``dead_lettered``; the entry's id."""
-    offer_id = kwargs.get("offer_id") if isinstance(kwargs.get("offer_id"), str) else None
-    if offer_id is None and isinstance(kwargs.get("offer"), dict):
-        offer_id = kwargs["offer"].get("offer_id") if isinstance(kwargs["offer"].get("offer_id"), str) else None
+    offer_id = offer_id_of(kwargs)
     with rt.db.transaction() as conn:
         entry_id = dead_letters.record_failure(
             conn,

@@ -4,6 +4,7 @@ every command in its command list. A setting or a command added without its row 
 from __future__ import annotations
 
 import re
+import shlex
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,14 @@ def QUEUE_NAMES() -> list[str]:
     from config.celery import QUEUES
 
     return QUEUES
+
+
+def test_the_guides_delivery_limit_policy_is_the_one_the_tests_set() -> None:
+    from config.celery import BROKER_DELIVERY_LIMIT
+    from tests.brokers import delivery_limit_policy
+
+    [line] = [line for line in snippet("rabbitmq-vhost").lines() if "set_policy" in line]
+    assert tuple(shlex.split(line)[1:]) == delivery_limit_policy("$VHOST")
+    # RabbitMQ's limit is the backstop: the workers' own, at its highest, must decide well before it.
+    highest = next(m.le for m in Settings.model_fields["poison_deliveries"].metadata if hasattr(m, "le"))
+    assert 2 * highest < BROKER_DELIVERY_LIMIT

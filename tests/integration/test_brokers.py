@@ -1,5 +1,6 @@
 """The core scenarios on both brokers: every outcome path with duplicate deliveries, killed
-workers, a partner outage and its dead-letter replay, and cancellations racing the saga.
+workers, a partner outage and its dead-letter replay, cancellations racing the saga, and a poison
+message that kills every worker it reaches.
 
 Each broker gets a fleet of its own (the Procfile's workers and beat), a database of its own and
 its own key space: a Redis key prefix, or a RabbitMQ virtual host. On a machine without RabbitMQ
@@ -15,19 +16,24 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from config.celery import QUEUES
 from offers_workers.domain import states
 from offers_workers.local.demo import send_samples
-from offers_workers.local.samples import SCENARIOS
-from tests.brokers import BROKERS, fleet_stores, rabbitmq_unavailable
+from offers_workers.local.samples import SCENARIOS, base_offer
+from offers_workers.store import dead_letters
+from tests.brokers import BROKERS, fleet_stores, queue_policies, rabbitmq_unavailable
 from tests.bus import BusReader
 from tests.conftest import DRILL_RESULTS, RUN_ID, cli, offer_rows, wait_until
 from tests.drillkit import FAST_RECOVERY, Drill, drill, intake_done, worker_processes
 from tests.outages import all_in, through_sift_outage
 from tests.races import cancel_race
+
+#: The start of the poison drill's offer id, the fleets' failpoint: its tasks kill their worker.
+POISON_PILL = "poison-pill-"
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -39,8 +45,10 @@ def fleet_on(
     if broker == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
     log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
+    # Armed for the poison drill's own offer only: no other offer id starts with it.
+    poison = {"OFFERS_FAILPOINTS": f"crash_on_offer:{POISON_PILL}"}
     with (
-        fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY) as (box, env),
+        fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY, **poison) as (box, env),
         drill(broker, env, log_dir) as d,
     ):
         d.sandbox = box
@@ -136,6 +144,54 @@ def test_cancellations_racing_the_saga_end_cancelled_once(fleet_on: Drill) -> No
     bus = BusReader(d.runtime.settings)
     figures = cancel_race(d.app, d.runtime, bus, 120, seed=f"{RUN_ID}-{d.name}")
     DRILL_RESULTS.append({"drill": d.name, **figures})
+
+
+def test_a_poison_message_ends_in_our_dead_letter_queue(fleet_on: Drill) -> None:
+    broker = broker_of(fleet_on)
+    d = fleet_on.scenario(f"poison [{broker}]")
+    limit = d.runtime.settings.poison_deliveries
+    # Given a submit that kills the worker running it, every time, sent among 40 normal offers
+    samples = d.samples(40, seed=31)
+    poison = base_offer(f"{POISON_PILL}{RUN_ID}", 0)
+    d.submit(samples[:20])
+    d.app.send_task("offers.submit", kwargs={"offer": poison})
+    d.submit(samples[20:])
+    # Then every other offer reaches its outcome (0 lost, 0 duplicate holds, 0 orphan holds: verify)
+    d.drain(samples, timeout=90)
+    # And the poison's worker dies on each of its first deliveries; the next one is dead-lettered, not run
+    entry = wait_until(
+        lambda: intake_dead_letter(d, poison["offer_id"]), timeout=90, message="the poison's dead letter"
+    )
+    dead_lettered_after = time.monotonic() - d.started
+    # The operator sees it in `dlq list`, with the payload and the history of its deliveries in `dlq show`
+    listed = cli("dlq", "list", "--stage", "intake", "--json", env=d.env)
+    assert listed.returncode == 0, listed.stderr
+    assert [e["id"] for e in json.loads(listed.stdout) if e["offer_id"] == poison["offer_id"]] == [entry["id"]]
+    shown = cli("dlq", "show", str(entry["id"]), "--json", env=d.env)
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert (found["error_type"], found["attempts"], found["kwargs"]) == ("PoisonMessage", limit, {"offer": poison})
+    assert found["error_message"] == f"delivered {limit} times, the worker died each time; not run again"
+    history = found["traceback"].splitlines()
+    assert sum("; the worker died" in line for line in history) == limit
+    assert history[limit].startswith(f"delivery {limit + 1}: ") and history[limit].endswith("not run, dead-lettered")
+    if broker == "rabbitmq":
+        assert any(line.startswith("RabbitMQ's x-delivery-count: ") for line in history), history
+        # RabbitMQ's own limit, the backstop, is the operations guide's policy on every queue of ours
+        assert set(queue_policies(d.env["OFFERS_BROKER_URL"]).items()) >= {(q, "offers-delivery-limit") for q in QUEUES}
+    crashes = len(d.logged("failpoint crash_on_offer: the worker exits now"))
+    d.figures["offers"] += 1
+    d.figures["faults"] = (
+        f"1 submit among {len(samples)} kills its worker: {crashes} deaths, dead-lettered"
+        f" on delivery {limit + 1} after {dead_lettered_after:.1f} s"
+    )
+    d.verify(samples)
+    assert crashes == limit
+
+
+def intake_dead_letter(d: Drill, offer_id: str) -> dict[str, Any] | None:
+    with d.runtime.db.read() as conn:
+        return next((e for e in dead_letters.entries(conn, stage="intake") if e["offer_id"] == offer_id), None)
 
 
 def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:

@@ -277,3 +277,26 @@ def test_the_smtp_password_comes_from_a_file_and_is_masked(clean_env: pytest.Mon
     assert settings.secret("smtp_password") == "smtp-secret-from-a-file"
     assert "smtp-secret-from-a-file" not in repr(settings)
     assert settings.smtp_port == 587 and settings.smtp_recipients == ["b@example.com"]
+
+
+def test_a_failpoint_is_refused_outside_the_sandbox(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:pill-, crash_on_offer:other")
+    assert load_settings().crash_on_offer == ("pill-", "other")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:")
+    with pytest.raises(ConfigError, match="OFFERS_FAILPOINTS takes crash_on_offer:PREFIX"):
+        load_settings()
+    # A deployment that sets one by accident does not start
+    clean_env.delenv("OFFERS_SANDBOX")
+    clean_env.setenv("OFFERS_FAILPOINTS", "crash_on_offer:pill-")
+    worker_stops_at_start_up_with(
+        "offers-workers: invalid configuration: OFFERS_FAILPOINTS is for drills and is refused unless OFFERS_SANDBOX=1"
+    )
+
+
+@pytest.mark.parametrize("deliveries", ["0", "11"])
+def test_the_poison_limit_stays_under_rabbitmqs(clean_env: pytest.MonkeyPatch, deliveries: str) -> None:
+    clean_env.setenv("OFFERS_SANDBOX", "1")
+    clean_env.setenv("OFFERS_POISON_DELIVERIES", deliveries)
+    with pytest.raises(ConfigError, match="OFFERS_POISON_DELIVERIES"):
+        load_settings()
