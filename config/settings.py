@@ -52,7 +52,9 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 #: What redis-py and Celery's result backend both take as a rediss:// URL's ssl_cert_reqs.
 SSL_CERT_REQS = ("required", "optional", "none")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
-#: What a crash_on_offer failpoint takes: the start of an offer id.
+#: The failpoints a drill can arm (tasks/failpoints.py).
+FAILPOINTS = ("crash_on_offer", "crash_after_hold")
+#: What a failpoint takes: the start of an offer id.
 FAILPOINT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -165,7 +167,8 @@ class Settings(BaseSettings):
     #: policy), which also counts messages a dead worker had only reserved: ours decides first.
     poison_deliveries: int = Field(default=5, ge=1, le=10)
     #: Drills only: ``crash_on_offer:PREFIX`` (comma-separated for more) makes a worker exit at once
-    #: when it starts a task for an offer whose id starts with PREFIX (tasks/failpoints.py).
+    #: when it starts a task for an offer whose id starts with PREFIX; ``crash_after_hold:PREFIX``
+    #: when Stripe has answered such an offer's hold, before the stage commits (tasks/failpoints.py).
     failpoints: str = ""
 
     #: Multiplies every retry countdown (config/retry.py); tests and drills shorten the waits with it.
@@ -271,8 +274,11 @@ class Settings(BaseSettings):
             raise ValueError("OFFERS_FAILPOINTS is for drills and is refused unless OFFERS_SANDBOX=1")
         for point in filter(None, (p.strip() for p in self.failpoints.split(","))):
             name, _, prefix = point.partition(":")
-            if name != "crash_on_offer" or not FAILPOINT_PREFIX.fullmatch(prefix):
-                raise ValueError("OFFERS_FAILPOINTS takes crash_on_offer:PREFIX (an offer id prefix), comma-separated")
+            if name not in FAILPOINTS or not FAILPOINT_PREFIX.fullmatch(prefix):
+                raise ValueError(
+                    "OFFERS_FAILPOINTS takes crash_on_offer:PREFIX or crash_after_hold:PREFIX (an offer id prefix),"
+                    " comma-separated"
+                )
         return self
 
     @model_validator(mode="after")
@@ -346,11 +352,20 @@ class Settings(BaseSettings):
             return self.broker_url
         return None
 
+    def failpoint_prefixes(self, name: str) -> tuple[str, ...]:
+        """Offer id prefixes armed for the failpoint ``name`` (OFFERS_FAILPOINTS, sandbox only)."""
+        points = (p.strip() for p in self.failpoints.split(","))
+        return tuple(p.removeprefix(f"{name}:") for p in points if p.startswith(f"{name}:"))
+
     @property
     def crash_on_offer(self) -> tuple[str, ...]:
-        """Offer id prefixes whose tasks make a worker exit (OFFERS_FAILPOINTS, sandbox only)."""
-        points = (p.strip() for p in self.failpoints.split(","))
-        return tuple(p.removeprefix("crash_on_offer:") for p in points if p.startswith("crash_on_offer:"))
+        """Offer id prefixes whose tasks make a worker exit."""
+        return self.failpoint_prefixes("crash_on_offer")
+
+    @property
+    def crash_after_hold(self) -> tuple[str, ...]:
+        """Offer id prefixes whose card hold makes the worker exit after Stripe answered, before the commit."""
+        return self.failpoint_prefixes("crash_after_hold")
 
     @property
     def aws_credentials(self) -> tuple[str, str] | None:

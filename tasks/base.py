@@ -60,6 +60,7 @@ class OffersTask(RedactedTask):
                 self.dead_letter_or_retry(deliveries.PoisonMessage(delivery), kwargs, {})
                 return None
             failpoints.crash_if_armed(rt.settings, deadletter.offer_id_of(kwargs))
+            failpoints.arm_partners(rt)
             result = self.run(*args, **kwargs)
             self.send_all(result)
             return None if isinstance(result, list) else result

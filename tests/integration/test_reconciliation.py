@@ -7,6 +7,7 @@ stage functions, in this process; the kill window is the stage's own Stripe call
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,17 @@ import pytest
 
 from offers_workers.domain import states
 from offers_workers.local.samples import base_offer
-from offers_workers.local.sandbox import Sandbox, clear_faults, set_fault
+from offers_workers.local.sandbox import Sandbox, clear_faults, ensure_aws_resources, set_fault
 from offers_workers.local.stack import load_sample_policy
 from offers_workers.runtime import Runtime
 from offers_workers.saga import cancellation, intake, stages
 from offers_workers.store import offers
-from tests.conftest import cli, new_id
-from tests.drillkit import settings_for
+from tests.conftest import RUN_ID, cli, new_id, offer_rows, wait_until
+from tests.drillkit import FAST_RECOVERY, drill, settings_for
+from tests.outages import all_in
+
+#: The kill-window drill's reconciliation interval: the beat's job runs this often.
+CYCLE_S = 5
 
 
 @dataclass
@@ -161,3 +166,89 @@ def test_reconcile_during_a_stripe_outage_releases_nothing_and_says_so(world: Wo
     # Once Stripe answers, the next run releases it
     assert world.reconcile().returncode == 0
     assert [status for _, status in world.intents(offer_id)] == ["canceled"]
+
+
+def test_reconcile_closes_the_kill_window_drill(offers_env, scratch_database: str, tmp_path) -> None:
+    """The kill window on a running fleet: worker_partners dies between Stripe's answer and its commit
+    (failpoint crash_after_hold) while the buyer's cancel races it; the offer ends cancelled with a
+    hold nothing recorded, and the beat's reconciliation releases it within one cycle."""
+    victim = f"kw{RUN_ID}"
+    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    box.start()
+    try:
+        overrides = {
+            **box.settings_env(),
+            "OFFERS_DATABASE_URL": scratch_database,
+            "OFFERS_FAILPOINTS": f"crash_after_hold:{victim}",
+            "OFFERS_RECONCILE_GRACE_SECONDS": "0",
+            "OFFERS_RECONCILE_INTERVAL_SECONDS": str(CYCLE_S),
+            **FAST_RECOVERY,
+        }
+        settings = settings_for({**offers_env, **overrides})
+        load_sample_policy(settings)
+        ensure_aws_resources(settings)
+        with drill("killwindow", offers_env, tmp_path / "logs", **overrides) as d:
+            samples = d.send(60, seed=11)  # the rest of the traffic, around the kill
+            victims = [base_offer(f"{victim}_{n}", n) for n in range(3)]
+            for offer in victims:
+                d.app.send_task("offers.submit", kwargs={"offer": offer})
+            ids = [o["offer_id"] for o in victims]
+
+            def held_at_stripe() -> dict[str, str]:
+                return {h.offer_id: h.status for h in d.runtime.stripe.list_holds() if h.offer_id in ids}
+
+            # Stripe holds the first victim's card and its worker is gone: the cancels race the restart
+            wait_until(lambda: held_at_stripe() and d.fleet.dead(), timeout=60, message="the kill after the hold")
+            for offer_id in ids:
+                d.app.send_task(
+                    "offers.cancel", kwargs={"offer_id": offer_id, "reason": "buyer_withdrew", "actor": "buyer"}
+                )
+            deadline = time.monotonic() + 120
+            while not all_in(d.runtime, ids, states.CANCELLED) and time.monotonic() < deadline:
+                d.restart_dead_workers()
+                time.sleep(0.25)
+            assert all_in(d.runtime, ids, states.CANCELLED), offer_rows(d.runtime, ids)
+            # The window was hit: a cancelled offer that never recorded a hold, and an intent at Stripe
+            hit = [o for o, row in offer_rows(d.runtime, ids).items() if row["payment_intent_id"] is None]
+            hit = [o for o in hit if o in held_at_stripe()]
+            assert hit, held_at_stripe()
+
+            # The beat's reconciliation (every CYCLE_S) releases each, with an audit row
+            wait_until(
+                lambda: all(held_at_stripe()[o] == "canceled" for o in hit),
+                timeout=CYCLE_S * 2 + 30,
+                message="reconciliation to release the orphans",
+            )
+            lags = [release_lag(scratch_database, o) for o in hit]
+            assert max(lags) < CYCLE_S + 10, lags  # the first run after the cancel, give or take its own time
+            d.drain(samples)
+            d.figures["faults"] = (
+                f"worker_partners killed between Stripe's answer and its commit; {len(hit)} of {len(ids)} offers"
+                f" cancelled meanwhile with a hold nothing recorded, released by reconciliation {max(lags):.1f} s"
+                " after the cancel at most"
+            )
+            figures = d.verify(samples, others=ids)
+            assert figures["orphan_holds"] == 0 and figures["duplicate_holds"] == 0
+            audited = [e for o in hit for e in audit_rows(scratch_database, o) if e["kind"] == "hold_released"]
+            assert {e["actor"] for e in audited} == {"offers.reconcile_holds"} and len(audited) == len(hit)
+    finally:
+        box.stop()
+
+
+def audit_rows(database_url: str, offer_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(
+            "SELECT at, kind, actor, reason, data FROM audit_events WHERE offer_id = %s ORDER BY id", (offer_id,)
+        )
+        return cur.fetchall()
+
+
+def release_lag(database_url: str, offer_id: str) -> float:
+    """Seconds from the offer's cancellation to reconciliation's release of its hold."""
+    with psycopg.connect(database_url) as conn:
+        [(lag,)] = conn.execute(
+            "SELECT extract(epoch FROM r.at - o.cancelled_at)::float8 FROM offers o JOIN audit_events r"
+            " ON r.offer_id = o.offer_id AND r.kind = 'hold_released' WHERE o.offer_id = %s",
+            (offer_id,),
+        ).fetchall()
+    return lag
