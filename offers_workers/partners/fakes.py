@@ -220,10 +220,13 @@ class FakePayments(_Scripted):
         self._enter("get_hold", payment_intent_id=payment_intent_id)
         return self._intent(payment_intent_id).hold
 
-    def list_holds(self, *, status: str | None = None) -> Iterator[Hold]:
+    def list_holds(self, *, status: str | None = None, after: str | None = None) -> Iterator[Hold]:
         """See ``interfaces.Payments.list_holds``."""
-        self._enter("list_holds", status=status)
+        self._enter("list_holds", status=status, after=after)
         holds = [i.hold for i in reversed(self._intents.values())]
+        if after is not None:
+            ids = [h.payment_intent_id for h in holds]
+            holds = holds[ids.index(after) + 1 :] if after in ids else []
         return iter([h for h in holds if status is None or h.status == status])
 
     # -- for tests --------------------------------------------------------------------------------

@@ -268,8 +268,9 @@ class Payments(Protocol):
         """Look a hold up (a read: no idempotency key). PermanentError if Stripe does not know it."""
         ...
 
-    def list_holds(self, *, status: str | None = None) -> Iterator[Hold]:
-        """Every hold, newest first, optionally only those in ``status`` (for operators and drills)."""
+    def list_holds(self, *, status: str | None = None, after: str | None = None) -> Iterator[Hold]:
+        """Every hold, newest first, optionally only those in ``status`` (for operators and drills);
+        ``after``: continue after this PaymentIntent (Stripe's ``starting_after`` cursor)."""
         ...
 
 

@@ -128,10 +128,14 @@ class StripePayments:
             raise sort_error(exc) from None
         return _hold(pi)
 
-    def list_holds(self, *, status: str | None = None) -> Iterator[Hold]:
-        """Every PaymentIntent, newest first (Stripe's list has no status filter: filtered here)."""
+    def list_holds(self, *, status: str | None = None, after: str | None = None) -> Iterator[Hold]:
+        """Every PaymentIntent, newest first, from Stripe's cursor ``after`` (Stripe's list has no
+        status filter: filtered here)."""
+        params: stripe.params.PaymentIntentListParams = {"limit": 100}
+        if after:
+            params["starting_after"] = after
         try:
-            for pi in self._client.v1.payment_intents.list({"limit": 100}).auto_paging_iter():
+            for pi in self._client.v1.payment_intents.list(params).auto_paging_iter():
                 if status is None or pi.status == status:
                     yield _hold(pi)
         except stripe.StripeError as exc:

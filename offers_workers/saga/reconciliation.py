@@ -68,6 +68,14 @@ def judge(hold: Hold, offer: offers.Offer | None) -> Verdict:
     return Verdict("keep")
 
 
+class Interrupted(TransientError):
+    """Stripe stopped answering mid-run; ``cursor``: the last intent judged, to resume after."""
+
+    def __init__(self, cause: PartnerError, cursor: str | None) -> None:
+        super().__init__(cause.partner, cause.code, cause.message, cause.http_status)
+        self.cursor = cursor
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str
@@ -84,6 +92,8 @@ class Reconciliation:
     offers_checked: int = 0
     #: Holds younger than the grace period, left to the stage that placed them.
     too_young: int = 0
+    #: The last intent judged: ``--after`` it resumes an interrupted run.
+    cursor: str | None = None
     released: list[Finding] = field(default_factory=list)
     flagged: list[Finding] = field(default_factory=list)
 
@@ -98,18 +108,36 @@ def reconcile(
     rt: Runtime,
     *,
     since: timedelta | None = None,
+    after: str | None = None,
     dry_run: bool = False,
     grace_s: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Reconciliation:
-    """One pass over Stripe's uncaptured holds created within ``since`` (all without), then over our
-    offers that say held. ``dry_run`` reports what it would do and changes nothing."""
+    """One pass over Stripe's uncaptured holds created within ``since`` (all without), from the
+    cursor ``after`` (newest first), then over our offers that say held. ``dry_run`` reports what it
+    would do and changes nothing. A Stripe error stops it as ``Interrupted``, with where to resume."""
+    result = Reconciliation(dry_run)
+    try:
+        return _reconcile(rt, result, since=since, after=after, grace_s=grace_s, progress=progress)
+    except TransientError as exc:
+        raise Interrupted(exc, result.cursor) from exc
+
+
+def _reconcile(
+    rt: Runtime,
+    result: Reconciliation,
+    *,
+    since: timedelta | None,
+    after: str | None,
+    grace_s: float | None,
+    progress: Callable[[int], None] | None,
+) -> Reconciliation:
+    dry_run = result.dry_run
     grace = rt.settings.reconcile_grace_seconds if grace_s is None else grace_s
     now = time.time()
     oldest = now - since.total_seconds() if since else None
-    result = Reconciliation(dry_run)
     at_stripe: set[str] = set()
-    for hold in rt.stripe.list_holds(status="requires_capture"):
+    for hold in rt.stripe.list_holds(status="requires_capture", after=after):
         if oldest is not None and hold.created is not None and hold.created < oldest:
             break  # newest first: the rest are older still
         if hold.offer_id is None:
@@ -128,6 +156,7 @@ def reconcile(
             _release(rt, hold, offer, verdict, result)
         elif verdict.action == "flag" and verdict.kind:
             _flag(rt, result, Finding(verdict.kind, hold.offer_id, hold.payment_intent_id, verdict.why))
+        result.cursor = hold.payment_intent_id
 
     with rt.db.read() as conn:
         held = offers.held_offers(conn, since.total_seconds() if since else None)

@@ -132,6 +132,22 @@ def test_reconcile_releases_a_hold_for_an_offer_that_does_not_exist(world: World
     assert world.intents(ghost) == [(hold.payment_intent_id, "canceled")]
 
 
+def test_reconcile_resumes_after_a_cursor(world: World) -> None:
+    """Stripe's list runs newest first: `--after` an intent takes up the older ones only, as a run
+    interrupted there says to."""
+    ghosts = [new_id("ghost") for _ in range(2)]
+    older, newer = (
+        world.runtime.stripe.place_hold(
+            offer_id=g, amount_cents=1500, currency="USD", payment_method_id="pm_card_visa", metadata={}
+        )
+        for g in ghosts
+    )
+    done = world.reconcile("--after", newer.payment_intent_id, "--json")
+    assert done.returncode == 0, done.stderr
+    assert [f["payment_intent_id"] for f in json.loads(done.stdout)["released"]] == [older.payment_intent_id]
+    assert world.intents(ghosts[1]) == [(newer.payment_intent_id, "requires_capture")]
+
+
 def test_reconcile_flags_a_hold_stripe_no_longer_has_and_touches_nothing(world: World) -> None:
     offer_id = world.offer_in(states.PAYMENT_HELD)
     held = world.offer(offer_id)

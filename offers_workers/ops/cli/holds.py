@@ -111,9 +111,10 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
 
 @holds.command("reconcile")
 @click.option("--since", help="Only intents Stripe created in this last stretch (8d); default: every one.")
+@click.option("--after", help="Resume after this PaymentIntent (what an interrupted run printed).")
 @click.option("--dry-run", is_flag=True, help="Say what would be released and flagged; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def holds_reconcile(since: str | None, dry_run: bool, as_json: bool) -> None:
+def holds_reconcile(since: str | None, after: str | None, dry_run: bool, as_json: bool) -> None:
     """Match Stripe's uncaptured holds with the offers: release orphans, flag mismatches (exit 1 if any)."""
     from dataclasses import asdict
 
@@ -131,11 +132,15 @@ def holds_reconcile(since: str | None, dry_run: bool, as_json: bool) -> None:
             done = reconciliation.reconcile(
                 rt,
                 since=window,
+                after=after,
                 dry_run=dry_run,
                 progress=lambda n: bar.update(paging, description=f"reading Stripe's holds: {n:,} of ours"),
             )
+        except reconciliation.Interrupted as stopped:
+            resume = f"; resume with --after {stopped.cursor}" if stopped.cursor else ""
+            fail(f"Stripe did not answer, nothing more was changed: {stopped}{resume}", 1)
         except PartnerError as exc:
-            fail(f"Stripe did not answer, nothing more was changed: {exc}", 1)
+            fail(f"Stripe refused the reconciliation, nothing more was changed: {exc}", 1)
     if as_json:
         print_json(asdict(done) | {"counts": done.counts()})
     else:
