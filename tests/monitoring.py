@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from offers_workers.local.embedded import free_port
-from tests.conftest import project_root
+from offers_workers.local.fleet import Fleet, read_procfile
+from tests.conftest import project_root, wait_until
 
 MONITORING = project_root() / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
@@ -189,3 +190,21 @@ def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
         body = json.load(response)
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def read_metrics(port: int) -> str | None:
+    """The text of a metrics process's /metrics, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def scrape_once(env: dict[str, str], log_dir: Path) -> str:
+    """Start the Procfile's `metrics` process in ``env``, read /metrics once, stop it."""
+    port = free_port()
+    metrics = next(t for t in read_procfile() if t.name == "metrics")
+    with Fleet(env | {"OFFERS_METRICS_PORT": str(port)}, log_dir) as fleet:
+        fleet.start(metrics)
+        return wait_until(lambda: read_metrics(port), timeout=30, message=f"/metrics (log in {log_dir})")

@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from config.celery import QUEUES
+from config.celery import QUEUES, celery_config
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
 from offers_workers.store import reports as store_reports
@@ -56,6 +56,7 @@ class OffersCollector:
         self.rt = rt
         #: A Celery app to ask the workers which queues they consume (None: not asked).
         self.app = app
+        self.beat_lock_key = f"{celery_config(rt.settings)['redbeat_key_prefix']}:lock"  # RedBeat's own lock key
 
     def collect(self) -> Iterator[Metric]:
         from offers_workers.ops.health import figures
@@ -163,11 +164,10 @@ class OffersCollector:
             last_done.add_metric([], exports.last_done_at.timestamp())
         yield last_done
         if self.rt.redis is not None:
-            lock_key = f"{self.rt.settings.redis_key_prefix}redbeat:lock"
             yield GaugeMetricFamily(
                 "offers_beat_running",
                 "1 while a beat holds the schedule's lock",
-                value=int(self.rt.redis.exists(lock_key)),
+                value=int(self.rt.redis.exists(self.beat_lock_key)),
             )
         if self.app is not None:
             consumers = GaugeMetricFamily(
@@ -208,8 +208,6 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve(rt: Runtime, host: str, port: int) -> None:
     from celery import Celery
-
-    from config.celery import celery_config
 
     registry = CollectorRegistry()
     app = None

@@ -8,7 +8,6 @@ the expressions, labels and annotations are the shipped ones.
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -93,10 +92,8 @@ def test_sns_publish_failures_are_counted_by_topic_for_metrics(offers_env, setti
         wait_until(lambda: all_in(d.runtime, ids, states.CANCELLED), timeout=60, message="offers cancelled")
 
         def failures() -> dict[str, float]:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-                    text = response.read().decode()
-            except OSError:
+            text = monitoring.read_metrics(metrics_port)
+            if text is None:
                 return {}
             family = next(f for f in text_string_to_metric_families(text) if f.name == "offers_sns_publish_failures")
             return {s.labels["topic"]: s.value for s in family.samples}

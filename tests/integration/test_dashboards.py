@@ -6,17 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from offers_workers.local.embedded import free_port
-from offers_workers.local.fleet import Fleet, read_procfile
 from tests import monitoring
-from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -51,19 +47,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
 
 
 def served_names(offers_env: dict[str, str], log_dir: Path) -> set[str]:
-    port = free_port()
-    metrics = next(t for t in read_procfile() if t.name == "metrics")
-    with Fleet(offers_env | {"OFFERS_METRICS_PORT": str(port)}, log_dir) as fleet:
-        fleet.start(metrics)
-
-        def scrape() -> str | None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-                    return response.read().decode()
-            except OSError:
-                return None
-
-        text = wait_until(scrape, timeout=30, message=f"/metrics (log in {log_dir})")
+    text = monitoring.scrape_once(offers_env, log_dir)
     names = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name)

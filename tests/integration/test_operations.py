@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections import Counter
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from offers_workers.domain import states
-from offers_workers.local.embedded import free_port
 from offers_workers.local.fleet import Fleet, read_procfile
-from tests.conftest import cli, wait_until
+from tests import monitoring
+from tests.conftest import cli
 from tests.expected import SYNTHETIC_STEPS
 from tests.outages import through_sift_outage
 
@@ -79,19 +78,7 @@ def test_stats_figures_equal_counts_taken_directly(runtime, dead_lettered) -> No
 
 
 def test_metrics_are_served_as_prometheus_text(offers_env, tmp_path, dead_lettered) -> None:
-    port = free_port()
-    metrics = next(t for t in read_procfile() if t.name == "metrics")
-    with Fleet(offers_env | {"OFFERS_METRICS_PORT": str(port)}, tmp_path) as fleet:
-        fleet.start(metrics)
-
-        def scrape() -> str | None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-                    return response.read().decode()
-            except OSError:
-                return None
-
-        text = wait_until(scrape, timeout=30, message=f"/metrics (log in {tmp_path})")
+    text = monitoring.scrape_once(offers_env, tmp_path)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {
         "offers_by_state",

@@ -7,6 +7,7 @@ services and no network, in seconds.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,15 @@ class NetworkUsed(AssertionError):
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
     raise NetworkUsed(f"unit tests must not open connections (tried {args[1:] or args!r})")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No OFFERS_* setting of the shell the tests run in: only what a test sets."""
+    for key in list(os.environ):
+        if key.startswith("OFFERS_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,14 +30,6 @@ DONE = ExportSummary(
 FAILED = replace(
     DONE, status="failed", size_bytes=None, sha256=None, attempts=2, error="ClientError: S3 answered 503 SlowDown"
 )
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("OFFERS_"):
-            monkeypatch.delenv(key)
-    return monkeypatch
 
 
 @pytest.fixture

@@ -12,16 +12,6 @@ from config.retry import LONGEST_COUNTDOWN, POLICIES
 from config.settings import ConfigError, load_settings
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("OFFERS_"):
-            monkeypatch.delenv(key)
-    return monkeypatch
-
-
 def worker_stops_at_start_up_with(line: str) -> None:
     """A worker started in this environment exits 2 at once, saying ``line`` and nothing else on stderr."""
     result = subprocess.run([sys.executable, "-c", "import tasks.app"], capture_output=True, text=True, timeout=60)
