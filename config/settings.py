@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: where no worker looks.
     broker_key_prefix: str = ""
     db_pool_size: int = Field(default=4, ge=1, le=100)
+    #: Server-side prepared statements: off by default, so the fleet works behind a transaction
+    #: pooler (PgBouncer in transaction mode); on for a direct connection or a pooler that tracks
+    #: them (PgBouncer 1.21+ with max_prepared_statements).
+    db_prepared_statements: bool = False
     #: Postgres ends a session left idle inside a transaction this long (seconds): a worker host
     #: cut off mid-transaction must not hold its row locks, or the audit chain's, until TCP gives up.
     #: No transaction of ours waits on anything outside Postgres, so this can be short.

@@ -62,6 +62,7 @@ class Runtime:
             idle_in_transaction_timeout_s=self.settings.db_idle_in_transaction_timeout_seconds,
             lock_timeout_s=self.settings.db_lock_timeout_seconds,
             wait_s=self.db_wait_s,
+            prepared_statements=self.settings.db_prepared_statements,
         )
 
     @cached_property

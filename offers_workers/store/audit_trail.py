@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from offers_workers.store.db import Connection, one_row
+from offers_workers.store.db import Connection, connect, one_row
 
 #: The columns of an exported row, ``data`` as the text the chain hashed.
 ROW_COLUMNS = sql.SQL(
@@ -23,7 +22,7 @@ ROW_COLUMNS = sql.SQL(
 )
 #: Rows fetched per round trip while streaming.
 BATCH = 2000
-#: Session advisory lock: one export at a time across the fleet ("auditexp" in ASCII).
+#: Advisory lock: one export at a time across the fleet ("auditexp" in ASCII).
 EXPORT_LOCK = 0x6175646974657870
 
 
@@ -90,17 +89,22 @@ def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[dict
 
 @contextmanager
 def export_lock(database_url: str | None) -> Iterator[bool]:
-    """Hold the fleet-wide export lock for the block, on a session of its own; yields False (and
-    holds nothing) when another export has it."""
-    with psycopg.connect(database_url or "", autocommit=True) as conn:
-        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()
-        if not (locked and locked[0]):
-            yield False
-            return
+    """Hold the fleet-wide export lock for the block; yields False (and holds nothing) when another
+    export has it.
+
+    The lock is transaction-scoped, in a transaction of its own held open for the block: a
+    transaction pooler (PgBouncer in transaction mode) keeps one server connection for it, where a
+    session lock would stay behind on a server connection handed to someone else. The transaction
+    writes nothing, so it holds back neither vacuum nor the audit sealer.
+    """
+    with connect(database_url or "") as conn:
+        # An idle transaction is the point here: no server or role timeout may end it mid-export.
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EXPORT_LOCK,)).fetchone()
         try:
-            yield True
+            yield bool(locked and locked[0])
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (EXPORT_LOCK,))
+            conn.rollback()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,17 @@ Connection: TypeAlias = psycopg.Connection[Any]
 MIGRATION_LOCK_KEY = 0x6F66666572736D67
 
 
+def connect(url: str, *, prepared_statements: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection of its own (not pooled), safe behind PgBouncer in transaction mode.
+
+    psycopg prepares a statement on the server after its fifth run; a transaction pooler then hands
+    the server connection to another client, and the next run fails ("prepared statement _pg3_0
+    does not exist"). ``prepared_statements`` turns them back on, for a direct connection or a
+    pooler that tracks them (PgBouncer 1.21+ with max_prepared_statements).
+    """
+    return psycopg.connect(url, prepare_threshold=None if not prepared_statements else 5, **kwargs)
+
+
 def _check_if_readable(conn: psycopg.Connection) -> None:
     """Probe a pooled connection only if the server has said something since it was last used.
 
@@ -56,9 +67,12 @@ class Database:
         idle_in_transaction_timeout_s: int = 15,
         lock_timeout_s: float = 10,
         wait_s: float = 10,
+        prepared_statements: bool = False,
     ) -> None:
         self.url = url
         self.max_size = max_size
+        #: Server-side prepared statements (see ``connect``): off unless the deployment says so.
+        self.prepared_statements = prepared_statements
         #: How long a caller waits for a pooled connection before PoolTimeout.
         self.wait_s = wait_s
         self.idle_in_transaction_timeout_s = idle_in_transaction_timeout_s
@@ -75,7 +89,11 @@ class Database:
                 self.url,
                 min_size=1,
                 max_size=self.max_size,
-                kwargs={"row_factory": dict_row, "autocommit": False},
+                kwargs={
+                    "row_factory": dict_row,
+                    "autocommit": False,
+                    "prepare_threshold": 5 if self.prepared_statements else None,
+                },
                 # Drop connections that died with a Postgres restart instead of handing them out,
                 # without a round trip per checkout (the largest single cost in the bench's profile).
                 check=_check_if_readable,
@@ -89,6 +107,8 @@ class Database:
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # Session settings, not startup options: poolers such as PgBouncer refuse unknown ones.
+        # Behind a transaction pooler they land on whichever server connection runs them (the same
+        # values for every client of ours); the operations guide says what to set there instead.
         # A host that vanishes mid-transaction (its COMMIT lost on the wire) would otherwise hold
         # its locks, the audit chain's among them, until TCP gives up; and every session waiting
         # behind it would take the lock in turn and vanish with it too.
@@ -148,42 +168,45 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def migrate(url: str) -> list[Migration]:
-    """Apply the migrations not applied yet; returns those it applied.
+def migrate(url: str, *, through: int | None = None) -> list[Migration]:
+    """Apply the migrations not applied yet (up to version ``through``, if given); returns those
+    it applied.
 
-    Safe to run twice and from two processes at once: a session advisory lock makes the second
-    wait, and it then finds nothing left to do.
+    Safe to run twice and from two processes at once, and through PgBouncer in transaction mode:
+    each migration runs in a transaction that first takes a transaction-scoped advisory lock, so
+    the second process waits, then finds that migration done and moves on.
     """
     applied: list[Migration] = []
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
+    with connect(url) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in migrations():
-                if migration.version in done:
+        for migration in migrations():
+            if through is not None and migration.version > through:
+                break
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,))
+                if done.fetchone():
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        (migration.version, migration.name),
-                    )
-                log.info("applied migration %04d_%s", migration.version, migration.name)
-                applied.append(migration)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                conn.execute(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied.append(migration)
     return applied
 
 
 def restrict_audit_trail(url: str, role: str) -> None:
     """Let ``role`` (the fleet's login) append to and read the audit trail, and nothing else there."""
     name = sql.Identifier(role)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM {}").format(name))
         conn.execute(sql.SQL("GRANT SELECT, INSERT ON audit_events TO {}").format(name))
         conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE audit_events_id_seq TO {}").format(name))
