@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fuzz clean
+.PHONY: install demo test lint unit fuzz bench-audit clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ unit: install
 ## The long fuzzing run of intake (not in CI): OFFERS_FUZZ_EXAMPLES examples per property.
 fuzz: install
 	OFFERS_FUZZ_EXAMPLES=$${OFFERS_FUZZ_EXAMPLES:-10000} $(BIN)/python -m pytest tests/security/test_payload_fuzz.py -p no:logging -q
+
+## The audit path's transactions/s, locked chain trigger against now, on a private cluster (needs pgbench).
+## BENCH_ARGS passes options, e.g. BENCH_ARGS="--quick" or "--seconds 30 --json".
+bench-audit: install
+	$(BIN)/python -m offers_workers.local.audit_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache

@@ -4,10 +4,14 @@ with nothing but Python: used by ``dev``, ``demo`` and the tests when no URLs ar
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,41 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+@contextmanager
+def scratch_cluster(settings: dict[str, str] | None = None, parent: Path | None = None) -> Iterator[str]:
+    """A Postgres cluster of its own (pgserver's binaries, a fresh data dir) with ``settings`` applied;
+    stopped and deleted afterwards, even on failure. Yields its URL (a Unix socket, no TCP port).
+
+    For benchmarks that need more than a shared server allows (``max_connections``) or must not
+    disturb it. pgserver takes no server options, so the settings go in with ALTER SYSTEM and a restart.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, as on most servers
+        import pgserver  # the `embedded` extra
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # pgserver's own helper
+
+    from offers_workers.store.benchmarks import set_server_settings
+
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="offers-pg-", dir=parent))
+    server: Any = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
+        url = server.get_uri()
+        if settings:
+            set_server_settings(url, settings)
+            # pg_ctl restart keeps the options pgserver started it with (postmaster.opts).
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+        yield url
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class EmbeddedRedis:
