@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fuzz bench-audit clean
+.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ fuzz: install
 ## BENCH_ARGS passes options, e.g. BENCH_ARGS="--quick" or "--seconds 30 --json".
 bench-audit: install
 	$(BIN)/python -m offers_workers.local.audit_bench $(BENCH_ARGS)
+
+## The scale model's inputs (docs/operations.md, section 8): CPU, transactions and Redis commands per
+## offer from one bench run on private stores, and the Redis and RabbitMQ ceilings (about 5 minutes).
+bench-ceilings: install
+	$(BIN)/python -m offers_workers.local.ceilings $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache

@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from offers_workers.store.db import connect
+from offers_workers.store.db import Connection, connect
 
 #: pgbench's scripts, by the variant of the audit bench that runs them.
 SCRIPTS = {"insert": "audit_insert.sql", "transition": "transition.sql"}
@@ -64,10 +64,17 @@ def audit_row_count(url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def committed_transactions(url: str) -> int:
-    """Transactions committed on the whole server since its statistics were reset."""
+def transactions_by_database(conn: Connection) -> dict[int, int]:
+    """Transactions ended (committed or rolled back) so far, by database oid. A dropped database's
+    row goes with it, so a run that drops its database is sampled while it runs."""
+    rows = conn.execute("SELECT datid, xact_commit + xact_rollback FROM pg_stat_database WHERE datid <> 0").fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def next_xid(url: str) -> int:
+    """The next transaction id the server will assign (write transactions take one; this read does not)."""
     with connect(url) as conn:
-        row = conn.execute("SELECT coalesce(sum(xact_commit), 0) FROM pg_stat_database").fetchone()
+        row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
         return int(row[0]) if row else 0
 
 
