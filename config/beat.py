@@ -32,6 +32,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             # A sweep that waited longer than one interval is stale; the next one replaces it.
             "options": {"expires": settings.recovery_interval_seconds},
         },
+        "seal-audit-trail": {
+            "task": "offers.seal_audit",
+            "schedule": settings.audit_seal_interval_seconds,
+            "options": {"expires": settings.audit_seal_interval_seconds},
+        },
         "expire-offers-past-maker-sla": {
             "task": "offers.expire_offers",
             "schedule": settings.sla_check_interval_seconds,

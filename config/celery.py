@@ -30,6 +30,7 @@ ROUTES: dict[str, str] = {
     "offers.release_expiring_holds": "offers.maintenance",
     "offers.reconcile_holds": "offers.maintenance",
     "offers.expire_offers": "offers.maintenance",
+    "offers.seal_audit": "offers.maintenance",
     "offers.export_audit": "offers.maintenance",
     "offers.synthetic_journey": "offers.maintenance",
 }

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=3600, gt=0)
     reconcile_window: timedelta = Field(default=timedelta(days=8), gt=timedelta(0))
     reconcile_grace_seconds: float = Field(default=900, ge=0)
+    #: How often the beat seals new audit rows into the hash chain, and how far sealing may fall
+    #: behind (the age of the oldest committed row not sealed) before `health` fails.
+    audit_seal_interval_seconds: float = Field(default=1, gt=0, le=60)
+    audit_seal_max_lag_seconds: float = Field(default=60, gt=0)
     #: How often the beat cancels submitted offers past their maker's SLA window (policy sla_hours).
     sla_check_interval_seconds: float = Field(default=60, gt=0)
 

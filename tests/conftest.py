@@ -47,6 +47,7 @@ DRILL_COLUMNS = (
     "retries",
     "swept",
     "drain_s",
+    "chain",
 )
 
 

@@ -26,6 +26,8 @@ from offers_workers.local.demo import check, send_samples, settled
 from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from offers_workers.local.samples import Sample, make_samples
 from offers_workers.runtime import Runtime
+from offers_workers.saga import audit
+from offers_workers.store import audit_trail
 from tests.conftest import DRILL_RESULTS, RUN_ID, offer_rows, redis_database
 
 #: A sweep that notices lost work within seconds, and a Redis broker that hands a killed worker's
@@ -130,11 +132,30 @@ class Drill:
             retries=sum(self.retries_logged().values()),
             swept=self.swept(),
         )
+        if "beat" in self.fleet.processes:
+            self.figures["chain"] = self.chain_sealed_and_intact()
         DRILL_RESULTS.append({"drill": self.name, **self.figures})
         assert problems == [], f"{self.name}: {len(problems)} offers missed their outcome: {problems[:10]}"
         assert (self.figures["lost"], self.figures["duplicate_holds"], self.figures["orphan_holds"]) == (0, 0, 0)
         assert self.figures["dead_lettered"] == 0
         return self.figures
+
+    def chain_sealed_and_intact(self, timeout: float = 30) -> str:
+        """Wait for the beat's sealer to link every audit row written, then walk the chain: what
+        `audit verify-chain` would say. Returns the figure for the drill table."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.runtime.db.read() as conn:
+                lag = audit_trail.seal_lag(conn)
+            if lag.unsealed_rows == 0:
+                break
+            assert time.monotonic() < deadline, (
+                f"{self.name}: {lag.unsealed_rows} audit rows still unsealed after {timeout:g} s"
+            )
+            time.sleep(0.2)
+        check = audit.verify_chain(self.runtime)
+        assert check.ok and check.unsealed == 0, f"{self.name}: {check.first_break}"
+        return f"{check.rows:,} rows ok"
 
     def logged(self, message: str) -> list[dict[str, Any]]:
         """The workers' JSON log records with this message."""

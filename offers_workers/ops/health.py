@@ -11,7 +11,7 @@ from typing import Any
 from config.celery import QUEUES
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
-from offers_workers.store import hold_findings
+from offers_workers.store import audit_trail, hold_findings
 from offers_workers.store import reports as store_reports
 
 #: The runbook's SLOs.
@@ -68,6 +68,14 @@ RUNBOOK: dict[str, tuple[str, list[str]]] = {
             "amount/currency mismatch or release_refused: compare the PaymentIntent in Stripe's dashboard with the offer.",
         ],
     ),
+    "audit_sealing": (
+        "Audit rows not sealed into the chain",
+        [
+            "Is the single beat running (it seals every OFFERS_AUDIT_SEAL_INTERVAL_SECONDS) and a `worker` consuming `offers.maintenance`?",
+            "A transaction left open holds sealing back: look in pg_stat_activity for `idle in transaction` sessions.",
+            "`offers-workers audit seal` seals what is written now and says what it is waiting for.",
+        ],
+    ),
     "high_value_cancellations": (
         "High-Value Cancellation Spike",
         [
@@ -109,6 +117,16 @@ class HighValueCancellations:
 
 
 @dataclass(frozen=True)
+class AuditSeal:
+    """The audit chain's sealer as ``stats`` shows it."""
+
+    sealed_through: int
+    unsealed_rows: int
+    #: Age of the oldest committed row not sealed yet; 0 when every row is sealed.
+    lag_seconds: float
+
+
+@dataclass(frozen=True)
 class Figures:
     """Every figure of ``stats`` (and of ``health`` and ``/metrics``); ``to_json`` is `stats --json`."""
 
@@ -129,6 +147,8 @@ class Figures:
     hold_findings: dict[str, int]
     #: Messages waiting per queue; None without a broker.
     queue_depths: dict[str, int] | None
+    #: How far the audit sealer is behind (the chain's sealed end, the committed rows past it).
+    audit_seal: AuditSeal
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +176,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         stuck_offers = store_reports.stuck_offers(conn, s.recovery_after_seconds)
         cancellations = store_reports.cancellations(conn, scope)
         open_findings = hold_findings.open_counts(conn)
+        seal = audit_trail.seal_lag(conn)
     return Figures(
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
@@ -177,6 +198,11 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         ),
         hold_findings=open_findings,
         queue_depths=reports.queue_depths(s, QUEUES) if s.broker_url else None,
+        audit_seal=AuditSeal(
+            sealed_through=seal.sealed_through,
+            unsealed_rows=seal.unsealed_rows,
+            lag_seconds=seal.lag_seconds,
+        ),
     )
 
 
@@ -227,6 +253,14 @@ def checks(rt: Runtime, found: Figures) -> list[Check]:
             "0",
             not found.hold_findings,
             [f"{kind}: {n}" for kind, n in found.hold_findings.items()],
+        ),
+        Check(
+            "audit_sealing",
+            f"{found.audit_seal.unsealed_rows:,} rows, the oldest {found.audit_seal.lag_seconds:,.0f} s"
+            if found.audit_seal.unsealed_rows
+            else "all sealed",
+            f"none older than {rt.settings.audit_seal_max_lag_seconds:g} s",
+            found.audit_seal.lag_seconds < rt.settings.audit_seal_max_lag_seconds,
         ),
         Check(
             "high_value_cancellations",

@@ -74,6 +74,16 @@ class OffersCollector:
         for kind, n in found.hold_findings.items():
             findings.add_metric([kind], n)
         yield findings
+        yield GaugeMetricFamily(
+            "offers_audit_unsealed_rows",
+            "Committed audit rows not sealed into the hash chain yet",
+            value=found.audit_seal.unsealed_rows,
+        )
+        yield GaugeMetricFamily(
+            "offers_audit_seal_lag_seconds",
+            "Age of the oldest committed audit row not sealed into the hash chain (0: all sealed)",
+            value=found.audit_seal.lag_seconds,
+        )
 
     def _figures(self, found: Any) -> Iterator[Metric]:
         states = GaugeMetricFamily(

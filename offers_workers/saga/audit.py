@@ -1,9 +1,12 @@
-"""The audit trail compliance relies on: verify its hash chain, export it nightly to S3 Glacier, and
-restore an export to check it end to end (the runbook's quarterly restore validation).
+"""The audit trail compliance relies on: seal rows into its hash chain, verify the chain, export it
+nightly to S3 Glacier, and restore an export to check it end to end (the runbook's quarterly restore
+validation).
 
-The chain is written by the database (migration 0004): each row's ``row_hash`` is the SHA-256 of its
-content and the previous row's hash. ``digest`` here computes the same from exported rows, so an
-archive can be checked without the database that wrote it.
+Each row's ``row_hash`` is the SHA-256 of its content and the previous row's hash, computed by the
+database (migrations 0004 and 0010). A stage writes its row unlinked; ``seal`` links rows into the
+chain, in id order, once their writers have committed, so no stage waits on a fleet-wide lock.
+``digest`` here computes the same hash from exported rows, so an archive can be checked without the
+database that wrote it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class ChainCheck:
     first_break: str | None = None
     last_hash: str | None = None
     first_prev_hash: str | None = None
+    #: Rows written but not sealed into the chain yet (not walked).
+    unsealed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -85,11 +90,63 @@ def check_chain(rows: Iterable[dict[str, Any]], expected_prev: str | None = None
 
 
 def verify_chain(rt: Runtime, since: datetime | None = None) -> ChainCheck:
-    """Walk the whole trail from the genesis hash, or the rows from ``since`` on (trusting the first link)."""
+    """Seal what is written, then walk the whole sealed trail from the genesis hash, or its rows from
+    ``since`` on (trusting the first link). Rows still unsealed are counted in ``unsealed``."""
+    sealed = seal(rt, timeout_s=SEAL_WAIT_S)
     with rt.db.transaction() as conn:
         if since is None:
-            return check_chain(audit_trail.every_row(conn), expected_prev=GENESIS)
-        return check_chain(audit_trail.rows_since(conn, since))
+            check = check_chain(audit_trail.every_row(conn), expected_prev=GENESIS)
+        else:
+            check = check_chain(audit_trail.rows_since(conn, since))
+    check.unsealed = sealed.lag.unsealed_rows
+    return check
+
+
+# --- sealing ----------------------------------------------------------------------------------------
+
+#: How long a command (verify-chain, export) waits for rows written before it to be sealed.
+SEAL_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What ``seal`` did: rows linked, and how far sealing is behind now."""
+
+    linked: int
+    caught_up: bool
+    lag: audit_trail.SealLag
+
+
+def seal_step(rt: Runtime) -> int:
+    """One sealing step, never waiting: links the window whose writers have finished and takes the
+    next. What the beat's job runs every interval, so a row is sealed within about two intervals."""
+    with rt.db.transaction() as conn:
+        step = audit_trail.seal_step(conn)
+    return step.linked if step is not None else 0
+
+
+def seal(rt: Runtime, timeout_s: float = SEAL_WAIT_S) -> Sealed:
+    """Link every row written before this call into the chain, waiting for their writers to commit
+    or roll back; gives up after ``timeout_s`` (a transaction left open) and says so."""
+    deadline = time.monotonic() + timeout_s
+    with rt.db.read() as conn:
+        target = audit_trail.last_handed_out(conn)
+    linked, caught_up = 0, False
+    while True:
+        with rt.db.transaction() as conn:
+            step = audit_trail.seal_step(conn)
+        if step is not None:
+            linked += step.linked
+            caught_up = step.sealed_through >= target
+        if caught_up or time.monotonic() >= deadline:
+            break
+        # Writers finish in milliseconds; another sealer (SKIP LOCKED) finishes its step as soon.
+        time.sleep(0.01)
+    with rt.db.read() as conn:
+        lag = audit_trail.seal_lag(conn)
+    if linked:
+        log.debug("audit rows sealed", extra={"rows": linked, "sealed_through": lag.sealed_through})
+    return Sealed(linked, caught_up, lag)
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -158,6 +215,12 @@ def run_export(
     """
     until = until or default_until()
     started = time.monotonic()
+    # Only sealed rows are exported: seal first what was written before the cut-off.
+    sealed = seal(rt)
+    if not sealed.caught_up:
+        log.warning(
+            "audit export: rows not sealed yet wait for the next export", extra={"rows": sealed.lag.unsealed_rows}
+        )
     with audit_trail.export_lock(rt.settings.database_url) as locked:
         if not locked:
             raise ExportBusy("another audit export is running")

@@ -1,6 +1,9 @@
-"""The audit trail: appending rows, an offer's history, and reading the chain in id order.
+"""The audit trail: appending rows, an offer's history, sealing rows into the chain and reading the
+chain in id order.
 
-The chain itself is written by the database (migration 0004); ``saga.audit`` checks and exports it.
+Rows are appended unlinked in the writer's transaction; ``seal_step`` links them into the hash chain
+after they commit (migration 0010 says why that order is safe). Readers of the chain see sealed
+rows only. ``saga.audit`` seals, checks and exports it.
 """
 
 from __future__ import annotations
@@ -72,14 +75,18 @@ def _stream(conn: Connection, where: sql.Composable, params: tuple[Any, ...]) ->
         yield from cur
 
 
+#: Rows the chain holds: linked by the sealer.
+SEALED = sql.SQL("id <= (SELECT sealed_through FROM audit_seal)")
+
+
 def every_row(conn: Connection) -> Iterator[dict[str, Any]]:
-    """The whole trail, from its first row."""
-    return _stream(conn, sql.SQL("TRUE"), ())
+    """The whole sealed trail, from its first row."""
+    return _stream(conn, SEALED, ())
 
 
 def rows_since(conn: Connection, since: datetime) -> Iterator[dict[str, Any]]:
-    """The trail from its first row at or after ``since``."""
-    return _stream(conn, sql.SQL("at >= %s"), (since,))
+    """The sealed trail from its first row at or after ``since``."""
+    return _stream(conn, sql.SQL("at >= %s AND {}").format(SEALED), (since,))
 
 
 def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[dict[str, Any]]:
@@ -119,11 +126,11 @@ class RowWindow:
 
 
 def rows_to_export(conn: Connection, after_id: int, until: datetime) -> RowWindow:
-    """The rows after id ``after_id`` written before ``until``."""
+    """The sealed rows after id ``after_id`` written before ``until``."""
     row = one_row(
         conn.execute(
             "SELECT min(id) AS first, max(id) AS last, count(*) AS n, min(at) AS first_at"
-            " FROM audit_events WHERE id > %s AND at < %s",
+            " FROM audit_events WHERE id > %s AND at < %s AND id <= (SELECT sealed_through FROM audit_seal)",
             (after_id, until),
         )
     )
@@ -149,3 +156,83 @@ def chain_ends(conn: Connection, first_id: int, last_id: int) -> ChainEnds:
         )
     )
     return ChainEnds(row["n"], row["first_prev"], row["last_hash"])
+
+
+# --- sealing ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealStep:
+    """One sealing step: rows linked, the chain's sealed end after it, and whether a window of rows
+    is still waiting for its writers to finish."""
+
+    linked: int
+    sealed_through: int
+    waiting: bool
+
+
+def seal_step(conn: Connection) -> SealStep | None:
+    """Link the pending window if its writers have all finished, then take the next window; in the
+    caller's transaction, which must commit. None: another sealer is at work.
+
+    Row lock, not advisory lock: it lives and dies with the transaction, so it holds behind a
+    transaction pooler.
+    """
+    head = conn.execute(
+        "SELECT sealed_through, pending_through,"
+        " pg_snapshot_xmin(pg_current_snapshot()) >= pending_xmax AS writers_done"
+        " FROM audit_seal FOR UPDATE SKIP LOCKED"
+    ).fetchone()
+    if head is None:
+        return None
+    sealed_through, linked = head["sealed_through"], 0
+    if head["pending_through"] > sealed_through:
+        if not head["writers_done"]:
+            return SealStep(0, sealed_through, waiting=True)
+        linked = one_row(conn.execute("SELECT audit_seal_through(%s) AS n", (head["pending_through"],)))["n"]
+        sealed_through = head["pending_through"]
+    # Two statements, in this order: the snapshot of the second is taken after the last id handed
+    # out was read, so every writer of an id up to it is below that snapshot's xmax.
+    handed_out = last_handed_out(conn)
+    if handed_out > sealed_through:
+        conn.execute(
+            "UPDATE audit_seal SET pending_through = %s, pending_xmax = pg_snapshot_xmax(pg_current_snapshot())",
+            (handed_out,),
+        )
+    return SealStep(linked, sealed_through, waiting=handed_out > sealed_through)
+
+
+def last_handed_out(conn: Connection) -> int:
+    """The last row id handed out to a writer (its row may not be committed yet)."""
+    return int(
+        one_row(
+            conn.execute(
+                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS id FROM audit_events_id_seq"
+            )
+        )["id"]
+    )
+
+
+@dataclass(frozen=True)
+class SealLag:
+    """How far sealing is behind: the chain's sealed end, when it last moved, and the committed
+    rows past it (how many, and when the oldest was written)."""
+
+    sealed_through: int
+    sealed_at: datetime
+    unsealed_rows: int
+    oldest_unsealed_at: datetime | None
+    #: The age of that oldest row, by the database's clock; 0 when every row is sealed.
+    lag_seconds: float
+
+
+def seal_lag(conn: Connection) -> SealLag:
+    row = one_row(
+        conn.execute(
+            "SELECT s.sealed_through, s.sealed_at, count(e.id) AS n, min(e.at) AS oldest,"
+            " coalesce(extract(epoch FROM clock_timestamp() - min(e.at)), 0)::float8 AS lag"
+            " FROM audit_seal s LEFT JOIN audit_events e ON e.id > s.sealed_through"
+            " GROUP BY s.sealed_through, s.sealed_at"
+        )
+    )
+    return SealLag(row["sealed_through"], row["sealed_at"], row["n"], row["oldest"], max(row["lag"], 0.0))

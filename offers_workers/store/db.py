@@ -209,7 +209,11 @@ def restrict_audit_trail(url: str, role: str) -> None:
     with connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM {}").format(name))
         conn.execute(sql.SQL("GRANT SELECT, INSERT ON audit_events TO {}").format(name))
-        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE audit_events_id_seq TO {}").format(name))
+        conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE audit_events_id_seq TO {}").format(name))
+        # The sealer links rows: only the hash columns, and the append-only trigger lets it set them
+        # once, to the hash the row's content gives.
+        conn.execute(sql.SQL("GRANT UPDATE (prev_hash, row_hash) ON audit_events TO {}").format(name))
+        conn.execute(sql.SQL("GRANT SELECT, UPDATE ON audit_seal TO {}").format(name))
 
 
 @contextmanager

@@ -5,6 +5,8 @@ and restored to verify.
 from __future__ import annotations
 
 import json
+import re
+import time
 import tracemalloc
 import urllib.request
 from collections.abc import Iterator
@@ -262,6 +264,116 @@ def test_the_fleets_role_may_append_to_the_audit_trail_but_never_change_it(scrat
                 for p in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
             }
             assert privileges == {"SELECT": True, "INSERT": True, "UPDATE": False, "DELETE": False, "TRUNCATE": False}
+
+            # As the fleet's role: it appends, it seals, and that is all it can do to a row
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+            audit_trail.record_audit(conn, "off_role", "transition", actor="test", to_state="received")
+            [(row_id,)] = conn.execute("SELECT id FROM audit_events WHERE offer_id = 'off_role'").fetchall()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute("UPDATE audit_events SET actor = 'someone else' WHERE id = %s", (row_id,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(
+                    "UPDATE audit_events SET prev_hash = %s, row_hash = %s WHERE id = %s", ("0" * 64, "f" * 64, row_id)
+                )
+            _seal_all(conn)
+            [(sealed_hash,)] = conn.execute("SELECT row_hash FROM audit_events WHERE id = %s", (row_id,)).fetchall()
+            assert sealed_hash is not None
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute("UPDATE audit_events SET row_hash = %s WHERE id = %s", ("f" * 64, row_id))
+            conn.execute("RESET ROLE")
         finally:
             conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
             conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+def _seal_all(conn: psycopg.Connection) -> int:
+    """Seal steps on one connection until nothing waits: what the beat's job does, run in place."""
+    conn.row_factory = psycopg.rows.dict_row
+    try:
+        sealed_through = 0
+        for _ in range(100):
+            with conn.transaction():
+                step = audit_trail.seal_step(conn)
+            assert step is not None, "no other sealer runs here"
+            sealed_through = step.sealed_through
+            if not step.waiting:
+                return sealed_through
+        raise AssertionError("sealing never caught up")
+    finally:
+        conn.row_factory = psycopg.rows.tuple_row
+
+
+@pytest.mark.usefixtures("offers_env")
+def test_writers_do_not_wait_for_each_other_and_the_chain_keeps_id_order(scratch_database: str) -> None:
+    """Two stages' transactions write audit rows at once: neither waits for the other, and a row whose
+    writer commits late is still sealed in its place, never skipped or put out of id order."""
+    with (
+        psycopg.connect(scratch_database) as slow,
+        psycopg.connect(scratch_database) as quick,
+        psycopg.connect(scratch_database, autocommit=True) as sealer,
+    ):
+        # Given a stage whose transaction wrote its audit row and has not committed yet
+        audit_trail.record_audit(slow, "off_slow", "transition", actor="test", to_state="received")
+        # When another stage writes its row and commits, with no patience for a lock
+        quick.execute("SET lock_timeout = '500ms'")
+        audit_trail.record_audit(quick, "off_quick", "transition", actor="test", to_state="received")
+        quick.commit()
+        # Then it was not held up, and the sealer seals neither row while the earlier one may still come
+        sealed_before = _seal_all_bounded(sealer, attempts=5)
+        [(slow_id,)] = slow.execute("SELECT id FROM audit_events WHERE offer_id = 'off_slow'").fetchall()
+        assert sealed_before < slow_id
+        # and once the slow one commits, both are sealed, in id order, and the chain verifies
+        slow.commit()
+        _seal_all(sealer)
+        rows = sealer.execute("SELECT offer_id FROM audit_events WHERE row_hash IS NOT NULL ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == ["off_slow", "off_quick"]
+        # A writer that rolls back leaves a gap in the ids, not in the chain
+        audit_trail.record_audit(slow, "off_gone", "transition", actor="test", to_state="received")
+        slow.rollback()
+        audit_trail.record_audit(quick, "off_after", "transition", actor="test", to_state="received")
+        quick.commit()
+        _seal_all(sealer)
+    checked = cli("audit", "verify-chain", env={"OFFERS_DATABASE_URL": scratch_database})
+    assert checked.returncode == 0 and "3 rows" in checked.stdout, checked.stderr
+
+
+def _seal_all_bounded(conn: psycopg.Connection, attempts: int) -> int:
+    """A few seal steps: how far sealing gets while a writer is open."""
+    conn.row_factory = psycopg.rows.dict_row
+    try:
+        step = None
+        for _ in range(attempts):
+            with conn.transaction():
+                step = audit_trail.seal_step(conn)
+            time.sleep(0.05)
+        assert step is not None
+        return step.sealed_through
+    finally:
+        conn.row_factory = psycopg.rows.tuple_row
+
+
+@pytest.mark.usefixtures("offers_env")
+def test_health_reports_rows_left_unsealed_and_audit_seal_catches_up(scratch_database: str) -> None:
+    env = {"OFFERS_DATABASE_URL": scratch_database, "OFFERS_AUDIT_SEAL_MAX_LAG_SECONDS": "30"}
+    # Given rows written two minutes ago that no sealer has linked (no beat running)
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        for n in range(3):
+            audit_trail.record_audit(conn, f"off_{n}", "transition", actor="test", to_state="received")
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")
+        conn.execute("UPDATE audit_events SET at = at - interval '2 minutes'")
+        conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_change")
+    # When on-call runs health
+    health = cli("health", env=env)
+    # Then the sealing check fails, naming the rows and their age
+    assert health.returncode == 1
+    symptom = re.search(
+        r"Runbook symptom: Audit rows not sealed into the chain \(audit_sealing: 3 rows, the oldest (\d+) s\)",
+        health.stdout,
+    )
+    assert symptom and 120 <= int(symptom[1]) < 180, health.stdout
+    # and `audit seal` links them, after which the check passes and the chain verifies
+    sealed = cli("audit", "seal", env=env)
+    assert sealed.returncode == 0 and sealed.stdout.startswith("3 rows sealed"), sealed.stderr
+    health = cli("health", env=env)
+    assert health.returncode == 0 and "all runbook thresholds met" in health.stdout, health.stdout
+    assert cli("audit", "verify-chain", env=env).returncode == 0

@@ -42,6 +42,35 @@ def audit_verify_chain(since: str | None) -> None:
     if not check.ok:
         fail(f"audit chain broken after {check.rows - 1:,} good rows: {check.first_break}", 1)
     click.echo(f"audit chain intact: {check.rows:,} rows" + (f" since {start.isoformat()}" if start else ""))
+    if check.unsealed:
+        err_console.print(f"{check.unsealed:,} rows written since are not sealed into the chain yet (not walked)")
+
+
+@audit.command("seal")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for the writers of rows written before now to commit.",
+)
+def audit_seal(timeout: float) -> None:
+    """Link every row written so far into the hash chain (the beat does this every second); exit 1
+    if some are still unsealed after --timeout."""
+    from offers_workers.saga import audit as audit_trail
+
+    rt = runtime_or_exit()
+    with console.status("sealing the audit trail"):
+        sealed = audit_trail.seal(rt, timeout_s=timeout)
+    lag = sealed.lag
+    if not sealed.caught_up:
+        oldest = f", the oldest written {moment_text(lag.oldest_unsealed_at)}" if lag.oldest_unsealed_at else ""
+        fail(
+            f"{sealed.linked:,} rows sealed; rows written before now are still unsealed after {timeout:g} s"
+            f" ({lag.unsealed_rows:,} unsealed{oldest}): a transaction is still open",
+            1,
+        )
+    click.echo(f"{sealed.linked:,} rows sealed; the chain is sealed through row {lag.sealed_through:,}")
 
 
 @audit.command("export")
