@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,10 @@ class Cell:
     latency_ms: float | None
     #: 1-minute load average as the cell started (the machine may be shared).
     load1: float
+    #: ``after`` with the sealer running: rows it linked during the cell, and rows unsealed at its end.
+    sealed_rows: int | None = None
+    sealer_busy_s: float | None = None
+    unsealed_at_end: int | None = None
 
 
 @dataclass
@@ -89,6 +94,9 @@ class Options:
     rtt_ms: tuple[float, ...] = (0.0, 0.5, 2.0)
     seconds: float = 10.0
     variants: tuple[str, ...] = ("insert", "transition")
+    #: Seconds between the sealer's steps during ``after`` cells, as the beat's ``offers.seal_audit``
+    #: runs (OFFERS_AUDIT_SEAL_INTERVAL_SECONDS); None: no sealer while measuring.
+    seal_interval: float | None = 1.0
 
 
 @dataclass
@@ -106,6 +114,14 @@ class Result:
     cpus: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def sealer_summary(self) -> dict[str, Any] | None:
+        """What the sealer linked while the ``after`` cells ran, and how fast it links when it works."""
+        cells = [c for c in self.cells if c.sealed_rows is not None]
+        if not cells:
+            return None
+        rows, busy = sum(c.sealed_rows or 0 for c in cells), sum(c.sealer_busy_s or 0 for c in cells)
+        return {"rows": rows, "busy_s": round(busy, 2), "rows_per_busy_s": round(rows / busy) if busy else None}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "options": asdict(self.options),
@@ -115,6 +131,7 @@ class Result:
             "before_schema": f"migrations through {LOCKED_THROUGH:04d}",
             "after_schema": self.after_schema,
             "cells": [asdict(c) for c in self.cells],
+            "sealer_during_cells": self.sealer_summary(),
             "seal": self.seal,
             "verify_chain": self.verify_chain,
             "problems": self.problems,
@@ -173,6 +190,57 @@ def run_pgbench(pgbench: str, url: str, variant: str, schema: str, clients: int,
     )
 
 
+class Sealer:
+    """The beat's sealing job in a thread (``store.audit_trail.seal_step`` every ``interval``), so
+    the ``after`` cells pay for linking the chain while they write, as a fleet does."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.linked = 0
+        #: Seconds spent in steps that linked rows: linked / busy_s is what one sealer can link per second.
+        self.busy_s = 0.0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
+
+    def _run(self) -> None:
+        from psycopg.rows import dict_row
+
+        from offers_workers.store import audit_trail
+        from offers_workers.store.db import connect
+
+        try:
+            with connect(self.url, row_factory=dict_row) as conn:
+                while not self._stop.wait(self.interval):
+                    started = time.perf_counter()
+                    step = audit_trail.seal_step(conn)
+                    conn.commit()
+                    if step is not None and step.linked:
+                        self.linked += step.linked
+                        self.busy_s += time.perf_counter() - started
+        except BaseException as exc:  # reported by stop(): a thread's exception is otherwise lost
+            self.error = exc
+
+    def __enter__(self) -> Sealer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def unsealed_rows(url: str) -> int:
+    from psycopg.rows import dict_row
+
+    from offers_workers.store import audit_trail
+    from offers_workers.store.db import connect
+
+    with connect(url, row_factory=dict_row) as conn:
+        return audit_trail.seal_lag(conn).unsealed_rows
+
+
 def cli_command(*args: str, url: str, timeout: float = 1800) -> tuple[int, str, float]:
     """An ``offers-workers`` command against ``url``, as an operator runs it: exit code, output, seconds."""
     # The sandbox's partner settings: these commands call no partner, but the settings require some.
@@ -201,14 +269,9 @@ def seal_and_verify(url: str, result: Result) -> None:
 
     rows = audit_row_count(url)
     if cli_has("audit", "seal"):
-        code, output, seconds = cli_command("audit", "seal", url=url)
-        result.seal = {
-            "exit_code": code,
-            "rows": rows,
-            "seconds": round(seconds, 2),
-            "rows_per_s": round(rows / seconds, 1) if seconds else None,
-            "output": output[-500:],
-        }
+        # Everything written so far, however long linking it takes.
+        code, output, seconds = cli_command("audit", "seal", "--timeout", "1800", url=url)
+        result.seal = {"exit_code": code, "rows": rows, "seconds": round(seconds, 2), "output": output[-500:]}
         if code != 0:
             result.problems.append(f"audit seal exited {code}: {output[-200:]}")
     else:
@@ -272,7 +335,16 @@ def run(options: Options, console: Console) -> Result:
             for variant, clients, rtt, schema in plan:
                 progress.update(bar, description=f"{variant}, {clients} clients, {rtt:g} ms, {schema}")
                 benchmarks.checkpoint(urls[schema])
-                result.cells.append(run_pgbench(pgbench, urls[schema], variant, schema, clients, rtt, options.seconds))
+                if schema == "after" and options.seal_interval:
+                    with Sealer(urls[schema], options.seal_interval) as sealer:
+                        cell = run_pgbench(pgbench, urls[schema], variant, schema, clients, rtt, options.seconds)
+                    if sealer.error is not None:
+                        raise BenchError(f"the sealer failed: {sealer.error}")
+                    cell.sealed_rows, cell.sealer_busy_s = sealer.linked, round(sealer.busy_s, 3)
+                    cell.unsealed_at_end = unsealed_rows(urls[schema])
+                else:
+                    cell = run_pgbench(pgbench, urls[schema], variant, schema, clients, rtt, options.seconds)
+                result.cells.append(cell)
                 progress.advance(bar)
         # The chain must hold after the run: the locked trigger's by construction, the sealer's once sealed.
         with console.status("sealing and verifying the audit chain"):
@@ -311,8 +383,14 @@ def report(result: Result, console: Console) -> None:
                         continue
                     loads.append(cell.load1)
                     text = f"{cell.tps:,.0f}"
+                    notes = []
                     if schema == "after" and before and before.tps:
-                        text += f" (×{cell.tps / before.tps:.1f})"
+                        notes.append(f"×{cell.tps / before.tps:.1f}")
+                    if cell.unsealed_at_end is not None and cell.tps:
+                        # Rows left unsealed, in seconds of writing: about two sealer intervals is keeping up.
+                        notes.append(f"unsealed {cell.unsealed_at_end / cell.tps:.1f} s")
+                    if notes:
+                        text += f" ({', '.join(notes)})"
                     if cell.failed:
                         text += f" [red]{cell.failed} failed[/red]"
                     row.append(text)
@@ -321,7 +399,14 @@ def report(result: Result, console: Console) -> None:
         console.print(table)
     console.print(
         f"before = locked chain trigger (migrations through {LOCKED_THROUGH:04d}); "
-        f"after = {result.after_schema or 'not measured'}; the round trip is slept between the insert and COMMIT"
+        f"after = {result.after_schema or 'not measured'}"
+        + (
+            f", the beat's sealer running every {o.seal_interval:g} s (unsealed: rows left at the cell's end, "
+            "in seconds of its writes)"
+            if o.seal_interval and result.after_schema
+            else ""
+        )
+        + "; the round trip is slept between the insert and COMMIT"
     )
     server = result.server
     console.print(
@@ -330,20 +415,23 @@ def report(result: Result, console: Console) -> None:
         f"synchronous_commit {server.get('synchronous_commit')}); {result.pgbench}; {result.cpus} CPUs; "
         f"load {result.load_start[0]:.2f} at start, {result.load_end[0]:.2f} at the end"
     )
+    sealer = result.sealer_summary()
+    if sealer:
+        console.print(
+            f"sealer during the after cells: {sealer['rows']:,} rows linked in {sealer['busy_s']:.1f} s of its steps "
+            f"({sealer['rows_per_busy_s'] or 0:,} rows/s while linking, under the cells' load)"
+        )
     if result.seal is not None:
         seal = result.seal
         if seal.get("exit_code") is None:
             console.print(f"seal: {seal['output']} ({seal['rows']:,} rows)")
         else:
-            console.print(
-                f"seal: {seal['rows']:,} rows in {seal['seconds']:.1f} s ({seal['rows_per_s'] or 0:,.0f} rows/s), "
-                f"exit {seal['exit_code']}"
-            )
+            console.print(f"audit seal (the rest, process start included, {seal['seconds']:.1f} s): {seal['output']}")
     if result.verify_chain is not None:
         check = result.verify_chain
-        last = check["output"].splitlines()[-1] if check["output"] else ""
         colour = "green" if check["ok"] else "red"
-        console.print(f"verify-chain: [{colour}]{last}[/{colour}]", highlight=False)
+        said = "; ".join(check["output"].splitlines())
+        console.print(f"verify-chain: [{colour}]{said}[/{colour}]", highlight=False)
     for problem in result.problems:
         console.print(f"[yellow]- {problem}[/yellow]")
 
@@ -369,19 +457,40 @@ def _numbers(kind: type, text: str) -> tuple[Any, ...]:
     multiple=True,
     help="insert: the audit row alone; transition: the offer's UPDATE with it. Default: both.",
 )
+@click.option(
+    "--seal-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds between sealer steps during the after cells, as the beat's (0: no sealer while measuring).",
+)
 @click.option("--quick", is_flag=True, help="A smoke run: 8 clients, 0 ms, the insert variant, 2 s per cell.")
 @click.option("--json", "as_json", is_flag=True, help="JSON alone on stdout; the table and progress go to stderr.")
-def main(clients: str, rtt_ms: str, seconds: float, variants: tuple[str, ...], quick: bool, as_json: bool) -> None:
+def main(
+    clients: str,
+    rtt_ms: str,
+    seconds: float,
+    variants: tuple[str, ...],
+    seal_interval: float,
+    quick: bool,
+    as_json: bool,
+) -> None:
     """Transactions per second through the audit path: locked chain trigger (before) against now (after)."""
     # SIGTERM unwinds like Ctrl-C, so the cluster is stopped and its directory removed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     options = Options(
-        clients=_numbers(int, clients), rtt_ms=_numbers(float, rtt_ms), seconds=seconds, variants=variants or ()
+        clients=_numbers(int, clients),
+        rtt_ms=_numbers(float, rtt_ms),
+        seconds=seconds,
+        variants=variants or (),
+        seal_interval=seal_interval or None,
     )
     if not options.variants:
         options.variants = ("insert", "transition")
     if quick:
-        options = Options(clients=(8,), rtt_ms=(0.0,), seconds=2.0, variants=("insert",))
+        options = Options(
+            clients=(8,), rtt_ms=(0.0,), seconds=2.0, variants=("insert",), seal_interval=seal_interval or None
+        )
     human = Console(stderr=True) if as_json else Console()
     try:
         result = run(options, human)
