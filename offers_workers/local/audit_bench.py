@@ -108,6 +108,8 @@ class Result:
     server: dict[str, Any] = field(default_factory=dict)
     pgbench: str = ""
     seal: dict[str, Any] | None = None
+    #: audit_events on disk with its indexes, per row, after the run (sealed rows: their dead versions too).
+    audit_bytes_per_row: float | None = None
     verify_chain: dict[str, Any] | None = None
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -133,6 +135,7 @@ class Result:
             "cells": [asdict(c) for c in self.cells],
             "sealer_during_cells": self.sealer_summary(),
             "seal": self.seal,
+            "audit_bytes_per_row": self.audit_bytes_per_row,
             "verify_chain": self.verify_chain,
             "problems": self.problems,
         }
@@ -349,6 +352,7 @@ def run(options: Options, console: Console) -> Result:
         # The chain must hold after the run: the locked trigger's by construction, the sealer's once sealed.
         with console.status("sealing and verifying the audit chain"):
             seal_and_verify(urls[schemas[-1]], result)
+            result.audit_bytes_per_row = benchmarks.audit_bytes_per_row(urls[schemas[-1]])
     result.load_end = os.getloadavg()
     return result
 
@@ -427,6 +431,8 @@ def report(result: Result, console: Console) -> None:
             console.print(f"seal: {seal['output']} ({seal['rows']:,} rows)")
         else:
             console.print(f"audit seal (the rest, process start included, {seal['seconds']:.1f} s): {seal['output']}")
+    if result.audit_bytes_per_row:
+        console.print(f"audit_events on disk: {result.audit_bytes_per_row:,.0f} bytes per row with its indexes")
     if result.verify_chain is not None:
         check = result.verify_chain
         colour = "green" if check["ok"] else "red"

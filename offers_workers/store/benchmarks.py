@@ -58,6 +58,15 @@ def checkpoint(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+def audit_bytes_per_row(url: str) -> float | None:
+    """audit_events' size on disk with its indexes and TOAST, per row (for the retention arithmetic)."""
+    with connect(url) as conn:
+        row = conn.execute(
+            "SELECT pg_total_relation_size('audit_events'::regclass)::float8 / nullif(count(*), 0) FROM audit_events"
+        ).fetchone()
+        return round(float(row[0])) if row and row[0] is not None else None
+
+
 def audit_row_count(url: str) -> int:
     with connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM audit_events").fetchone()
