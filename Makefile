@@ -40,12 +40,12 @@ fuzz: install
 ## The audit path's transactions/s, locked chain trigger against now, on a private cluster (needs pgbench).
 ## BENCH_ARGS passes options, e.g. BENCH_ARGS="--quick" or "--seconds 30 --json".
 bench-audit: install
-	$(BIN)/python -m offers_workers.local.audit_bench $(BENCH_ARGS)
+	@$(BIN)/python -m offers_workers.local.audit_bench $(BENCH_ARGS)
 
 ## The scale model's inputs (docs/operations.md, section 8): CPU, transactions and Redis commands per
 ## offer from one bench run on private stores, and the Redis and RabbitMQ ceilings (about 5 minutes).
 bench-ceilings: install
-	$(BIN)/python -m offers_workers.local.ceilings $(BENCH_ARGS)
+	@$(BIN)/python -m offers_workers.local.ceilings $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache
