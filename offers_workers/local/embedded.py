@@ -4,6 +4,7 @@ with nothing but Python: used by ``dev``, ``demo`` and the tests when no URLs ar
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -85,6 +86,9 @@ def scratch_cluster(settings: dict[str, str] | None = None, parent: Path | None 
         yield url
     finally:
         if server is not None:
+            # pgserver's handle knows the postmaster it started, not the restarted one: stop by data dir.
+            with contextlib.suppress(subprocess.CalledProcessError):
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
             server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
 

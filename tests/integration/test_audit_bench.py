@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from offers_workers.local.audit_bench import parse_pgbench, pgbench_missing
@@ -52,3 +53,5 @@ def test_audit_bench_quick(tmp_path: Path) -> None:
     assert figures["verify_chain"]["ok"], figures["verify_chain"]
     assert "Audit path" in done.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("offers-pg-")]
+    # and its server is stopped, not left to notice its data directory is gone
+    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
