@@ -285,6 +285,11 @@ def seal_and_verify(url: str, result: Result) -> None:
         result.problems.append(f"audit verify-chain exited {code}: {output[-200:]}")
 
 
+def _loads() -> tuple[float, float, float]:
+    one, five, fifteen = os.getloadavg()
+    return round(one, 2), round(five, 2), round(fifteen, 2)
+
+
 def newest_migration() -> tuple[int, str]:
     from offers_workers.store.db import migrations
 
@@ -298,7 +303,7 @@ def run(options: Options, console: Console) -> Result:
     from offers_workers.store.db import migrate, scratch_database
 
     pgbench = find_pgbench()
-    result = Result(options, cpus=os.cpu_count() or 0, load_start=os.getloadavg())
+    result = Result(options, cpus=os.cpu_count() or 0, load_start=_loads())
     result.pgbench = subprocess.run([pgbench, "--version"], capture_output=True, text=True).stdout.strip()
     version, name = newest_migration()
     schemas = ["before"]
@@ -353,7 +358,7 @@ def run(options: Options, console: Console) -> Result:
         with console.status("sealing and verifying the audit chain"):
             seal_and_verify(urls[schemas[-1]], result)
             result.audit_bytes_per_row = benchmarks.audit_bytes_per_row(urls[schemas[-1]])
-    result.load_end = os.getloadavg()
+    result.load_end = _loads()
     return result
 
 
