@@ -172,34 +172,31 @@ def migrate(url: str, *, through: int | None = None) -> list[Migration]:
     """Apply the migrations not applied yet (up to version ``through``, if given); returns those
     it applied.
 
-    Safe to run twice and from two processes at once, and through PgBouncer in transaction mode:
-    each migration runs in a transaction that first takes a transaction-scoped advisory lock, so
-    the second process waits, then finds that migration done and moves on.
+    All in one transaction that first takes a transaction-scoped advisory lock: safe to run twice,
+    from two processes at once (the second waits, then finds nothing left to do) and through
+    PgBouncer in transaction mode, where a session lock would not stay with its session.
     """
     applied: list[Migration] = []
-    with connect(url) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+    with connect(url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         for migration in migrations():
             if through is not None and migration.version > through:
                 break
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,))
-                if done.fetchone():
-                    continue
-                conn.execute(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-            log.info("applied migration %04d_%s", migration.version, migration.name)
+            if migration.version in done:
+                continue
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name)
+            )
             applied.append(migration)
+    for migration in applied:
+        log.info("applied migration %04d_%s", migration.version, migration.name)
     return applied
 
 
