@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 import redis
 
+from config.celery import QUEUES
 from offers_workers.domain import states
 from offers_workers.local.demo import settled
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from offers_workers.local.samples import Sample
 from offers_workers.local.sandbox import PARTNERS, clear_faults, get_faults, set_fault
 from offers_workers.local.stack import load_sample_policy
+from offers_workers.ops.reports import queue_depths
 from offers_workers.runtime import Runtime
 from offers_workers.store import db
 from tests.brokers import own_sandbox
@@ -119,14 +121,21 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(
     try:
         with drill("flush", env, tmp_path / "logs", **drill_options, OFFERS_BROKER_URL=url, **FAST_RECOVERY) as d:
             _partners_take_their_time(box)
+            # Stripe slower than intake, so stage messages wait in Redis behind the partner threads:
+            # those a worker already holds outlive the flush in its memory and need no sweep
+            set_fault(box, "stripe", latency_ms=2000)
             samples = d.send(150, seed=14)
             # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
-            # once intake has recorded every message and the saga is mid-way
-            _wait(lambda: intake_done(d.runtime, samples), "intake to record every message")
+            # once intake has recorded every message and stage messages wait on the broker
+            _wait(
+                lambda: intake_done(d.runtime, samples) and _stage_messages_waiting(d.runtime) > 0,
+                "intake to record every message, with stage messages waiting in Redis",
+            )
+            waiting = _stage_messages_waiting(d.runtime)
             open_at_flush = _open_offers(d.runtime, samples)
             redis.Redis.from_url(url).flushall()
             clear_faults(box)
-            d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga"
+            d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga, {waiting} stage messages waiting"
             # Then the recovery sweep finds them in Postgres and every offer completes
             d.drain(samples)
             d.verify(samples)
@@ -172,6 +181,12 @@ def _wait(predicate, message: str, timeout: float = 120) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {message}"
         time.sleep(0.05)
+
+
+def _stage_messages_waiting(rt: Runtime) -> int:
+    """Stage messages on the broker that no worker holds yet (intake, drafts and sweeps aside)."""
+    stages = [q for q in QUEUES if q not in ("offers.intake", "offers.realtime", "offers.maintenance")]
+    return sum(queue_depths(rt.settings, stages).values())
 
 
 def _open_offers(rt: Runtime, samples: list[Sample]) -> int:
