@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -124,16 +124,24 @@ def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, 
 
 @contextmanager
 def fleet_stores(
-    offers_env: dict[str, str], broker: str, name: str, log_dir: Path, **overrides: str
+    offers_env: dict[str, str],
+    broker: str,
+    name: str,
+    log_dir: Path,
+    database_via: Callable[[str], str] | None = None,
+    **overrides: str,
 ) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """A database, a sandbox and (on RabbitMQ) a virtual host of the fleet's own, all removed
-    after. Yields the sandbox's URLs by partner and the fleet's environment (``overrides`` on top)."""
+    after. Yields the sandbox's URLs by partner and the fleet's environment (``overrides`` on top).
+    ``database_via`` maps the new database's URL to the one the fleet uses, migrations included
+    (a pooler's: ``PgBouncer.url_for``); it is made and dropped on the server itself."""
     from offers_workers.local.stack import load_sample_policy
     from offers_workers.store import db
     from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database
     from tests.drillkit import settings_for
 
-    db_url, db_name = _create_database(SERVER["url"], suffix=name)
+    created_url, db_name = _create_database(SERVER["url"], suffix=name)
+    db_url = database_via(created_url) if database_via else created_url
     try:
         db.migrate(db_url)
         with own_sandbox({**offers_env, "OFFERS_DATABASE_URL": db_url, **overrides}, log_dir) as (box, env):

@@ -57,6 +57,12 @@ class Drill:
     log_offsets: dict[str, int] = field(default_factory=dict)
     #: The sandbox this fleet's partners run in, when it has one of its own.
     sandbox: Any = None
+    #: Appended to every drill name of this fleet, so the drill table tells its rows apart
+    #: (" [pgbouncer]": the same drills with the database behind a pooler).
+    label: str = ""
+    #: The share of its usual offers a drill sends where fewer prove the same (``sized``): a module
+    #: that runs the drills once more another way spends less time on them.
+    scale: float = 1.0
 
     def scenario(self, name: str) -> Drill:
         """A drill of its own on this running fleet: its own figures, and logs read from here on.
@@ -64,7 +70,11 @@ class Drill:
         self.restart_dead_workers()
         self.wait_for_workers()
         offsets = {path.name: path.stat().st_size for path in self.fleet.log_dir.glob("*worker*.log")}
-        return replace(self, name=name, started=0.0, figures={}, log_offsets=offsets)
+        return replace(self, name=f"{name}{self.label}", started=0.0, figures={}, log_offsets=offsets)
+
+    def sized(self, count: int) -> int:
+        """``count`` at this fleet's scale, at least one."""
+        return max(1, round(count * self.scale))
 
     def send(self, count: int, seed: int) -> list[Sample]:
         samples = self.samples(count, seed)
@@ -216,11 +226,14 @@ def drill(
     offers_env: dict[str, str],
     log_dir: Path,
     process_types: tuple[str, ...] = ("worker", "worker_partners", "beat"),
+    label: str = "",
+    scale: float = 1.0,
     **overrides: str,
 ) -> Iterator[Drill]:
     """The Procfile's workers and beat on a Redis database of their own (on the run's Redis server,
     unless ``overrides`` name another broker) and their own key prefix. ``name`` goes into Redis
-    key names and patterns: no glob characters."""
+    key names and patterns: no glob characters. ``label`` goes only into the drill's name in the
+    table; ``scale``, see ``Drill.scale``."""
     assert not set(name) & set("*?[]"), f"{name!r}: kombu subscribes to Redis key patterns"
     prefix = f"{offers_env['OFFERS_REDIS_KEY_PREFIX']}{name}:"
     env = {**offers_env, "OFFERS_REDIS_KEY_PREFIX": prefix, **overrides}
@@ -230,11 +243,13 @@ def drill(
         ):
             # Queues carry their plain names: a fleet of its own needs a database of its own.
             env["OFFERS_BROKER_URL"] = stores.enter_context(redis_database(env["OFFERS_BROKER_URL"]))
-        yield stores.enter_context(_running(name, env, log_dir, process_types))
+        yield stores.enter_context(_running(name, env, log_dir, process_types, label, scale))
 
 
 @contextmanager
-def _running(name: str, env: dict[str, str], log_dir: Path, process_types: tuple[str, ...]) -> Iterator[Drill]:
+def _running(
+    name: str, env: dict[str, str], log_dir: Path, process_types: tuple[str, ...], label: str, scale: float
+) -> Iterator[Drill]:
     settings = settings_for(env)
     app = Celery(f"drill-{name}", set_as_current=False)
     app.config_from_object(celery_config(settings))
@@ -244,7 +259,7 @@ def _running(name: str, env: dict[str, str], log_dir: Path, process_types: tuple
     try:
         for ptype in process_types:
             fleet.start(types[ptype])
-        running = Drill(name, env, runtime, app, fleet, types)
+        running = Drill(f"{name}{label}", env, runtime, app, fleet, types, label=label, scale=scale)
         running.wait_for_workers()
         yield running
     finally:

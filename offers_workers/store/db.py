@@ -123,20 +123,39 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed on success, rolled back on error."""
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for reads outside a transaction: each statement is one round trip, with no
         BEGIN and COMMIT around it. Only for reads that need no consistent snapshot across statements."""
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             conn.autocommit = True
             try:
                 yield conn
             finally:
                 if not conn.closed:
                     conn.autocommit = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A pooled connection. An error that leaves it broken is raised as an OperationalError, the
+        outage it is, whatever psycopg calls it.
+
+        Through PgBouncer, a server connection that dies mid-transaction reaches the client as two
+        errors for one command, Postgres's and PgBouncer's own ("server conn crashed?"), and psycopg
+        reports them as InternalError("received 2 results from command 'COMMIT'"), which a task
+        would dead-letter (or, failing again on the dead letter, drop) instead of retrying.
+        """
+        conn: Connection | None = None
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            if conn is not None and conn.broken and not isinstance(exc, psycopg.OperationalError):
+                raise psycopg.OperationalError(f"the connection to Postgres was lost: {exc}") from exc
+            raise
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():

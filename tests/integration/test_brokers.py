@@ -15,7 +15,9 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,12 +46,33 @@ def fleet_on(
     broker = request.param
     if broker == "rabbitmq" and (reason := rabbitmq_unavailable()):
         pytest.skip(reason)
-    log_dir = tmp_path_factory.mktemp(f"fleet-{broker}")
+    with scenario_fleet(offers_env, broker, tmp_path_factory.mktemp(f"fleet-{broker}")) as d:
+        yield d
+
+
+@contextmanager
+def scenario_fleet(
+    offers_env: dict[str, str],
+    broker: str,
+    log_dir: Path,
+    *,
+    name: str = "",
+    database_via: Callable[[str], str] | None = None,
+    label: str = "",
+    scale: float = 1.0,
+) -> Iterator[Drill]:
+    """The fleet these scenarios run on: its stores named ``name`` (the broker's by default), its
+    database reached through ``database_via`` (``fleet_stores``); ``label`` and ``scale`` as
+    ``Drill`` has them."""
+    name = name or broker
     # Armed for the poison drill's own offer only: no other offer id starts with it.
     poison = {"OFFERS_FAILPOINTS": f"crash_on_offer:{POISON_PILL}"}
     with (
-        fleet_stores(offers_env, broker, broker, log_dir, **FAST_RECOVERY, **poison) as (box, env),
-        drill(broker, env, log_dir) as d,
+        fleet_stores(offers_env, broker, name, log_dir, database_via=database_via, **FAST_RECOVERY, **poison) as (
+            box,
+            env,
+        ),
+        drill(name, env, log_dir, label=label, scale=scale) as d,
     ):
         d.sandbox = box
         yield d
@@ -61,8 +84,9 @@ def broker_of(d: Drill) -> str:
 
 def test_every_outcome_path_with_duplicate_deliveries(fleet_on: Drill) -> None:
     d = fleet_on.scenario(f"outcomes [{broker_of(fleet_on)}]")
-    # Given four samples of every scenario, every duplicate delivered a second time (send_samples)
-    samples = d.send(4 * len(SCENARIOS), seed=21)
+    # Given four samples of every scenario (at the fleet's scale), every duplicate delivered a second
+    # time (send_samples)
+    samples = d.send(d.sized(4) * len(SCENARIOS), seed=21)
     assert {s.scenario.name for s in samples} == {s.name for s in SCENARIOS}
     d.drain(samples, timeout=120)
     d.figures["faults"] = f"{sum(len(s.messages) for s in samples)} messages, {len(SCENARIOS)} scenarios"
@@ -74,12 +98,13 @@ def test_killed_workers_lose_nothing_and_hold_no_buyer_twice(fleet_on: Drill) ->
     broker = broker_of(fleet_on)
     d = fleet_on.scenario(f"kill [{broker}]")
     # When workers (pool children and whole worker processes) are killed with SIGKILL, ten times,
-    # each while a wave of 30 offers goes through, and restarted as a supervisor would
-    samples = d.samples(300, seed=13)
+    # each while a wave of 30 offers (at the fleet's scale) goes through, and restarted as a supervisor would
+    wave_size = d.sized(30)
+    samples = d.samples(10 * wave_size, seed=13)
     rng = random.Random(RUN_ID)
     kills: Counter[str] = Counter()
     for wave in range(10):
-        d.submit(samples[wave * 30 : (wave + 1) * 30])
+        d.submit(samples[wave * wave_size : (wave + 1) * wave_size])
         time.sleep(rng.uniform(0.5, 1.5))
         d.restart_dead_workers()
         name, pid = rng.choice(worker_processes(d.fleet))
@@ -107,7 +132,7 @@ def test_a_partner_outage_dead_letters_and_a_replay_submits_each_offer_once(flee
     d = fleet_on.scenario(f"outage [{broker_of(fleet_on)}]")
     started = time.monotonic()
     # Given Sift answered 503 to everything: every offer ends dead-lettered at the risk stage
-    ids = through_sift_outage(d.app, d.runtime, d.sandbox, "outage", 40)
+    ids = through_sift_outage(d.app, d.runtime, d.sandbox, "outage", d.sized(40))
     dead_lettered_after = time.monotonic() - started
     assert {r["hold_status"] for r in offer_rows(d.runtime, ids).values()} == {"held"}
     # When the operator replays the risk queue from the CLI, on this fleet's broker
@@ -150,12 +175,13 @@ def test_a_poison_message_ends_in_our_dead_letter_queue(fleet_on: Drill) -> None
     broker = broker_of(fleet_on)
     d = fleet_on.scenario(f"poison [{broker}]")
     limit = d.runtime.settings.poison_deliveries
-    # Given a submit that kills the worker running it, every time, sent among 40 normal offers
-    samples = d.samples(40, seed=31)
+    # Given a submit that kills the worker running it, every time, sent among 40 normal offers (at the
+    # fleet's scale)
+    samples = d.samples(d.sized(40), seed=31)
     poison = base_offer(f"{POISON_PILL}{RUN_ID}", 0)
-    d.submit(samples[:20])
+    d.submit(samples[: len(samples) // 2])
     d.app.send_task("offers.submit", kwargs={"offer": poison})
-    d.submit(samples[20:])
+    d.submit(samples[len(samples) // 2 :])
     # Then every other offer reaches its outcome (0 lost, 0 duplicate holds, 0 orphan holds: verify)
     d.drain(samples, timeout=90)
     # And the poison's worker dies on each of its first deliveries; the next one is dead-lettered, not run
@@ -199,8 +225,10 @@ def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:
     replies = fleet_on.app.control.cancel_consumer("offers.maintenance", reply=True, timeout=2.0)
     assert replies, "no worker answered"
     try:
+        # as the beat sends them: without their argument they would each end in the dead-letter queue
+        stuck_after_s = fleet_on.runtime.settings.recovery_after_seconds
         for _ in range(5):
-            fleet_on.app.send_task("offers.recover")
+            fleet_on.app.send_task("offers.recover", kwargs={"stuck_after_s": stuck_after_s})
         # Then `stats` counts them on this fleet's broker, and every other queue too
         found = json.loads(cli("stats", "--json", env=fleet_on.env).stdout)["queue_depths"]
         assert set(found) == set(QUEUES)
