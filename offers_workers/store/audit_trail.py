@@ -8,16 +8,21 @@ rows only. ``saga.audit`` seals, checks and exports it.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from offers_workers.store.db import Connection, connect, one_row
+
+log = logging.getLogger(__name__)
 
 #: The columns of an exported row, ``data`` as the text the chain hashed.
 ROW_COLUMNS = sql.SQL(
@@ -95,23 +100,44 @@ def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[dict
 
 
 @contextmanager
-def export_lock(database_url: str | None) -> Iterator[bool]:
+def export_lock(database_url: str | None, *, heartbeat_s: float = 5) -> Iterator[bool]:
     """Hold the fleet-wide export lock for the block; yields False (and holds nothing) when another
     export has it.
 
     The lock is transaction-scoped, in a transaction of its own held open for the block: a
     transaction pooler (PgBouncer in transaction mode) keeps one server connection for it, where a
     session lock would stay behind on a server connection handed to someone else. The transaction
-    writes nothing, so it holds back neither vacuum nor the audit sealer.
+    writes nothing, so it holds back neither vacuum nor the audit sealer. A statement every
+    ``heartbeat_s`` keeps it from looking idle: PgBouncer's idle_transaction_timeout (15 s, as the
+    operations guide advises) would otherwise end it, and the lock with it, mid-export.
     """
     with connect(database_url or "") as conn:
-        # An idle transaction is the point here: no server or role timeout may end it mid-export.
+        # An idle-looking transaction is the point here: no server or role timeout may end it.
         conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EXPORT_LOCK,)).fetchone()
-        try:
-            yield bool(locked and locked[0])
-        finally:
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (EXPORT_LOCK,)).fetchone()
+        if not (row and row[0]):
             conn.rollback()
+            yield False
+            return
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(heartbeat_s):
+                try:
+                    conn.execute("SELECT 1")
+                except psycopg.Error as exc:
+                    log.error("the audit export lost its lock's connection", extra={"error": str(exc)[:300]})
+                    return
+
+        beating = threading.Thread(target=heartbeat, name="export-lock-heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield True
+        finally:
+            done.set()
+            beating.join()
+            if not conn.closed:
+                conn.rollback()
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,28 @@ def test_audit_export_through_the_pooler(pooled_database: tuple[str, str]) -> No
     assert again.returncode == 0 and "nothing to export" in again.stdout
 
 
+def test_the_export_lock_outlasts_the_poolers_idle_transaction_timeout(scratch_database: str, tmp_path: Path) -> None:
+    direct = scratch_database
+    # Given a PgBouncer that ends a transaction idle for 2 s (the guide advises 15)
+    strict = PgBouncer(SERVER["url"], tmp_path, idle_transaction_timeout_s=2)
+    strict.start()
+    try:
+        pooled = strict.url_for(direct)
+        # When an export holds the lock three times that long
+        with audit_trail.export_lock(pooled, heartbeat_s=0.5) as locked:
+            assert locked
+            time.sleep(4)
+            # Then another export still finds it taken
+            with audit_trail.export_lock(pooled) as second:
+                assert second is False
+            time.sleep(2)
+        # and the holder let it go cleanly: the next one gets it
+        with audit_trail.export_lock(pooled) as third:
+            assert third
+    finally:
+        strict.stop()
+
+
 def test_a_server_connection_lost_mid_transaction_is_a_store_outage(pooled_database: tuple[str, str]) -> None:
     direct, pooled = pooled_database
     database = db.Database(pooled, max_size=1, wait_s=5)
