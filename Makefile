@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings clean
+.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings bench-pgbouncer clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ bench-audit: install
 ## offer from one bench run on private stores, and the Redis and RabbitMQ ceilings (about 5 minutes).
 bench-ceilings: install
 	@$(BIN)/python -m offers_workers.local.ceilings $(BENCH_ARGS)
+
+## offers-workers bench twice on the Postgres of OFFERS_DATABASE_URL: directly, then through a private
+## PgBouncer in transaction mode (needs pgbouncer). BENCH_ARGS as above, e.g. "--offers 1000 --memory-offers 0".
+bench-pgbouncer: install
+	$(BIN)/offers-workers bench $(BENCH_ARGS)
+	$(BIN)/python -m offers_workers.local.pgbouncer $(BIN)/offers-workers bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache

@@ -180,3 +180,38 @@ class PgBouncer:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+def main(argv: list[str]) -> int:
+    """``python -m offers_workers.local.pgbouncer COMMAND ...``: run a command (``offers-workers
+    bench``, say) with ``OFFERS_DATABASE_URL`` pointing at a private PgBouncer in transaction mode in
+    front of the Postgres it names now; the pooler is stopped when the command ends."""
+    import sys
+    import tempfile
+
+    server_url = os.environ.get("OFFERS_DATABASE_URL")
+    if not argv or not server_url:
+        print(
+            "usage: OFFERS_DATABASE_URL=... python -m offers_workers.local.pgbouncer COMMAND [ARG ...]", file=sys.stderr
+        )
+        return 2
+    if reason := unavailable():
+        print(f"offers-workers: {reason}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="offers-pgbouncer-") as state:
+        bouncer = PgBouncer(server_url, Path(state))
+        pooled = bouncer.start()
+        try:
+            print(
+                f"through PgBouncer (transaction mode, {bouncer.pool_size} server connections per database)",
+                file=sys.stderr,
+            )
+            return subprocess.run(argv, env={**os.environ, "OFFERS_DATABASE_URL": pooled}).returncode
+        finally:
+            bouncer.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
