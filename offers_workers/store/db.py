@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -68,9 +68,12 @@ class Database:
         lock_timeout_s: float = 10,
         wait_s: float = 10,
         prepared_statements: bool = False,
+        application_name: str | None = None,
     ) -> None:
         self.url = url
         self.max_size = max_size
+        #: What pg_stat_activity shows for this pool's connections, unless the URL names one itself.
+        self.application_name = None if "application_name" in conninfo_to_dict(url) else application_name
         #: Server-side prepared statements (see ``connect``): off unless the deployment says so.
         self.prepared_statements = prepared_statements
         #: How long a caller waits for a pooled connection before PoolTimeout.
@@ -93,6 +96,7 @@ class Database:
                     "row_factory": dict_row,
                     "autocommit": False,
                     "prepare_threshold": 5 if self.prepared_statements else None,
+                    **({"application_name": self.application_name} if self.application_name else {}),
                 },
                 # Drop connections that died with a Postgres restart instead of handing them out,
                 # without a round trip per checkout (the largest single cost in the bench's profile).
