@@ -1,0 +1,168 @@
+"""The connection budget on real processes (docs/operations.md, section 3): each Procfile type opens
+at most its pool, and `stats`, `health` and `/metrics` count the server's connections against
+max_connections.
+
+Each test runs its fleet on a database of its own, owned by a login role made for it: a role that is
+not a superuser, so that a connection limit binds it as it binds a deployment's.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from offers_workers.local.embedded import free_port
+from offers_workers.local.stack import load_sample_policy
+from offers_workers.runtime import APPLICATION_NAME_PREFIX, Runtime
+from offers_workers.store import db
+from tests import monitoring
+from tests.conftest import RUN_ID, SERVER, cli, wait_until
+from tests.drillkit import NO_RECOVERY, Drill, drill, settings_for
+
+
+@dataclass(frozen=True)
+class OwnDatabase:
+    name: str
+    #: As the fleet's role, whom a connection limit binds.
+    url: str
+    #: As the server's superuser, whom it does not: the test's own reads.
+    admin_url: str
+
+
+@contextmanager
+def own_database(offers_env: dict[str, str], *, role_connection_limit: int = -1) -> Iterator[OwnDatabase]:
+    """A database owned by a login role of the same name, migrated by that role and loaded with the
+    sample policy; the database and the role are dropped afterwards, whatever happened."""
+    server = SERVER["url"]
+    name = f"offers_budget_{RUN_ID}_{secrets.token_hex(3)}"
+    ident = sql.Identifier(name)
+    password = secrets.token_hex(16)
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} CONNECTION LIMIT {}").format(
+                ident, sql.Literal(password), sql.Literal(role_connection_limit)
+            )
+        )
+    try:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, ident))
+        url = make_conninfo(server, dbname=name, user=name, password=password)
+        db.migrate(url)
+        load_sample_policy(settings_for({**offers_env, "OFFERS_DATABASE_URL": url}))
+        yield OwnDatabase(name, url, make_conninfo(server, dbname=name))
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+
+@contextmanager
+def read_as_admin(d: Drill, database: OwnDatabase) -> Iterator[Drill]:
+    """The drill, its checks reading Postgres as the superuser: outside the fleet role's limit."""
+    rt = Runtime(settings_for({**d.env, "OFFERS_DATABASE_URL": database.admin_url}))
+    try:
+        yield replace(d, runtime=rt)
+    finally:
+        rt.close()
+
+
+def fleet_connections(watch: psycopg.Connection, database: str) -> Counter[str]:
+    """The fleet's connections to ``database`` now, by process type (its pools' application_name)."""
+    rows = watch.execute(
+        "SELECT application_name, count(*) FROM pg_stat_activity"
+        " WHERE datname = %s AND starts_with(application_name, %s) GROUP BY 1",
+        (database, APPLICATION_NAME_PREFIX),
+    ).fetchall()
+    return Counter({name.removeprefix(APPLICATION_NAME_PREFIX): n for name, n in rows})
+
+
+def test_each_process_type_opens_at_most_its_pool_and_stats_health_metrics_count_them(
+    offers_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    with (
+        own_database(offers_env) as database,
+        drill(
+            "budget",
+            offers_env,
+            tmp_path / "logs",
+            process_types=("worker", "worker_partners", "metrics"),
+            OFFERS_DATABASE_URL=database.url,
+            OFFERS_METRICS_PORT=str(port),
+            # Set for one type only: it must reach the thread pool and nothing else.
+            OFFERS_DB_POOL_SIZE_THREADS="3",
+            **NO_RECOVERY,
+        ) as fleet,
+        read_as_admin(fleet, database) as d,
+        psycopg.connect(database.admin_url, autocommit=True) as watch,
+    ):
+        # Given the Procfile's processes, nothing set but the thread pool's size, under a burst of offers
+        samples = d.send(60, seed=41)
+        peak: Counter[str] = Counter()
+        deadline = time.monotonic() + 180
+        while d.settled_count(samples) < len(samples):
+            assert time.monotonic() < deadline, "the offers did not settle"
+            peak |= fleet_connections(watch, database.name)
+            time.sleep(0.05)
+        d.figures.update(
+            faults="none; OFFERS_DB_POOL_SIZE_THREADS=3; peak connections "
+            + ", ".join(f"{kind} {n}" for kind, n in sorted(peak.items())),
+            drain_s=round(time.monotonic() - d.started, 1),
+        )
+        d.verify(samples)
+        text = wait_until(lambda: monitoring.read_metrics(port), timeout=30, message="/metrics")
+        peak |= fleet_connections(watch, database.name)
+
+        # Then each type stayed within processes × its pool: 2 prefork children × 1, one thread
+        # pool × 3 (reached: 40 threads wanted more), one metrics process × 1
+        assert 1 <= peak["prefork"] <= 2, peak
+        assert peak["threads"] == 3, peak
+        assert peak["metrics"] == 1, peak
+
+        # and /metrics counts the server's connections against its limits, the fleet's by type
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        limits = watch.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int"
+            " + coalesce(current_setting('reserved_connections', true)::int, 0)"
+        ).fetchone()
+        assert limits is not None
+        assert [s.value for s in families["offers_db_max_connections"].samples] == [limits[0]]
+        assert [s.value for s in families["offers_db_reserved_connections"].samples] == [limits[1]]
+        served = {s.labels["process"]: s.value for s in families["offers_db_fleet_connections"].samples}
+        # The pools sit idle now, keeping their connections: the scrape saw what pg_stat_activity shows
+        assert served == fleet_connections(watch, database.name), served
+        in_use = sum(s.value for s in families["offers_db_connections"].samples)
+        assert sum(served.values()) <= in_use <= limits[0]
+        assert {s.labels["state"] for s in families["offers_db_connections"].samples} >= {"active", "idle"}
+
+        # `stats --json` gives the same figures, and `health` checks them against max_connections
+        env = {**d.env, "COLUMNS": "200"}
+        stats = cli("stats", "--json", env=env)
+        assert stats.returncode == 0, stats.stderr
+        figures = json.loads(stats.stdout)["db_connections"]
+        assert (figures["max_connections"], figures["reserved"]) == (limits[0], limits[1])
+        assert figures["fleet_by_process"]["prefork"] == served["prefork"]
+        health = cli("health", env=env)
+        [row] = [line for line in health.stdout.splitlines() if "db_connections" in line]
+        assert f" of {limits[0] - limits[1]} (" in row and "< 80% (warn), < 95%" in row, row
+
+
+def test_no_test_leaves_a_role_behind(offers_env: dict[str, str]) -> None:
+    # The roles above are server-wide: each is dropped with its database
+    with psycopg.connect(SERVER["url"], autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (f"offers_budget_{RUN_ID}_",)
+        ).fetchall()
+    assert left == [], left
