@@ -1,6 +1,7 @@
 """The connection budget on real processes (docs/operations.md, section 3): each Procfile type opens
-at most its pool, and `stats`, `health` and `/metrics` count the server's connections against
-max_connections.
+at most its pool, `stats`, `health` and `/metrics` count the server's connections against
+max_connections, and a worker that cannot get a connection retries its stage under the store outage
+budget, never dead-lettering for it.
 
 Each test runs its fleet on a database of its own, owned by a login role made for it: a role that is
 not a superuser, so that a connection limit binds it as it binds a deployment's.
@@ -18,10 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from config.retry import STORE_OUTAGE, policy_for
 from offers_workers.local.embedded import free_port
 from offers_workers.local.stack import load_sample_policy
 from offers_workers.runtime import APPLICATION_NAME_PREFIX, Runtime
@@ -157,6 +160,74 @@ def test_each_process_type_opens_at_most_its_pool_and_stats_health_metrics_count
         health = cli("health", env=env)
         [row] = [line for line in health.stdout.splitlines() if "db_connections" in line]
         assert f" of {limits[0] - limits[1]} (" in row and "< 80% (warn), < 95%" in row, row
+
+
+#: The fleet's role may open this many connections; the test holds them all, as other clients of a
+#: full server would.
+ROLE_LIMIT = 4
+
+
+def test_a_worker_that_cannot_get_a_connection_retries_its_stage_and_never_dead_letters(
+    offers_env: dict[str, str], tmp_path: Path
+) -> None:
+    intake_budget = policy_for("intake").max_retries
+    with own_database(offers_env, role_connection_limit=ROLE_LIMIT) as database:
+        held = [psycopg.connect(database.url) for _ in range(ROLE_LIMIT)]
+        try:
+            # (libpq reports the server's refusal at connect as a failed connection, without its SQLSTATE)
+            with pytest.raises(psycopg.OperationalError, match="too many connections for role"):
+                psycopg.connect(database.url).close()
+            with (
+                drill(
+                    "starved",
+                    offers_env,
+                    tmp_path / "logs",
+                    process_types=("worker", "worker_partners"),
+                    OFFERS_DATABASE_URL=database.url,
+                    **NO_RECOVERY,
+                ) as fleet,
+                read_as_admin(fleet, database) as d,
+            ):
+                # Given workers whose every connection attempt Postgres refuses (SQLSTATE 53300)
+                # When two offers arrive, one for each prefork child
+                samples = d.send(2, seed=43)
+
+                # Then intake retries each under the store outage budget, past the attempt where its
+                # own policy (for a partner's error) would have dead-lettered it; nothing recorded yet
+                def starved() -> list[dict]:
+                    return [r for r in d.logged("transient failure; retrying") if "get a connection" in r["error"]]
+
+                wait_until(
+                    lambda: any(r["stage"] == "intake" and r["attempt"] > intake_budget for r in starved()),
+                    timeout=240,
+                    message=f"an intake retry past its own budget of {intake_budget}",
+                )
+                assert intake_budget < STORE_OUTAGE.max_retries
+                assert d.logged("stage failed; dead-lettered") == []
+                assert d.settled_count(samples) == 0
+                logs = "\n".join(p.read_text(errors="replace") for p in d.fleet.log_dir.glob("*worker*.log"))
+                assert "too many connections for role" in logs  # what the pool was told each time
+
+                # When the connections held elsewhere are given back
+                for conn in held:
+                    conn.close()
+                released = time.monotonic()
+
+                # Then every offer ends as it was built to, none dead-lettered and none lost, with
+                # one hold each
+                d.drain(samples, timeout=300)
+                d.figures["faults"] = (
+                    f"the role's {ROLE_LIMIT} connections held for {released - d.started:.0f} s;"
+                    f" {len(starved())} retries waiting for one"
+                )
+                d.verify(samples)
+                with d.runtime.db.read() as conn:
+                    dead = conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()
+                assert dead is not None and dead["n"] == 0
+                assert d.logged("stage failed; dead-lettered") == []
+        finally:
+            for conn in held:
+                conn.close()
 
 
 def test_no_test_leaves_a_role_behind(offers_env: dict[str, str]) -> None:
