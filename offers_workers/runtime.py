@@ -186,10 +186,14 @@ class Runtime:
 
     def warm_up(self) -> None:
         """Import the partner SDKs and build their clients now, in one thread. Forty threads that
-        each import a different SDK on their first task can deadlock on Python's import locks."""
+        each import a different SDK on their first task can deadlock on Python's import locks.
+        The database's pool holder too (it connects on first use): from Python 3.12 on a
+        cached_property takes no lock, and threads racing on their first task would build one each."""
         for partner in PARTNERS:
             for attribute in partner.runtime_attributes:
                 getattr(self, attribute)
+        if self.settings.database_url:
+            _ = self.db
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -160,6 +161,38 @@ def test_each_process_type_opens_at_most_its_pool_and_stats_health_metrics_count
         health = cli("health", env=env)
         [row] = [line for line in health.stdout.splitlines() if "db_connections" in line]
         assert f" of {limits[0] - limits[1]} (" in row and "< 80% (warn), < 95%" in row, row
+
+
+def test_threads_that_start_together_share_one_pool_of_its_size(offers_env: dict[str, str]) -> None:
+    with own_database(offers_env) as database:
+        settings = settings_for({**offers_env, "OFFERS_DATABASE_URL": database.url, "OFFERS_DB_POOL_SIZE_THREADS": "3"})
+        rt = Runtime(settings, kind="threads")
+        pools: set[int] = set()
+        start = threading.Barrier(40)
+        peak: Counter[str] = Counter()
+
+        def first_task() -> None:
+            start.wait()
+            with rt.db.transaction() as conn:
+                pools.add(id(rt.db.pool))
+                conn.execute("SELECT pg_sleep(0.2)")
+
+        try:
+            # Given a thread pool's 40 threads taking their first task at the same instant
+            threads = [threading.Thread(target=first_task) for _ in range(40)]
+            with psycopg.connect(database.admin_url, autocommit=True) as watch:
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    peak |= fleet_connections(watch, database.name)
+                    time.sleep(0.02)
+            for t in threads:
+                t.join()
+            # Then they built one pool between them, and it never held more than its size
+            assert len(pools) == 1
+            assert peak["threads"] == 3, peak
+        finally:
+            rt.close()
 
 
 #: The fleet's role may open this many connections; the test holds them all, as other clients of a
