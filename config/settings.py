@@ -104,7 +104,17 @@ class Settings(BaseSettings):
     #: global_keyprefix). Every upstream client must then set the same prefix, or its offers wait
     #: where no worker looks.
     broker_key_prefix: str = ""
-    db_pool_size: int = Field(default=4, ge=1, le=100)
+    #: Postgres connections per process whatever its type; unset, each type takes its own below
+    #: (the connection budget, docs/operations.md section 3).
+    db_pool_size: int | None = Field(default=None, ge=1, le=100)
+    #: Per prefork child of `worker` (or a solo worker): it runs one task at a time, and no task
+    #: takes a second pooled connection while it holds one.
+    db_pool_size_prefork: int = Field(default=1, ge=1, le=100)
+    #: Per worker whose pool runs tasks side by side (`worker_partners`' 40 threads): only threads
+    #: reading or committing hold one, so 12 serve 40.
+    db_pool_size_threads: int = Field(default=12, ge=1, le=100)
+    #: The `metrics` process: it answers one scrape at a time.
+    db_pool_size_metrics: int = Field(default=1, ge=1, le=100)
     #: Server-side prepared statements: off by default, so the fleet works behind a transaction
     #: pooler (PgBouncer in transaction mode); on for a direct connection or a pooler that tracks
     #: them (PgBouncer 1.21+ with max_prepared_statements).

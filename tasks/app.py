@@ -71,13 +71,24 @@ def _json_logs(**_: object) -> None:
 
 
 @signals.worker_init.connect
-def _warm_up(**_: object) -> None:
+def _warm_up(sender: Any = None, **_: object) -> None:
     # Before the pool starts: a thread pool's first tasks would otherwise import the partner SDKs
     # concurrently (seen: _DeadlockError on urllib3.fields after a restart, and the task
     # dead-lettered). No connection is opened, so prefork children inherit nothing shared.
+    from offers_workers.runtime import get_runtime, pool_kind
+
+    rt = get_runtime()
+    # The pool size follows the pool (the Procfile's types set nothing): before any connection opens.
+    rt.set_kind(pool_kind(sender.pool_cls))
+    rt.warm_up()
+
+
+@signals.worker_process_init.connect
+def _one_task_at_a_time(**_: object) -> None:
+    # A prefork child (however its pool starts it, fork or spawn) or a solo worker runs one task at a time.
     from offers_workers.runtime import get_runtime
 
-    get_runtime().warm_up()
+    get_runtime().set_kind("prefork")
 
 
 @signals.worker_ready.connect

@@ -10,14 +10,18 @@ from typing import Any
 
 from config.celery import QUEUES
 from offers_workers.ops import reports
-from offers_workers.runtime import Runtime
-from offers_workers.store import audit_trail, hold_findings
+from offers_workers.runtime import APPLICATION_NAME_PREFIX, Runtime
+from offers_workers.store import audit_trail, connections, hold_findings
 from offers_workers.store import reports as store_reports
 
 #: The runbook's SLOs.
 SUCCESS_RATE_MIN = 0.98
 VALIDATION_P95_MAX_MS = 400
 AUCTION_LAG_P95_MAX_MS = 1000
+#: Postgres connections in use, as a share of what a non-superuser may open: warn, then breach
+#: (at 100 % every new connection of the fleet is refused, and its stages wait and retry).
+DB_CONNECTIONS_WARN = 0.80
+DB_CONNECTIONS_MAX = 0.95
 
 RUNBOOK: dict[str, tuple[str, list[str]]] = {
     "success_rate": (
@@ -84,6 +88,14 @@ RUNBOOK: dict[str, tuple[str, list[str]]] = {
             "Talk to the Maker Success team if it is a legitimate business shift.",
         ],
     ),
+    "db_connections": (
+        "Postgres connections near max_connections",
+        [
+            "Count the fleet against its budget (docs/operations.md, section 3): the detail above gives this database's connections by process type.",
+            "Lower a type's pool (OFFERS_DB_POOL_SIZE_THREADS, …) or its processes per host, raise max_connections, or put PgBouncer in front.",
+            "Sessions in state unknown or idle from other roles or databases: find their owner in pg_stat_activity (usename, application_name).",
+        ],
+    ),
 }
 
 
@@ -94,6 +106,8 @@ class Check:
     threshold: str
     ok: bool
     detail: list[str] = field(default_factory=list)
+    #: Past a warning level while still ok: shown, with its first checks, without failing `health`.
+    warning: bool = False
 
     @property
     def symptom(self) -> str:
@@ -149,6 +163,8 @@ class Figures:
     queue_depths: dict[str, int] | None
     #: How far the audit sealer is behind (the chain's sealed end, the committed rows past it).
     audit_seal: AuditSeal
+    #: Connections to the Postgres server against max_connections (the connection budget).
+    db_connections: connections.ConnectionUsage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +193,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         cancellations = store_reports.cancellations(conn, scope)
         open_findings = hold_findings.open_counts(conn)
         seal = audit_trail.seal_lag(conn)
+        db_connections = connections.usage(conn, APPLICATION_NAME_PREFIX)
     return Figures(
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
@@ -203,6 +220,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
             unsealed_rows=seal.unsealed_rows,
             lag_seconds=seal.lag_seconds,
         ),
+        db_connections=db_connections,
     )
 
 
@@ -269,4 +287,18 @@ def checks(rt: Runtime, found: Figures) -> list[Check]:
             not hv.spike,
             [f"{reason}: {n}" for reason, n in hv.by_reason.items()],
         ),
+        *([db_connections_check(found.db_connections)] if found.db_connections else []),
     ]
+
+
+def db_connections_check(used: connections.ConnectionUsage) -> Check:
+    """Connections in use against what the fleet's role may open: warn at 80 %, breach at 95 %."""
+    return Check(
+        "db_connections",
+        f"{used.in_use:,} of {used.available:,} ({used.share:.0%})",
+        f"< {DB_CONNECTIONS_WARN:.0%} (warn), < {DB_CONNECTIONS_MAX:.0%}",
+        used.share < DB_CONNECTIONS_MAX,
+        [f"{state}: {n}" for state, n in used.by_state.items()]
+        + [f"this database, {process}: {n}" for process, n in used.fleet_by_process.items()],
+        warning=DB_CONNECTIONS_WARN <= used.share < DB_CONNECTIONS_MAX,
+    )

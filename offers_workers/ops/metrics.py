@@ -63,6 +63,7 @@ class OffersCollector:
 
         found = figures(self.rt, WINDOW)
         yield from self._figures(found)
+        yield from self._db_connections(found.db_connections)
         yield from self._watches()
         yield self._partner_errors()
         yield self._sns_failures()
@@ -186,6 +187,36 @@ class OffersCollector:
             for queue, n in reports.queue_consumers(self.app, QUEUES).items():
                 consumers.add_metric([queue], n)
             yield consumers
+
+    def _db_connections(self, used: Any) -> Iterator[Metric]:
+        """The connection budget: the Postgres server's connections against max_connections."""
+        if used is None:
+            return
+        by_state = GaugeMetricFamily(
+            "offers_db_connections",
+            "Client connections to the Postgres server (every database and role) by state;"
+            " unknown: another role's session, whose state the fleet's role may not read",
+            labels=["state"],
+        )
+        for state, n in used.by_state.items():
+            by_state.add_metric([state], n)
+        yield by_state
+        yield GaugeMetricFamily(
+            "offers_db_max_connections", "The Postgres server's max_connections", value=used.max_connections
+        )
+        yield GaugeMetricFamily(
+            "offers_db_reserved_connections",
+            "Connections of max_connections only superusers may open (superuser_reserved_connections, reserved_connections)",
+            value=used.reserved,
+        )
+        fleet = GaugeMetricFamily(
+            "offers_db_fleet_connections",
+            "The fleet's connections to its database, by process type (prefork, threads, metrics, cli)",
+            labels=["process"],
+        )
+        for process, n in used.fleet_by_process.items():
+            fleet.add_metric([process], n)
+        yield fleet
 
     def _partner_errors(self) -> Metric:
         errors = CounterMetricFamily(

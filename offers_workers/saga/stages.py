@@ -50,7 +50,7 @@ def run_stage(
     if local:
         with rt.db.transaction() as conn:
             offer = offers.load_offer(conn, offer_id)
-            # Never a second pooled connection while this one is held: with OFFERS_DB_POOL_SIZE=1 it would never come.
+            # Never a second pooled connection while this one is held: a prefork child has one (OFFERS_DB_POOL_SIZE_PREFORK).
             outcome = _work(stage, offer_id, offer, lambda o: work(o, conn))
             return outcome if isinstance(outcome, list) else _commit(conn, stage, offer_id, outcome)
     with rt.db.read() as conn:

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import select
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -68,9 +69,12 @@ class Database:
         lock_timeout_s: float = 10,
         wait_s: float = 10,
         prepared_statements: bool = False,
+        application_name: str | None = None,
     ) -> None:
         self.url = url
         self.max_size = max_size
+        #: What pg_stat_activity shows for this pool's connections, unless the URL names one itself.
+        self.application_name = None if "application_name" in conninfo_to_dict(url) else application_name
         #: Server-side prepared statements (see ``connect``): off unless the deployment says so.
         self.prepared_statements = prepared_statements
         #: How long a caller waits for a pooled connection before PoolTimeout.
@@ -79,31 +83,42 @@ class Database:
         self.lock_timeout_s = lock_timeout_s
         self._pool: ConnectionPool | None = None
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     @property
     def pool(self) -> ConnectionPool:
-        # A pool inherited through fork shares sockets with the parent: build a fresh one.
-        if self._pool is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._pool = ConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=self.max_size,
-                kwargs={
-                    "row_factory": dict_row,
-                    "autocommit": False,
-                    "prepare_threshold": 5 if self.prepared_statements else None,
-                },
-                # Drop connections that died with a Postgres restart instead of handing them out,
-                # without a round trip per checkout (the largest single cost in the bench's profile).
-                check=_check_if_readable,
-                configure=self._configure,
-                # While Postgres is away a task gives up waiting and retries, instead of blocking.
-                timeout=self.wait_s,
-                open=True,
-                name="offers",
-            )
+        if self._pid != os.getpid():
+            # A pool inherited through fork shares sockets with the parent, and the lock may be held
+            # there by a thread this child does not have: start afresh (a child starts with one thread).
+            self._pid, self._pool, self._lock = os.getpid(), None, threading.Lock()
+        if self._pool is None:
+            # A thread pool's threads start their first tasks together: one builds the pool, the
+            # others wait for it. Each building its own opened up to one pool per thread.
+            with self._lock:
+                if self._pool is None:
+                    self._pool = self._new_pool()
         return self._pool
+
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.max_size,
+            kwargs={
+                "row_factory": dict_row,
+                "autocommit": False,
+                "prepare_threshold": 5 if self.prepared_statements else None,
+                **({"application_name": self.application_name} if self.application_name else {}),
+            },
+            # Drop connections that died with a Postgres restart instead of handing them out,
+            # without a round trip per checkout (the largest single cost in the bench's profile).
+            check=_check_if_readable,
+            configure=self._configure,
+            # While Postgres is away a task gives up waiting and retries, instead of blocking.
+            timeout=self.wait_s,
+            open=True,
+            name="offers",
+        )
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # Session settings, not startup options: poolers such as PgBouncer refuse unknown ones.

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers.runtime import Runtime
+from offers_workers.runtime import ProcessKind, Runtime
 from offers_workers.store import listings
 
 console = Console()
@@ -45,12 +45,12 @@ def settings_or_exit() -> Settings:
 DB_WAIT_S = 5
 
 
-def runtime_or_exit() -> Runtime:
-    """A runtime on the configured Postgres (exit 2 if none is configured)."""
+def runtime_or_exit(kind: ProcessKind = "cli") -> Runtime:
+    """A runtime on the configured Postgres (exit 2 if none is configured); ``kind`` sizes its pool."""
     settings = settings_or_exit()
     if not settings.database_url:
         fail("invalid configuration: OFFERS_DATABASE_URL is required for this command", 2)
-    return Runtime(settings, db_wait_s=DB_WAIT_S)
+    return Runtime(settings, db_wait_s=DB_WAIT_S, kind=kind)
 
 
 def first_line(exc: BaseException) -> str:

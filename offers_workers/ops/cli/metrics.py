@@ -21,7 +21,7 @@ def metrics_serve(host: str, port: int | None) -> None:
     from offers_workers.ops.metrics import serve
 
     logs.setup()
-    rt = runtime_or_exit()
+    rt = runtime_or_exit(kind="metrics")
     try:
         serve(rt, host, port if port is not None else rt.settings.metrics_port)
     except OSError as exc:

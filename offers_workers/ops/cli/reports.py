@@ -54,6 +54,9 @@ def stats(window: str, as_json: bool) -> None:
         ops.add_row(f"holds flagged · {kind}", f"{n:,}")
     for queue, n in (found.queue_depths or {}).items():
         ops.add_row(f"queue · {queue}", f"{n:,}")
+    if found.db_connections is not None:
+        used = found.db_connections
+        ops.add_row("postgres connections", f"{used.in_use:,} of {used.available:,}")
     console.print(ops)
 
     reasons = Table(title=f"Cancellations in the last {window}, by reason")
@@ -89,11 +92,15 @@ def health(window: str) -> None:
     for col in ("check", "value", "threshold", "status"):
         table.add_column(col)
     for c in results:
-        table.add_row(c.name, c.value, c.threshold, "[green]ok[/green]" if c.ok else "[red]BREACH[/red]")
+        status = "[red]BREACH[/red]" if not c.ok else "[yellow]warn[/yellow]" if c.warning else "[green]ok[/green]"
+        table.add_row(c.name, c.value, c.threshold, status)
     console.print(table)
     breaches = [c for c in results if not c.ok]
-    for c in breaches:
-        console.print(f"[bold red]Runbook symptom: {c.symptom}[/bold red] ({c.name}: {c.value})", soft_wrap=True)
+    # A warning names its symptom and first checks too, but only a breach fails the command.
+    for c in [*breaches, *(c for c in results if c.ok and c.warning)]:
+        heading = "Runbook symptom" if not c.ok else "Warning"
+        style = "bold red" if not c.ok else "bold yellow"
+        console.print(f"[{style}]{heading}: {c.symptom}[/{style}] ({c.name}: {c.value})", soft_wrap=True)
         if c.detail:
             console.print("  " + ", ".join(c.detail), soft_wrap=True)
         for n, step in enumerate(c.first_checks, 1):
