@@ -183,8 +183,8 @@ def transition(
         # stage really finished (the hold watch's clock, and honest stage latencies and auction lag).
         assignments.append(sql.SQL("{0} = coalesce({0}, clock_timestamp())").format(sql.Identifier(stamp)))
     assignments.append(sql.SQL("updated_at = clock_timestamp()"))
-    # The move and its audit row in one statement: one round trip, and the audit chain's lock is
-    # taken as late as possible in the transaction.
+    # The move and its audit row in one statement: one round trip. The row goes in unlinked; the
+    # sealer links it into the chain after the commit (migration 0010).
     query = sql.SQL(
         "WITH moved AS ("
         " UPDATE offers SET {} WHERE offer_id = %(offer_id)s AND state = %(from_state)s RETURNING offer_id)"
