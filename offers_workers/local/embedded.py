@@ -25,6 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes], wait_s: float = 10) -> None:
+    """SIGTERM (a server's fast, clean exit), then SIGKILL if it has not gone within ``wait_s``."""
+    process.terminate()
+    try:
+        process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedPostgres:
     def __init__(self, state_dir: Path) -> None:
         self.pgdata = (state_dir / "postgres").resolve()
@@ -140,10 +150,5 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from psycopg.conninfo import conninfo_to_dict
 
-from offers_workers.local.embedded import free_port
+from offers_workers.local.embedded import free_port, stop_process
 
 #: Where Debian installs it, off an ordinary user's PATH.
 FALLBACK_BINARY = Path("/usr/sbin/pgbouncer")
@@ -173,12 +173,7 @@ class PgBouncer:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()  # SIGTERM: a fast exit, every connection closed
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)  # SIGTERM: a fast exit, every connection closed
             self._process = None
 
 

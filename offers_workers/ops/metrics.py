@@ -12,7 +12,7 @@ A Datadog agent scrapes it with its OpenMetrics check (``openmetrics_endpoint: h
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -51,6 +51,14 @@ def count_partner_error(rt: Runtime, partner: str, code: str, sns_topic: str | N
         log.debug("partner error not counted", exc_info=True)
 
 
+def by_label(name: str, documentation: str, label: str, counts: Mapping[str, float]) -> GaugeMetricFamily:
+    """A gauge with one sample per key of ``counts``; with none it still says its name (HELP, TYPE)."""
+    gauge = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, n in counts.items():
+        gauge.add_metric([key], n)
+    return gauge
+
+
 class OffersCollector:
     def __init__(self, rt: Runtime, app: Any = None) -> None:
         self.rt = rt
@@ -67,14 +75,12 @@ class OffersCollector:
         yield from self._watches()
         yield self._partner_errors()
         yield self._sns_failures()
-        findings = GaugeMetricFamily(
+        yield by_label(
             "offers_hold_findings_open",
             "Holds reconciliation with Stripe flagged for an operator, by kind",
-            labels=["kind"],
+            "kind",
+            found.hold_findings,
         )
-        for kind, n in found.hold_findings.items():
-            findings.add_metric([kind], n)
-        yield findings
         yield GaugeMetricFamily(
             "offers_audit_unsealed_rows",
             "Committed audit rows not sealed into the hash chain yet",
@@ -119,10 +125,7 @@ class OffersCollector:
                 if ms is not None:
                     stages.add_metric([stage, quantile], ms / 1000)
         yield stages
-        dlq = GaugeMetricFamily("offers_dead_letters", "Pending dead letters by stage", labels=["stage"])
-        for stage, n in found.dead_letters.items():
-            dlq.add_metric([stage], n)
-        yield dlq
+        yield by_label("offers_dead_letters", "Pending dead letters by stage", "stage", found.dead_letters)
         yield GaugeMetricFamily("offers_active_holds", "Card authorizations held", value=found.active_holds.holds)
         yield GaugeMetricFamily(
             "offers_stuck", "Open offers with no progress past the recovery threshold", value=found.stuck_offers
@@ -145,10 +148,7 @@ class OffersCollector:
             value=int(found.high_value_cancellations.spike),
         )
         if found.queue_depths is not None:
-            queues = GaugeMetricFamily("offers_queue_depth", "Messages waiting per queue", labels=["queue"])
-            for queue, n in found.queue_depths.items():
-                queues.add_metric([queue], n)
-            yield queues
+            yield by_label("offers_queue_depth", "Messages waiting per queue", "queue", found.queue_depths)
 
     def _watches(self) -> Iterator[Metric]:
         """What the alert rules watch beyond ``stats``: hold age, the nightly export, beat, consumers."""
@@ -181,26 +181,24 @@ class OffersCollector:
                 value=int(self.rt.redis.exists(self.beat_lock_key)),
             )
         if self.app is not None:
-            consumers = GaugeMetricFamily(
-                "offers_queue_consumers", "Workers consuming each queue, as they answer", labels=["queue"]
+            yield by_label(
+                "offers_queue_consumers",
+                "Workers consuming each queue, as they answer",
+                "queue",
+                reports.queue_consumers(self.app, QUEUES),
             )
-            for queue, n in reports.queue_consumers(self.app, QUEUES).items():
-                consumers.add_metric([queue], n)
-            yield consumers
 
     def _db_connections(self, used: Any) -> Iterator[Metric]:
         """The connection budget: the Postgres server's connections against max_connections."""
         if used is None:
             return
-        by_state = GaugeMetricFamily(
+        yield by_label(
             "offers_db_connections",
             "Client connections to the Postgres server (every database and role) by state;"
             " unknown: another role's session, whose state the fleet's role may not read",
-            labels=["state"],
+            "state",
+            used.by_state,
         )
-        for state, n in used.by_state.items():
-            by_state.add_metric([state], n)
-        yield by_state
         yield GaugeMetricFamily(
             "offers_db_max_connections", "The Postgres server's max_connections", value=used.max_connections
         )
@@ -209,14 +207,12 @@ class OffersCollector:
             "Connections of max_connections only superusers may open (superuser_reserved_connections, reserved_connections)",
             value=used.reserved,
         )
-        fleet = GaugeMetricFamily(
+        yield by_label(
             "offers_db_fleet_connections",
             "The fleet's connections to its database, by process type (prefork, threads, metrics, cli)",
-            labels=["process"],
+            "process",
+            used.fleet_by_process,
         )
-        for process, n in used.fleet_by_process.items():
-            fleet.add_metric([process], n)
-        yield fleet
 
     def _partner_errors(self) -> Metric:
         errors = CounterMetricFamily(
