@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from offers_workers import tracing
+
 #: Fields the task glue binds for the duration of one task run.
 task_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
     "task_context",
@@ -27,6 +29,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update(task_context.get())
+        # Links the line to its span: the trace of the offer being worked on (when tracing is on).
+        entry.update(tracing.log_fields())
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None})
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None

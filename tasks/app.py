@@ -10,7 +10,8 @@ from celery import Celery, signals
 
 from config.celery import celery_config
 from config.settings import AMQP_SCHEMES, ConfigError, get_settings
-from offers_workers import logs
+from offers_workers import logs, tracing
+from offers_workers.saga.decisions import Dispatch
 from tasks.redaction import event_reprs
 
 TASK_MODULES = [
@@ -50,10 +51,18 @@ class OffersCelery(Celery):
             options["countdown"] = 1
         return super().send_task(name, args, kwargs, **options)
 
+    def send_dispatch(self, dispatch: Dispatch) -> None:
+        """Send a saga message; one sent from outside its offer's trace (the sweep, a replay) resumes it."""
+        with tracing.resumed(
+            dispatch.trace_parent, f"{dispatch.resent_by} {dispatch.task}", id=dispatch.kwargs.get("offer_id")
+        ):
+            self.send_task(dispatch.task, kwargs=dispatch.kwargs)
+
 
 def create_app() -> Celery:
     try:
         config = celery_config(get_settings())
+        tracing.check()
     except ConfigError as exc:
         # One line naming the setting, then stop: a worker must not start half-configured.
         print(f"offers-workers: {exc}", file=sys.stderr)
@@ -79,8 +88,12 @@ def _warm_up(sender: Any = None, **_: object) -> None:
 
     rt = get_runtime()
     # The pool size follows the pool (the Procfile's types set nothing): before any connection opens.
-    rt.set_kind(pool_kind(sender.pool_cls))
+    kind = pool_kind(sender.pool_cls)
+    rt.set_kind(kind)
     rt.warm_up()
+    if kind == "threads":
+        # Tasks run in this process; a prefork child sets up its own (its exporter thread is its own).
+        tracing.setup("threads")
 
 
 @signals.worker_process_init.connect
@@ -89,6 +102,14 @@ def _one_task_at_a_time(**_: object) -> None:
     from offers_workers.runtime import get_runtime
 
     get_runtime().set_kind("prefork")
+    tracing.setup("prefork")
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _send_last_spans(**_: object) -> None:
+    # The batch still waiting for its delay would go with the process: a worker stopping sends it.
+    tracing.flush()
 
 
 @signals.worker_ready.connect

@@ -12,7 +12,7 @@ import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from config.retry import STORE_OUTAGE, RetryPolicy
-from offers_workers import logs
+from offers_workers import logs, tracing
 from offers_workers.domain.errors import PartnerError
 from offers_workers.ops.metrics import count_partner_error
 from offers_workers.runtime import get_runtime
@@ -51,6 +51,8 @@ class OffersTask(RedactedTask):
         if "offer_id" in kwargs:
             context["offer_id"] = kwargs["offer_id"]
         token = logs.task_context.set(context)
+        # The Celery instrumentation's span for this run (when tracing is on): the offer's ids, no payload.
+        tracing.annotate(id=context.get("offer_id"), stage=self.stage, attempt=context["attempt"])
         rt = get_runtime()
         # Counted before the task runs, so a run that kills its worker counts too.
         delivery = None if self.request.called_directly else deliveries.start(rt, self.request)
@@ -101,6 +103,7 @@ class OffersTask(RedactedTask):
         log.warning(
             "transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)}
         )
+        tracing.annotate(outcome="retry", reason=getattr(exc, "code", None) or type(exc).__name__)
         if not isinstance(exc, STORE_ERRORS):
             self.note_retry_due(countdown)
         raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries if limit else None)
@@ -128,7 +131,7 @@ class OffersTask(RedactedTask):
         if isinstance(result, list):
             for dispatch in result:
                 if isinstance(dispatch, Dispatch):
-                    self.app.send_task(dispatch.task, kwargs=dispatch.kwargs)
+                    self.app.send_dispatch(dispatch)
 
     def dead_letter(self, exc: BaseException, kwargs: dict[str, Any], fields: dict[str, Any]) -> None:
         if isinstance(exc, deliveries.PoisonMessage):
@@ -146,6 +149,7 @@ class OffersTask(RedactedTask):
             attempts=attempts,
             from_state=self.from_state,
         )
+        tracing.annotate(outcome="dead_lettered", reason=type(exc).__name__)
         log.error(
             "stage failed; dead-lettered",
             extra={**fields, "error_type": type(exc).__name__, "error": str(exc)[:500], "dead_letter_id": entry_id},

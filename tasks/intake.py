@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import intake
 from offers_workers.saga.stages import Dispatch
@@ -16,6 +17,7 @@ from tasks.base import OffersTask
 def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispatch]:
     # Missing or extra kwargs are a bad message, recorded like any other, not a crash.
     result = intake.submit(get_runtime(), offer, task_id=self.request.id, unexpected=unexpected)
+    tracing.annotate(id=result.offer_id, outcome=result.outcome)
     if result.outcome == "throttled":
         # Soft launch: over the fleet-wide rate the offer waits on the broker, never rejected; the
         # jitter spreads waiting offers over the next second instead of one stampede.

@@ -289,7 +289,8 @@ def offer_rows(runtime: Any, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {
             r["offer_id"]: r
             for r in conn.execute(
-                "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
+                "SELECT offer_id, state, reason, hold_status, payment_intent_id, payment_method FROM offers"
+                " WHERE offer_id = ANY(%s)",
                 (offer_ids,),
             )
         }

@@ -100,7 +100,9 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
         audit_trail.record_audit(
             conn, row["offer_id"], "dead_letter_replayed", actor=actor, data={"dead_letter_id": entry_id}
         )
-    return Dispatch(row["task_name"], row["kwargs"])
+    # The replay, however many days later, is a span of the offer's own trace.
+    trace_parent = offer.row.get("trace_parent") if offer is not None else None
+    return Dispatch(row["task_name"], row["kwargs"], trace_parent=trace_parent, resent_by="dlq replay")
 
 
 def discard(rt: Runtime, entry_id: int, *, reason: str, actor: str = "cli") -> bool:

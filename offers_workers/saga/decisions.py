@@ -36,6 +36,10 @@ class Dispatch:
 
     task: str
     kwargs: dict[str, Any]
+    #: The offer's stored ``traceparent``, for a message sent outside its trace (sweep, replay).
+    trace_parent: str | None = None
+    #: What sends it outside the offer's trace ("recovery sweep", "dlq replay"): the resumed span's name.
+    resent_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from offers_workers import tracing
 from offers_workers.domain import states
 from offers_workers.domain.payload import (
     OFFER_ID,
@@ -80,7 +81,7 @@ def submit(
 
     with rt.db.transaction() as conn:
         offers.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
-        if offers.insert_offer(conn, offer, raw, actor=ACTOR):
+        if offers.insert_offer(conn, offer, raw, actor=ACTOR, trace_parent=tracing.current_traceparent()):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
             cancelled = cancellation.apply_tombstone(conn, offer.offer_id)
             if cancelled is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from offers_workers import tracing
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected
 from offers_workers.domain.payload import BankAccountPayment, CardPayment, OfferPayload
@@ -95,6 +96,7 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
         if offers.transition(
             conn, offer_id, stage.from_state, stage.to_state, actor=stage.task, fields=outcome.fields, data=outcome.data
         ):
+            tracing.annotate(outcome=stage.to_state)
             return hand_on(offer_id, stage.to_state)
     elif offers.transition(
         conn,
@@ -107,6 +109,7 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
         data=outcome.data,
     ):
         log.info("offer rejected", extra={"offer_id": offer_id, "stage": stage.name, "reason": outcome.reason})
+        tracing.annotate(outcome=states.REJECTED, reason=outcome.reason)
         return after_outcome(conn, offer_id, "offer.rejected")
     # Someone else moved the offer while this stage worked (a duplicate delivery, a cancel).
     return compensate_if_ended(conn, offer_id)

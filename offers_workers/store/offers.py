@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 from offers_workers.domain import states
 from offers_workers.domain.payload import OfferPayload, body_sha256
 from offers_workers.store.db import Connection
+from offers_workers.tracing import trace_id_of
 
 #: The stage timestamp column each state sets when an offer first enters it.
 STATE_TIMESTAMP = {
@@ -118,15 +119,18 @@ def lock_offer_id(conn: Connection, offer_id: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (offer_id,))
 
 
-def insert_offer(conn: Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str) -> bool:
-    """Record a new offer as ``received``; False when the offer_id exists already."""
+def insert_offer(
+    conn: Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str, trace_parent: str | None = None
+) -> bool:
+    """Record a new offer as ``received``; False when the offer_id exists already. ``trace_parent``:
+    the intake span's W3C traceparent, kept so a re-send or replay resumes the offer's trace."""
     # The row and its audit event in one statement (one round trip).
     row = conn.execute(
         """
         WITH inserted AS (
             INSERT INTO offers (offer_id, listing_id, maker_id, buyer_id, amount_cents, currency,
-                                payment_method, payload, body_sha256, synthetic, state)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                payment_method, payload, body_sha256, synthetic, state, trace_parent)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (offer_id) DO NOTHING
             RETURNING offer_id, state)
         INSERT INTO audit_events (offer_id, kind, to_state, actor, data)
@@ -145,6 +149,7 @@ def insert_offer(conn: Connection, offer: OfferPayload, raw: dict[str, Any], *, 
             body_sha256(raw),
             offer.synthetic,
             states.RECEIVED,
+            trace_parent,
             actor,
         ),
     ).fetchone()
@@ -261,6 +266,7 @@ def note_retry_due(conn: Connection, offer_id: str, countdown_s: float) -> None:
 class StuckOffer:
     offer_id: str
     state: str
+    trace_parent: str | None = None
 
 
 def claim_stuck(conn: Connection, older_than_s: float, limit: int) -> list[StuckOffer]:
@@ -273,11 +279,11 @@ def claim_stuck(conn: Connection, older_than_s: float, limit: int) -> list[Stuck
         sql.SQL(
             "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
             " SELECT offer_id FROM offers WHERE {} ORDER BY updated_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
-            " RETURNING offer_id, state"
+            " RETURNING offer_id, state, trace_parent"
         ).format(STUCK),
         {**stuck_params(older_than_s), "batch": limit},
     ).fetchall()
-    return [StuckOffer(r["offer_id"], r["state"]) for r in rows]
+    return [StuckOffer(r["offer_id"], r["state"], r["trace_parent"]) for r in rows]
 
 
 def claim_unreleased_holds(conn: Connection, older_than_s: float, limit: int) -> list[str]:
@@ -335,4 +341,6 @@ def offer_summary(row: dict[str, Any]) -> dict[str, Any]:
         "received_at": row["received_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
         "auction_lag_ms": ms_between("received_at", "auction_triggered_at"),
+        # The offer's trace in the tracing backend (None when the fleet ran untraced).
+        "trace_id": trace_id_of(row.get("trace_parent")),
     }

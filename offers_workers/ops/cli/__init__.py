@@ -8,7 +8,7 @@ and what they share in ``common.py``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import click
@@ -17,7 +17,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
-from config.settings import get_settings
+from config.settings import ConfigError, get_settings
+from offers_workers import tracing
 from offers_workers.ops.cli import audit, db, dlq, flags, holds, local, metrics, offers, policy, reports, synthetic
 from offers_workers.ops.cli.common import DB_WAIT_S, connection_lost, fail, first_line
 
@@ -55,9 +56,26 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 class OperatorCLI(click.Group):
     """The root group: Postgres or the broker out of reach ends any command with one line and exit 1."""
 
+    def command_path(self, ctx: click.Context) -> str:
+        """The names of the command run (``offers-workers dlq replay``), never its arguments."""
+        names, group = ["offers-workers"], cast(click.Command, self)
+        for word in [*ctx._protected_args, *ctx.args]:
+            command = group.commands.get(word) if isinstance(group, click.Group) else None
+            if command is None:
+                break
+            names.append(word)
+            group = command
+        return " ".join(names)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            # With an OTLP endpoint set, what the CLI sends (a replay, a submit) joins the offer's trace.
+            tracing.setup("cli")
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        try:
+            with tracing.operation(self.command_path(ctx)):
+                return super().invoke(ctx)
         except psycopg.OperationalError as exc:
             if not connection_lost(exc):
                 raise

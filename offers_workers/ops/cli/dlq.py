@@ -118,7 +118,7 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
     for one in track(ids, description="replaying", console=err_console, disable=len(ids) < 2):
         dispatch = deadletter.claim_for_replay(rt, one)
         if dispatch is not None:
-            app.send_task(dispatch.task, kwargs=dispatch.kwargs)
+            app.send_dispatch(dispatch)
             replayed += 1
     click.echo(
         f"replayed {replayed} of {len(ids)} dead letter(s)"
