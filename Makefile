@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings bench-pgbouncer clean
+.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings bench-pgbouncer bench-tracing clean
 
 install: $(STAMP)
 
@@ -52,6 +52,12 @@ bench-ceilings: install
 bench-pgbouncer: install
 	$(BIN)/offers-workers bench $(BENCH_ARGS)
 	$(BIN)/python -m offers_workers.local.pgbouncer $(BIN)/offers-workers bench $(BENCH_ARGS)
+
+## offers-workers bench with tracing off, then on (OTLP/HTTP to a local sink that counts the spans).
+## BENCH_ARGS as above.
+bench-tracing: install
+	env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT $(BIN)/offers-workers bench $(BENCH_ARGS)
+	$(BIN)/python -m offers_workers.local.otlp_sink $(BIN)/offers-workers bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .offers-workers .pytest_cache

@@ -68,13 +68,16 @@ class OperatorCLI(click.Group):
         return " ".join(names)
 
     def invoke(self, ctx: click.Context) -> Any:
+        path = self.command_path(ctx)
         try:
-            # With an OTLP endpoint set, what the CLI sends (a replay, a submit) joins the offer's trace.
-            tracing.setup("cli")
+            # With an OTLP endpoint set, what the CLI sends (a replay, a submit) joins the offer's trace;
+            # the fleets `dev`, `demo` and `bench` start trace themselves, one trace per offer.
+            if path.split()[1:2] not in (["dev"], ["demo"], ["bench"], ["sandbox"], ["metrics"]):
+                tracing.setup("cli")
         except ConfigError as exc:
             fail(str(exc), 2)
         try:
-            with tracing.operation(self.command_path(ctx)):
+            with tracing.operation(path):
                 return super().invoke(ctx)
         except psycopg.OperationalError as exc:
             if not connection_lost(exc):
