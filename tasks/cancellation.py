@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import cancellation
 from offers_workers.saga.stages import Dispatch
@@ -16,6 +17,11 @@ def cancel(
     self: OffersTask, offer_id: Any = None, reason: Any = None, actor: Any = None, **unexpected: Any
 ) -> list[Dispatch]:
     # Bad arguments are recorded and refused, never a crash.
-    return cancellation.request_cancel(
+    result = cancellation.request_cancel(
         get_runtime(), offer_id, reason, actor, task_id=self.request.id, unexpected=unexpected
-    ).dispatches
+    )
+    # The reason only once checked: a refused cancel may carry anything.
+    tracing.annotate(
+        id=result.offer_id, outcome=result.outcome, reason=reason if result.outcome == "cancelled" else None
+    )
+    return result.dispatches

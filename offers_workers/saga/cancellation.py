@@ -81,7 +81,9 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
         dispatches = _cancel_locked(conn, offer, reason, actor=actor)
         cancel_requests.record(conn, asked, "cancelled")
     log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
-    return CancelResult("cancelled", offer_id, dispatches)
+    # The cancel came in a trace of its own (the upstream's); its event and release join the offer's.
+    trace_parent = offer.row.get("trace_parent")
+    return CancelResult("cancelled", offer_id, [decisions.traced(d, trace_parent, "cancellation") for d in dispatches])
 
 
 def _cancel_locked(conn: psycopg.Connection, offer: offers.Offer, reason: str, *, actor: str) -> list[Dispatch]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from offers_workers.domain import states
 from offers_workers.runtime import Runtime
+from offers_workers.saga.decisions import traced
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import audit_trail, dead_letters, offers
 
@@ -102,7 +103,7 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
         )
     # The replay, however many days later, is a span of the offer's own trace.
     trace_parent = offer.row.get("trace_parent") if offer is not None else None
-    return Dispatch(row["task_name"], row["kwargs"], trace_parent=trace_parent, resent_by="dlq replay")
+    return traced(Dispatch(row["task_name"], row["kwargs"]), trace_parent, "dlq replay")
 
 
 def discard(rt: Runtime, entry_id: int, *, reason: str, actor: str = "cli") -> bool:

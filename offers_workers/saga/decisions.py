@@ -11,7 +11,7 @@ tested without Postgres, Redis or a partner.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal, Protocol
 
@@ -67,6 +67,11 @@ class Reject:
 
 
 Outcome = Advance | Reject
+
+
+def traced(dispatch: Dispatch, trace_parent: str | None, resent_by: str) -> Dispatch:
+    """``dispatch`` sent from outside its offer's trace (by ``resent_by``), resuming that trace."""
+    return replace(dispatch, trace_parent=trace_parent, resent_by=resent_by)
 
 
 def hand_on(offer_id: str, state: str) -> list[Dispatch]:

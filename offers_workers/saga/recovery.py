@@ -8,9 +8,8 @@ work that was merely slow costs a duplicate message, nothing more.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from offers_workers.runtime import Runtime
+from offers_workers.saga.decisions import traced
 from offers_workers.saga.stages import PUBLISH_EVENT_TASK, RELEASE_HOLD_TASK, Dispatch, hand_on
 from offers_workers.store import offers, outbox
 
@@ -29,9 +28,7 @@ def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
         holds = offers.claim_unreleased_holds(conn, stuck_after_s, BATCH)
     # Each re-send resumes its offer's own trace, not the sweep's.
     dispatches = [
-        replace(d, trace_parent=offer.trace_parent, resent_by="recovery sweep")
-        for offer in stuck
-        for d in hand_on(offer.offer_id, offer.state)
+        traced(d, offer.trace_parent, "recovery sweep") for offer in stuck for d in hand_on(offer.offer_id, offer.state)
     ]
     dispatches += [Dispatch(PUBLISH_EVENT_TASK, {"event_id": event_id}) for event_id in events]
     dispatches += [Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id}) for offer_id in holds]

@@ -230,6 +230,29 @@ def test_a_replay_from_the_dlq_continues_the_offers_trace(traced: Drill, receive
     assert [s.attributes.get("offer.outcome") for s in after] == [states.RISK_CLEARED]
     dead = [s for s in spans if s.attributes.get("offer.outcome") == "dead_lettered"]
     assert len(dead) == 1
+
+    # When the buyer then withdraws, through a traced upstream of its own
+    cancel_trace = secrets.token_hex(16)
+    upstream = Celery(broker=d.env["OFFERS_BROKER_URL"])
+    upstream.send_task(
+        "offers.cancel",
+        kwargs={"offer_id": offer_id, "reason": "buyer_withdrew", "actor": "buyer"},
+        queue="offers.intake",
+        serializer="json",
+        headers={"traceparent": f"00-{cancel_trace}-{secrets.token_hex(8)}-01"},
+    )
+    upstream.close()
+    wait_until(
+        lambda: offer_rows(d.runtime, [offer_id])[offer_id]["hold_status"] == "released", message="hold released"
+    )
+    quiet(receiver)
+    # Then the cancel runs in the upstream's trace, and the hold's release and the offer's event in the offer's
+    cancel_runs = [s for s in receiver.traces()[cancel_trace] if s.attributes.get("offer.stage") == "cancellation"]
+    assert [s.attributes.get("offer.outcome") for s in cancel_runs] == ["cancelled"]
+    spans = receiver.traces()[trace_id]
+    resumed = [s for s in spans if s.name.startswith("cancellation ")]
+    assert resumed and all(s.links and s.links[0][0] == cancel_trace for s in resumed)
+    assert len(connected(spans)) == 1
     print(f"\ntrace of replayed {offer_id} ({trace_id}):\n{tree(spans)}")
 
 
