@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     plaid_client_id: str | None = None
     plaid_secret: SecretStr | None = None
     plaid_host: str = "https://production.plaid.com"
+    #: Segment's write key: the product funnel is off unless it is set (partners/segment_funnel.py).
+    segment_write_key: SecretStr | None = None
+    segment_host: str = "https://api.segment.io"
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     # The runbook's "commerce-offers-events@2025-09" is not a legal bus name ('@'); see README.

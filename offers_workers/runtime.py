@@ -20,7 +20,7 @@ from offers_workers.store.db import Database
 from offers_workers.store.policy import PolicyStore
 
 if TYPE_CHECKING:
-    from offers_workers.partners.interfaces import Archive, AuctionEvents, BankFunds, Payments, RiskScoring
+    from offers_workers.partners.interfaces import Archive, AuctionEvents, BankFunds, Funnel, Payments, RiskScoring
     from offers_workers.saga.admission import SoftLaunch
     from offers_workers.store.flags import FlagStore
 
@@ -68,8 +68,9 @@ class Runtime:
         settings: the validated settings.
         db_wait_s: how long the first database use waits for Postgres to come up.
         kind: the process type, which sizes its connection pool (``set_kind`` changes it later).
-        stripe, sift, plaid, events, archive: partners to use instead of the SDK adapters the
-            settings would build (fakes in tests); None builds the real one on first use.
+        stripe, sift, plaid, events, archive, funnel: partners to use instead of the SDK adapters the
+            settings would build (fakes in tests); None builds the real one on first use (the funnel:
+            only with OFFERS_SEGMENT_WRITE_KEY set).
     """
 
     def __init__(
@@ -83,12 +84,13 @@ class Runtime:
         plaid: BankFunds | None = None,
         events: AuctionEvents | None = None,
         archive: Archive | None = None,
+        funnel: Funnel | None = None,
     ) -> None:
         self.settings = settings
         self.db_wait_s = db_wait_s
         self.kind: ProcessKind = kind
         # A cached_property reads the instance dict first: a given partner is used as it is.
-        given = {"stripe": stripe, "sift": sift, "plaid": plaid, "events": events, "archive": archive}
+        given = {"stripe": stripe, "sift": sift, "plaid": plaid, "events": events, "archive": archive, "funnel": funnel}
         self.__dict__.update({name: partner for name, partner in given.items() if partner is not None})
 
     @cached_property
@@ -162,6 +164,17 @@ class Runtime:
         from offers_workers.partners.aws_archive import AuditArchive
 
         return AuditArchive(self.settings)
+
+    @cached_property
+    def funnel(self) -> Funnel | None:
+        """The product funnel (Segment); None while OFFERS_SEGMENT_WRITE_KEY is unset. Its client and
+        thread are built at the first event, in the process that sends it."""
+        if not self.settings.secret("segment_write_key"):
+            return None
+        from offers_workers.ops.metrics import count_funnel_unsent
+        from offers_workers.partners.segment_funnel import SegmentFunnel
+
+        return SegmentFunnel(self.settings, lambda cause, events: count_funnel_unsent(self, cause, events))
 
     @cached_property
     def flags(self) -> FlagStore:

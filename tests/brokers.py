@@ -86,13 +86,14 @@ def own_sandbox(env: dict[str, str], log_dir: Path) -> Iterator[tuple[dict[str, 
     from offers_workers.local.embedded import free_port
     from offers_workers.local.fleet import PROJECT_ROOT, process_env
 
-    urls = {partner: f"http://127.0.0.1:{free_port()}" for partner in ("stripe", "sift", "plaid", "aws")}
+    urls = {partner: f"http://127.0.0.1:{free_port()}" for partner in ("stripe", "sift", "plaid", "aws", "segment")}
     own_env = {
         **env,
         "OFFERS_STRIPE_API_BASE": urls["stripe"],
         "OFFERS_SIFT_API_URL": urls["sift"],
         "OFFERS_PLAID_HOST": urls["plaid"],
         "OFFERS_AWS_ENDPOINT_URL": urls["aws"],
+        "OFFERS_SEGMENT_HOST": urls["segment"],
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "sandbox.log"

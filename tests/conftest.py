@@ -197,7 +197,7 @@ def scratch_database(stores: dict[str, str]) -> Iterator[str]:
 def sandbox() -> Iterator[Any]:
     from offers_workers.local.sandbox import Sandbox
 
-    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0, "segment": 0})
     box.start()
     try:
         yield box

@@ -165,6 +165,8 @@ class Figures:
     audit_seal: AuditSeal
     #: Connections to the Postgres server against max_connections (the connection budget).
     db_connections: connections.ConnectionUsage | None = None
+    #: The product funnel's steps and conversion (what Segment should have received).
+    funnel: store_reports.Funnel | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +196,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         open_findings = hold_findings.open_counts(conn)
         seal = audit_trail.seal_lag(conn)
         db_connections = connections.usage(conn, APPLICATION_NAME_PREFIX)
+        funnel = store_reports.funnel(conn, scope)
     return Figures(
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
@@ -221,6 +224,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
             lag_seconds=seal.lag_seconds,
         ),
         db_connections=db_connections,
+        funnel=funnel,
     )
 
 

@@ -1,6 +1,6 @@
 """Prometheus ``/metrics`` (the Procfile's ``metrics:`` process): the figures of ``stats``, read
-from Postgres and the broker at each scrape, plus partner errors and SNS publish failures counted
-fleet-wide in Redis. The alert rules in ``monitoring/alerts.yml`` read these names.
+from Postgres and the broker at each scrape, plus partner errors, SNS publish failures and unsent
+funnel events counted fleet-wide in Redis. The alert rules in ``monitoring/alerts.yml`` read these names.
 
 Figures of offers are windowed gauges (the last hour, exact from Postgres, as ``stats`` shows them),
 not counters kept by each worker: a fleet on many hosts has one truth, and a restarted worker loses
@@ -39,6 +39,16 @@ def sns_failures_key(prefix: str) -> str:
     return f"{prefix}metrics:sns_publish_failures"
 
 
+def funnel_unsent_key(prefix: str) -> str:
+    return f"{prefix}metrics:funnel_unsent"
+
+
+def count_funnel_unsent(rt: Runtime, cause: str, events: int) -> None:
+    """Funnel events Segment did not get, by cause, counted fleet-wide (the metrics process reads them)."""
+    if rt.redis is not None:
+        rt.redis.hincrby(funnel_unsent_key(rt.settings.redis_key_prefix), cause, events)
+
+
 def count_partner_error(rt: Runtime, partner: str, code: str, sns_topic: str | None = None) -> None:
     """Best effort: a metrics counter must never fail a task."""
     try:
@@ -75,6 +85,7 @@ class OffersCollector:
         yield from self._watches()
         yield self._partner_errors()
         yield self._sns_failures()
+        yield self._funnel_unsent()
         yield by_label(
             "offers_hold_findings_open",
             "Holds reconciliation with Stripe flagged for an operator, by kind",
@@ -236,6 +247,19 @@ class OffersCollector:
         for topic, n in counts.items():
             failures.add_metric([topic.decode()], int(n))
         return failures
+
+    def _funnel_unsent(self) -> Metric:
+        unsent = CounterMetricFamily(
+            "offers_funnel_unsent_events",
+            "Product funnel events Segment did not get (queue full, send failed, left at shutdown), by cause",
+            labels=["cause"],
+        )
+        counts: dict[Any, Any] = (
+            self.rt.redis.hgetall(funnel_unsent_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
+        )
+        for cause, n in counts.items():
+            unsent.add_metric([cause.decode()], int(n))
+        return unsent
 
 
 class _QuietHandler(WSGIRequestHandler):

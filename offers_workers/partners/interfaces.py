@@ -1,8 +1,8 @@
 """What the saga asks of each partner: one Protocol per role, and the typed results they return.
 
-The real adapters (``stripe_payments``, ``sift_risk``, ``plaid_funds``, ``aws_events``, ``aws_archive``)
-and the in-process fakes (``fakes``) both satisfy these. Every method raises only the three buckets of
-``offers_workers.domain.errors``:
+The real adapters (``stripe_payments``, ``sift_risk``, ``plaid_funds``, ``aws_events``, ``aws_archive``,
+``segment_funnel``) and the in-process fakes (``fakes``) both satisfy these. Every method raises only
+the three buckets of ``offers_workers.domain.errors`` (the funnel raises none: it is best effort):
 
 - ``OfferRejected``: a business outcome (a card decline); the offer ends ``rejected``.
 - ``TransientError``: timeouts, refused connections, 5xx, 429; the same call may succeed later.
@@ -124,6 +124,23 @@ class Published:
     event_id: str
     bus_event_id: str
     sns_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FunnelEvent:
+    """One step of an offer's product funnel, as Segment tracks it.
+
+    Parameters:
+        event: the step's name (``Offer Submitted``); ``saga.funnel`` names them all.
+        user_id: the buyer's id.
+        properties: ids, amount and currency (and a rejection's reason): never an email, an IP or a secret.
+        message_id: stable per offer and step, so Segment drops a repeat of the same step.
+    """
+
+    event: str
+    user_id: str
+    properties: dict[str, Any]
+    message_id: str
 
 
 @dataclass(frozen=True)
@@ -371,4 +388,18 @@ class Archive(Protocol):
 
     def read(self, key: str) -> bytes:
         """The whole body of a small, readable object (a manifest)."""
+        ...
+
+
+@runtime_checkable
+class Funnel(Protocol):
+    """The product funnel (Segment): best effort, and never in the way of a stage."""
+
+    def track(self, event: FunnelEvent) -> None:
+        """Queue one event for a batch sent later; returns at once and never raises. An event that
+        cannot be queued or sent is counted as unsent (``/metrics``), not retried forever."""
+        ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Send what is queued, waiting at most ``timeout_s``; what is left is counted as unsent."""
         ...

@@ -23,6 +23,7 @@ class Partner:
         sandbox_settings: Settings values ``OFFERS_SANDBOX=1`` fills in for it (test keys, resources),
             besides its URL.
         runtime_attributes: the ``Runtime`` attributes holding its per-process adapters.
+        saga_waits: whether a stage waits on it (False: best effort, out of the stages' way: the funnel).
     """
 
     name: str
@@ -31,6 +32,7 @@ class Partner:
     sandbox_port: int
     sandbox_settings: dict[str, str] = field(default_factory=dict)
     runtime_attributes: tuple[str, ...] = ()
+    saga_waits: bool = True
 
     @property
     def error_field(self) -> str:
@@ -82,10 +84,22 @@ PARTNERS: tuple[Partner, ...] = (
         # The archive is built on demand by the nightly export, not warmed up with the stages' clients.
         runtime_attributes=("events",),
     ),
+    Partner(
+        name="segment",
+        role="Funnel",
+        url_setting="segment_host",
+        sandbox_port=12115,
+        # No write key: the funnel stays off in the sandbox too unless OFFERS_SEGMENT_WRITE_KEY is set.
+        runtime_attributes=("funnel",),
+        saga_waits=False,
+    ),
 )
 
-#: Partner names, for choices and validation (``("stripe", "sift", "plaid", "aws")``).
+#: Partner names, for choices and validation (``("stripe", "sift", "plaid", "aws", "segment")``).
 PARTNER_NAMES: tuple[str, ...] = tuple(p.name for p in PARTNERS)
+
+#: The partners a stage waits on, whose faults retry or dead-letter offers (not the funnel).
+SAGA_PARTNERS: tuple[str, ...] = tuple(p.name for p in PARTNERS if p.saga_waits)
 
 #: The partners by name.
 BY_NAME: dict[str, Partner] = {p.name: p for p in PARTNERS}

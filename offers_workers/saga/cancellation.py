@@ -17,7 +17,7 @@ import psycopg
 
 from offers_workers.domain import states
 from offers_workers.runtime import Runtime
-from offers_workers.saga import decisions
+from offers_workers.saga import decisions, funnel
 from offers_workers.saga.decisions import SLA_ACTOR, SLA_EXPIRED
 from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
 from offers_workers.store import cancel_requests, dead_letters, offers
@@ -81,6 +81,7 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
         dispatches = _cancel_locked(conn, offer, reason, actor=actor)
         cancel_requests.record(conn, asked, "cancelled")
     log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
+    funnel.send(rt, funnel.cancelled(offer.payload, reason))
     # The cancel came in a trace of its own (the upstream's); its event and release join the offer's.
     trace_parent = offer.row.get("trace_parent")
     return CancelResult("cancelled", offer_id, [decisions.traced(d, trace_parent, "cancellation") for d in dispatches])

@@ -18,13 +18,14 @@ from offers_workers.domain.payload import (
     OFFER_ID,
     RAW_BODY_KEEP_BYTES,
     FieldError,
+    OfferPayload,
     PayloadRejected,
     body_sha256,
     canonical_json,
     parse_offer,
 )
 from offers_workers.runtime import Runtime
-from offers_workers.saga import cancellation, decisions
+from offers_workers.saga import cancellation, decisions, funnel
 from offers_workers.saga.stages import Dispatch, hand_on
 from offers_workers.store import audit_trail, intake_rejections, offers, policy
 
@@ -46,6 +47,8 @@ class IntakeResult:
     rejection_id: int | None = None
     #: ``throttled``: seconds until the soft-launch bucket admits the offer (the task retries then).
     wait_s: float = 0.0
+    #: The offer this message recorded (``accepted``, ``cancelled``): what the funnel hears of.
+    recorded: OfferPayload | None = None
 
 
 def _raw_text(raw: Any) -> tuple[str, int]:
@@ -63,6 +66,21 @@ def submit(
     rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dict[str, Any] | None = None
 ) -> IntakeResult:
     """Record one submitted message; returns what happened and the stage to send next."""
+    result = _record(rt, raw, task_id=task_id, unexpected=unexpected)
+    if result.recorded is not None:  # committed: the funnel hears of it now
+        funnel.send(rt, funnel.submitted(result.recorded))
+        if result.outcome == "cancelled":
+            funnel.send(rt, funnel.cancelled(result.recorded, _reason(rt, result.recorded.offer_id)))
+    return result
+
+
+def _reason(rt: Runtime, offer_id: str) -> str | None:
+    with rt.db.read() as conn:
+        offer = offers.load_offer(conn, offer_id)
+    return offer.reason if offer is not None else None
+
+
+def _record(rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str, Any] | None) -> IntakeResult:
     try:
         call_errors = decisions.submit_argument_errors(raw, unexpected or {})
         if call_errors:
@@ -85,8 +103,8 @@ def submit(
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
             cancelled = cancellation.apply_tombstone(conn, offer.offer_id)
             if cancelled is not None:
-                return IntakeResult("cancelled", offer.offer_id, cancelled)
-            return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED))
+                return IntakeResult("cancelled", offer.offer_id, cancelled, recorded=offer)
+            return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED), recorded=offer)
         existing = offers.submitted(conn, offer.offer_id)
         assert existing is not None, "insert_offer found the offer id taken, and offers are never deleted"
         resubmit = decisions.on_resubmit(

@@ -21,7 +21,7 @@ from offers_workers.domain.payload import BankAccountPayment, CardPayment, Offer
 from offers_workers.domain.states import Stage
 from offers_workers.partners.interfaces import OrderToScore
 from offers_workers.runtime import Runtime
-from offers_workers.saga import decisions
+from offers_workers.saga import decisions, funnel
 from offers_workers.saga.decisions import (
     PUBLISH_EVENT_TASK,
     RELEASE_HOLD_TASK,
@@ -53,14 +53,20 @@ def run_stage(
             offer = offers.load_offer(conn, offer_id)
             # Never a second pooled connection while this one is held: a prefork child has one (OFFERS_DB_POOL_SIZE_PREFORK).
             outcome = _work(stage, offer_id, offer, lambda o: work(o, conn))
-            return outcome if isinstance(outcome, list) else _commit(conn, stage, offer_id, outcome)
-    with rt.db.read() as conn:
-        offer = offers.load_offer(conn, offer_id)
-    outcome = _work(stage, offer_id, offer, work)
-    if isinstance(outcome, list):
-        return outcome
-    with rt.db.transaction() as conn:
-        return _commit(conn, stage, offer_id, outcome)
+            if isinstance(outcome, list):
+                return outcome
+            dispatches, moved = _commit(conn, stage, offer_id, outcome)
+    else:
+        with rt.db.read() as conn:
+            offer = offers.load_offer(conn, offer_id)
+        outcome = _work(stage, offer_id, offer, work)
+        if isinstance(outcome, list):
+            return outcome
+        with rt.db.transaction() as conn:
+            dispatches, moved = _commit(conn, stage, offer_id, outcome)
+    if moved and offer is not None:  # committed: the funnel hears of it now
+        funnel.send(rt, funnel.after_stage(stage.name, offer.payload, outcome))
+    return dispatches
 
 
 def _work(
@@ -79,7 +85,8 @@ def _work(
         return decisions.rejected(refused)
 
 
-def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outcome) -> list[Dispatch]:
+def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outcome) -> tuple[list[Dispatch], bool]:
+    """The messages to send next, and whether this run moved the offer (False: someone else did)."""
     if isinstance(outcome, Advance):
         if outcome.payment_intent_id:
             offers.record_hold(conn, offer_id, outcome.payment_intent_id)
@@ -97,7 +104,7 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
             conn, offer_id, stage.from_state, stage.to_state, actor=stage.task, fields=outcome.fields, data=outcome.data
         ):
             tracing.annotate(outcome=stage.to_state)
-            return hand_on(offer_id, stage.to_state)
+            return hand_on(offer_id, stage.to_state), True
     elif offers.transition(
         conn,
         offer_id,
@@ -110,9 +117,9 @@ def _commit(conn: psycopg.Connection, stage: Stage, offer_id: str, outcome: Outc
     ):
         log.info("offer rejected", extra={"offer_id": offer_id, "stage": stage.name, "reason": outcome.reason})
         tracing.annotate(outcome=states.REJECTED, reason=outcome.reason)
-        return after_outcome(conn, offer_id, "offer.rejected")
+        return after_outcome(conn, offer_id, "offer.rejected"), True
     # Someone else moved the offer while this stage worked (a duplicate delivery, a cancel).
-    return compensate_if_ended(conn, offer_id)
+    return compensate_if_ended(conn, offer_id), False
 
 
 def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> list[Dispatch]:

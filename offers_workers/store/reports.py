@@ -171,6 +171,71 @@ def open_offers(conn: Connection, scope: Scope) -> int:
     return int(one_row(conn.execute(query, [list(states.OPEN), *params]))["n"])
 
 
+# --- the product funnel --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """The product funnel's steps in a window (draft → submitted → auction, and the ends), each
+    counted by when it happened, as Segment receives its events; synthetic offers left out.
+
+    ``conversion``: each step over the one before (None without the one before). Drafts and offers
+    are not matched one to one: an offer may be submitted without a draft, or a draft checked twice.
+    """
+
+    drafts_validated: int
+    drafts_valid: int
+    submitted: int
+    auction_triggered: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    cancelled: int
+    conversion: dict[str, float | None]
+
+
+def _count(conn: Connection, table: str, condition: str, scope: Scope, time_column: str) -> int:
+    where, params = scope.where(time_column)
+    query = sql.SQL("SELECT count(*) AS n FROM {} WHERE {} IS NOT NULL AND {} AND {}").format(
+        sql.Identifier(table), sql.Identifier(time_column), sql.SQL(condition), where
+    )
+    return int(one_row(conn.execute(query, params))["n"])
+
+
+def funnel(conn: Connection, scope: Scope) -> Funnel:
+    """The funnel from Postgres: checked drafts (``draft_validations``) and the offers' stage timestamps."""
+    where, params = scope.where("rejected_at")
+    rejected = {
+        r["reason"] or "": r["n"]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT reason, count(*) AS n FROM offers WHERE rejected_at IS NOT NULL AND {}"
+                " GROUP BY reason ORDER BY count(*) DESC, reason"
+            ).format(where),
+            params,
+        )
+    }
+    drafts = _count(conn, "draft_validations", "TRUE", scope, "validated_at")
+    submitted = _count(conn, "offers", "TRUE", scope, "received_at")
+    auction = _count(conn, "offers", "TRUE", scope, "auction_triggered_at")
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    return Funnel(
+        drafts_validated=drafts,
+        drafts_valid=_count(conn, "draft_validations", "valid", scope, "validated_at"),
+        submitted=submitted,
+        auction_triggered=auction,
+        rejected=sum(rejected.values()),
+        rejected_by_reason=rejected,
+        cancelled=_count(conn, "offers", "TRUE", scope, "cancelled_at"),
+        conversion={
+            "draft_to_submitted": share(submitted, drafts),
+            "submitted_to_auction": share(auction, submitted),
+        },
+    )
+
+
 # --- cancellations and the high-value watch ---------------------------------------------------------
 
 

@@ -23,9 +23,10 @@ from offers_workers.domain import states
 from offers_workers.local.demo import settled
 from offers_workers.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from offers_workers.local.samples import Sample
-from offers_workers.local.sandbox import PARTNERS, clear_faults, get_faults, set_fault
+from offers_workers.local.sandbox import clear_faults, get_faults, set_fault
 from offers_workers.local.stack import load_sample_policy
 from offers_workers.ops.reports import queue_depths
+from offers_workers.partners.table import SAGA_PARTNERS
 from offers_workers.runtime import Runtime
 from offers_workers.store import db
 from tests.brokers import own_sandbox
@@ -79,12 +80,12 @@ def private_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[float], No
 def test_flaky_partners_every_offer_reaches_its_outcome(env, box, clean_faults, drill_options, tmp_path) -> None:
     with drill("flaky", env, tmp_path, **drill_options, **NO_RECOVERY) as d:
         # Given every partner answers 30 % of requests with a 503
-        for partner in PARTNERS:
+        for partner in SAGA_PARTNERS:
             set_fault(box, partner, status=503, rate=0.3)
         # When 200 offers go through
         samples = d.send(d.sized(200), seed=11)
         d.drain(samples)
-        injected = {p: f["injected"] for p, f in get_faults(box).items()}
+        injected = {p: f["injected"] for p, f in get_faults(box).items() if p in SAGA_PARTNERS}
         clear_faults(box)
         d.figures["faults"] = "30% 503: " + ", ".join(f"{p} {n}" for p, n in injected.items())
         # Then every offer ends as designed, none dead-lettered, one PaymentIntent at most each
@@ -98,7 +99,7 @@ def test_a_partner_slower_than_the_timeout_is_retried_and_recovers(
 ) -> None:
     with drill("slow", env, tmp_path, **drill_options, OFFERS_PARTNER_READ_TIMEOUT="1", **NO_RECOVERY) as d:
         # Given every partner answers after 1.5 s, beyond the 1 s read timeout
-        for partner in PARTNERS:
+        for partner in SAGA_PARTNERS:
             set_fault(box, partner, latency_ms=1500)
         # When offers go in and the partners stay slow for six seconds
         samples = d.send(d.sized(60), seed=12)

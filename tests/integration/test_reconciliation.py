@@ -68,7 +68,7 @@ class World:
 
 @pytest.fixture
 def world(offers_env, scratch_database: str) -> Iterator[World]:
-    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0, "segment": 0})
     box.start()
     try:
         # Every hold is old enough to judge: the grace for a stage about to commit is the test's to choose.
@@ -189,7 +189,7 @@ def test_reconcile_closes_the_kill_window_drill(offers_env, scratch_database: st
     (failpoint crash_after_hold) while the buyer's cancel races it; the offer ends cancelled with a
     hold nothing recorded, and the beat's reconciliation releases it within one cycle."""
     victim = f"kw{RUN_ID}"
-    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0})
+    box = Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0, "segment": 0})
     box.start()
     try:
         overrides = {

@@ -9,11 +9,12 @@ import pytest
 
 from config.settings import Settings
 from offers_workers.domain.errors import TransientError
-from offers_workers.local.sandbox import PARTNERS, Sandbox, clear_faults, get_faults, set_fault
+from offers_workers.local.sandbox import Sandbox, clear_faults, get_faults, set_fault
 from offers_workers.partners.aws_events import EventPublisher
 from offers_workers.partners.plaid_funds import PlaidFunds
 from offers_workers.partners.sift_risk import SiftRisk
 from offers_workers.partners.stripe_payments import StripePayments
+from offers_workers.partners.table import SAGA_PARTNERS
 from tests.partners.orders import order_to_score
 
 
@@ -39,7 +40,7 @@ def call(partner: str, settings: Settings) -> Callable[[], object]:
     )
 
 
-@pytest.mark.parametrize("partner", PARTNERS)
+@pytest.mark.parametrize("partner", SAGA_PARTNERS)
 @pytest.mark.parametrize("status", [503, 429, 500])
 def test_injected_status_is_transient_then_clears(
     sandbox: Sandbox, settings: Settings, partner: str, status: int
@@ -57,7 +58,7 @@ def test_injected_status_is_transient_then_clears(
     attempt()
 
 
-@pytest.mark.parametrize("partner", PARTNERS)
+@pytest.mark.parametrize("partner", SAGA_PARTNERS)
 def test_latency_beyond_read_timeout_is_transient(
     sandbox: Sandbox, fast_settings: Settings, settings: Settings, partner: str
 ) -> None:

@@ -20,6 +20,7 @@ def test_settings_env_points_settings_at_the_sandbox(sandbox: Sandbox, monkeypat
         "OFFERS_SIFT_API_URL",
         "OFFERS_PLAID_HOST",
         "OFFERS_AWS_ENDPOINT_URL",
+        "OFFERS_SEGMENT_HOST",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -30,7 +31,7 @@ def test_settings_env_points_settings_at_the_sandbox(sandbox: Sandbox, monkeypat
 
 
 def test_start_stop_on_free_ports() -> None:
-    with Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0}) as sb:
+    with Sandbox(ports={"stripe": 0, "sift": 0, "plaid": 0, "aws": 0, "segment": 0}) as sb:
         url = sb.urls["sift"]
         with urllib.request.urlopen(url + "/__sandbox/faults", timeout=2) as resp:
             assert json.loads(resp.read())["fault"] is None

@@ -11,7 +11,7 @@ from offers_workers.partners.table import BY_NAME, PARTNER_NAMES, PARTNERS
 
 
 def test_the_names_the_runbook_and_cli_use() -> None:
-    assert PARTNER_NAMES == ("stripe", "sift", "plaid", "aws") == SANDBOX_PARTNERS
+    assert PARTNER_NAMES == ("stripe", "sift", "plaid", "aws", "segment") == SANDBOX_PARTNERS
     assert set(BY_NAME) == set(PARTNER_NAMES)
 
 
@@ -28,7 +28,7 @@ def test_sandbox_settings_point_every_partner_at_its_port() -> None:
 
 
 def test_a_sandbox_hands_every_partner_url_to_the_processes_it_serves() -> None:
-    sandbox = Sandbox(ports={"stripe": 1, "sift": 2, "plaid": 3, "aws": 4})
+    sandbox = Sandbox(ports={"stripe": 1, "sift": 2, "plaid": 3, "aws": 4, "segment": 5})
     env = sandbox.settings_env()
     assert {env_name(p.url_setting): env[env_name(p.url_setting)] for p in PARTNERS} == {
         env_name(p.url_setting): sandbox.urls[p.name] for p in PARTNERS

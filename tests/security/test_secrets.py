@@ -23,6 +23,8 @@ def test_distinct_fake_secrets_appear_in_no_log_line_or_output(offers_env, sandb
         "OFFERS_STRIPE_API_KEY": f"sk_test_{token}stripe",
         "OFFERS_SIFT_API_KEY": f"sift{token}key",
         "OFFERS_PLAID_SECRET": f"plaid{token}secret",
+        # The funnel on too: its batches fail a fifth of the time as well, and are logged and counted
+        "OFFERS_SEGMENT_WRITE_KEY": f"segment{token}writekey",
     }
     # One of them through a file, as a Vault agent or a Kubernetes secret mount delivers it
     secret_file = tmp_path / "plaid-secret"

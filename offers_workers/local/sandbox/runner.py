@@ -1,4 +1,4 @@
-"""``Sandbox``: the four partner servers in threads of the current process; ``serve``: run them until a signal."""
+"""``Sandbox``: the partner servers in threads of the current process; ``serve``: run them until a signal."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from offers_workers.local.sandbox.aws import ensure_aws_resources, make_aws_serv
 from offers_workers.local.sandbox.faults import PARTNERS, FaultState
 from offers_workers.local.sandbox.http import PartnerHandler, PartnerHTTPServer
 from offers_workers.local.sandbox.plaid_server import PlaidHandler
+from offers_workers.local.sandbox.segment_server import SegmentHandler, SegmentState
 from offers_workers.local.sandbox.sift_server import SiftHandler
 from offers_workers.local.sandbox.stripe_server import StripeHandler, StripeState
 from offers_workers.partners.interfaces import STRIPE_IDEMPOTENCY_TTL_S
@@ -22,11 +23,16 @@ from offers_workers.partners.table import PARTNERS as PARTNER_TABLE
 if TYPE_CHECKING:
     from config.settings import Settings
 
-_HANDLERS: dict[str, type[PartnerHandler]] = {"stripe": StripeHandler, "sift": SiftHandler, "plaid": PlaidHandler}
+_HANDLERS: dict[str, type[PartnerHandler]] = {
+    "stripe": StripeHandler,
+    "sift": SiftHandler,
+    "plaid": PlaidHandler,
+    "segment": SegmentHandler,
+}
 
 
 class Sandbox:
-    """All four partners. ``ports``: partner -> port (default ``SANDBOX_PORTS``; 0 or ``ports=0``: free ports).
+    """Every partner of the table. ``ports``: partner -> port (default ``SANDBOX_PORTS``; 0 or ``ports=0``: free ports).
     ``stripe_idempotency_ttl_s``: how long Stripe's sandbox keeps an idempotency key (Stripe: 24 h)."""
 
     def __init__(
@@ -60,9 +66,10 @@ class Sandbox:
                 if partner == "aws":
                     server = make_aws_server(*addr, self.faults[partner])
                 else:
-                    state = (
-                        StripeState(idempotency_ttl_s=self.stripe_idempotency_ttl_s) if partner == "stripe" else None
-                    )
+                    state = {
+                        "stripe": lambda: StripeState(idempotency_ttl_s=self.stripe_idempotency_ttl_s),
+                        "segment": SegmentState,
+                    }.get(partner, lambda: None)()
                     server = PartnerHTTPServer(addr, _HANDLERS[partner], self.faults[partner], state)
                 self._servers[partner] = server
                 self.ports[partner] = server.server_address[1]

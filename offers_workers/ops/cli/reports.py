@@ -9,13 +9,14 @@ from rich.table import Table
 
 from offers_workers.ops import reports
 from offers_workers.ops.cli.common import console, parse_duration, print_json, runtime_or_exit
+from offers_workers.store.reports import Funnel
 
 
 @click.command()
 @click.option("--window", default="1h", show_default=True, help="How far back to look (30m, 1h, 7d).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(window: str, as_json: bool) -> None:
-    """Offers by state, success rate, latencies, dead letters, holds, cancellations and queues."""
+    """Offers by state, success rate, latencies, dead letters, holds, the product funnel, cancellations and queues."""
     from offers_workers.ops.health import figures
 
     age = parse_duration(window, option="--window")
@@ -59,6 +60,9 @@ def stats(window: str, as_json: bool) -> None:
         ops.add_row("postgres connections", f"{used.in_use:,} of {used.available:,}")
     console.print(ops)
 
+    if found.funnel is not None:
+        console.print(_funnel_table(found.funnel, window))
+
     reasons = Table(title=f"Cancellations in the last {window}, by reason")
     for col in ("reason", "offers", "amount"):
         reasons.add_column(col, justify="left" if col == "reason" else "right")
@@ -77,6 +81,25 @@ def stats(window: str, as_json: bool) -> None:
         f" {rt.settings.cancel_spike_window_seconds / 3600:g} h vs {hv.trailing_rate:.1f} per window trailing"
         + (" — [red]spike[/red]" if hv.spike else "")
     )
+
+
+def _funnel_table(funnel: Funnel, window: str) -> Table:
+    """The product funnel's steps, each with its conversion from the step before (as Segment gets them)."""
+    table = Table(title=f"Product funnel, the last {window} (each step counted when it happened)")
+    for col in ("step", "count", "conversion"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+
+    def pct(share: float | None) -> str:
+        return "-" if share is None else f"{share:.1%}"
+
+    table.add_row("drafts validated", f"{funnel.drafts_validated:,} ({funnel.drafts_valid:,} valid)", "")
+    table.add_row("submitted", f"{funnel.submitted:,}", pct(funnel.conversion["draft_to_submitted"]))
+    table.add_row("auction triggered", f"{funnel.auction_triggered:,}", pct(funnel.conversion["submitted_to_auction"]))
+    table.add_row("rejected", f"{funnel.rejected:,}", "")
+    for reason, n in funnel.rejected_by_reason.items():
+        table.add_row(f"  rejected · {reason}", f"{n:,}", "")
+    table.add_row("cancelled", f"{funnel.cancelled:,}", "")
+    return table
 
 
 @click.command()
