@@ -107,9 +107,19 @@ def _one_task_at_a_time(**_: object) -> None:
 
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
-def _send_last_spans(**_: object) -> None:
-    # The batch still waiting for its delay would go with the process: a worker stopping sends it.
+def _send_what_is_batched(**_: object) -> None:
+    # Spans and funnel events waiting for their batch would go with the process: a stopping worker
+    # (a prefork child its own, a thread-pool worker in worker_shutdown) sends them, a few seconds at most.
     tracing.flush()
+    from offers_workers.runtime import get_runtime
+
+    try:
+        funnel = get_runtime().funnel
+        if funnel is not None:
+            funnel.flush(timeout_s=5.0)  # what is left is counted unsent
+    except Exception:
+        # A worker on its way out must still exit: the funnel is never worth a hang or a crash here.
+        logging.getLogger("offers_workers.funnel").warning("could not flush the funnel", exc_info=True)
 
 
 @signals.worker_ready.connect

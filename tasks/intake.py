@@ -9,7 +9,6 @@ from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import intake
 from offers_workers.saga.stages import Dispatch
-from tasks import funnel  # noqa: F401  (every worker loads this module: the funnel's flush at shutdown)
 from tasks.app import app
 from tasks.base import OffersTask
 
