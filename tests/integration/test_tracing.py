@@ -10,7 +10,9 @@ collector that is down costs no offer.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import socket
 import time
 from collections import Counter
@@ -18,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from offers_workers.domain import states
 from offers_workers.local.samples import base_offer
 from offers_workers.local.sandbox import clear_faults, set_fault
 from tests.conftest import cli, new_id, offer_rows, wait_until
-from tests.drillkit import Drill, drill
+from tests.drillkit import FAST_RECOVERY, Drill, drill
 from tests.otlp import Receiver, Span, tree
 from tests.outages import all_in
 
@@ -47,7 +50,8 @@ def receiver() -> Any:
 @pytest.fixture(scope="module")
 def traced(offers_env: dict[str, str], receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Any:
     log_dir = tmp_path_factory.mktemp("traced-fleet")
-    with drill("traced", offers_env, log_dir, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, **TRACED) as d:
+    env = {**TRACED, **FAST_RECOVERY, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    with drill("traced", offers_env, log_dir, **env) as d:
         yield d
 
 
@@ -254,6 +258,34 @@ def test_a_replay_from_the_dlq_continues_the_offers_trace(traced: Drill, receive
     assert resumed and all(s.links and s.links[0][0] == cancel_trace for s in resumed)
     assert len(connected(spans)) == 1
     print(f"\ntrace of replayed {offer_id} ({trace_id}):\n{tree(spans)}")
+
+
+def test_the_recovery_sweeps_resend_continues_the_offers_trace(traced: Drill, receiver: Receiver) -> None:
+    d = traced.scenario("traced sweep")
+    # Given the thread-pool worker is away, and the payment message of a validated offer is lost
+    partners = d.fleet.processes["worker_partners"]
+    os.killpg(partners.pid, signal.SIGTERM)
+    partners.wait(timeout=60)
+    offer = base_offer(new_id("swept"), 5)
+    offer_id = offer["offer_id"]
+    d.app.send_task("offers.submit", kwargs={"offer": offer})
+    wait_until(lambda: all_in(d.runtime, [offer_id], states.VALIDATED), message="validated")
+    assert redis.Redis.from_url(d.env["OFFERS_BROKER_URL"]).delete("offers.payment") == 1
+    # When the worker is back, the recovery sweep finds the offer stuck and re-sends its stage
+    d.restart_dead_workers()
+    wait_until(lambda: all_in(d.runtime, [offer_id], states.SUBMITTED), timeout=90, message="swept offer submitted")
+    quiet(receiver)
+    # Then the re-send and the rest of the saga are in the offer's one trace, linked to the sweep's run
+    trace_id = trace_ids(d, [offer_id])[offer_id]
+    spans = receiver.traces()[trace_id]
+    assert len(connected(spans)) == 1
+    swept = [s for s in spans if s.name == "recovery sweep offers.stage.hold_payment"]
+    assert len(swept) == 1 and swept[0].links and swept[0].links[0][0] != trace_id
+    sweep_run = [s for s in receiver.spans if s.span_id == swept[0].links[0][1]]
+    assert [s.name for s in sweep_run] == ["run/offers.recover"]
+    assert [s.attributes.get("offer.outcome") for s in spans if s.attributes.get("offer.stage") == "payment"] == [
+        states.PAYMENT_HELD
+    ]
 
 
 def test_a_collector_that_is_down_costs_no_offer(offers_env: dict[str, str], tmp_path: Path) -> None:
