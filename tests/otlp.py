@@ -1,20 +1,19 @@
-"""A trace receiver for tests: an OTLP/HTTP endpoint (``POST /v1/traces``) that decodes the
-protobuf with ``opentelemetry-proto``, as a collector would, and keeps every span it got."""
+"""A trace receiver for tests: the bench's OTLP/HTTP sink (``POST /v1/traces``, the protobuf decoded
+with ``opentelemetry-proto`` as a collector does), keeping every span it got."""
 
 from __future__ import annotations
 
-import gzip
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from offers_workers.local.otlp_sink import OtlpSink
 
 KIND = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
@@ -45,44 +44,14 @@ class Span:
         return (self.end_ns - self.start_ns) / 1e6
 
 
-class Receiver:
+class Receiver(OtlpSink):
     """``with Receiver() as r:`` serves on a free port of 127.0.0.1; ``r.endpoint`` is what
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes; ``r.spans`` all spans received so far."""
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes; ``r.kept`` all spans received so far."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spans: list[Span] = []
-        self.requests = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver._add(request)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._kept: list[Span] = []
+        self._kept_lock = threading.Lock()
+        super().__init__(keep=self._add)
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
         spans = []
@@ -105,28 +74,19 @@ class Receiver:
                             status=s.status.code,
                         )
                     )
-        with self._lock:
-            self._spans += spans
-            self.requests += 1
+        with self._kept_lock:
+            self._kept += spans
 
     @property
-    def spans(self) -> list[Span]:
-        with self._lock:
-            return list(self._spans)
+    def kept(self) -> list[Span]:
+        with self._kept_lock:
+            return list(self._kept)
 
     def traces(self) -> dict[str, list[Span]]:
         found: dict[str, list[Span]] = defaultdict(list)
-        for span in self.spans:
+        for span in self.kept:
             found[span.trace_id].append(span)
         return dict(found)
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def tree(spans: list[Span]) -> str:

@@ -8,10 +8,12 @@ with ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at a sink, then prints the counts.
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,9 +26,10 @@ _ANSWER = ExportTraceServiceResponse().SerializeToString()
 
 
 class OtlpSink:
-    """An OTLP/HTTP endpoint on a free loopback port that counts requests, spans and bytes."""
+    """An OTLP/HTTP endpoint on a free loopback port that counts requests, spans and bytes, and
+    hands each decoded request to ``keep`` when given (the trace tests keep the spans)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Callable[[ExportTraceServiceRequest], None] | None = None) -> None:
         self.requests = self.spans = self.bytes = 0
         self._lock = threading.Lock()
         sink = self
@@ -34,6 +37,12 @@ class OtlpSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip
+                    body = gzip.decompress(body)
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
                 count = sum(len(s.spans) for rs in request.resource_spans for s in rs.scope_spans)
@@ -41,6 +50,8 @@ class OtlpSink:
                     sink.requests += 1
                     sink.spans += count
                     sink.bytes += len(body)
+                if keep is not None:
+                    keep(request)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(_ANSWER)))

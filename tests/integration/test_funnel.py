@@ -158,6 +158,7 @@ def test_segment_gets_the_funnel_stats_shows(fleet_with_funnel: Drill, sandbox: 
     assert figures["auction_triggered"] > 0 and figures["rejected"] > 0
     # Then Segment got the same counts, event by event (its batches as the sandbox recorded them)
     wait_until(lambda: funnel_counts(sandbox) == as_events(figures), timeout=30, message="Segment's batches")
+    print(f"\nstats funnel: {figures}\nSegment got: {dict(funnel_counts(sandbox))}")
     messages = [m for batch in recorded_batches(sandbox) for m in batch]
     rejected = Counter(m["properties"]["reason"] for m in messages if m["event"] == funnel.REJECTED)
     assert rejected == Counter(figures["rejected_by_reason"])

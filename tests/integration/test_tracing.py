@@ -60,13 +60,13 @@ def quiet(receiver: Receiver, for_s: float = 1.5, timeout: float = 60) -> list[S
     deadline = time.monotonic() + timeout
     seen, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        count = len(receiver.spans)
+        count = len(receiver.kept)
         if count != seen:
             seen, since = count, time.monotonic()
         elif time.monotonic() - since >= for_s:
             break
         time.sleep(0.1)
-    return receiver.spans
+    return receiver.kept
 
 
 def trace_ids(d: Drill, offer_ids: list[str]) -> dict[str, str]:
@@ -281,7 +281,7 @@ def test_the_recovery_sweeps_resend_continues_the_offers_trace(traced: Drill, re
     assert len(connected(spans)) == 1
     swept = [s for s in spans if s.name == "recovery sweep offers.stage.hold_payment"]
     assert len(swept) == 1 and swept[0].links and swept[0].links[0][0] != trace_id
-    sweep_run = [s for s in receiver.spans if s.span_id == swept[0].links[0][1]]
+    sweep_run = [s for s in receiver.kept if s.span_id == swept[0].links[0][1]]
     assert [s.name for s in sweep_run] == ["run/offers.recover"]
     assert [s.attributes.get("offer.outcome") for s in spans if s.attributes.get("offer.stage") == "payment"] == [
         states.PAYMENT_HELD
