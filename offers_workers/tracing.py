@@ -96,12 +96,45 @@ def setup(process: str) -> bool:
         # The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based, always on); the batch
         # sizes and delay from OTEL_BSP_*.
         provider = TracerProvider(resource=resource)
+        provider.add_span_processor(_partner_names(_partner_bases()))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)
         _instrument(provider)
         _set_up_in = os.getpid()
     log.info("tracing on", extra={"service": resource.attributes.get("service.name"), "process_kind": process})
     return True
+
+
+def _partner_bases() -> dict[str, str]:
+    """Base URL by partner, from the settings (none when they are not valid: a CLI run may be so)."""
+    from config.settings import get_settings
+    from offers_workers.partners.table import PARTNERS
+
+    try:
+        settings = get_settings()
+    except ConfigError:
+        return {}
+    found = {p.name: getattr(settings, p.url_setting, None) for p in PARTNERS}
+    return {name: url.rstrip("/") for name, url in found.items() if isinstance(url, str) and url}
+
+
+def _partner_names(bases: dict[str, str]) -> Any:
+    """A span processor naming an HTTP client span by the partner it calls ("stripe POST", not
+    "POST") and setting ``peer.service``, so a trace reads at a glance; boto3's spans name their
+    service already. (Built here: the SDK is imported only when tracing is on.)"""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class PartnerNames(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            attributes = span.attributes or {}
+            url = str(attributes.get("http.url") or attributes.get("url.full") or "")
+            for partner, base in bases.items():
+                if url and url.startswith(base):
+                    span.update_name(f"{partner} {span.name}")
+                    span.set_attribute("peer.service", partner)
+                    return
+
+    return PartnerNames()
 
 
 def _instrument(provider: Any) -> None:

@@ -93,6 +93,8 @@ def partner_of(span: Span, d: Drill) -> str | None:
     bases["plaid"] = d.runtime.settings.plaid_host
     for partner, base in bases.items():
         if url.startswith(base.rstrip("/")):
+            # named by the partner it calls, so a trace reads at a glance
+            assert span.name.startswith(f"{partner} ") and span.attributes["peer.service"] == partner, span.name
             return partner
     return None
 
