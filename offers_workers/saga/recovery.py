@@ -30,8 +30,8 @@ def sweep(rt: Runtime, *, stuck_after_s: float) -> list[Dispatch]:
     dispatches = [
         traced(d, offer.trace_parent, "recovery sweep") for offer in stuck for d in hand_on(offer.offer_id, offer.state)
     ]
-    dispatches += [Dispatch(PUBLISH_EVENT_TASK, {"event_id": event_id}) for event_id in events]
-    dispatches += [Dispatch(RELEASE_HOLD_TASK, {"offer_id": offer_id}) for offer_id in holds]
+    dispatches += [traced(Dispatch(PUBLISH_EVENT_TASK, {"event_id": e}), tp, "recovery sweep") for e, tp in events]
+    dispatches += [traced(Dispatch(RELEASE_HOLD_TASK, {"offer_id": o}), tp, "recovery sweep") for o, tp in holds]
     return dispatches
 
 

@@ -286,19 +286,19 @@ def claim_stuck(conn: Connection, older_than_s: float, limit: int) -> list[Stuck
     return [StuckOffer(r["offer_id"], r["state"], r["trace_parent"]) for r in rows]
 
 
-def claim_unreleased_holds(conn: Connection, older_than_s: float, limit: int) -> list[str]:
+def claim_unreleased_holds(conn: Connection, older_than_s: float, limit: int) -> list[tuple[str, str | None]]:
     """Offers that ended more than ``older_than_s`` ago still holding an authorization (their
-    release lost), marked as having a retry due, like ``claim_stuck``."""
+    release lost), marked as having a retry due, like ``claim_stuck``, with their traceparent."""
     rows = conn.execute(
         "UPDATE offers SET retry_due_at = clock_timestamp() WHERE offer_id IN ("
         " SELECT offer_id FROM offers WHERE hold_status = 'held' AND state = ANY(%(ended)s)"
         " AND updated_at < clock_timestamp() - make_interval(secs => %(age)s)"
         " AND (retry_due_at IS NULL OR retry_due_at < clock_timestamp() - make_interval(secs => %(age)s))"
         " LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
-        " RETURNING offer_id",
+        " RETURNING offer_id, trace_parent",
         {"ended": list(states.TERMINAL), "age": older_than_s, "batch": limit},
     ).fetchall()
-    return [r["offer_id"] for r in rows]
+    return [(r["offer_id"], r["trace_parent"]) for r in rows]
 
 
 def past_maker_sla(conn: Connection, limit: int) -> list[str]:

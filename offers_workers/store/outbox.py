@@ -97,16 +97,17 @@ def is_published(conn: Connection, offer_id: str, detail_type: str) -> bool:
     return bool(row and row["published_at"])
 
 
-def claim_unpublished(conn: Connection, older_than_s: float, limit: int) -> list[str]:
+def claim_unpublished(conn: Connection, older_than_s: float, limit: int) -> list[tuple[str, str | None]]:
     """Events still unpublished ``older_than_s`` after they were written (or last re-sent), oldest
-    first, marked as re-sent now; SKIP LOCKED lets two sweeps overlap."""
+    first, marked as re-sent now, with their offer's traceparent; SKIP LOCKED lets two sweeps overlap."""
     rows = conn.execute(
-        "UPDATE offer_events SET resent_at = clock_timestamp() WHERE event_id IN ("
+        "UPDATE offer_events e SET resent_at = clock_timestamp() FROM offers o WHERE o.offer_id = e.offer_id"
+        " AND e.event_id IN ("
         " SELECT event_id FROM offer_events WHERE published_at IS NULL"
         " AND created_at < clock_timestamp() - make_interval(secs => %(age)s)"
         " AND (resent_at IS NULL OR resent_at < clock_timestamp() - make_interval(secs => %(age)s))"
-        " ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
-        " RETURNING event_id",
+        " ORDER BY created_at LIMIT %(batch)s FOR UPDATE OF offer_events SKIP LOCKED)"
+        " RETURNING e.event_id, o.trace_parent",
         {"age": older_than_s, "batch": limit},
     ).fetchall()
-    return [r["event_id"] for r in rows]
+    return [(r["event_id"], r["trace_parent"]) for r in rows]
