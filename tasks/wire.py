@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import sys
 import uuid
 from typing import Any
 
@@ -128,6 +129,22 @@ class RecordingConsumer(Consumer):
     Celery would log such a message with up to 1 KiB of its body (buyers' emails and IPs
     included) and drop it; here the log line names what was wrong and the body goes to Postgres.
     """
+
+    @property
+    def event_dispatcher(self) -> Any:
+        return self.__dict__.get("_event_dispatcher")
+
+    @event_dispatcher.setter
+    def event_dispatcher(self, dispatcher: Any) -> None:
+        # Task events are buffered and flushed by the event loop; Celery also flushes a full buffer
+        # from whichever thread filled it. On RabbitMQ with publisher confirms, a thread-pool task
+        # then waits for the confirm on a connection the event loop reads too (for its heartbeats):
+        # the loop takes the confirm, the task thread waits until the broker drops the connection for
+        # missed heartbeats (seen: worker_partners stalled 90 s, again and again, in the kill drill).
+        # Only the loop flushes, then.
+        if dispatcher is not None and self.hub is not None:
+            dispatcher.buffer_limit = sys.maxsize
+        self.__dict__["_event_dispatcher"] = dispatcher
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self._record(message, "undecodable", f"the body does not decode as {message.content_type}: {exc}")
