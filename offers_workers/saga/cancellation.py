@@ -96,16 +96,17 @@ def _cancel_locked(conn: psycopg.Connection, offer: offers.Offer, reason: str, *
     return after_outcome(conn, offer.offer_id, "offer.cancelled")
 
 
-def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> list[Dispatch] | None:
+def apply_tombstone(conn: psycopg.Connection, offer_id: str) -> tuple[list[Dispatch], str] | None:
     """Called by intake right after inserting an offer (same transaction, same advisory lock):
-    if a cancel came first, the offer ends cancelled at once. None when there is no tombstone."""
+    if a cancel came first, the offer ends cancelled at once: its messages, and the cancel's reason.
+    None when there is no tombstone."""
     tomb = cancel_requests.apply_tombstone(conn, offer_id)
     if tomb is None:
         return None
     offer = offers.load_offer(conn, offer_id, for_update=True)
     assert offer is not None
     log.info("offer arrived already cancelled (tombstone)", extra={"offer_id": offer_id, "reason": tomb.reason})
-    return _cancel_locked(conn, offer, tomb.reason, actor=tomb.actor)
+    return _cancel_locked(conn, offer, tomb.reason, actor=tomb.actor), tomb.reason
 
 
 def expire_overdue(rt: Runtime) -> list[Dispatch]:

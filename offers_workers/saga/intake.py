@@ -49,6 +49,8 @@ class IntakeResult:
     wait_s: float = 0.0
     #: The offer this message recorded (``accepted``, ``cancelled``): what the funnel hears of.
     recorded: OfferPayload | None = None
+    #: ``cancelled``: the reason of the cancel that came first.
+    cancel_reason: str | None = None
 
 
 def _raw_text(raw: Any) -> tuple[str, int]:
@@ -70,14 +72,8 @@ def submit(
     if result.recorded is not None:  # committed: the funnel hears of it now
         funnel.send(rt, funnel.submitted(result.recorded))
         if result.outcome == "cancelled":
-            funnel.send(rt, funnel.cancelled(result.recorded, _reason(rt, result.recorded.offer_id)))
+            funnel.send(rt, funnel.cancelled(result.recorded, result.cancel_reason))
     return result
-
-
-def _reason(rt: Runtime, offer_id: str) -> str | None:
-    with rt.db.read() as conn:
-        offer = offers.load_offer(conn, offer_id)
-    return offer.reason if offer is not None else None
 
 
 def _record(rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str, Any] | None) -> IntakeResult:
@@ -101,9 +97,10 @@ def _record(rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str,
         offers.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
         if offers.insert_offer(conn, offer, raw, actor=ACTOR, trace_parent=tracing.current_traceparent()):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
-            cancelled = cancellation.apply_tombstone(conn, offer.offer_id)
-            if cancelled is not None:
-                return IntakeResult("cancelled", offer.offer_id, cancelled, recorded=offer)
+            tombstone = cancellation.apply_tombstone(conn, offer.offer_id)
+            if tombstone is not None:
+                dispatches, reason = tombstone
+                return IntakeResult("cancelled", offer.offer_id, dispatches, recorded=offer, cancel_reason=reason)
             return IntakeResult("accepted", offer.offer_id, hand_on(offer.offer_id, states.RECEIVED), recorded=offer)
         existing = offers.submitted(conn, offer.offer_id)
         assert existing is not None, "insert_offer found the offer id taken, and offers are never deleted"

@@ -193,10 +193,11 @@ class Funnel:
     conversion: dict[str, float | None]
 
 
-def _count(conn: Connection, table: str, condition: str, scope: Scope, time_column: str) -> int:
+def _count(conn: Connection, scope: Scope, time_column: str) -> int:
+    """Offers that reached the step whose time ``time_column`` keeps, counted by that time."""
     where, params = scope.where(time_column)
-    query = sql.SQL("SELECT count(*) AS n FROM {} WHERE {} IS NOT NULL AND {} AND {}").format(
-        sql.Identifier(table), sql.Identifier(time_column), sql.SQL(condition), where
+    query = sql.SQL("SELECT count(*) AS n FROM offers WHERE {} IS NOT NULL AND {}").format(
+        sql.Identifier(time_column), where
     )
     return int(one_row(conn.execute(query, params))["n"])
 
@@ -214,21 +215,30 @@ def funnel(conn: Connection, scope: Scope) -> Funnel:
             params,
         )
     }
-    drafts = _count(conn, "draft_validations", "TRUE", scope, "validated_at")
-    submitted = _count(conn, "offers", "TRUE", scope, "received_at")
-    auction = _count(conn, "offers", "TRUE", scope, "auction_triggered_at")
+    where, params = scope.where("validated_at")
+    checked = one_row(
+        conn.execute(
+            sql.SQL(
+                "SELECT count(*) AS n, count(*) FILTER (WHERE valid) AS valid FROM draft_validations WHERE {}"
+            ).format(where),
+            params,
+        )
+    )
+    drafts = int(checked["n"])
+    submitted = _count(conn, scope, "received_at")
+    auction = _count(conn, scope, "auction_triggered_at")
 
     def share(part: int, whole: int) -> float | None:
         return part / whole if whole else None
 
     return Funnel(
         drafts_validated=drafts,
-        drafts_valid=_count(conn, "draft_validations", "valid", scope, "validated_at"),
+        drafts_valid=int(checked["valid"]),
         submitted=submitted,
         auction_triggered=auction,
         rejected=sum(rejected.values()),
         rejected_by_reason=rejected,
-        cancelled=_count(conn, "offers", "TRUE", scope, "cancelled_at"),
+        cancelled=_count(conn, scope, "cancelled_at"),
         conversion={
             "draft_to_submitted": share(submitted, drafts),
             "submitted_to_auction": share(auction, submitted),
