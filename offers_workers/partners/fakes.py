@@ -143,7 +143,14 @@ class FakePayments(_Scripted):
     # -- the Protocol -----------------------------------------------------------------------------
 
     def place_hold(
-        self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
+        self,
+        *,
+        offer_id: str,
+        amount_cents: int,
+        currency: str,
+        payment_method_id: str,
+        metadata: dict[str, str],
+        first_attempt: bool = False,
     ) -> Hold:
         """See ``interfaces.Payments.place_hold``."""
         self._enter(
@@ -153,10 +160,10 @@ class FakePayments(_Scripted):
             currency=currency,
             payment_method_id=payment_method_id,
             metadata=metadata,
+            first_attempt=first_attempt,
         )
-        plan = adopt_or_key(
-            self.holds_for(offer_id)[::-1], offer_id=offer_id, amount_cents=amount_cents, currency=currency
-        )
+        found = [] if first_attempt else self.holds_for(offer_id)[::-1]
+        plan = adopt_or_key(found, offer_id=offer_id, amount_cents=amount_cents, currency=currency)
         if isinstance(plan, Hold):
             return plan
         params = {

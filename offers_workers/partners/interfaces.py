@@ -255,14 +255,23 @@ class Payments(Protocol):
     """Card holds (Stripe PaymentIntents with manual capture)."""
 
     def place_hold(
-        self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
+        self,
+        *,
+        offer_id: str,
+        amount_cents: int,
+        currency: str,
+        payment_method_id: str,
+        metadata: dict[str, str],
+        first_attempt: bool = False,
     ) -> Hold:
         """Authorise ``amount_cents`` without capturing; normally returns status ``requires_capture``.
 
         Placing the same offer's hold again returns the same PaymentIntent, never a second hold:
         the offer's PaymentIntents are looked up first (``metadata.offer_id``) and a live hold is
         adopted, so this holds after Stripe forgot the idempotency key too (24 h); see
-        ``adopt_or_key`` for captured and canceled ones. Idempotency key ``offer:{offer_id}:hold``;
+        ``adopt_or_key`` for captured and canceled ones. ``first_attempt`` says no earlier attempt
+        for the offer ever started, so there is nothing to look up: the hold is created under the
+        offer's first key at once (one request instead of two). Idempotency key ``offer:{offer_id}:hold``;
         the same offer with other parameters is a PermanentError. Raises OfferRejected
         (``payment_declined`` / ``insufficient_funds``) on a decline, TransientError on 5xx, 429, 409
         ``idempotency_key_in_use`` and lost connections, PermanentError on bad requests, unknown

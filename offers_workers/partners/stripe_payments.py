@@ -59,11 +59,19 @@ class StripePayments:
         )
 
     def place_hold(
-        self, *, offer_id: str, amount_cents: int, currency: str, payment_method_id: str, metadata: dict[str, str]
+        self,
+        *,
+        offer_id: str,
+        amount_cents: int,
+        currency: str,
+        payment_method_id: str,
+        metadata: dict[str, str],
+        first_attempt: bool = False,
     ) -> Hold:
         """Authorise ``amount_cents`` without capturing, or adopt the offer's live hold. Normally
         returns status ``requires_capture``."""
-        plan = adopt_or_key(self._holds_for(offer_id), offer_id=offer_id, amount_cents=amount_cents, currency=currency)
+        found = [] if first_attempt else self._holds_for(offer_id)
+        plan = adopt_or_key(found, offer_id=offer_id, amount_cents=amount_cents, currency=currency)
         if isinstance(plan, Hold):
             return plan
         params: dict[str, Any] = {

@@ -33,6 +33,7 @@ from offers_workers.saga.decisions import (
     hand_on,
 )
 from offers_workers.store import audit_trail, offers, outbox
+from offers_workers.store.db import Connection
 
 if TYPE_CHECKING:
     from offers_workers.partners.interfaces import AuctionEvents, BankFunds, Payments, RiskScoring
@@ -43,10 +44,17 @@ log = logging.getLogger(__name__)
 
 
 def run_stage(
-    rt: Runtime, stage: Stage, offer_id: str, work: Callable[..., Outcome], *, local: bool = False
+    rt: Runtime,
+    stage: Stage,
+    offer_id: str,
+    work: Callable[..., Outcome],
+    *,
+    local: bool = False,
+    load: Callable[[Connection, str], offers.Offer | None] = offers.load_offer,
 ) -> list[Dispatch]:
     """Load, work, commit. A stage that calls a partner (``local=False``) holds no transaction
-    while it waits: ``work(offer)``. A ``local`` stage does all three in one transaction, saving a
+    while it waits: ``work(offer)``; ``load`` reads its offer (in autocommit: a write there commits
+    before the partner is called). A ``local`` stage does all three in one transaction, saving a
     round trip set: ``work(offer, conn)`` reads through that transaction's connection."""
     if local:
         with rt.db.transaction() as conn:
@@ -58,7 +66,7 @@ def run_stage(
             dispatches, moved = _commit(conn, stage, offer_id, outcome)
     else:
         with rt.db.read() as conn:
-            offer = offers.load_offer(conn, offer_id)
+            offer = load(conn, offer_id)
         outcome = _work(stage, offer_id, offer, work)
         if isinstance(outcome, list):
             return outcome
@@ -149,8 +157,9 @@ def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
     return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work, local=True)
 
 
-def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds) -> Outcome:
-    """The payment stage's partner calls: a card hold, or a bank account's balance check."""
+def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds, *, first_attempt: bool = False) -> Outcome:
+    """The payment stage's partner calls: a card hold, or a bank account's balance check.
+    ``first_attempt``: the stage never started on this offer before, so no hold of it exists."""
     payment = p.payment
     if isinstance(payment, CardPayment):
         hold = payments.place_hold(
@@ -159,6 +168,7 @@ def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds) -> Ou
             currency=p.currency,
             payment_method_id=payment.payment_method_id,
             metadata={"offer_id": p.offer_id, "listing_id": p.listing_id, "buyer_id": p.buyer_id},
+            first_attempt=first_attempt,
         )
         return decisions.card_held(hold.payment_intent_id)
     # Bank debits have no authorization to hold: a verified balance stands for the hold.
@@ -168,9 +178,12 @@ def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds) -> Ou
 
 def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer) -> Outcome:
-        return payment_outcome(offer.payload, rt.stripe, rt.plaid)
+        # Each start is counted (committed) before Stripe is called: a run that died after placing
+        # the hold left a count behind, so the next run looks the hold up.
+        first = offer.row["payment_attempts"] == 1
+        return payment_outcome(offer.payload, rt.stripe, rt.plaid, first_attempt=first)
 
-    return run_stage(rt, states.STAGE_BY_NAME["payment"], offer_id, work)
+    return run_stage(rt, states.STAGE_BY_NAME["payment"], offer_id, work, load=offers.start_payment)
 
 
 def risk_outcome(

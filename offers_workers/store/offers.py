@@ -88,6 +88,16 @@ def load_offer(conn: Connection, offer_id: str, *, for_update: bool = False) -> 
     return Offer.from_row(row) if row else None
 
 
+def start_payment(conn: Connection, offer_id: str) -> Offer | None:
+    """The offer, counting this start of its payment stage in ``payment_attempts`` (1: the first
+    start of all, so no hold of the offer can exist yet). None if there is no such offer."""
+    # updated_at is left alone: a start is not progress (the recovery sweep reads it).
+    row = conn.execute(
+        "UPDATE offers SET payment_attempts = payment_attempts + 1 WHERE offer_id = %s RETURNING *", (offer_id,)
+    ).fetchone()
+    return Offer.from_row(row) if row else None
+
+
 def offers_by_id(conn: Connection, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Where each of these offers stands (state, reason, hold), by offer id; missing ones left out."""
     rows = conn.execute(

@@ -14,6 +14,7 @@ import pytest
 from offers_workers.domain import states
 from offers_workers.domain.errors import TransientError
 from offers_workers.local.samples import base_offer
+from offers_workers.local.sandbox import clear_faults, get_faults, set_fault
 from offers_workers.saga import deadletter, intake, stages
 from offers_workers.store import audit_trail, offers
 from tests.conftest import cli, new_id
@@ -70,6 +71,29 @@ def test_a_hold_placed_twice_is_one_payment_intent(runtime) -> None:
     assert state_of(runtime, offer_id)["payment_intent_id"] == first_pi
     holds = [h for h in runtime.stripe.list_holds() if h.offer_id == offer_id]
     assert [h.payment_intent_id for h in holds] == [first_pi]
+
+
+def test_the_first_payment_start_asks_stripe_once_and_a_later_one_looks_its_hold_up(runtime, sandbox) -> None:
+    offer_id = received(runtime)
+    stages.validate(runtime, offer_id)
+    # The first start of all: no hold of the offer can exist, so no search, only the create.
+    set_fault(sandbox, "stripe", status=None)  # restarts the sandbox's request count
+    try:
+        stages.hold_payment(runtime, offer_id)
+        assert get_faults(sandbox, "stripe")["stripe"]["requests"] == 1
+        first_pi = state_of(runtime, offer_id)["payment_intent_id"]
+        # A later start (its run died after Stripe answered, say): the search finds the live hold,
+        # which is read again and adopted; no create, so no second hold even without the key.
+        with runtime.db.transaction() as conn:
+            conn.execute("UPDATE offers SET state = 'validated' WHERE offer_id = %s", (offer_id,))
+        set_fault(sandbox, "stripe", status=None)
+        stages.hold_payment(runtime, offer_id)
+        assert get_faults(sandbox, "stripe")["stripe"]["requests"] == 2
+    finally:
+        clear_faults(sandbox, "stripe")
+    row = state_of(runtime, offer_id)
+    assert row["payment_attempts"] == 2 and row["payment_intent_id"] == first_pi
+    assert [h.payment_intent_id for h in runtime.stripe.list_holds() if h.offer_id == offer_id] == [first_pi]
 
 
 @pytest.mark.parametrize(
