@@ -12,6 +12,7 @@ from config.celery import celery_config
 from config.settings import AMQP_SCHEMES, ConfigError, get_settings
 from offers_workers import logs, tracing
 from offers_workers.saga.decisions import Dispatch
+from tasks import task_events
 from tasks.redaction import event_reprs
 
 TASK_MODULES = [
@@ -45,6 +46,9 @@ class OffersCelery(Celery):
         # result is ignored: one extra Redis round trip per message, and a channel kept in the
         # subscriber's set until a result arrives, which for these tasks is never.
         options.setdefault("ignore_result", name not in ANSWERED_TASKS)
+        if (events := task_events.buffered()) is not None:
+            # In a worker, the task-sent event joins the others and goes out in the next batch.
+            options.setdefault("event_dispatcher", events)
         countdown = options.get("countdown")
         if self.conf.broker_url.startswith(AMQP_SCHEMES) and isinstance(countdown, (int, float)) and 0 < countdown < 1:
             # RabbitMQ's native delayed delivery counts whole seconds (kombu refuses less than one).
@@ -94,6 +98,7 @@ def _warm_up(sender: Any = None, **_: object) -> None:
     if kind == "threads":
         # Tasks run in this process; a prefork child sets up its own (its exporter thread is its own).
         tracing.setup("threads")
+        task_events.start(app)
 
 
 @signals.worker_process_init.connect
@@ -103,6 +108,7 @@ def _one_task_at_a_time(**_: object) -> None:
 
     get_runtime().set_kind("prefork")
     tracing.setup("prefork")
+    task_events.start(app)
 
 
 @signals.worker_process_shutdown.connect
@@ -111,6 +117,7 @@ def _send_what_is_batched(**_: object) -> None:
     # Spans and funnel events waiting for their batch would go with the process: a stopping worker
     # (a prefork child its own, a thread-pool worker in worker_shutdown) sends them, a few seconds at most.
     tracing.flush()
+    task_events.flush()
     from offers_workers.runtime import get_runtime
 
     try:

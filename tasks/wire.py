@@ -21,11 +21,11 @@ from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
+from tasks.task_events import EVENTS_FLUSH_S
+
 log = logging.getLogger("offers_workers.wire")
 
 RECORD_TASK = "offers.record_unreadable"
-#: How long a worker's task events wait to go out together (one message for all of them).
-EVENTS_FLUSH_S = 0.25
 #: Raw text handed on for the record (the record keeps 4 KiB of it).
 RAW_HANDED_ON = 8 * 1024
 

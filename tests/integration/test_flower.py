@@ -193,6 +193,9 @@ def test_flower_shows_the_fleet_and_no_buyer_data(
     submits = {(e["type"], e.get("kwargs")) for e in events if e.get("name") == "offers.submit"}
     assert ("task-sent", repr({"offer_id": operator.offer_id})) in submits
     assert ("task-received", repr({"offer_id": upstream.offer_id})) in submits
+    # and every hand-on's task-sent came from the worker that sent it (a prefork child's, a thread's)
+    handed_on = {e["name"] for e in events if e["type"] == "task-sent" and upstream.offer_id in e.get("kwargs", "")}
+    assert handed_on == SAGA - {"offers.submit"}, handed_on
 
     # And the workers are listed, and no listing or inspect answer holds buyer data
     workers = flower.get("/api/workers?refresh=1")
