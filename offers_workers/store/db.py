@@ -145,6 +145,14 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A connection for reads outside a transaction: each statement is one round trip, with no
         BEGIN and COMMIT around it. Only for reads that need no consistent snapshot across statements."""
+        with self.autocommit() as conn:
+            yield conn
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which each statement is a transaction of its own: one round trip where
+        BEGIN, the statement and COMMIT take three. For a write that is one statement (a guarded
+        transition and its audit row, say), and for reads as ``read`` says."""
         with self._connection() as conn:
             conn.autocommit = True
             try:

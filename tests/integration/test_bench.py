@@ -32,6 +32,8 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
             "1",
             "--memory-offers",
             "0",
+            "--warmup-offers",
+            "20",
             "--timeout",
             "120",
             "--json",

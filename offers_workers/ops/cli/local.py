@@ -169,6 +169,13 @@ def demo(count: int, timeout: int) -> None:
     help="Offers in all before the last RSS reading.",
 )
 @click.option(
+    "--warmup-offers",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Offers sent before anything is measured (RSS is compared with the reading after them).",
+)
+@click.option(
     "--timeout", default=900, show_default=True, type=click.IntRange(10), help="Seconds to wait for one phase to drain."
 )
 @click.option(
@@ -181,6 +188,7 @@ def bench(
     draft_rps: float,
     draft_seconds: float,
     memory_offers: int,
+    warmup_offers: int,
     timeout: int,
     as_json: bool,
 ) -> None:
@@ -198,6 +206,7 @@ def bench(
         draft_rps=draft_rps,
         draft_seconds=draft_seconds,
         memory_offers=memory_offers,
+        warmup_offers=warmup_offers,
         timeout=timeout,
     )
     # With --json, stdout carries the JSON alone: the table, progress and status go to stderr.
