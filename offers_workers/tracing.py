@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from config.settings import ConfigError
@@ -221,6 +222,39 @@ def resumed(traceparent: str | None, name: str, **attributes: str | int | None) 
         attributes={f"offer.{k}": v for k, v in attributes.items() if v is not None},
     ):
         yield
+
+
+#: A call made for several offers at once (see ``batch``): its span, which each offer's own links to.
+Batch = trace.SpanContext
+
+
+@contextmanager
+def batch(name: str, size: int) -> Iterator[Batch | None]:
+    """A partner call carrying several offers' entries (``partners.aws_events``): a span of its own,
+    in a trace of its own since it belongs to no one offer, under which the instrumentation's spans
+    of the call sit. Each offer's trace shows its part with ``batched``, linked here."""
+    if not _on():
+        yield None
+        return
+    with _TRACER.start_as_current_span(
+        name, context=Context(), kind=trace.SpanKind.INTERNAL, attributes={"messaging.batch.message_count": size}
+    ) as span:
+        yield span.get_span_context()
+
+
+def batched(batch: Batch | None, service: str, method: str, start_ns: int, end_ns: int) -> None:
+    """In the offer's trace (the span running now): the client span of an AWS call that carried its
+    entry with others, from when the call went out to its answer, linked to the batch's span."""
+    if batch is None or not _on() or not start_ns or not end_ns:
+        return
+    span = _TRACER.start_span(
+        f"{service}.{method}",
+        kind=trace.SpanKind.CLIENT,
+        start_time=start_ns,
+        links=[trace.Link(batch)],
+        attributes={"rpc.system": "aws-api", "rpc.service": service, "rpc.method": method, "offer.batched": True},
+    )
+    span.end(end_time=end_ns)
 
 
 @contextmanager

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 
 from config.settings import Settings
-from offers_workers.local.sandbox import ensure_aws_resources
+from offers_workers.domain.errors import PermanentError
+from offers_workers.local.sandbox import clear_faults, ensure_aws_resources, get_faults, set_fault
 from offers_workers.partners.aws_events import SOURCE, EventPublisher
+from offers_workers.partners.interfaces import Published
 
 
 def client(settings: Settings, service: str) -> Any:
@@ -97,3 +101,75 @@ def test_a_real_endpoint_signs_with_the_deployments_credentials(settings: Settin
     assert {c.meta.endpoint_url for c in clients} == {deployed.aws_endpoint_url}
     # And in the sandbox they sign with moto's test keys
     assert EventPublisher(settings)._events._request_signer._credentials.access_key == "testing"
+
+
+def publish_together(publisher: EventPublisher, topics: list[str | None]) -> list[Any]:
+    """One publish per topic, all started at once from threads of their own: each answer, or its error."""
+    start = threading.Barrier(len(topics))
+
+    def one(n: int, topic: str | None) -> Any:
+        start.wait()
+        try:
+            return publisher.publish(
+                event_id=f"evt-{n}", detail_type="OfferSubmitted", detail={"offer_id": f"off_{n}"}, sns_topic_arn=topic
+            )
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(topics)) as pool:
+        return list(pool.map(one, range(len(topics)), topics))
+
+
+def test_events_published_together_go_out_in_batches_each_with_its_own_answer(settings: Settings, sandbox) -> None:
+    rule_queue, rule_queue_arn = queue(settings)
+    events = client(settings, "events")
+    rule = f"r-{uuid.uuid4().hex[:8]}"
+    events.put_rule(
+        Name=rule,
+        EventBusName=settings.event_bus_name,
+        EventPattern=json.dumps({"source": [SOURCE], "detail-type": ["OfferSubmitted"]}),
+    )
+    events.put_targets(Rule=rule, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": rule_queue_arn}])
+    topic_queue, topic_queue_arn = queue(settings)
+    client(settings, "sns").subscribe(
+        TopicArn=settings.sns_submitted_topic_arn, Protocol="sqs", Endpoint=topic_queue_arn
+    )
+    missing_topic = settings.sns_submitted_topic_arn.rsplit(":", 1)[0] + ":no-such-topic"
+    # Given 25 stages publishing at once, AWS answering in 40 ms: 20 to the topic, 3 to one that
+    # does not exist, 2 to none
+    topics: list[str | None] = [settings.sns_submitted_topic_arn] * 20 + [missing_topic] * 3 + [None] * 2
+    publisher = EventPublisher(settings)
+    set_fault(sandbox, "aws", status=None, latency_ms=40)  # restarts the sandbox's request count
+    try:
+        answers = publish_together(publisher, topics)
+        requests = get_faults(sandbox, "aws")["aws"]["requests"]
+    finally:
+        clear_faults(sandbox, "aws")
+
+    # Then they took far fewer calls than two per event (50)
+    assert requests <= 12, requests
+    # and each got its own answer: the topic's 20 their own MessageIds, the missing topic's 3 a
+    # permanent error naming it (their events are on the bus; a retry puts them again, same event id),
+    # the 2 without a topic none
+    delivered = answers[:20]
+    assert all(isinstance(a, Published) and a.sns_message_id for a in delivered), delivered
+    assert len({a.sns_message_id for a in delivered}) == 20
+    assert [a.event_id for a in delivered] == [f"evt-{n}" for n in range(20)]
+    failed = answers[20:23]
+    assert all(isinstance(e, PermanentError) and e.sns_topic == "no-such-topic" for e in failed), failed
+    assert all(isinstance(a, Published) and a.sns_message_id is None and a.bus_event_id for a in answers[23:])
+    # And the bus holds all 25 events, the topic the 20 notes, each once
+    on_the_bus = [e["detail"]["event_id"] for e in receive_all(settings, rule_queue, 25)]
+    assert sorted(on_the_bus) == sorted(f"evt-{n}" for n in range(25))
+    notes = [json.loads(m["Message"])["event_id"] for m in receive_all(settings, topic_queue, 20)]
+    assert sorted(notes) == sorted(f"evt-{n}" for n in range(20))
+
+
+def receive_all(settings: Settings, url: str, expected: int) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    for _ in range(20):
+        if len(got) >= expected:
+            break
+        got += receive(settings, url)
+    got += receive(settings, url)  # one more look: nothing beyond the expected may arrive
+    return got
