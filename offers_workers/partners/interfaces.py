@@ -21,6 +21,11 @@ from offers_workers.domain.errors import PermanentError
 # --- typed results ------------------------------------------------------------------------------
 
 
+#: Connections a partner's client keeps open for reuse: at least worker_partners' 40 threads, so a
+#: call under load never opens (and closes) one of its own (the SDKs keep 10 unless told).
+KEPT_CONNECTIONS = 64
+
+
 @dataclass(frozen=True)
 class Hold:
     """A card hold: a manual-capture Stripe PaymentIntent.

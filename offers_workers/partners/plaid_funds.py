@@ -17,7 +17,7 @@ from plaid.model.signal_evaluate_request import SignalEvaluateRequest
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
-from offers_workers.partners.interfaces import Balance, ReturnRisk, client_transaction_id
+from offers_workers.partners.interfaces import KEPT_CONNECTIONS, Balance, ReturnRisk, client_transaction_id
 
 __all__ = ["PlaidFunds", "client_transaction_id", "sort_error"]
 
@@ -53,6 +53,7 @@ class PlaidFunds:
             api_key={"clientId": settings.plaid_client_id, "secret": settings.secret("plaid_secret")},
         )
         cfg.retries = False  # left at None, urllib3 silently retries refused connections 3 times
+        cfg.connection_pool_maxsize = KEPT_CONNECTIONS
         self._api = plaid_api.PlaidApi(plaid.ApiClient(cfg))
         self._timeout = (settings.partner_connect_timeout, settings.partner_read_timeout)
 

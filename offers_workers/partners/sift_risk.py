@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import requests
 import sift
+from requests.adapters import HTTPAdapter
 from sift.client import ApiException
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError, TransientError
-from offers_workers.partners.interfaces import OrderToScore, RiskScore
+from offers_workers.partners.interfaces import KEPT_CONNECTIONS, OrderToScore, RiskScore
 
 #: Our payment-method kinds -> Sift ``$payment_type``.
 PAYMENT_TYPES = {
@@ -39,7 +41,11 @@ class SiftRisk:
     """``RiskScoring`` through the Sift SDK (see ``interfaces.RiskScoring``)."""
 
     def __init__(self, settings: Settings) -> None:
+        session = requests.Session()
+        session.mount("https://", HTTPAdapter(pool_maxsize=KEPT_CONNECTIONS))
+        session.mount("http://", HTTPAdapter(pool_maxsize=KEPT_CONNECTIONS))
         self._client = sift.Client(
+            session=session,
             api_key=settings.secret("sift_api_key"),
             account_id=settings.sift_account_id,  # omitted, the client would read env var ACCOUNT_ID
             api_url=settings.sift_api_url,

@@ -19,9 +19,10 @@ from offers_workers.partners.aws_archive import AuditArchive
 from offers_workers.partners.aws_events import EventPublisher
 
 SNS_PUBLISHED = (
-    b'<PublishResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
-    b"<PublishResult><MessageId>m-1</MessageId></PublishResult>"
-    b"<ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>"
+    b'<PublishBatchResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">'
+    b"<PublishBatchResult><Successful><member><Id>0</Id><MessageId>m-1</MessageId></member></Successful>"
+    b"<Failed/></PublishBatchResult>"
+    b"<ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishBatchResponse>"
 )
 
 
@@ -34,7 +35,7 @@ class EndpointServer(ThreadingHTTPServer):
 
 
 class Endpoint(BaseHTTPRequestHandler):
-    """Answers EventBridge PutEvents, SNS Publish and S3 PutObject as AWS would, minimally."""
+    """Answers EventBridge PutEvents, SNS PublishBatch and S3 PutObject as AWS would, minimally."""
 
     server: EndpointServer
 
