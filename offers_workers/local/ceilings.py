@@ -147,7 +147,8 @@ def fleet_part(offers: int, console: Console, timeout: float) -> dict[str, Any]:
             env.pop("OFFERS_REDIS_URL", None)
             command = [
                 *("offers-workers", "bench", "--offers", str(offers), "--chains", "1"),
-                *("--steady-seconds", "0", "--draft-seconds", "0", "--memory-offers", "0", "--json"),
+                *("--steady-seconds", "0", "--draft-seconds", "0", "--memory-offers", "0"),
+                *("--warmup-offers", "100", "--json"),
             ]
             console.print(f"fleet: {' '.join(command)} (private Postgres and Redis; load {load0})")
             started = time.monotonic()
