@@ -34,6 +34,24 @@ def queue(settings: Settings) -> tuple[str, str]:
     return url, arn
 
 
+def listening_queues(settings: Settings) -> tuple[str, str]:
+    """SQS queues that get the bus's OfferSubmitted events (a rule) and the submitted topic's notes."""
+    rule_queue, rule_queue_arn = queue(settings)
+    events = client(settings, "events")
+    rule = f"r-{uuid.uuid4().hex[:8]}"
+    events.put_rule(
+        Name=rule,
+        EventBusName=settings.event_bus_name,
+        EventPattern=json.dumps({"source": [SOURCE], "detail-type": ["OfferSubmitted"]}),
+    )
+    events.put_targets(Rule=rule, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": rule_queue_arn}])
+    topic_queue, topic_queue_arn = queue(settings)
+    client(settings, "sns").subscribe(
+        TopicArn=settings.sns_submitted_topic_arn, Protocol="sqs", Endpoint=topic_queue_arn
+    )
+    return rule_queue, topic_queue
+
+
 def receive(settings: Settings, url: str) -> list[dict[str, Any]]:
     messages = client(settings, "sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
     return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
@@ -50,19 +68,7 @@ def test_resources_exist_and_ensure_is_idempotent(settings: Settings) -> None:
 
 
 def test_event_reaches_eventbridge_and_sns(settings: Settings) -> None:
-    rule_queue, rule_queue_arn = queue(settings)
-    events = client(settings, "events")
-    rule = f"r-{uuid.uuid4().hex[:8]}"
-    events.put_rule(
-        Name=rule,
-        EventBusName=settings.event_bus_name,
-        EventPattern=json.dumps({"source": [SOURCE], "detail-type": ["OfferSubmitted"]}),
-    )
-    events.put_targets(Rule=rule, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": rule_queue_arn}])
-    topic_queue, topic_queue_arn = queue(settings)
-    client(settings, "sns").subscribe(
-        TopicArn=settings.sns_submitted_topic_arn, Protocol="sqs", Endpoint=topic_queue_arn
-    )
+    rule_queue, topic_queue = listening_queues(settings)
 
     event_id = str(uuid.uuid4())
     EventPublisher(settings).publish(
@@ -121,19 +127,7 @@ def publish_together(publisher: EventPublisher, topics: list[str | None]) -> lis
 
 
 def test_events_published_together_go_out_in_batches_each_with_its_own_answer(settings: Settings, sandbox) -> None:
-    rule_queue, rule_queue_arn = queue(settings)
-    events = client(settings, "events")
-    rule = f"r-{uuid.uuid4().hex[:8]}"
-    events.put_rule(
-        Name=rule,
-        EventBusName=settings.event_bus_name,
-        EventPattern=json.dumps({"source": [SOURCE], "detail-type": ["OfferSubmitted"]}),
-    )
-    events.put_targets(Rule=rule, EventBusName=settings.event_bus_name, Targets=[{"Id": "q", "Arn": rule_queue_arn}])
-    topic_queue, topic_queue_arn = queue(settings)
-    client(settings, "sns").subscribe(
-        TopicArn=settings.sns_submitted_topic_arn, Protocol="sqs", Endpoint=topic_queue_arn
-    )
+    rule_queue, topic_queue = listening_queues(settings)
     missing_topic = settings.sns_submitted_topic_arn.rsplit(":", 1)[0] + ":no-such-topic"
     # Given 25 stages publishing at once, AWS answering in 40 ms: 20 to the topic, 3 to one that
     # does not exist, 2 to none
