@@ -185,8 +185,10 @@ class EventPublisher:
                     batch = self._take()
                 if batch:
                     self._send(batch)
-                else:  # another caller's call carries ``own``
-                    own.wake.wait()
+                else:  # another caller's call carries ``own``: wait for it (a promotion's wake is stale)
+                    own.wake.clear()
+                    if not own.finished:
+                        own.wake.wait()
         finally:
             with self._lock:
                 following = next((e for e in self._waiting if not e.leads), None)
