@@ -132,6 +132,9 @@ class RecordingConsumer(Consumer):
     included) and drop it; here the log line names what was wrong and the body goes to Postgres.
     """
 
+    #: A flush of the buffered task events is on the loop's timer.
+    _events_flush_due = False
+
     @property
     def event_dispatcher(self) -> Any:
         return self.__dict__.get("_event_dispatcher")
@@ -158,12 +161,12 @@ class RecordingConsumer(Consumer):
 
     def _flush_events_soon(self) -> None:
         # On the loop's thread: the timer is not thread-safe.
-        if not self.__dict__.get("_events_flush_due") and self.hub is not None:
-            self.__dict__["_events_flush_due"] = True
+        if not self._events_flush_due and self.hub is not None:
+            self._events_flush_due = True
             self.hub.call_later(EVENTS_FLUSH_S, self._flush_events_now)
 
     def _flush_events_now(self) -> None:
-        self.__dict__["_events_flush_due"] = False
+        self._events_flush_due = False
         self._flush_events()
 
     def shutdown(self) -> None:
