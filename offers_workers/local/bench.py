@@ -45,6 +45,13 @@ PATH_REQUESTS = {
     "card": {"stripe": 1, "sift": 1, "aws": 2},  # hold; score; EventBridge + SNS
     "bank_account": {"plaid": 2, "sift": 1, "aws": 2},  # balance, return risk; score; EventBridge + SNS
 }
+#: The same requests by stage (the steady phase shows where the lag is spent).
+STAGE_REQUESTS: dict[str, dict[str, dict[str, int]]] = {
+    "validation": {"card": {}, "bank_account": {}},
+    "payment": {"card": {"stripe": 1}, "bank_account": {"plaid": 1}},
+    "risk": {"card": {"sift": 1}, "bank_account": {"sift": 1, "plaid": 1}},
+    "auction": {"card": {"aws": 2}, "bank_account": {"aws": 2}},
+}
 #: The hops of the baseline chain: the queues the saga's five stages run on.
 CHAIN_QUEUES = ("offers.validation", "offers.payment", "offers.risk", "offers.auction", "offers.audit")
 #: The bench's workers also load its no-op chain tasks, which production workers never register.
@@ -107,6 +114,8 @@ class BenchResult:
     steady_rate: float | None = None
     steady_lag: Percentiles | None = None
     steady_overhead: Percentiles | None = None
+    #: Each stage's share of that lag, less the latency injected on it
+    steady_stages: dict[str, Percentiles] = field(default_factory=dict)
     draft: Percentiles | None = None
     draft_errors: int = 0
     draft_rps: float = 0.0
@@ -145,6 +154,7 @@ class BenchResult:
             "steady_rate_per_s": None if self.steady_rate is None else round(self.steady_rate, 1),
             "steady_lag": pc(self.steady_lag),
             "steady_lag_less_injected": pc(self.steady_overhead),
+            "steady_stage_less_injected": {k: pc(v) for k, v in self.steady_stages.items()},
             "validate_draft": pc(self.draft),
             "validate_draft_errors": self.draft_errors,
             "memory_mb": {k: list(v) for k, v in self.memory.items()},
@@ -181,6 +191,10 @@ def bench_offers(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]
 
 def path_latency_ms(method: str) -> float:
     return float(sum(LATENCY_MS[p] * n for p, n in PATH_REQUESTS[method].items()))
+
+
+def stage_latency_ms(stage: str, method: str) -> float:
+    return float(sum(LATENCY_MS[p] * n for p, n in STAGE_REQUESTS[stage][method].items()))
 
 
 class Bench:
@@ -295,6 +309,10 @@ class Bench:
         self.result.steady_rate = rate
         self.result.steady_lag = Percentiles.of([lag.lag_ms for lag in lags])
         self.result.steady_overhead = Percentiles.of([lag.lag_ms - path_latency_ms(lag.payment_method) for lag in lags])
+        self.result.steady_stages = {
+            stage: Percentiles.of([lag.stages_ms[stage] - stage_latency_ms(stage, lag.payment_method) for lag in lags])
+            for stage in STAGE_REQUESTS
+        }
 
     def drafts(self) -> None:
         """``validate_draft`` at a steady rate; the time until each answer can be read from the backend."""
@@ -507,6 +525,9 @@ def report(result: BenchResult, console: Console, title: str) -> None:
             "p95 ≤ 60 ms",
             _met(r.steady_overhead.p95 <= 60),
         )
+        if r.steady_stages:
+            shares = " · ".join(f"{stage} {p.p50:.0f}/{p.p95:.0f}" for stage, p in r.steady_stages.items())
+            table.add_row("", "  each stage's share, less its injected latency: p50/p95 ms", shares, "", "")
     if r.draft:
         table.add_row(
             "5",

@@ -373,21 +373,32 @@ def run_progress(conn: Connection, offer_id_prefix: str) -> RunProgress:
 
 @dataclass(frozen=True)
 class AuctionLag:
-    """One offer's intake → auction trigger, in milliseconds, and how it paid."""
+    """One offer's intake → auction trigger, in milliseconds, how it paid, and each stage's share
+    (``validation``: intake's commit to validated, ``payment``, ``risk``, ``auction``: from the
+    state before to the stage's own)."""
 
     payment_method: str
     lag_ms: float
+    stages_ms: dict[str, float]
+
+
+#: The stages between intake and the auction, in the saga's order.
+LAG_STAGES = ("validation", "payment", "risk", "auction")
 
 
 def auction_lags(conn: Connection, offer_id_prefix: str) -> list[AuctionLag]:
     """Each auction-triggered offer of a run (ids with one prefix)."""
     rows = conn.execute(
         "SELECT payment_method,"
-        " extract(epoch FROM auction_triggered_at - received_at)::float8 * 1000 AS lag_ms"
+        " extract(epoch FROM auction_triggered_at - received_at)::float8 * 1000 AS lag_ms,"
+        " extract(epoch FROM validated_at - received_at)::float8 * 1000 AS validation,"
+        " extract(epoch FROM payment_held_at - validated_at)::float8 * 1000 AS payment,"
+        " extract(epoch FROM risk_cleared_at - payment_held_at)::float8 * 1000 AS risk,"
+        " extract(epoch FROM auction_triggered_at - risk_cleared_at)::float8 * 1000 AS auction"
         " FROM offers WHERE offer_id LIKE %s AND auction_triggered_at IS NOT NULL",
         (_like_prefix(offer_id_prefix),),
     )
-    return [AuctionLag(r["payment_method"], r["lag_ms"]) for r in rows]
+    return [AuctionLag(r["payment_method"], r["lag_ms"], {stage: r[stage] for stage in LAG_STAGES}) for r in rows]
 
 
 # --- what /metrics adds for the alert rules ----------------------------------------------------------

@@ -52,6 +52,11 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
     assert figures["steady_lag"]["count"] >= 1
     # Latency was injected on every path: no offer can reach the auction faster than its partners.
     assert figures["steady_lag"]["p50_ms"] >= 480
+    # Each of its offers is split by stage, and no stage took less than the latency injected on it.
+    stages = figures["steady_stage_less_injected"]
+    assert list(stages) == ["validation", "payment", "risk", "auction"]
+    assert all(p["count"] == figures["steady_lag"]["count"] and p["p50_ms"] >= 0 for p in stages.values()), stages
+    assert figures["fleet_cpu_ms_per_offer"] > 0
     assert figures["validate_draft"]["count"] == 50 and figures["validate_draft_errors"] == 0
     assert figures["duplicate_holds"] == 0
     rss = figures["memory_mb"]
