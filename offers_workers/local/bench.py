@@ -40,17 +40,12 @@ from offers_workers.store import reports
 
 #: Per-request latency the realistic phases inject, by partner (ms).
 LATENCY_MS = {"stripe": 250, "sift": 150, "plaid": 200, "aws": 40}
-#: Partner requests on the way from intake to the auction, by payment method.
-PATH_REQUESTS = {
-    "card": {"stripe": 1, "sift": 1, "aws": 2},  # hold; score; EventBridge + SNS
-    "bank_account": {"plaid": 2, "sift": 1, "aws": 2},  # balance, return risk; score; EventBridge + SNS
-}
-#: The same requests by stage (the steady phase shows where the lag is spent).
+#: Partner requests on the way from intake to the auction, by stage and payment method.
 STAGE_REQUESTS: dict[str, dict[str, dict[str, int]]] = {
     "validation": {"card": {}, "bank_account": {}},
-    "payment": {"card": {"stripe": 1}, "bank_account": {"plaid": 1}},
-    "risk": {"card": {"sift": 1}, "bank_account": {"sift": 1, "plaid": 1}},
-    "auction": {"card": {"aws": 2}, "bank_account": {"aws": 2}},
+    "payment": {"card": {"stripe": 1}, "bank_account": {"plaid": 1}},  # hold; balance
+    "risk": {"card": {"sift": 1}, "bank_account": {"sift": 1, "plaid": 1}},  # score; return risk
+    "auction": {"card": {"aws": 2}, "bank_account": {"aws": 2}},  # EventBridge + SNS
 }
 #: The hops of the baseline chain: the queues the saga's five stages run on.
 CHAIN_QUEUES = ("offers.validation", "offers.payment", "offers.risk", "offers.auction", "offers.audit")
@@ -189,12 +184,12 @@ def bench_offers(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]
     return offers
 
 
-def path_latency_ms(method: str) -> float:
-    return float(sum(LATENCY_MS[p] * n for p, n in PATH_REQUESTS[method].items()))
-
-
 def stage_latency_ms(stage: str, method: str) -> float:
     return float(sum(LATENCY_MS[p] * n for p, n in STAGE_REQUESTS[stage][method].items()))
+
+
+def path_latency_ms(method: str) -> float:
+    return sum(stage_latency_ms(stage, method) for stage in STAGE_REQUESTS)
 
 
 class Bench:

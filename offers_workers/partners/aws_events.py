@@ -174,7 +174,7 @@ class EventPublisher:
             tracing.batched(entry.batch, "SNS", "PublishBatch", entry.put_ns, entry.notified_ns)
         if entry.error is not None:
             raise entry.error
-        return Published(event_id, entry.bus_event_id, entry.sns_message_id if sns_topic_arn else None)
+        return Published(event_id, entry.bus_event_id, entry.sns_message_id)
 
     def _send_until_finished(self, own: _Entry) -> None:
         """Make calls for the waiting entries, oldest first, until ``own`` is done; then hand the

@@ -18,12 +18,12 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 from offers_workers.domain.errors import PermanentError
 
-# --- typed results ------------------------------------------------------------------------------
-
-
 #: Connections a partner's client keeps open for reuse: at least worker_partners' 40 threads, so a
 #: call under load never opens (and closes) one of its own (the SDKs keep 10 unless told).
 KEPT_CONNECTIONS = 64
+
+
+# --- typed results ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
