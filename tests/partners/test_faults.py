@@ -80,6 +80,21 @@ def test_latency_below_timeout_and_zero_rate_pass(sandbox: Sandbox, settings: Se
     assert snapshot["fault"] == {"status": 503, "rate": 0.0, "latency_ms": 20} and snapshot["injected"] == 0
 
 
+@pytest.mark.parametrize("partner", SAGA_PARTNERS)
+def test_answer_time_leaves_out_the_injected_latency(sandbox: Sandbox, settings: Settings, partner: str) -> None:
+    attempt = call(partner, settings)
+    set_fault(sandbox, partner, latency_ms=300)  # also restarts the answer times
+    for _ in range(3):
+        attempt()
+    snapshot = get_faults(sandbox, partner)[partner]
+    answers = snapshot["answer_ms"]
+    # Every request timed (a Stripe hold or an AWS publish takes two), each well under the 300 ms slept.
+    assert answers["count"] == snapshot["requests"] >= 3, snapshot
+    assert 0 < answers["p50"] <= answers["p99"] < 150, answers
+    set_fault(sandbox, partner)
+    assert get_faults(sandbox, partner)[partner]["answer_ms"]["count"] == 0
+
+
 def test_faults_are_shared_through_settings_urls(sandbox: Sandbox, settings: Settings) -> None:
     set_fault(settings, "plaid", status=503)  # any process holding the settings sees the same faults
     assert get_faults(sandbox)["plaid"]["fault"]["status"] == 503

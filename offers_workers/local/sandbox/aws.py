@@ -9,6 +9,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -47,12 +48,23 @@ class FaultMiddleware:
         if path == FAULTS_PATH:
             status, payload = self.faults.control(environ["REQUEST_METHOD"], _read_body(environ))
             return _respond(start_response, status, json.dumps(payload).encode(), "application/json")
-        if not path.startswith("/moto-api"):
-            injected = self.faults.apply()
-            if injected is not None:
-                _read_body(environ)  # drain it, or the next request on this keep-alive connection is garbage
-                return self._error(environ, start_response, injected)
-        return self.app(environ, start_response)
+        if path.startswith("/moto-api"):
+            return self.app(environ, start_response)
+        injected = self.faults.apply()
+        resumed = time.perf_counter()  # the injected latency is not the sandbox's own time
+        if injected is not None:
+            _read_body(environ)  # drain it, or the next request on this keep-alive connection is garbage
+            answer = self._error(environ, start_response, injected)
+        else:
+            # Read whole here (moto builds its bodies in memory anyway), so the time covers the answer.
+            result = self.app(environ, start_response)
+            try:
+                answer = list(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        self.faults.answered(time.perf_counter() - resumed)
+        return answer
 
     @staticmethod
     def _error(environ: dict[str, Any], start_response: StartResponse, status: int) -> Iterable[bytes]:

@@ -3,6 +3,8 @@
 A fault is ``{"status": int | None, "rate": 0..1, "latency_ms": int}``. Every request to that partner
 first waits ``latency_ms``, then with probability ``rate`` is answered with ``status`` in the
 partner's own error shape. Control endpoint on each partner's port: ``GET|PUT|DELETE /__sandbox/faults``.
+Its snapshot also tells how long the sandbox itself took to answer (``answer_ms``, the injected
+latency left out): what a benchmark subtracts to see the caller's own share of a call.
 The Stripe sandbox also has a clock (``GET|POST /__sandbox/clock``), moved forward by ``advance_clock``.
 """
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,18 +64,29 @@ class FaultState:
         self._fault: Fault | None = None
         self._requests = 0
         self._injected = 0
+        # Seconds each recent answer took, less its injected latency (bounded: a sandbox runs for days).
+        self._answers: deque[float] = deque(maxlen=100_000)
 
     def set(self, fault: Fault | None) -> None:
-        """Replace the fault; setting one (not clearing) restarts the counters."""
+        """Replace the fault; setting one (not clearing) restarts the counters and the answer times."""
         with self._lock:
             self._fault = fault
             if fault is not None:
                 self._requests = self._injected = 0
+                self._answers.clear()
+
+    def answered(self, seconds: float) -> None:
+        """Record one request's own answer time: from reading it to the answer written, less the latency slept."""
+        with self._lock:
+            self._answers.append(seconds)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             fault = asdict(self._fault) if self._fault else None
-            return {"fault": fault, "requests": self._requests, "injected": self._injected}
+            answers = list(self._answers)
+            snap = {"fault": fault, "requests": self._requests, "injected": self._injected}
+        snap["answer_ms"] = answer_percentiles(answers)
+        return snap
 
     def apply(self) -> int | None:
         """Count the request, sleep the latency, and return the status to inject (None: serve it)."""
@@ -100,6 +115,21 @@ class FaultState:
         elif method != "GET":
             return 405, {"error": "use GET, PUT or DELETE"}
         return 200, self.snapshot()
+
+
+def answer_percentiles(seconds: list[float]) -> dict[str, float | int | None]:
+    """``{"count", "mean", "p50", "p95", "p99"}`` in ms (None without answers)."""
+    ms = sorted(s * 1000 for s in seconds)
+    if not ms:
+        return {"count": 0, "mean": None, "p50": None, "p95": None, "p99": None}
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [ms[0]] * 99
+    return {
+        "count": len(ms),
+        "mean": round(statistics.fmean(ms), 2),
+        "p50": round(statistics.median(ms), 2),
+        "p95": round(q[94], 2),
+        "p99": round(q[98], 2),
+    }
 
 
 # --- client helpers (any process) -------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -114,6 +115,7 @@ class PartnerHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _dispatch(self, method: str) -> None:
+        started = time.perf_counter()
         url = urlsplit(self.path)
         try:
             body = self._read_body()
@@ -128,17 +130,21 @@ class PartnerHandler(BaseHTTPRequestHandler):
             status, payload = self.sandbox_control(url.path, method, body)
             self.send_json(status, payload)
             return
-        injected = self.server.faults.apply()
+        faults = self.server.faults
+        before = time.perf_counter() - started
+        injected = faults.apply()
+        resumed = time.perf_counter()  # the injected latency is not the sandbox's own time
         if injected is not None:
             payload, headers = self.fault_response(injected)
             self.send_json(injected, payload, headers)
-            return
-        try:
-            self.handle_partner(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
-        except Exception:
-            log.exception("sandbox %s handler failed on %s %s", type(self).__name__, method, url.path)
-            payload, headers = self.fault_response(500)
-            self.send_json(500, payload, headers)
+        else:
+            try:
+                self.handle_partner(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
+            except Exception:
+                log.exception("sandbox %s handler failed on %s %s", type(self).__name__, method, url.path)
+                payload, headers = self.fault_response(500)
+                self.send_json(500, payload, headers)
+        faults.answered(before + time.perf_counter() - resumed)
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self.respond(status, json.dumps(payload).encode(), headers)
