@@ -18,6 +18,7 @@ Every bench offer is an accepted card (72 %) or bank (28 %) offer, so each takes
 
 from __future__ import annotations
 
+import re
 import secrets
 import statistics
 import threading
@@ -33,8 +34,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from offers_workers.domain.states import STAGE_BY_NAME
 from offers_workers.local.samples import bank, base_offer
-from offers_workers.local.sandbox.faults import clear_faults, set_fault
+from offers_workers.local.sandbox.faults import clear_faults, get_faults, set_fault
 from offers_workers.runtime import Runtime
 from offers_workers.store import reports
 
@@ -64,6 +66,8 @@ class BenchOptions:
     offers: int = 5000
     chains: int = 5000
     steady_seconds: float = 30.0
+    #: Offers per second in the steady phase; None: half of the rate with partner latency.
+    steady_rate: float | None = None
     draft_rps: float = 100.0
     draft_seconds: float = 10.0
     memory_offers: int = 20_000
@@ -111,6 +115,11 @@ class BenchResult:
     steady_overhead: Percentiles | None = None
     #: Each stage's share of that lag, less the latency injected on it
     steady_stages: dict[str, Percentiles] = field(default_factory=dict)
+    #: Where each stage's task spent that time, from Celery's task events: stage -> part -> percentiles
+    steady_task_times: dict[str, dict[str, Percentiles]] = field(default_factory=dict)
+    #: The sandbox's own answer per request in the steady phase, injected latency left out (ms):
+    #: partner -> {"count", "mean", "p50", "p95", "p99"}
+    steady_sandbox_answer_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
     draft: Percentiles | None = None
     draft_errors: int = 0
     draft_rps: float = 0.0
@@ -150,6 +159,10 @@ class BenchResult:
             "steady_lag": pc(self.steady_lag),
             "steady_lag_less_injected": pc(self.steady_overhead),
             "steady_stage_less_injected": {k: pc(v) for k, v in self.steady_stages.items()},
+            "steady_task_times": {
+                stage: {part: pc(p) for part, p in parts.items()} for stage, parts in self.steady_task_times.items()
+            },
+            "steady_sandbox_answer_ms": self.steady_sandbox_answer_ms,
             "validate_draft": pc(self.draft),
             "validate_draft_errors": self.draft_errors,
             "memory_mb": {k: list(v) for k, v in self.memory.items()},
@@ -182,6 +195,79 @@ def bench_offers(prefix: str, count: int, start: int = 0) -> list[dict[str, Any]
             offer["payment"] = bank("access-sandbox-buyer")
         offers.append(offer)
     return offers
+
+
+#: A stage task's time, from its task events: ``broker`` task-sent → task-received (the hop),
+#: ``pool`` task-received → task-started (waiting for a thread or a prefork child), ``run`` task-started →
+#: task-succeeded, less the latency injected on the stage (its body: loads, partner calls, the commit).
+TASK_PARTS = ("broker", "pool", "run")
+OFFER_IN_REPR = re.compile(r"'offer_id': '([^']+)'")
+
+
+class TaskTimes:
+    """Celery's task events while it is open: when each task of a saga stage was sent, received,
+    started and ended. The workers send them anyway (``OFFERS_TASK_EVENTS``); the bench only listens."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._stage_by_task = {stage.task: name for name, stage in STAGE_BY_NAME.items() if name in STAGE_REQUESTS}
+        self._events: dict[str, dict[str, float]] = {}  # task id -> {"stage": …, event type: timestamp}
+        self._stage_of: dict[str, str] = {}
+        self._offer_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._receiver: Any = None
+        self._thread = threading.Thread(target=self._listen, name="bench-task-events", daemon=True)
+
+    def __enter__(self) -> TaskTimes:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the bench could not listen to task events")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        with self.app.connection_for_read() as conn:
+            self._receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+            # consume() subscribes before its first turn: events from then on are heard.
+            for _ in self._receiver.consume(limit=None, timeout=None, wakeup=False, on_iteration=None):
+                self._ready.set()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind, task_id = event.get("type", ""), event.get("uuid")
+        if not task_id or kind not in ("task-sent", "task-received", "task-started", "task-succeeded"):
+            return
+        with self._lock:
+            if kind in ("task-sent", "task-received") and event.get("name") in self._stage_by_task:
+                self._stage_of[task_id] = self._stage_by_task[event["name"]]
+                # The fleet's events show the offer id among the arguments, nothing else (tasks/redaction.py).
+                if found := OFFER_IN_REPR.search(str(event.get("kwargs", ""))):
+                    self._offer_of[task_id] = found.group(1)
+            self._events.setdefault(task_id, {})[kind] = float(event["timestamp"])
+
+    def parts(self, method_of: dict[str, str]) -> dict[str, dict[str, Percentiles]]:
+        """Per stage, ``TASK_PARTS`` percentiles (ms) over the tasks heard whole of the offers in
+        ``method_of`` (offer id -> payment method: what tells the latency injected on the stage)."""
+        values: dict[str, dict[str, list[float]]] = {}
+        with self._lock:
+            for task_id, stage in self._stage_of.items():
+                t = self._events.get(task_id, {})
+                method = method_of.get(self._offer_of.get(task_id, ""))
+                if method is None or not {"task-sent", "task-received", "task-started", "task-succeeded"} <= set(t):
+                    continue
+                parts = values.setdefault(stage, {part: [] for part in TASK_PARTS})
+                parts["broker"].append((t["task-received"] - t["task-sent"]) * 1000)
+                parts["pool"].append((t["task-started"] - t["task-received"]) * 1000)
+                parts["run"].append((t["task-succeeded"] - t["task-started"]) * 1000 - stage_latency_ms(stage, method))
+        return {
+            stage: {part: Percentiles.of(found[part]) for part in TASK_PARTS}
+            for stage in STAGE_REQUESTS
+            if (found := values.get(stage))
+        }
 
 
 def stage_latency_ms(stage: str, method: str) -> float:
@@ -298,9 +384,17 @@ class Bench:
     def steady(self, rate: float) -> None:
         seconds = self.options.steady_seconds
         count = max(1, int(rate * seconds))
-        _, prefix = self.saga_phase("steady", count, pace_per_s=rate)
+        for partner, ms in LATENCY_MS.items():  # the same faults again: restarts the sandbox's answer times
+            set_fault(self.rt.settings, partner, status=None, latency_ms=ms)
+        with TaskTimes(self.app) as task_times:
+            _, prefix = self.saga_phase("steady", count, pace_per_s=rate)
+            time.sleep(0.5)  # the workers' last events go out in batches every 0.25 s
         with self.rt.db.transaction() as conn:
             lags = reports.auction_lags(conn, prefix)
+        self.result.steady_task_times = task_times.parts({lag.offer_id: lag.payment_method for lag in lags})
+        self.result.steady_sandbox_answer_ms = {
+            partner: snapshot["answer_ms"] for partner, snapshot in get_faults(self.rt.settings).items()
+        }
         self.result.steady_rate = rate
         self.result.steady_lag = Percentiles.of([lag.lag_ms for lag in lags])
         self.result.steady_overhead = Percentiles.of([lag.lag_ms - path_latency_ms(lag.payment_method) for lag in lags])
@@ -455,7 +549,7 @@ class Bench:
         try:
             r.realistic, _ = self.saga_phase("realistic", o.offers)
             if o.steady_seconds > 0:
-                self.steady(max(1.0, r.realistic.rate / 2))
+                self.steady(o.steady_rate or max(1.0, r.realistic.rate / 2))
         finally:
             clear_faults(urls)
         self.note_rss()
@@ -575,8 +669,49 @@ def report(result: BenchResult, console: Console, title: str) -> None:
             f"{sum(r.cpu_ms_per_offer.values()):.1f}",
         )
         console.print(cpu)
+    if r.steady_task_times:
+        console.print(steady_breakdown(r))
     for problem in r.problems:
         console.print(f"[red]- {problem}[/red]")
+
+
+def sandbox_share_ms(result: BenchResult, stage: str) -> float | None:
+    """The sandbox's mean own answer time on one run of ``stage`` (the card path's requests)."""
+    total = 0.0
+    for partner, n in STAGE_REQUESTS[stage]["card"].items():
+        mean = result.steady_sandbox_answer_ms.get(partner, {}).get("mean")
+        if mean is None:
+            return None
+        total += n * mean
+    return total
+
+
+def steady_breakdown(result: BenchResult) -> Table:
+    """Each stage's share of the steady lag beside where its task spent the time."""
+    table = Table(title="Steady load: each stage less its injected latency, p50 / p95 ms")
+    for col in ("stage", "stage's share", "broker hop", "pool wait", "task run", "of which the sandbox, mean"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage in STAGE_REQUESTS:
+        parts = result.steady_task_times.get(stage, {})
+        share = result.steady_stages.get(stage)
+        sandbox = sandbox_share_ms(result, stage)
+
+        def pair(p: Percentiles | None) -> str:
+            return "-" if p is None else f"{p.p50:.0f} / {p.p95:.0f}"
+
+        table.add_row(
+            stage,
+            pair(share),
+            *(pair(parts.get(part)) for part in TASK_PARTS),
+            "-" if sandbox is None else f"{sandbox:.1f}",
+        )
+    answers = " · ".join(
+        f"{partner} {a['p50']:.1f}/{a['p95']:.1f}"
+        for partner, a in result.steady_sandbox_answer_ms.items()
+        if a.get("count") and partner in LATENCY_MS
+    )
+    table.caption = f"the sandbox's own answer per request, p50/p95 ms: {answers}"
+    return table
 
 
 def _mb(value: float | None) -> str:

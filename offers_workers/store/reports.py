@@ -377,6 +377,7 @@ class AuctionLag:
     (``validation``: intake's commit to validated, ``payment``, ``risk``, ``auction``: from the
     state before to the stage's own)."""
 
+    offer_id: str
     payment_method: str
     lag_ms: float
     stages_ms: dict[str, float]
@@ -389,7 +390,7 @@ LAG_STAGES = ("validation", "payment", "risk", "auction")
 def auction_lags(conn: Connection, offer_id_prefix: str) -> list[AuctionLag]:
     """Each auction-triggered offer of a run (ids with one prefix)."""
     rows = conn.execute(
-        "SELECT payment_method,"
+        "SELECT offer_id, payment_method,"
         " extract(epoch FROM auction_triggered_at - received_at)::float8 * 1000 AS lag_ms,"
         " extract(epoch FROM validated_at - received_at)::float8 * 1000 AS validation,"
         " extract(epoch FROM payment_held_at - validated_at)::float8 * 1000 AS payment,"
@@ -398,7 +399,10 @@ def auction_lags(conn: Connection, offer_id_prefix: str) -> list[AuctionLag]:
         " FROM offers WHERE offer_id LIKE %s AND auction_triggered_at IS NOT NULL",
         (_like_prefix(offer_id_prefix),),
     )
-    return [AuctionLag(r["payment_method"], r["lag_ms"], {stage: r[stage] for stage in LAG_STAGES}) for r in rows]
+    return [
+        AuctionLag(r["offer_id"], r["payment_method"], r["lag_ms"], {stage: r[stage] for stage in LAG_STAGES})
+        for r in rows
+    ]
 
 
 # --- what /metrics adds for the alert rules ----------------------------------------------------------

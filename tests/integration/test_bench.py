@@ -56,6 +56,19 @@ def test_bench_smoke(stores: dict[str, str], scratch_database: str, tmp_path: An
     stages = figures["steady_stage_less_injected"]
     assert list(stages) == ["validation", "payment", "risk", "auction"]
     assert all(p["count"] == figures["steady_lag"]["count"] and p["p50_ms"] >= 0 for p in stages.values()), stages
+    # Where each stage's task spent it, from the workers' task events: one task per steady offer and stage.
+    tasks = figures["steady_task_times"]
+    assert list(tasks) == ["validation", "payment", "risk", "auction"], tasks
+    for stage, parts in tasks.items():
+        assert list(parts) == ["broker", "pool", "run"]
+        assert all(p["count"] == figures["steady_lag"]["count"] for p in parts.values()), (stage, parts)
+        assert parts["broker"]["p50_ms"] >= 0 and parts["run"]["p50_ms"] >= 0, (stage, parts)
+    # The sandbox timed its own answers in the steady phase: Stripe or Plaid, Sift and both AWS calls per offer.
+    answers = figures["steady_sandbox_answer_ms"]
+    assert answers["aws"]["count"] == 2 * figures["steady_lag"]["count"], answers
+    assert answers["sift"]["count"] == figures["steady_lag"]["count"], answers
+    assert 0 < answers["aws"]["p50"] < 250, answers
+    assert "broker hop" in done.stderr
     assert figures["fleet_cpu_ms_per_offer"] > 0
     assert figures["validate_draft"]["count"] == 50 and figures["validate_draft_errors"] == 0
     assert figures["duplicate_holds"] == 0

@@ -148,6 +148,11 @@ def demo(count: int, timeout: int) -> None:
     help="Length of the steady-load phase (0: skip).",
 )
 @click.option(
+    "--steady-rate",
+    type=click.FloatRange(0, min_open=True),
+    help="Offers per second in the steady phase (default: half of the rate with partner latency).",
+)
+@click.option(
     "--draft-rps",
     default=100.0,
     show_default=True,
@@ -185,6 +190,7 @@ def bench(
     offers: int,
     chains: int | None,
     steady_seconds: float,
+    steady_rate: float | None,
     draft_rps: float,
     draft_seconds: float,
     memory_offers: int,
@@ -203,6 +209,7 @@ def bench(
         offers=offers,
         chains=chains or offers,
         steady_seconds=steady_seconds,
+        steady_rate=steady_rate,
         draft_rps=draft_rps,
         draft_seconds=draft_seconds,
         memory_offers=memory_offers,
