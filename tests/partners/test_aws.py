@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
+import pytest
 
 from config.settings import Settings
 from offers_workers.domain.errors import PermanentError
@@ -86,6 +87,21 @@ def test_event_reaches_eventbridge_and_sns(settings: Settings) -> None:
     assert json.loads(note["Message"])["event_id"] == event_id
     assert note["MessageAttributes"]["event_id"]["Value"] == event_id
     assert note["MessageAttributes"]["event_type"]["Value"] == "OfferSubmitted"
+
+
+def test_a_put_the_bus_refuses_notifies_no_subscriber(settings: Settings) -> None:
+    _, topic_queue = listening_queues(settings)
+    no_bus = settings.model_copy(update={"event_bus_name": f"no-such-bus-{uuid.uuid4().hex[:8]}"})
+    with pytest.raises(PermanentError) as refused:
+        EventPublisher(no_bus).publish(
+            event_id=str(uuid.uuid4()),
+            detail_type="OfferSubmitted",
+            detail={},
+            sns_topic_arn=settings.sns_submitted_topic_arn,
+        )
+    assert refused.value.partner == "aws"
+    # The topic is notified only after the bus took the event: its subscribers heard nothing.
+    assert receive(settings, topic_queue) == []
 
 
 def test_publish_without_topic_only_hits_the_bus(settings: Settings) -> None:
