@@ -211,7 +211,8 @@ class TaskTimes:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._stage_by_task = {stage.task: name for name, stage in STAGE_BY_NAME.items() if name in STAGE_REQUESTS}
-        self._events: dict[str, dict[str, float]] = {}  # task id -> {"stage": …, event type: timestamp}
+        # Every task's, stage or not: a hand-on's task-sent comes in its sender's next batch, often after its task-started.
+        self._events: dict[str, dict[str, float]] = {}  # task id -> {event type: timestamp}
         self._stage_of: dict[str, str] = {}
         self._offer_of: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -689,7 +690,7 @@ def sandbox_share_ms(result: BenchResult, stage: str) -> float | None:
 def steady_breakdown(result: BenchResult) -> Table:
     """Each stage's share of the steady lag beside where its task spent the time."""
     table = Table(title="Steady load: each stage less its injected latency, p50 / p95 ms")
-    for col in ("stage", "stage's share", "broker hop", "pool wait", "task run", "of which the sandbox, mean"):
+    for col in ("stage", "stage's share", "broker hop", "pool wait", "task run", "the sandbox's answers, mean (card)"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for stage in STAGE_REQUESTS:
         parts = result.steady_task_times.get(stage, {})
