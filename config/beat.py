@@ -8,6 +8,9 @@ from celery.schedules import crontab
 
 from config.settings import ConfigError, Settings
 
+#: How often old draft validations are deleted: an hour's rows at a time keeps each run short.
+DRAFT_TRIM_INTERVAL_S = 3600
+
 
 def _crontab(value: str, setting: str) -> crontab:
     minute, hour, day_of_month, month_of_year, day_of_week = value.split()
@@ -54,6 +57,12 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": "offers.reconcile_holds",
             "schedule": settings.reconcile_interval_seconds,
             "options": {"expires": settings.reconcile_interval_seconds},
+        },
+        "trim-draft-validations": {
+            "task": "offers.trim_draft_validations",
+            "schedule": DRAFT_TRIM_INTERVAL_S,
+            "kwargs": {"older_than_s": settings.draft_validations_kept.total_seconds()},
+            "options": {"expires": DRAFT_TRIM_INTERVAL_S},
         },
         "release-expiring-holds": {
             "task": "offers.release_expiring_holds",

@@ -33,6 +33,7 @@ ROUTES: dict[str, str] = {
     "offers.seal_audit": "offers.maintenance",
     "offers.export_audit": "offers.maintenance",
     "offers.synthetic_journey": "offers.maintenance",
+    "offers.trim_draft_validations": "offers.maintenance",
 }
 QUEUES = sorted(set(ROUTES.values()))
 

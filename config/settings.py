@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     audit_seal_max_lag_seconds: float = Field(default=60, gt=0)
     #: How often the beat cancels submitted offers past their maker's SLA window (policy sla_hours).
     sla_check_interval_seconds: float = Field(default=60, gt=0)
+    #: How long each checked draft's row (draft_validations, the funnel's first step in `stats`) is
+    #: kept; the beat deletes older ones every hour. ISO 8601 ("P35D") or seconds.
+    draft_validations_kept: timedelta = Field(default=timedelta(days=35), ge=timedelta(days=1))
 
     # High-value cancellation watch (`stats`, `health`).
     #: An offer of at least this amount (minor units) is high-value.

@@ -8,7 +8,7 @@ from typing import Any
 
 from offers_workers.ops import export_summary, synthetic
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import audit, cancellation, reconciliation, recovery
+from offers_workers.saga import audit, cancellation, drafts, reconciliation, recovery
 from offers_workers.saga.stages import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask
@@ -39,6 +39,14 @@ def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispat
 @app.task(name="offers.expire_offers", base=OffersTask, bind=True, stage="maintenance")
 def expire_offers(self: OffersTask) -> list[Dispatch]:
     return reported(cancellation.expire_overdue(get_runtime()), logging.INFO, "offers past their maker's SLA cancelled")
+
+
+@app.task(name="offers.trim_draft_validations", base=OffersTask, bind=True, stage="maintenance")
+def trim_draft_validations(self: OffersTask, older_than_s: float) -> int:
+    deleted = drafts.trim_validations(get_runtime(), older_than_s=older_than_s)
+    if deleted:
+        log.info("old draft validations deleted", extra={"rows": deleted})
+    return deleted
 
 
 @app.task(name="offers.reconcile_holds", base=OffersTask, bind=True, stage="maintenance")

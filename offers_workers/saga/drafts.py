@@ -38,6 +38,22 @@ def validate_draft(rt: Runtime, draft: object) -> dict[str, object]:
     return {"valid": not problems, "errors": [p.model_dump() for p in problems]}
 
 
+#: Rows deleted per statement: each is a short transaction, so the table's writers never wait long.
+TRIM_BATCH = 5000
+
+
+def trim_validations(rt: Runtime, older_than_s: float, *, batch: int = TRIM_BATCH) -> int:
+    """Delete the counts of drafts checked more than ``older_than_s`` ago, ``batch`` rows per
+    statement; how many went."""
+    deleted = 0
+    while True:
+        with rt.db.autocommit() as conn:
+            went = draft_validations.delete_older(conn, older_than_s, batch)
+        deleted += went
+        if went < batch:
+            return deleted
+
+
 def _count(rt: Runtime, draft: OfferPayload, *, valid: bool) -> None:
     """The funnel's first step: counted in Postgres (``stats``), then, committed, sent to the funnel."""
     try:

@@ -16,3 +16,12 @@ def record(conn: Connection, draft: OfferPayload, *, valid: bool) -> int:
         )
     )
     return int(row["id"])
+
+
+def delete_older(conn: Connection, older_than_s: float, limit: int) -> int:
+    """Delete up to ``limit`` rows checked more than ``older_than_s`` ago, oldest first; how many went."""
+    return conn.execute(
+        "DELETE FROM draft_validations WHERE id IN (SELECT id FROM draft_validations"
+        " WHERE validated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY validated_at LIMIT %s)",
+        (older_than_s, limit),
+    ).rowcount
