@@ -64,6 +64,9 @@ class PartnerHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: PartnerHTTPServer
+    #: When the request's own time (reading and answering it, less the injected latency) would have
+    #: started had there been no latency; None once its answer is timed.
+    _timed_from: float | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -130,21 +133,19 @@ class PartnerHandler(BaseHTTPRequestHandler):
             status, payload = self.sandbox_control(url.path, method, body)
             self.send_json(status, payload)
             return
-        faults = self.server.faults
         before = time.perf_counter() - started
-        injected = faults.apply()
-        resumed = time.perf_counter()  # the injected latency is not the sandbox's own time
+        injected = self.server.faults.apply()
+        self._timed_from = time.perf_counter() - before  # the injected latency is not the sandbox's own time
         if injected is not None:
             payload, headers = self.fault_response(injected)
             self.send_json(injected, payload, headers)
-        else:
-            try:
-                self.handle_partner(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
-            except Exception:
-                log.exception("sandbox %s handler failed on %s %s", type(self).__name__, method, url.path)
-                payload, headers = self.fault_response(500)
-                self.send_json(500, payload, headers)
-        faults.answered(before + time.perf_counter() - resumed)
+            return
+        try:
+            self.handle_partner(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
+        except Exception:
+            log.exception("sandbox %s handler failed on %s %s", type(self).__name__, method, url.path)
+            payload, headers = self.fault_response(500)
+            self.send_json(500, payload, headers)
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self.respond(status, json.dumps(payload).encode(), headers)
@@ -166,6 +167,10 @@ class PartnerHandler(BaseHTTPRequestHandler):
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
+        if self._timed_from is not None:
+            # Timed before the answer leaves: a caller that reads the counts next finds it counted.
+            self.server.faults.answered(time.perf_counter() - self._timed_from)
+            self._timed_from = None
         try:
             self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         except OSError:  # the client gave up (timeout) or went away
