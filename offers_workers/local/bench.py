@@ -382,11 +382,15 @@ class Bench:
             self.result.problems.append(f"baseline: only {len(finished)} of {count} chains finished")
         return Throughput(len(finished), (max(finished) if finished else time.time()) - started)
 
+    def inject_latency(self) -> None:
+        """Every partner of the sandbox answers after ``LATENCY_MS`` (its counts and answer times start afresh)."""
+        for partner, ms in LATENCY_MS.items():
+            set_fault(self.rt.settings, partner, status=None, latency_ms=ms)
+
     def steady(self, rate: float) -> None:
         seconds = self.options.steady_seconds
         count = max(1, int(rate * seconds))
-        for partner, ms in LATENCY_MS.items():  # the same faults again: restarts the sandbox's answer times
-            set_fault(self.rt.settings, partner, status=None, latency_ms=ms)
+        self.inject_latency()  # the same faults again: restarts the sandbox's answer times
         with TaskTimes(self.app) as task_times:
             _, prefix = self.saga_phase("steady", count, pace_per_s=rate)
             time.sleep(0.5)  # the workers' last events go out in batches every 0.25 s
@@ -544,15 +548,13 @@ class Bench:
             k: round((between[k] - before.get(k, 0)) * 1000 / max(1, r.baseline.count), 2) for k in between
         }
         r.cpu_ms_per_offer = {k: round((after[k] - between.get(k, 0)) * 1000 / max(1, r.saga.count), 2) for k in after}
-        urls = self.rt.settings
-        for partner, ms in LATENCY_MS.items():
-            set_fault(urls, partner, status=None, latency_ms=ms)
+        self.inject_latency()
         try:
             r.realistic, _ = self.saga_phase("realistic", o.offers)
             if o.steady_seconds > 0:
                 self.steady(o.steady_rate or max(1.0, r.realistic.rate / 2))
         finally:
-            clear_faults(urls)
+            clear_faults(self.rt.settings)
         self.note_rss()
         if o.draft_seconds > 0:
             self.drafts()
