@@ -31,7 +31,6 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "recover-stuck-offers": {
             "task": "offers.recover",
             "schedule": settings.recovery_interval_seconds,
-            "kwargs": {"stuck_after_s": settings.recovery_after_seconds},
             # A sweep that waited longer than one interval is stale; the next one replaces it.
             "options": {"expires": settings.recovery_interval_seconds},
         },
@@ -61,13 +60,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "trim-draft-validations": {
             "task": "offers.trim_draft_validations",
             "schedule": DRAFT_TRIM_INTERVAL_S,
-            "kwargs": {"older_than_s": settings.draft_validations_kept.total_seconds()},
             "options": {"expires": DRAFT_TRIM_INTERVAL_S},
         },
         "release-expiring-holds": {
             "task": "offers.release_expiring_holds",
             "schedule": settings.hold_watch_interval_seconds,
-            "kwargs": {"older_than_s": settings.hold_release_after.total_seconds()},
             "options": {"expires": settings.hold_watch_interval_seconds},
         },
     }

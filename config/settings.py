@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from offers_workers.domain import authority
 from offers_workers.partners.table import PARTNERS
 
 PREFIX = "OFFERS_"
@@ -247,6 +248,18 @@ class Settings(BaseSettings):
     smtp_to: str = ""
     smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
 
+    # Who may send what (README "Trust boundary"): keys as ID=SECRET, comma-separated, the first signing.
+    #: The fleet's keys: its workers and beat sign every message that carries authority with the first.
+    message_keys: SecretStr | None = None
+    #: Ops' keys: the CLI signs with the first (a cancel as ops, a replay); the workers accept each.
+    ops_message_keys: SecretStr | None = None
+    #: Upstreams' keys (ID is NAME or NAME.VERSION); with upstream_signing, offers.submit and
+    #: offers.cancel must carry a MAC of one of them, and the offer records which upstream sent it.
+    upstream_keys: SecretStr | None = None
+    upstream_signing: bool = False
+    #: Off only in the sandbox (the bench's comparison): nothing is signed or checked.
+    message_auth: bool = True
+
     #: Port of `offers-workers metrics serve` (Prometheus /metrics).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
@@ -312,6 +325,36 @@ class Settings(BaseSettings):
                 if getattr(self, name) in (None, ""):
                     raise ValueError(f"{env_name(name)} is required (or set OFFERS_SANDBOX=1)")
         return self
+
+    @model_validator(mode="after")
+    def _message_keys(self) -> Settings:
+        if not self.message_auth and not self.sandbox:
+            raise ValueError(
+                "OFFERS_MESSAGE_AUTH=off is refused unless OFFERS_SANDBOX=1 (messages would not be checked)"
+            )
+        rings = self.keyrings  # parses each setting: a malformed one fails here, in one line
+        ids = [key_id for ring in rings for key_id, _ in ring.keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a key id is in two of OFFERS_MESSAGE_KEYS, OFFERS_OPS_MESSAGE_KEYS, OFFERS_UPSTREAM_KEYS")
+        if self.upstream_signing and not any(r.role == "upstream" and r.keys for r in rings) and not self.sandbox:
+            raise ValueError("OFFERS_UPSTREAM_SIGNING needs OFFERS_UPSTREAM_KEYS (one key per upstream)")
+        if not self.sandbox and self.message_auth and not any(r.keys for r in rings if r.role != "upstream"):
+            raise ValueError(
+                "OFFERS_MESSAGE_KEYS is required (OFFERS_OPS_MESSAGE_KEYS alone for an operator's CLI),"
+                " or set OFFERS_SANDBOX=1"
+            )
+        return self
+
+    @property
+    def keyrings(self) -> tuple[authority.Keyring, ...]:
+        """The keys of the fleet, ops and the upstreams, as set (the sandbox's own are added in tasks/)."""
+        rings = []
+        for name, role in (("message_keys", "fleet"), ("ops_message_keys", "ops"), ("upstream_keys", "upstream")):
+            try:
+                rings.append(authority.parse_keys(self.secret(name), env_name(name), role))  # type: ignore[arg-type]
+            except authority.KeyringError as exc:
+                raise ValueError(str(exc)) from None
+        return tuple(rings)
 
     @model_validator(mode="after")
     def _broker_scheme(self) -> Settings:

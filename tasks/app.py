@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery, signals
 
 from config.celery import celery_config
 from config.settings import AMQP_SCHEMES, ConfigError, get_settings
 from offers_workers import logs, tracing
+from offers_workers.domain.authority import HEADER
 from offers_workers.saga.decisions import Dispatch
-from tasks import task_events
+from tasks import authority, task_events
 from tasks.redaction import event_reprs
 
 TASK_MODULES = [
@@ -36,12 +39,22 @@ ANSWERED_TASKS = frozenset({"offers.validate_draft"})
 
 
 class OffersCelery(Celery):
-    #: Every task's events and inspection answers show its ids, never the offer (tasks/redaction.py).
-    task_cls = "tasks.redaction:RedactedTask"
+    #: Every message is checked before its task runs (tasks/authority.py); every task's events and
+    #: inspection answers show its ids, never the offer (tasks/redaction.py).
+    task_cls = "tasks.authority:AuthenticatedTask"
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any):
         # What task-sent events and the message headers carry: ids only, whoever reads them.
         options["argsrepr"], options["kwargsrepr"] = event_reprs(args, kwargs)
+        # Signed with this process's key (tasks/authority.py): the task id is chosen here to be covered.
+        task_id = options.setdefault("task_id", None) or str(uuid.uuid4())
+        options["task_id"] = task_id
+        signature = authority.sign(name, task_id, args, kwargs)
+        if signature is not None:
+            options["headers"] = {**(options.get("headers") or {}), HEADER: signature}
+        if (user := broker_user(self.conf.broker_url)) is not None:
+            # RabbitMQ refuses a user_id that is not the connection's own: the sender is on record.
+            options.setdefault("user_id", user)
         # Celery subscribes the sender to a result channel for every send_task unless told the
         # result is ignored: one extra Redis round trip per message, and a channel kept in the
         # subscriber's set until a result arrives, which for these tasks is never.
@@ -63,6 +76,14 @@ class OffersCelery(Celery):
             self.send_task(dispatch.task, kwargs=dispatch.kwargs)
 
 
+def broker_user(url: str | None) -> str | None:
+    """The user a RabbitMQ URL logs in as (the first of several), or None (Redis, or no user given)."""
+    if not url or not url.startswith(AMQP_SCHEMES):
+        return None
+    user = urlsplit(url.split(";", 1)[0].strip()).username
+    return unquote(user) if user else None
+
+
 def create_app() -> Celery:
     try:
         config = celery_config(get_settings())
@@ -81,6 +102,17 @@ def create_app() -> Celery:
 def _json_logs(**_: object) -> None:
     # Connecting here stops Celery from installing its own text handlers.
     logs.setup()
+
+
+@signals.beat_init.connect
+@signals.worker_init.connect
+def _fleet_key_or_stop(**_: object) -> None:
+    # A worker or beat without the fleet's key would send hand-ons every worker refuses: stop at start-up.
+    try:
+        authority.worker_key_or_exit()
+    except ConfigError as exc:
+        print(f"offers-workers: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @signals.worker_init.connect

@@ -20,7 +20,7 @@ from offers_workers.saga import deadletter, decisions
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import offers
 from tasks import deliveries, failpoints
-from tasks.redaction import RedactedTask
+from tasks.authority import AuthenticatedTask
 
 log = logging.getLogger("offers_workers.tasks")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("offers_workers.tasks")
 STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
-class OffersTask(RedactedTask):
+class OffersTask(AuthenticatedTask):
     """A saga step. ``stage`` names its dead-letter queue and retry policy.
 
     The task body returns the messages to send next; they are sent here, after the body's
@@ -47,13 +47,15 @@ class OffersTask(RedactedTask):
             raise TypeError(f"task {cls.__name__}: stage {cls.stage!r} is not in offers_workers.saga.deadletter.STAGES")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rt = get_runtime()
+        if self.refused(rt.settings):  # checked before anything else: a refused message is recorded, never run
+            return None
         context = {"task_id": self.request.id, "stage": self.stage, "attempt": self.request.retries + 1}
         if "offer_id" in kwargs:
             context["offer_id"] = kwargs["offer_id"]
         token = logs.task_context.set(context)
         # The Celery instrumentation's span for this run (when tracing is on): the offer's ids, no payload.
         tracing.annotate(id=context.get("offer_id"), stage=self.stage, attempt=context["attempt"])
-        rt = get_runtime()
         # Counted before the task runs, so a run that kills its worker counts too.
         delivery = None if self.request.called_directly else deliveries.start(rt, self.request)
         poisoned = delivery is not None and delivery.poisoned(rt.settings.poison_deliveries)

@@ -23,16 +23,22 @@ def reported(dispatches: list[Dispatch], level: int, message: str, key: str = "m
     return dispatches
 
 
+# Thresholds come from the settings, never from the message: even a signed one cannot widen a job
+# (a beat of an earlier release still sends them as arguments, which are ignored).
+
+
 @app.task(name="offers.recover", base=OffersTask, bind=True, stage="maintenance")
-def recover(self: OffersTask, stuck_after_s: float) -> list[Dispatch]:
+def recover(self: OffersTask, **_ignored: Any) -> list[Dispatch]:
+    rt = get_runtime()
     return reported(
-        recovery.sweep(get_runtime(), stuck_after_s=stuck_after_s), logging.WARNING, "recovery re-sent work"
+        recovery.sweep(rt, stuck_after_s=rt.settings.recovery_after_seconds), logging.WARNING, "recovery re-sent work"
     )
 
 
 @app.task(name="offers.release_expiring_holds", base=OffersTask, bind=True, stage="maintenance")
-def release_expiring_holds(self: OffersTask, older_than_s: float) -> list[Dispatch]:
-    dispatches = recovery.expiring_holds(get_runtime(), older_than_s=older_than_s)
+def release_expiring_holds(self: OffersTask, **_ignored: Any) -> list[Dispatch]:
+    rt = get_runtime()
+    dispatches = recovery.expiring_holds(rt, older_than_s=rt.settings.hold_release_after.total_seconds())
     return reported(dispatches, logging.WARNING, "releasing holds before their authorization lapses", key="holds")
 
 
@@ -42,8 +48,9 @@ def expire_offers(self: OffersTask) -> list[Dispatch]:
 
 
 @app.task(name="offers.trim_draft_validations", base=OffersTask, bind=True, stage="maintenance")
-def trim_draft_validations(self: OffersTask, older_than_s: float) -> int:
-    deleted = drafts.trim_validations(get_runtime(), older_than_s=older_than_s)
+def trim_draft_validations(self: OffersTask, **_ignored: Any) -> int:
+    rt = get_runtime()
+    deleted = drafts.trim_validations(rt, older_than_s=rt.settings.draft_validations_kept.total_seconds())
     if deleted:
         log.info("old draft validations deleted", extra={"rows": deleted})
     return deleted

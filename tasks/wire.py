@@ -21,6 +21,8 @@ from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
+from offers_workers.domain.authority import HEADER
+from tasks import authority
 from tasks.task_events import EVENTS_FLUSH_S
 
 log = logging.getLogger("offers_workers.wire")
@@ -81,12 +83,15 @@ def record_envelope(queue: str, problem: str, raw: str, raw_size: int) -> bytes:
         "raw": raw[:RAW_HANDED_ON],
         "raw_size": raw_size,
     }
+    headers = {"task": RECORD_TASK, "id": message_id}
+    if (signature := authority.sign(RECORD_TASK, message_id, [], kwargs)) is not None:
+        headers[HEADER] = signature  # the record task runs only for the fleet (tasks/authority.py)
     return json.dumps(
         {
             "body": json.dumps([[], kwargs, {}]),
             "content-type": "application/json",
             "content-encoding": "utf-8",
-            "headers": {"task": RECORD_TASK, "id": message_id},
+            "headers": headers,
             "properties": {"delivery_tag": message_id, "delivery_info": {"exchange": "", "routing_key": queue}},
         }
     ).encode()

@@ -43,6 +43,20 @@ def funnel_unsent_key(prefix: str) -> str:
     return f"{prefix}metrics:funnel_unsent"
 
 
+def unauthenticated_key(prefix: str) -> str:
+    return f"{prefix}metrics:unauthenticated_messages"
+
+
+def count_unauthenticated(rt: Runtime, task: str, why: str) -> None:
+    """A message refused for want of a valid MAC, by task and kind of refusal (best effort)."""
+    try:
+        if rt.redis is not None:
+            # Only registered task names get here (the unknown ones are refused earlier): the label stays small.
+            rt.redis.hincrby(unauthenticated_key(rt.settings.redis_key_prefix), f"{task}|{why}", 1)
+    except Exception:
+        log.warning("unauthenticated message not counted", exc_info=True)
+
+
 def count_funnel_unsent(rt: Runtime, cause: str, events: int) -> None:
     """Funnel events Segment did not get, by cause, counted fleet-wide (the metrics process reads them)."""
     if rt.redis is not None:
@@ -86,6 +100,7 @@ class OffersCollector:
         yield self._partner_errors()
         yield self._sns_failures()
         yield self._funnel_unsent()
+        yield self._unauthenticated()
         yield by_label(
             "offers_hold_findings_open",
             "Holds reconciliation with Stripe flagged for an operator, by kind",
@@ -260,6 +275,20 @@ class OffersCollector:
         for cause, n in counts.items():
             unsent.add_metric([cause.decode()], int(n))
         return unsent
+
+    def _unauthenticated(self) -> Metric:
+        refused = CounterMetricFamily(
+            "offers_unauthenticated_messages",
+            "Messages refused for want of a valid MAC (never acted upon; recorded as intake rejections), by task and why",
+            labels=["task", "why"],
+        )
+        counts: dict[Any, Any] = (
+            self.rt.redis.hgetall(unauthenticated_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
+        )
+        for field, n in counts.items():
+            task, _, why = field.decode().partition("|")
+            refused.add_metric([task, why], int(n))
+        return refused
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -14,6 +14,7 @@ from typing import Any
 
 from offers_workers import tracing
 from offers_workers.domain import states
+from offers_workers.domain.authority import UNAUTHENTICATED
 from offers_workers.domain.payload import (
     OFFER_ID,
     RAW_BODY_KEEP_BYTES,
@@ -29,7 +30,7 @@ from offers_workers.saga import cancellation, decisions, funnel
 from offers_workers.saga.stages import Dispatch, hand_on
 from offers_workers.store import audit_trail, intake_rejections, offers, policy
 
-__all__ = ["ACTOR", "OFFER_ID", "IntakeResult", "record_unreadable", "submit"]
+__all__ = ["ACTOR", "OFFER_ID", "IntakeResult", "record_unauthenticated", "record_unreadable", "submit"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,37 @@ def record_unreadable(
             task_id=task_id,
         )
     log.warning("unreadable message recorded", extra={"stage": "intake", "reason": problem, "queue": queue})
+    return rejection_id
+
+
+def record_unauthenticated(
+    rt: Runtime,
+    *,
+    queue: str,
+    task: str,
+    why: str,
+    sender: str | None,
+    arguments: dict[str, Any],
+    task_id: str | None,
+) -> int:
+    """Record a message refused for want of a valid MAC: which task it asked for, why it was refused,
+    and its arguments (truncated as any raw body). Nothing else happens to it."""
+    kept, size = _raw_text({"task": task, **arguments})
+    by = f"; signed by {sender}" if sender else ""
+    error = FieldError(field="", code=UNAUTHENTICATED, message=f"{task} on {queue}: {why}{by}"[:500])
+    with rt.db.transaction() as conn:
+        rejection_id = intake_rejections.record(
+            conn,
+            reason=UNAUTHENTICATED,
+            errors=[error],
+            raw_body=kept,
+            raw_size=size,
+            offer_id=None,
+            task_id=task_id,
+        )
+    log.warning(
+        "unauthenticated message recorded", extra={"stage": "intake", "reason": UNAUTHENTICATED, "queue": queue}
+    )
     return rejection_id
 
 

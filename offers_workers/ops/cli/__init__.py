@@ -90,6 +90,10 @@ class OperatorCLI(click.Group):
 @click.group(cls=OperatorCLI, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Operate the offer-submission worker fleet."""
+    from tasks import authority
+
+    # What an operator sends (a cancel as ops, a replay) is signed with the ops key (README "Trust boundary").
+    authority.sign_as("ops")
 
 
 for _command in (

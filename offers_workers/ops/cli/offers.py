@@ -86,9 +86,15 @@ def cancel(offer_id: str, reason: str, actor: str) -> None:
 
     if not OFFER_ID.fullmatch(offer_id):
         fail(f"{offer_id!r} is not an offer id (1-64 letters, digits, '_' or '-')", 2)
-    settings_or_exit()
+    settings = settings_or_exit()
+    from tasks import authority
     from tasks.app import app
 
+    if actor == "ops" and settings.message_auth and authority.signing_key("ops") is None:
+        fail(
+            "a cancel as ops is signed with the ops key: set OFFERS_OPS_MESSAGE_KEYS (or OFFERS_OPS_MESSAGE_KEYS_FILE)",
+            2,
+        )
     app.send_task("offers.cancel", kwargs={"offer_id": offer_id, "reason": reason, "actor": actor})
     click.echo(f"sent offers.cancel for {offer_id} ({reason}, by {actor}) to offers.intake")
 

@@ -1,0 +1,167 @@
+"""The trust boundary on the wire: every message the fleet or an operator sends is signed, and every
+message a worker runs is checked first (offers_workers/domain/authority.py says who may send what).
+
+A message refused here never reaches its task's code: it is recorded as an intake rejection with the
+code ``unauthenticated``, counted for ``/metrics`` and acknowledged. It is never retried, replayed or
+re-sent, since any of those would sign it with the fleet's key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError, Settings, get_settings
+from offers_workers.domain import authority
+from offers_workers.domain.authority import HEADER, Keyring, Role
+from tasks.redaction import RedactedTask
+
+log = logging.getLogger("offers_workers.authority")
+
+#: The sandbox's keys, made once per state directory, so `dev`, its workers and a second terminal's
+#: CLI share them without any setting (a deployment sets OFFERS_MESSAGE_KEYS and OFFERS_OPS_MESSAGE_KEYS).
+SANDBOX_KEYS_FILE = "message-keys.json"
+
+#: Whose key this process signs with (the CLI says ops); it falls back to the other it holds.
+_signing_role: Role = "fleet"
+
+
+def sign_as(role: Role) -> None:
+    """Sign this process's messages as ``role`` (the operator CLI calls it with ops)."""
+    global _signing_role
+    _signing_role = role
+
+
+def sandbox_keyrings(state_dir: Path) -> tuple[Keyring, ...]:
+    """The fleet's and ops' keys of a sandbox, from its state directory (made there, 0600, at first use)."""
+    path = state_dir / SANDBOX_KEYS_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        made = {"fleet": secrets.token_urlsafe(32), "ops": secrets.token_urlsafe(32)}
+        draft = state_dir / f".{SANDBOX_KEYS_FILE}.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(made, out)
+        # A link fails if another process made the file first: every process then reads the same keys.
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    keys = json.loads(path.read_text())
+    return (
+        Keyring("fleet", (("sandbox-fleet", keys["fleet"].encode()),)),
+        Keyring("ops", (("sandbox-ops", keys["ops"].encode()),)),
+    )
+
+
+#: The keyrings of the settings in use (by the settings object's id): parsed once, not per message.
+_parsed: dict[int, tuple[Settings, tuple[Keyring, ...]]] = {}
+
+
+def keyrings_for(settings: Settings) -> tuple[Keyring, ...]:
+    cached = _parsed.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    rings = settings.keyrings
+    if settings.sandbox and not any(r.keys for r in rings if r.role != "upstream"):
+        rings = (*sandbox_keyrings(settings.state_dir), *(r for r in rings if r.role == "upstream"))
+    _parsed[id(settings)] = (settings, rings)
+    return rings
+
+
+def keyrings() -> tuple[Keyring, ...]:
+    return keyrings_for(get_settings())
+
+
+def signing_key(role: Role) -> tuple[str, bytes] | None:
+    found = {r.role: r.signing for r in keyrings() if r.signing}
+    return found.get(role)
+
+
+def sign(name: str, task_id: str, args: Any, kwargs: Any) -> str | None:
+    """The ``offers_auth`` header for a message this process sends; None when it holds no key or
+    authentication is off (an upstream-like sender: its message must need no authority)."""
+    if not get_settings().message_auth or args:
+        return None
+    kwargs = kwargs or {}
+    if name == "offers.cancel" and kwargs.get("actor") == authority.OPS_ACTOR:
+        key = signing_key("ops")
+        if key is None:
+            raise ConfigError("a cancel as ops needs OFFERS_OPS_MESSAGE_KEYS (the ops key)")
+    else:
+        other: Role = "ops" if _signing_role == "fleet" else "fleet"
+        key = signing_key(_signing_role) or signing_key(other)
+    return authority.header(key, name, task_id, kwargs) if key else None
+
+
+def worker_key_or_exit() -> None:
+    """A worker or beat signs every hand-on: without the fleet's key it must not start."""
+    settings = get_settings()
+    if settings.message_auth and signing_key("fleet") is None:
+        raise ConfigError("invalid configuration: OFFERS_MESSAGE_KEYS is required to run a worker or the beat")
+
+
+def check(task: Any, settings: Settings) -> authority.Verdict:
+    """May the message ``task`` is running now run? (Called directly or eagerly: no message, yes.)"""
+    request = task.request
+    if request.called_directly or request.is_eager or not settings.message_auth:
+        return authority.Verdict(None)
+    return authority.check(
+        keyrings_for(settings),
+        task.name,
+        request.id,
+        request.args,
+        request.kwargs,
+        request.get(HEADER),
+        upstream_signing=settings.upstream_signing,
+    )
+
+
+def refuse(task: Any, verdict: authority.Verdict) -> None:
+    """Record and count a refused message; it is acknowledged and never acted upon."""
+    from offers_workers.ops.metrics import count_unauthenticated
+    from offers_workers.runtime import get_runtime
+    from offers_workers.saga import intake
+
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key") or "unknown"
+    why = verdict.refused or "refused"
+    rt = get_runtime()
+    count_unauthenticated(rt, task.name, authority.problem_kind(why))
+    log.error(
+        "refused an unauthenticated message",
+        extra={"task": task.name, "queue": queue, "reason": authority.UNAUTHENTICATED, "why": why},
+    )
+    try:
+        intake.record_unauthenticated(
+            rt,
+            queue=queue,
+            task=task.name,
+            why=why,
+            sender=str(verdict.sender) if verdict.sender else None,
+            arguments={"args": request.args, "kwargs": request.kwargs},
+            task_id=request.id if isinstance(request.id, str) else None,
+        )
+    except Exception:
+        # Never retried: a retry would go out signed with the fleet's key. The counter and the log have it.
+        log.exception("could not record a refused message", extra={"task": task.name, "queue": queue})
+
+
+class AuthenticatedTask(RedactedTask):
+    """The base of every task of the app (``OffersCelery.task_cls``): a message is checked before it runs."""
+
+    def refused(self, settings: Settings | None = None) -> bool:
+        verdict = check(self, settings or get_settings())
+        if verdict.refused is None:
+            return False
+        refuse(self, verdict)
+        return True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.refused():
+            return None
+        return super().__call__(*args, **kwargs)
