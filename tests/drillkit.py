@@ -251,7 +251,10 @@ def _running(
     name: str, env: dict[str, str], log_dir: Path, process_types: tuple[str, ...], label: str, scale: float
 ) -> Iterator[Drill]:
     settings = settings_for(env)
-    app = Celery(f"drill-{name}", set_as_current=False)
+    from tasks.app import OffersCelery  # not at import: the app reads the settings the fixtures set
+
+    # The fleet's own app class: what the test sends is signed as the fleet's processes sign (tasks/authority.py).
+    app = OffersCelery(f"drill-{name}", set_as_current=False)
     app.config_from_object(celery_config(settings))
     runtime = Runtime(settings)
     types = {t.name: t for t in read_procfile()}

@@ -225,10 +225,9 @@ def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:
     replies = fleet_on.app.control.cancel_consumer("offers.maintenance", reply=True, timeout=2.0)
     assert replies, "no worker answered"
     try:
-        # as the beat sends them: without their argument they would each end in the dead-letter queue
-        stuck_after_s = fleet_on.runtime.settings.recovery_after_seconds
+        # as the beat sends them: signed, with no argument (the threshold is the setting's)
         for _ in range(5):
-            fleet_on.app.send_task("offers.recover", kwargs={"stuck_after_s": stuck_after_s})
+            fleet_on.app.send_task("offers.recover")
         # Then `stats` counts them on this fleet's broker, and every other queue too
         found = json.loads(cli("stats", "--json", env=fleet_on.env).stdout)["queue_depths"]
         assert set(found) == set(QUEUES)

@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from celery import Celery
 
 from offers_workers.domain.states import HAPPY_PATH
 from offers_workers.local.fleet import Fleet, read_procfile
@@ -205,6 +204,8 @@ def test_the_password_is_never_sent_in_the_clear_nor_shown(scratch_database: str
 
 
 def test_the_nightly_task_mails_its_summary_from_a_worker(scratch_database: str, offers_env, smtp_server, tmp_path):
+    from tasks.app import OffersCelery  # not at import: the app reads the settings the fixtures set
+
     # Given a worker as the Procfile runs it, with SMTP configured, on a broker of its own
     port, mailbox = smtp_server
     write_trail(scratch_database, offers=20)
@@ -212,8 +213,8 @@ def test_the_nightly_task_mails_its_summary_from_a_worker(scratch_database: str,
     with redis_database(SERVER["redis"]) as broker, Fleet({}, tmp_path / "logs") as fleet:
         fleet.start(worker, env={**smtp_env(scratch_database, port), "OFFERS_BROKER_URL": broker})
 
-        # When the beat's message for the nightly export arrives
-        with Celery(broker=broker) as beat:
+        # When the beat's message for the nightly export arrives (signed with the fleet's key, as the beat signs it)
+        with OffersCelery(broker=broker) as beat:
             until = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
             beat.send_task(
                 "offers.export_audit", kwargs={"until": until}, queue="offers.maintenance", serializer="json"
