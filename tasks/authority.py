@@ -121,6 +121,11 @@ def check(task: Any, settings: Settings) -> authority.Verdict:
     )
 
 
+def sender_of(task: Any) -> str | None:
+    """Who signed the message the task runs (``fleet``, ``ops``, ``upstream:NAME``), None if nobody."""
+    return getattr(task.request, "sender", None)
+
+
 def refuse(task: Any, verdict: authority.Verdict) -> None:
     """Record and count a refused message; it is acknowledged and never acted upon."""
     from offers_workers.ops.metrics import count_unauthenticated
@@ -157,6 +162,8 @@ class AuthenticatedTask(RedactedTask):
     def refused(self, settings: Settings | None = None) -> bool:
         verdict = check(self, settings or get_settings())
         if verdict.refused is None:
+            # Who signed it, for a task that records its sender (an upstream's submit or cancel).
+            self.request.sender = str(verdict.sender) if verdict.sender else None
             return False
         refuse(self, verdict)
         return True

@@ -8,6 +8,7 @@ from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import cancellation
 from offers_workers.saga.stages import Dispatch
+from tasks import authority
 from tasks.app import app
 from tasks.base import OffersTask
 
@@ -18,7 +19,13 @@ def cancel(
 ) -> list[Dispatch]:
     # Bad arguments are recorded and refused, never a crash.
     result = cancellation.request_cancel(
-        get_runtime(), offer_id, reason, actor, task_id=self.request.id, unexpected=unexpected
+        get_runtime(),
+        offer_id,
+        reason,
+        actor,
+        task_id=self.request.id,
+        unexpected=unexpected,
+        sender=authority.sender_of(self),
     )
     # The reason only once checked: a refused cancel may carry anything.
     tracing.annotate(

@@ -9,6 +9,7 @@ from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import intake
 from offers_workers.saga.stages import Dispatch
+from tasks import authority
 from tasks.app import app
 from tasks.base import OffersTask
 
@@ -16,7 +17,9 @@ from tasks.base import OffersTask
 @app.task(name="offers.submit", base=OffersTask, bind=True, stage="intake")
 def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispatch]:
     # Missing or extra kwargs are a bad message, recorded like any other, not a crash.
-    result = intake.submit(get_runtime(), offer, task_id=self.request.id, unexpected=unexpected)
+    result = intake.submit(
+        get_runtime(), offer, task_id=self.request.id, unexpected=unexpected, sender=authority.sender_of(self)
+    )
     tracing.annotate(id=result.offer_id, outcome=result.outcome)
     if result.outcome == "throttled":
         # Soft launch: over the fleet-wide rate the offer waits on the broker, never rejected; the

@@ -45,8 +45,10 @@ def request_cancel(
     *,
     task_id: str | None = None,
     unexpected: dict[str, Any] | None = None,
+    sender: str | None = None,
 ) -> CancelResult:
-    """Handle one ``offers.cancel`` message: check its arguments, then cancel."""
+    """Handle one ``offers.cancel`` message: check its arguments, then cancel. ``sender``: who signed
+    the message (ops, an upstream), kept on the cancelled offer's audit row."""
     errors = decisions.cancel_request_errors(offer_id, reason, actor, unexpected or {})
     if errors:
         kept = decisions.kept_cancel_arguments(offer_id, reason, actor)
@@ -55,10 +57,12 @@ def request_cancel(
             cancel_requests.record(conn, asked, "invalid", errors)
         log.warning("cancel refused", extra={"offer_id": kept["offer_id"], "errors": [e.field for e in errors]})
         return CancelResult("invalid", kept["offer_id"], [])
-    return cancel(rt, offer_id, reason, actor, task_id=task_id)
+    return cancel(rt, offer_id, reason, actor, task_id=task_id, sender=sender)
 
 
-def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None) -> CancelResult:
+def cancel(
+    rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str | None = None, sender: str | None = None
+) -> CancelResult:
     asked = cancel_requests.Asked(offer_id, reason, actor, task_id)
     with rt.db.transaction() as conn:
         offers.lock_offer_id(conn, offer_id)
@@ -78,7 +82,7 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
                 extra={"offer_id": offer_id, "state": offer.state},
             )
             return CancelResult(outcome, offer_id, compensate_if_ended(conn, offer_id))
-        dispatches = _cancel_locked(conn, offer, reason, actor=actor)
+        dispatches = _cancel_locked(conn, offer, reason, actor=actor, sender=sender)
         cancel_requests.record(conn, asked, "cancelled")
     log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
     funnel.send(rt, funnel.cancelled(offer.payload, reason))
@@ -87,9 +91,14 @@ def cancel(rt: Runtime, offer_id: str, reason: str, actor: str, *, task_id: str 
     return CancelResult("cancelled", offer_id, [decisions.traced(d, trace_parent, "cancellation") for d in dispatches])
 
 
-def _cancel_locked(conn: psycopg.Connection, offer: offers.Offer, reason: str, *, actor: str) -> list[Dispatch]:
+def _cancel_locked(
+    conn: psycopg.Connection, offer: offers.Offer, reason: str, *, actor: str, sender: str | None = None
+) -> list[Dispatch]:
     """Move a locked, not yet ended offer to cancelled; its event and hold release follow."""
-    moved = offers.transition(conn, offer.offer_id, offer.state, states.CANCELLED, actor=actor, reason=reason)
+    signed_by = {"sender": sender} if sender else None
+    moved = offers.transition(
+        conn, offer.offer_id, offer.state, states.CANCELLED, actor=actor, reason=reason, data=signed_by
+    )
     assert moved, "the row is locked: its state cannot have changed"
     # A dead letter of a cancelled offer has nothing left to replay.
     dead_letters.discard_for_offer(conn, offer.offer_id, resolution="offer cancelled")

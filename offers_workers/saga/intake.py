@@ -66,10 +66,16 @@ def _raw_text(raw: Any) -> tuple[str, int]:
 
 
 def submit(
-    rt: Runtime, raw: Any, *, task_id: str | None = None, unexpected: dict[str, Any] | None = None
+    rt: Runtime,
+    raw: Any,
+    *,
+    task_id: str | None = None,
+    unexpected: dict[str, Any] | None = None,
+    sender: str | None = None,
 ) -> IntakeResult:
-    """Record one submitted message; returns what happened and the stage to send next."""
-    result = _record(rt, raw, task_id=task_id, unexpected=unexpected)
+    """Record one submitted message; returns what happened and the stage to send next. ``sender``:
+    who signed it (``upstream:NAME``), kept on the offer's first audit row."""
+    result = _record(rt, raw, task_id=task_id, unexpected=unexpected, sender=sender)
     if result.recorded is not None:  # committed: the funnel hears of it now
         funnel.send(rt, funnel.submitted(result.recorded))
         if result.outcome == "cancelled":
@@ -77,7 +83,9 @@ def submit(
     return result
 
 
-def _record(rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str, Any] | None) -> IntakeResult:
+def _record(
+    rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str, Any] | None, sender: str | None
+) -> IntakeResult:
     try:
         call_errors = decisions.submit_argument_errors(raw, unexpected or {})
         if call_errors:
@@ -96,7 +104,10 @@ def _record(rt: Runtime, raw: Any, *, task_id: str | None, unexpected: dict[str,
 
     with rt.db.transaction() as conn:
         offers.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
-        if offers.insert_offer(conn, offer, raw, actor=ACTOR, trace_parent=tracing.current_traceparent()):
+        signed_by = {"sender": sender} if sender else None
+        if offers.insert_offer(
+            conn, offer, raw, actor=ACTOR, trace_parent=tracing.current_traceparent(), data=signed_by
+        ):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
             tombstone = cancellation.apply_tombstone(conn, offer.offer_id)
             if tombstone is not None:

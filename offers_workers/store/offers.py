@@ -130,10 +130,17 @@ def lock_offer_id(conn: Connection, offer_id: str) -> None:
 
 
 def insert_offer(
-    conn: Connection, offer: OfferPayload, raw: dict[str, Any], *, actor: str, trace_parent: str | None = None
+    conn: Connection,
+    offer: OfferPayload,
+    raw: dict[str, Any],
+    *,
+    actor: str,
+    trace_parent: str | None = None,
+    data: dict[str, Any] | None = None,
 ) -> bool:
     """Record a new offer as ``received``; False when the offer_id exists already. ``trace_parent``:
-    the intake span's W3C traceparent, kept so a re-send or replay resumes the offer's trace."""
+    the intake span's W3C traceparent, kept so a re-send or replay resumes the offer's trace; ``data``
+    goes on its audit row (who signed the message, when an upstream did)."""
     # The row and its audit event in one statement (one round trip).
     row = conn.execute(
         """
@@ -144,7 +151,7 @@ def insert_offer(
             ON CONFLICT (offer_id) DO NOTHING
             RETURNING offer_id, state)
         INSERT INTO audit_events (offer_id, kind, to_state, actor, data)
-        SELECT offer_id, 'transition', state, %s, '{}'::jsonb FROM inserted
+        SELECT offer_id, 'transition', state, %s, %s FROM inserted
         RETURNING offer_id
         """,
         (
@@ -161,6 +168,7 @@ def insert_offer(
             states.RECEIVED,
             trace_parent,
             actor,
+            Jsonb(data or {}),
         ),
     ).fetchone()
     return row is not None
