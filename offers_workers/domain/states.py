@@ -43,6 +43,9 @@ REJECTION_REASONS = frozenset(
         "risk_blocked",
     }
 )
+#: Why a message became an intake rejection rather than an offer (``intake rejections --reason``);
+#: unauthenticated: a message whose task needs a sender it could not prove (README "Trust boundary").
+INTAKE_REJECTION_REASONS = ("invalid_payload", "submission_disabled", "duplicate_conflict", "unauthenticated")
 #: Reasons a cancel request (``offers.cancel``, ``offers-workers cancel``) may give.
 CANCEL_REASONS = ("buyer_withdrew", "maker_rejected", "ops")
 #: Who may send a cancel request.

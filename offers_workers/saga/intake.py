@@ -168,7 +168,7 @@ def record_unauthenticated(
     """Record a message refused for want of a valid MAC: which task it asked for, why it was refused,
     and its arguments (truncated as any raw body). Nothing else happens to it."""
     kept, size = _raw_text({"task": task, **arguments})
-    by = f"; signed by {sender}" if sender else ""
+    by = f"; signed by {sender}" if sender and sender not in why else ""
     error = FieldError(field="", code=UNAUTHENTICATED, message=f"{task} on {queue}: {why}{by}"[:500])
     with rt.db.transaction() as conn:
         rejection_id = intake_rejections.record(

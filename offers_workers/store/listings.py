@@ -190,12 +190,13 @@ OFFERS = Listing(
     descending=True,
 )
 
-#: `intake rejections`: newest first, received since a time (or ever).
+#: `intake rejections`: newest first, received since a time (or ever), of one reason (or any).
 INTAKE_REJECTIONS = Listing(
     "intake_rejections",
     sql.SQL(
         "SELECT id, received_at, task_id, offer_id, reason, errors, raw_size, raw_body FROM intake_rejections"
         " WHERE (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
+        " AND (%(reason)s::text IS NULL OR reason = %(reason)s)"
     ),
     key=(Key("id", int),),
     descending=True,

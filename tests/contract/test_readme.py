@@ -47,6 +47,8 @@ RUN_BY = {
     "raw-amqp": "test_a_producer_of_another_language",
     "raw-redis-envelope": "test_a_producer_of_another_language",
     "raw-redis-cli": "test_a_producer_of_another_language",
+    "upstream-signed-client": "test_upstream_signing.test_the_readmes_python_client_signs_and_its_offer_names_the_upstream",
+    "upstream-signed-node": "test_upstream_signing.test_the_readmes_node_producer_signs_and_its_offer_names_the_upstream",
     "broker-key-prefix-client": "test_the_upgrade_with_a_legacy_worker",
     "upgrade-legacy-worker": "test_the_upgrade_with_a_legacy_worker",
     "cli-reference": "test_every_cli_line_parses",

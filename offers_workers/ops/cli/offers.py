@@ -186,15 +186,22 @@ def intake() -> None:
 
 @intake.command("rejections", epilog=LISTING_HELP)
 @click.option("--since", help="ISO time or a duration back from now (1h, 7d).")
+@click.option(
+    "--reason",
+    type=click.Choice(states.INTAKE_REJECTION_REASONS),
+    help="Only this reason (unauthenticated: messages refused for want of a valid MAC).",
+)
 @listing_options
-def intake_rejections(since: str | None, limit: int | None, after: str | None, as_json: bool) -> None:
+def intake_rejections(
+    since: str | None, reason: str | None, limit: int | None, after: str | None, as_json: bool
+) -> None:
     """Intake rejections, newest first, with their field-level errors."""
     moment = parse_moment(since, option="--since") if since is not None else None
     rt = runtime_or_exit()
     show_listing(
         rt,
         listings.INTAKE_REJECTIONS,
-        {"since": moment},
+        {"since": moment, "reason": reason},
         limit=limit,
         after=after,
         as_json=as_json,
