@@ -27,6 +27,11 @@ log = logging.getLogger("offers_workers.authority")
 #: CLI share them without any setting (a deployment sets OFFERS_MESSAGE_KEYS and OFFERS_OPS_MESSAGE_KEYS).
 SANDBOX_KEYS_FILE = "message-keys.json"
 
+#: What a message may ask a worker to send after its task: nothing, for the fleet never asks.
+LINKS = ("callbacks", "errbacks", "chain", "chord")
+#: The bench's bare chain (tasks/bench.py, registered in bench fleets only) is a canvas chain.
+BENCH_TASKS = "offers.bench."
+
 #: Whose key this process signs with (the CLI says ops); it falls back to the other it holds.
 _signing_role: Role = "fleet"
 
@@ -110,6 +115,10 @@ def check(task: Any, settings: Settings) -> authority.Verdict:
     request = task.request
     if request.called_directly or request.is_eager or not settings.message_auth:
         return authority.Verdict(None)
+    if any(request.get(link) for link in LINKS) and not task.name.startswith(BENCH_TASKS):
+        # The MAC covers the arguments, not what a worker sends when the task is done: a link added to
+        # a captured message would go out signed with the fleet's key. The fleet hands on explicitly.
+        return authority.Verdict(None, "links (callbacks, errbacks, chain, chord) are not accepted")
     return authority.check(
         keyrings_for(settings),
         task.name,
@@ -166,6 +175,9 @@ class AuthenticatedTask(RedactedTask):
             self.request.sender = str(verdict.sender) if verdict.sender else None
             return False
         refuse(self, verdict)
+        # Celery sends a run's links when it returns, whatever it did: a refused message's must not go.
+        for link in LINKS:
+            setattr(self.request, link, None)
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -179,7 +179,7 @@ def check(
 
 
 def problem_kind(problem: str) -> str:
-    """A refusal's kind, for the counter's label: no_mac, unknown_key, bad_mac, not_allowed or malformed."""
+    """A refusal's kind, for the counter's label: no_mac, unknown_key, bad_mac, not_allowed, links or malformed."""
     if problem == "no MAC":
         return "no_mac"
     if problem.startswith("unknown key id"):
@@ -188,4 +188,6 @@ def problem_kind(problem: str) -> str:
         return "bad_mac"
     if "needs a MAC" in problem:
         return "not_allowed"
+    if problem.startswith("links"):
+        return "links"
     return "malformed"

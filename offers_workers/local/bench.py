@@ -361,7 +361,9 @@ class Bench:
         def send() -> None:
             for _ in range(count):
                 hops = [sig("offers.bench.hop", immutable=True, queue=q) for q in CHAIN_QUEUES[:-1]]
-                last = sig("offers.bench.finish", args=(run_key, time.time()), immutable=True, queue=CHAIN_QUEUES[-1])
+                # Keyword arguments: the fleet signs those (tasks/authority.py), and refuses what it cannot check.
+                sent = {"run_key": run_key, "sent_at": time.time()}
+                last = sig("offers.bench.finish", kwargs=sent, immutable=True, queue=CHAIN_QUEUES[-1])
                 chain(*hops, last).apply_async()
 
         sender = threading.Thread(target=send, name="bench-send-chains", daemon=True)

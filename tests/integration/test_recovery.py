@@ -8,11 +8,11 @@ import time
 import pytest
 
 from offers_workers.domain import states
-from offers_workers.local.fleet import Fleet, read_procfile
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import cancellation, intake, recovery, stages
 from offers_workers.store import outbox
 from tests.conftest import new_id, offer_rows, wait_until
+from tests.drillkit import drill
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -33,11 +33,11 @@ def test_offers_whose_messages_were_lost_are_completed_by_the_sweep(runtime, off
     assert stages.score_risk(runtime, rejected["offer_id"])  # dropped: no event published, hold not released
     ids = [lost_at_intake["offer_id"], lost_mid_saga["offer_id"], rejected["offer_id"]]
 
-    # When the single beat runs with a short sweep
-    beat = next(t for t in read_procfile() if t.name == "beat")
-    env = offers_env | {"OFFERS_RECOVERY_INTERVAL_SECONDS": "1", "OFFERS_RECOVERY_AFTER_SECONDS": "1"}
-    with Fleet(env, tmp_path) as fleet:
-        fleet.start(beat)
+    # When the beat and the workers run with a short sweep (a fleet of its own on this database: the
+    # threshold is the workers' setting, never the beat's message)
+    short = {"OFFERS_RECOVERY_INTERVAL_SECONDS": "1", "OFFERS_RECOVERY_AFTER_SECONDS": "1"}
+    with drill("sweep", offers_env, tmp_path, **short) as d:
+        fleet = d.fleet
 
         # Then the lost offers complete, and the rejected one has its event published and hold released
         def done() -> bool:
@@ -83,11 +83,10 @@ def test_holds_are_released_before_their_authorization_window_lapses(celery_app,
     intents = {r["payment_intent_id"] for r in rows().values()}
     assert {runtime.stripe.get_hold(pi).status for pi in intents} == {"requires_capture"}
 
-    # When the beat runs with an authorization window of two seconds
-    beat = next(t for t in read_procfile() if t.name == "beat")
-    env = offers_env | {"OFFERS_HOLD_RELEASE_AFTER": "2", "OFFERS_HOLD_WATCH_INTERVAL_SECONDS": "1"}
-    with Fleet(env, tmp_path) as fleet:
-        fleet.start(beat)
+    # When the beat and the workers run with an authorization window of two seconds (a fleet of its
+    # own on this database: the window is the workers' setting, never the beat's message)
+    window = {"OFFERS_HOLD_RELEASE_AFTER": "2", "OFFERS_HOLD_WATCH_INTERVAL_SECONDS": "1"}
+    with drill("window", offers_env, tmp_path, **window):
         # Then each hold is cancelled at Stripe and recorded as released for that reason
         wait_until(
             lambda: {r["hold_status"] for r in rows().values()} == {"released"},

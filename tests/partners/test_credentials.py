@@ -109,6 +109,7 @@ def production(endpoint_url: str) -> Settings:
         sns_submitted_topic_arn="arn:aws:sns:us-east-1:123456789012:offers-submitted",
         sns_cancelled_topic_arn="arn:aws:sns:us-east-1:123456789012:offers-cancelled",
         audit_bucket="offers-audit",
+        message_keys="fleet-1=" + "k" * 40,
         aws_endpoint_url=endpoint_url,
     )
 

@@ -56,6 +56,15 @@ def attacker(broker_url: str) -> Celery:
     return Celery("attacker", broker=broker_url, set_as_current=False)
 
 
+def fleet_mac(d: Drill, task: str, task_id: str, kwargs: dict[str, Any]) -> str:
+    """What the fleet's own MAC of a message is: the test stands in for a capture on the wire."""
+    key_id, secret = d.env["OFFERS_MESSAGE_KEYS"].split("=", 1)
+    text = "\n".join(
+        ("offers-auth-v1", task, task_id, json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    )
+    return f"{key_id}:{hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()}"
+
+
 def forge_mac(task: str, task_id: str, kwargs: dict[str, Any]) -> str:
     """A MAC as the README describes it, under the fleet's real key id, with a guessed secret."""
     text = "\n".join(
@@ -146,7 +155,22 @@ def test_an_attacker_with_a_broker_credential_moves_nothing(keyed_fleet: Drill) 
             task_id=task_id,
             headers={"offers_auth": forge_mac(name, task_id, kwargs)},
         )
-    sent = len(forged) + len(guessed)
+    # and a message the fleet really signed (the beat's sweep, captured on the broker: the test signs it
+    # with the fleet's key), sent again with a link that would have the worker send a hold release once
+    # the sweep is done
+    captured_id = str(uuid.uuid4())
+    upstream.send_task(
+        "offers.recover",
+        kwargs={},
+        queue="offers.maintenance",
+        serializer="json",
+        task_id=captured_id,
+        headers={"offers_auth": fleet_mac(d, "offers.recover", captured_id, {})},
+        link=upstream.signature(
+            "offers.release_hold", kwargs={"offer_id": ids[2]}, queue="offers.payment", immutable=True
+        ),
+    )
+    sent = len(forged) + len(guessed) + 1
 
     # Then each is recorded as unauthenticated, with the task it asked for and why
     rows = wait_until(
@@ -158,6 +182,7 @@ def test_an_attacker_with_a_broker_credential_moves_nothing(keyed_fleet: Drill) 
     messages = sorted(r["errors"][0]["message"] for r in rows)
     assert sum("no MAC" in m for m in messages) == len(forged), messages
     assert sum(f"does not verify with key {FLEET_KEY_ID}" in m for m in messages) == len(guessed), messages
+    assert sum("links (callbacks, errbacks, chain, chord) are not accepted" in m for m in messages) == 1, messages
     assert all(r["errors"][0]["code"] == "unauthenticated" for r in rows)
 
     # and counted on /metrics, by task and why
