@@ -184,6 +184,12 @@ def demo(count: int, timeout: int) -> None:
     "--timeout", default=900, show_default=True, type=click.IntRange(10), help="Seconds to wait for one phase to drain."
 )
 @click.option(
+    "--message-auth/--no-message-auth",
+    default=True,
+    show_default=True,
+    help="Sign and check messages (README, Trust boundary); off measures what that costs.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout; the table and progress go to stderr."
 )
 def bench(
@@ -196,6 +202,7 @@ def bench(
     memory_offers: int,
     warmup_offers: int,
     timeout: int,
+    message_auth: bool,
     as_json: bool,
 ) -> None:
     """Start the fleet and sandbox, measure the saga against a bare Celery chain, print one table."""
@@ -205,6 +212,8 @@ def bench(
 
     _stop_on_sigterm()
     os.environ.setdefault("OFFERS_SANDBOX", "1")  # the bench injects latency into the sandbox it starts
+    if not message_auth:
+        os.environ["OFFERS_MESSAGE_AUTH"] = "0"  # the fleet it starts inherits it (refused outside the sandbox)
     options = bench_run.BenchOptions(
         offers=offers,
         chains=chains or offers,
@@ -235,7 +244,8 @@ def bench(
             result = runner.run()
             # Piped to a file or CI log, the table keeps one line per row instead of wrapping at 80.
             out = human if human.is_terminal else Console(width=170, stderr=as_json)
-            bench_run.report(result, out, f"offers-workers bench {runner.run_id}")
+            title = f"offers-workers bench {runner.run_id}" + ("" if message_auth else ", message authentication off")
+            bench_run.report(result, out, title)
             if as_json:
                 print_json(result.as_dict())
     except KeyboardInterrupt:
