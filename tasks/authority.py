@@ -2,8 +2,9 @@
 message a worker runs is checked first (offers_workers/domain/authority.py says who may send what).
 
 A message refused here never reaches its task's code: it is recorded as an intake rejection with the
-code ``unauthenticated``, counted for ``/metrics`` and acknowledged. It is never retried, replayed or
-re-sent, since any of those would sign it with the fleet's key.
+code ``unauthenticated``, counted for ``/metrics`` and acknowledged (handed back to the broker as it
+came while Postgres cannot take the record). It is never retried, replayed or re-sent, since any of
+those would sign it with the fleet's key.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
+
+import psycopg
+import redis
+from celery.exceptions import Reject
 
 from config.settings import ConfigError, Settings, get_settings
 from offers_workers.domain import authority
@@ -31,6 +37,11 @@ SANDBOX_KEYS_FILE = "message-keys.json"
 LINKS = ("callbacks", "errbacks", "chain", "chord")
 #: The bench's bare chain (tasks/bench.py, registered in bench fleets only) is a canvas chain.
 BENCH_TASKS = "offers.bench."
+
+#: Our own stores briefly away (a Postgres restart, a serialization conflict, Redis failing over).
+STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
+#: How long a worker waits before handing such a message back, so it does not spin while Postgres is away.
+REQUEUE_PAUSE_S = 1.0
 
 #: Whose key this process signs with (the CLI says ops); it falls back to the other it holds.
 _signing_role: Role = "fleet"
@@ -145,7 +156,6 @@ def refuse(task: Any, verdict: authority.Verdict) -> None:
     queue = (request.delivery_info or {}).get("routing_key") or "unknown"
     why = verdict.refused or "refused"
     rt = get_runtime()
-    count_unauthenticated(rt, task.name, authority.problem_kind(why))
     log.error(
         "refused an unauthenticated message",
         extra={"task": task.name, "queue": queue, "reason": authority.UNAUTHENTICATED, "why": why},
@@ -160,9 +170,13 @@ def refuse(task: Any, verdict: authority.Verdict) -> None:
             arguments={"args": request.args, "kwargs": request.kwargs},
             task_id=request.id if isinstance(request.id, str) else None,
         )
-    except Exception:
-        # Never retried: a retry would go out signed with the fleet's key. The counter and the log have it.
-        log.exception("could not record a refused message", extra={"task": task.name, "queue": queue})
+    except STORE_ERRORS as exc:
+        # Back to the broker as it came, unsigned, for a worker to record once Postgres answers. Never
+        # retried: a retry would go out signed with the fleet's key. The pause keeps it from spinning.
+        log.warning("could not record a refused message yet", extra={"task": task.name, "queue": queue})
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(exc, requeue=True) from None
+    count_unauthenticated(rt, task.name, authority.problem_kind(why))
 
 
 class AuthenticatedTask(RedactedTask):
@@ -174,10 +188,10 @@ class AuthenticatedTask(RedactedTask):
             # Who signed it, for a task that records its sender (an upstream's submit or cancel).
             self.request.sender = str(verdict.sender) if verdict.sender else None
             return False
-        refuse(self, verdict)
         # Celery sends a run's links when it returns, whatever it did: a refused message's must not go.
         for link in LINKS:
             setattr(self.request, link, None)
+        refuse(self, verdict)
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

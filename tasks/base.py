@@ -7,8 +7,6 @@ import logging
 import traceback
 from typing import Any
 
-import psycopg
-import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from config.retry import STORE_OUTAGE, RetryPolicy
@@ -20,12 +18,9 @@ from offers_workers.saga import deadletter, decisions
 from offers_workers.saga.stages import Dispatch
 from offers_workers.store import offers
 from tasks import deliveries, failpoints
-from tasks.authority import AuthenticatedTask
+from tasks.authority import STORE_ERRORS, AuthenticatedTask
 
 log = logging.getLogger("offers_workers.tasks")
-
-#: Our own stores briefly away (a Postgres restart, a serialization conflict, Redis failing over).
-STORE_ERRORS = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
 class OffersTask(AuthenticatedTask):

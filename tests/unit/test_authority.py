@@ -178,3 +178,44 @@ def production_env(clean_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     }.items():
         clean_env.setenv(name, value)
     return clean_env
+
+
+def test_a_refusal_postgres_cannot_record_goes_back_to_the_broker_as_it_came(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import psycopg
+    from celery import Celery
+    from celery.exceptions import Reject
+
+    from config.settings import Settings
+    from offers_workers.ops import metrics
+    from offers_workers.saga import intake
+    from tasks import authority as wire
+    from tasks.authority import AuthenticatedTask
+
+    settings = Settings(sandbox=True, state_dir=tmp_path)
+    counted, ran = [], []
+
+    def postgres_away(*_: object, **__: object) -> None:
+        raise psycopg.OperationalError("the server closed the connection")
+
+    monkeypatch.setattr(intake, "record_unauthenticated", postgres_away)
+    monkeypatch.setattr(metrics, "count_unauthenticated", lambda *a: counted.append(a))
+    monkeypatch.setattr("offers_workers.runtime.get_runtime", lambda: None)
+    monkeypatch.setattr(wire, "REQUEUE_PAUSE_S", 0)
+    app = Celery("refusals", set_as_current=False)
+
+    @app.task(name="offers.release_hold", base=AuthenticatedTask, bind=True, shared=False)
+    def release_hold(self: AuthenticatedTask, offer_id: str) -> None:
+        ran.append(offer_id)
+
+    release_hold.push_request(id="m1", called_directly=False, args=[], kwargs={"offer_id": "off_1"}, callbacks=[{}])
+    try:
+        # An unsigned hold release, while Postgres cannot take its record
+        with pytest.raises(Reject) as rejected:
+            release_hold.refused(settings)
+        # goes back to the broker as it came (never re-sent, which would sign it), uncounted until recorded
+        assert rejected.value.requeue is True
+        assert (ran, counted, release_hold.request.callbacks) == ([], [], None)
+    finally:
+        release_hold.pop_request()
