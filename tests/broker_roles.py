@@ -36,7 +36,8 @@ def recipe(name: str) -> str:
 
 
 def password() -> str:
-    return secrets.token_urlsafe(24)
+    """A random password that begins with '-', as token_urlsafe's may: the recipes must take it."""
+    return "-" + secrets.token_urlsafe(24)
 
 
 def run_recipe(text: str, env: dict[str, str]) -> None:
