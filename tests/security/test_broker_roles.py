@@ -272,6 +272,8 @@ class TestRabbitMQ:
                 "offers", "offers.intake.offers.payment", *auction
             ),
             "amq.topic to offers.payment": lambda ch: ch.basic_publish("amq.topic", "offers.payment", *auction),
+            # …or to the workers' remote control, which no MAC covers
+            "celery.pidbox": lambda ch: ch.basic_publish("celery.pidbox", "", *holds),
             # …or by a queue or exchange of its own, bound where the fleet's messages go
             "declare a queue of its own": lambda ch: ch.queue_declare("offers.mine"),
             "bind offers.payment to offers by offers.intake": lambda ch: ch.queue_bind(
