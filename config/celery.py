@@ -38,7 +38,9 @@ ROUTES: dict[str, str] = {
 QUEUES = sorted(set(ROUTES.values()))
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(settings: Settings, *, declare: bool = True) -> dict[str, Any]:
+    """``declare``: whether this process declares the queues it sends to. The fleet does; a process
+    that only sends (the operator CLI) must not need a broker user that may declare, and so delete, them."""
     if not settings.broker_url:
         raise ConfigError("invalid configuration: OFFERS_BROKER_URL is required")
     time_limit = settings.task_time_limit_seconds
@@ -46,7 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        **(rabbitmq_options(settings) if settings.broker_is_rabbitmq else redis_options(settings)),
+        **(rabbitmq_options(settings, declare) if settings.broker_is_rabbitmq else redis_options(settings, declare)),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -99,7 +101,7 @@ BROKER_DELIVERY_LIMIT = 50
 EXCHANGE = Exchange("offers", type="topic", durable=True)
 
 
-def redis_options(settings: Settings) -> dict[str, Any]:
+def redis_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     visibility_timeout = broker_visibility_timeout(settings)
     return {
         # kombu's Redis transport, but an envelope it cannot read is recorded instead of stopping
@@ -113,11 +115,11 @@ def redis_options(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": max(1, visibility_timeout // 10),
             "unacked_restore_throttle": 1,
         },
-        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+        "task_queues": [Queue(q, routing_key=q, no_declare=not declare) for q in QUEUES],
     }
 
 
-def rabbitmq_options(settings: Settings) -> dict[str, Any]:
+def rabbitmq_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     """Durable quorum queues (replicated, survive a broker node), publisher confirms, heartbeats.
 
     A worker's unacked messages return to the queue the moment its connection closes: a killed
@@ -128,7 +130,15 @@ def rabbitmq_options(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"confirm_publish": True},
         "broker_heartbeat": settings.broker_heartbeat_seconds,
         "task_queues": [
-            Queue(q, EXCHANGE, routing_key=q, durable=True, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES
+            Queue(
+                q,
+                EXCHANGE,
+                routing_key=q,
+                durable=True,
+                queue_arguments={"x-queue-type": "quorum"},
+                no_declare=not declare,
+            )
+            for q in QUEUES
         ],
     }
 

@@ -86,7 +86,7 @@ def broker_user(url: str | None) -> str | None:
 
 def create_app() -> Celery:
     try:
-        config = celery_config(get_settings())
+        config = celery_config(get_settings(), declare=authority.declares_queues())
         tracing.check()
     except ConfigError as exc:
         # One line naming the setting, then stop: a worker must not start half-configured.

@@ -53,6 +53,13 @@ def sign_as(role: Role) -> None:
     _signing_role = role
 
 
+def declares_queues() -> bool:
+    """The fleet's workers and beat declare the queues they use; the operator CLI (signing as ops) only
+    sends to queues the workers declared, so ops' broker user needs no right to declare them, which
+    would also be the right to delete them (docs/operations.md, least privilege)."""
+    return _signing_role == "fleet"
+
+
 def sandbox_keyrings(state_dir: Path) -> tuple[Keyring, ...]:
     """The fleet's and ops' keys of a sandbox, from its state directory (made there, 0600, at first use)."""
     path = state_dir / SANDBOX_KEYS_FILE

@@ -328,6 +328,15 @@ class TestRabbitMQ:
             "offers to 1.0.offers.payment": lambda ch: ch.basic_publish(
                 "offers", "1.0.offers.payment", *celery_message("offers.release_hold", {"offer_id": "off_123"})
             ),
+            # the CLI declares nothing, so ops may not delete, redeclare or rebind what the workers declared
+            "delete offers.intake": lambda ch: ch.queue_delete("offers.intake"),
+            "delete the exchange offers": lambda ch: ch.exchange_delete("offers"),
+            "redeclare offers.payment": lambda ch: ch.queue_declare(
+                "offers.payment", durable=True, arguments={"x-queue-type": "quorum"}
+            ),
+            "bind offers.intake by offers.payment": lambda ch: ch.queue_bind(
+                "offers.intake", "offers", routing_key="offers.payment"
+            ),
         }
         refused = {what: amqp_refusal(url, attempt) for what, attempt in attempts.items()}
         assert all(r and r.startswith("403 ACCESS_REFUSED") for r in refused.values()), refused
@@ -458,6 +467,9 @@ class TestRedis:
             "HGETALL unacked": lambda: client.hgetall("unacked"),
             "GET a result": lambda: client.get("celery-task-meta-x"),
             "KEYS": lambda: client.keys("*"),
+            "SADD a binding": lambda: client.sadd(
+                "_kombu.binding.offers", "offers.payment\x06\x16\x06\x16offers.intake"
+            ),
             "FLUSHDB": lambda: client.flushdb(),
         }
         try:
