@@ -238,3 +238,26 @@ def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtim
     with runtime.db.transaction() as conn:
         assert dead_letters.entry(conn, entry_id)["status"] == "pending"
     assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0
+
+
+def test_a_send_to_a_virtual_host_no_worker_declared_fails_in_one_line(offers_env: dict[str, str]) -> None:
+    from tests.brokers import rabbitmq_unavailable, rabbitmq_vhost
+    from tests.conftest import RUN_ID
+
+    if reason := rabbitmq_unavailable():
+        pytest.skip(reason)
+    # The CLI declares nothing it sends to (ops' broker user may not): before any worker has declared
+    # the exchange, RabbitMQ refuses the send, and the operator is told so in one line
+    with rabbitmq_vhost(f"offers-test-{RUN_ID}-undeclared") as url:
+        done = cli(
+            "cancel",
+            "off_undeclared",
+            "--reason",
+            "ops",
+            env={"OFFERS_BROKER_URL": url, "OFFERS_REDIS_URL": offers_env["OFFERS_BROKER_URL"]},
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "offers-workers: RabbitMQ refused the send: NOT_FOUND - no exchange 'offers' in vhost"
+        f" 'offers-test-{RUN_ID}-undeclared'; start the workers once on this virtual host, then send again"
+    ]

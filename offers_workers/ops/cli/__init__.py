@@ -11,6 +11,7 @@ import logging
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import amqp.exceptions
 import click
 import kombu.exceptions
 import psycopg
@@ -85,6 +86,19 @@ class OperatorCLI(click.Group):
             fail(postgres_unreachable(exc), 1)
         except kombu.exceptions.OperationalError as exc:
             fail(broker_unreachable(exc), 1)
+        except amqp.exceptions.AMQPError as exc:
+            fail(broker_refused(exc), 1)
+
+
+def broker_refused(exc: amqp.exceptions.AMQPError) -> str:
+    """One line for what RabbitMQ refused a command: its own words, and what to do about the usual two."""
+    said = getattr(exc, "reply_text", "") or str(exc)
+    if isinstance(exc, amqp.exceptions.NotFound) and "exchange" in said:
+        # The CLI declares nothing (ops' broker user may not): the workers declare on start-up.
+        return f"RabbitMQ refused the send: {said}; start the workers once on this virtual host, then send again"
+    if isinstance(exc, amqp.exceptions.AccessRefused):
+        return f"RabbitMQ refused this broker user: {said} (operations guide, least privilege)"
+    return f"RabbitMQ refused the command: {said}"
 
 
 @click.group(cls=OperatorCLI, context_settings={"help_option_names": ["-h", "--help"]})
