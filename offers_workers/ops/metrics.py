@@ -240,55 +240,45 @@ class OffersCollector:
             used.fleet_by_process,
         )
 
-    def _partner_errors(self) -> Metric:
-        errors = CounterMetricFamily(
-            "offers_partner_errors", "Partner call failures seen by the fleet", labels=["partner", "code"]
-        )
-        counts: dict[Any, Any] = (
-            self.rt.redis.hgetall(partner_errors_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
-        )
+    def _counted(self, name: str, documentation: str, labels: list[str], key: str) -> Metric:
+        """A counter kept fleet-wide in a Redis hash: one field per label set, ``|``-joined."""
+        counter = CounterMetricFamily(name, documentation, labels=labels)
+        counts: dict[Any, Any] = self.rt.redis.hgetall(key) if self.rt.redis else {}
         for field, n in counts.items():
-            partner, _, code = field.decode().partition("|")
-            errors.add_metric([partner, code], int(n))
-        return errors
+            counter.add_metric(field.decode().split("|", len(labels) - 1), int(n))
+        return counter
+
+    def _partner_errors(self) -> Metric:
+        return self._counted(
+            "offers_partner_errors",
+            "Partner call failures seen by the fleet",
+            ["partner", "code"],
+            partner_errors_key(self.rt.settings.redis_key_prefix),
+        )
 
     def _sns_failures(self) -> Metric:
-        failures = CounterMetricFamily(
-            "offers_sns_publish_failures", "SNS publishes that failed, by topic", labels=["topic"]
+        return self._counted(
+            "offers_sns_publish_failures",
+            "SNS publishes that failed, by topic",
+            ["topic"],
+            sns_failures_key(self.rt.settings.redis_key_prefix),
         )
-        counts: dict[Any, Any] = (
-            self.rt.redis.hgetall(sns_failures_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
-        )
-        for topic, n in counts.items():
-            failures.add_metric([topic.decode()], int(n))
-        return failures
 
     def _funnel_unsent(self) -> Metric:
-        unsent = CounterMetricFamily(
+        return self._counted(
             "offers_funnel_unsent_events",
             "Product funnel events Segment did not get (queue full, send failed, left at shutdown), by cause",
-            labels=["cause"],
+            ["cause"],
+            funnel_unsent_key(self.rt.settings.redis_key_prefix),
         )
-        counts: dict[Any, Any] = (
-            self.rt.redis.hgetall(funnel_unsent_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
-        )
-        for cause, n in counts.items():
-            unsent.add_metric([cause.decode()], int(n))
-        return unsent
 
     def _unauthenticated(self) -> Metric:
-        refused = CounterMetricFamily(
+        return self._counted(
             "offers_unauthenticated_messages",
             "Messages refused for want of a valid MAC (never acted upon; recorded as intake rejections), by task and why",
-            labels=["task", "why"],
+            ["task", "why"],
+            unauthenticated_key(self.rt.settings.redis_key_prefix),
         )
-        counts: dict[Any, Any] = (
-            self.rt.redis.hgetall(unauthenticated_key(self.rt.settings.redis_key_prefix)) if self.rt.redis else {}
-        )
-        for field, n in counts.items():
-            task, _, why = field.decode().partition("|")
-            refused.add_metric([task, why], int(n))
-        return refused
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -68,6 +68,13 @@ def signed(secret: str, key_id: str, task: str, kwargs: dict[str, Any]) -> dict[
     return {"task_id": task_id, "headers": {"offers_auth": f"{key_id}:{mac}"}}
 
 
+def send_signed(client: Celery, task: str, kwargs: dict[str, Any], secret: str) -> None:
+    """Sent by the checkout upstream, its MAC made with ``secret``."""
+    client.send_task(
+        task, kwargs=kwargs, queue="offers.intake", serializer="json", **signed(secret, "checkout", task, kwargs)
+    )
+
+
 def test_the_readmes_python_client_signs_and_its_offer_names_the_upstream(signing_fleet: Drill, tmp_path) -> None:
     d = signing_fleet
     code = with_urls(SNIPPETS["upstream-signed-client"].text, broker=d.env["OFFERS_BROKER_URL"])
@@ -113,22 +120,8 @@ def test_unsigned_offers_and_an_upstream_claiming_ops_are_refused(signing_fleet:
     # An unsigned offer, one signed with a secret the fleet does not hold, and a good one
     unsigned, forged, good = (base_offer(f"{kind}-signing", n) for n, kind in enumerate(("unsigned", "forged", "good")))
     client.send_task("offers.submit", kwargs={"offer": unsigned}, queue="offers.intake", serializer="json")
-    forged_kwargs = {"offer": forged}
-    client.send_task(
-        "offers.submit",
-        kwargs=forged_kwargs,
-        queue="offers.intake",
-        serializer="json",
-        **signed(secrets.token_urlsafe(32), "checkout", "offers.submit", forged_kwargs),
-    )
-    good_kwargs = {"offer": good}
-    client.send_task(
-        "offers.submit",
-        kwargs=good_kwargs,
-        queue="offers.intake",
-        serializer="json",
-        **signed(CHECKOUT, "checkout", "offers.submit", good_kwargs),
-    )
+    send_signed(client, "offers.submit", {"offer": forged}, secrets.token_urlsafe(32))
+    send_signed(client, "offers.submit", {"offer": good}, CHECKOUT)
     ids = [good["offer_id"]]
     wait_until(
         lambda: (offer_rows(d.runtime, ids).get(ids[0]) or {}).get("state") == states.SUBMITTED,
@@ -139,13 +132,7 @@ def test_unsigned_offers_and_an_upstream_claiming_ops_are_refused(signing_fleet:
     as_ops = {"offer_id": ids[0], "reason": "ops", "actor": "ops"}
     as_buyer = {"offer_id": ids[0], "reason": "buyer_withdrew", "actor": "buyer"}
     for kwargs in (as_ops, as_buyer):
-        client.send_task(
-            "offers.cancel",
-            kwargs=kwargs,
-            queue="offers.intake",
-            serializer="json",
-            **signed(CHECKOUT, "checkout", "offers.cancel", kwargs),
-        )
+        send_signed(client, "offers.cancel", kwargs, CHECKOUT)
     wait_until(
         lambda: offer_rows(d.runtime, ids)[ids[0]]["state"] == states.CANCELLED, timeout=60, message="the cancel"
     )
