@@ -377,3 +377,39 @@ def test_health_reports_rows_left_unsealed_and_audit_seal_catches_up(scratch_dat
     health = cli("health", env=env)
     assert health.returncode == 0 and "all runbook thresholds met" in health.stdout, health.stdout
     assert cli("audit", "verify-chain", env=env).returncode == 0
+
+
+@pytest.mark.usefixtures("offers_env")
+def test_a_temporary_audit_events_table_does_not_steer_the_chain_trigger(scratch_database: str) -> None:
+    # An insider with the fleet's own login (here the split runtime role) shadows audit_events with a
+    # temporary table of its own: the chain trigger resolves names through the caller's search_path,
+    # where temporary tables come first
+    role = f"offers_insider_{RUN_ID}"
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
+        try:
+            migrated = cli("db", "migrate", env={"OFFERS_DATABASE_URL": scratch_database, "OFFERS_DB_APP_ROLE": role})
+            assert migrated.returncode == 0, migrated.stderr
+            audit_trail.record_audit(conn, "off_before", "transition", actor="test", to_state="received")
+            [(highest,)] = conn.execute("SELECT max(id) FROM audit_events").fetchall()
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+            conn.execute("CREATE TEMPORARY TABLE audit_events (id bigserial PRIMARY KEY, note text)")
+            conn.execute("SELECT setval(pg_get_serial_sequence('audit_events', 'id'), 1, false)")
+            # When it appends a row to the real trail
+            [(row_id,)] = conn.execute(
+                "INSERT INTO public.audit_events (offer_id, kind, actor, to_state)"
+                " VALUES ('off_shadow', 'transition', 'insider', 'cancelled') RETURNING id"
+            ).fetchall()
+            # Then the row's id still comes from the real trail's sequence, after every id before it,
+            # and the temporary table's sequence was never drawn from
+            assert row_id > highest
+            [(drawn,)] = conn.execute("SELECT is_called FROM pg_temp.audit_events_id_seq").fetchall()
+            assert drawn is False
+            conn.execute("DROP TABLE pg_temp.audit_events")
+            conn.execute("RESET ROLE")
+            # and the chain seals it in order and verifies
+            assert _seal_all(conn) == row_id
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
+            conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
