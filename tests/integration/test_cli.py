@@ -261,3 +261,31 @@ def test_a_send_to_a_virtual_host_no_worker_declared_fails_in_one_line(offers_en
         "offers-workers: RabbitMQ refused the send: NOT_FOUND - no exchange 'offers' in vhost"
         f" 'offers-test-{RUN_ID}-undeclared'; start the workers once on this virtual host, then send again"
     ]
+
+
+def test_metrics_serve_listens_on_loopback_only_by_default(offers_env: dict[str, str]) -> None:
+    import sys
+
+    import psutil
+
+    from offers_workers.local.embedded import free_port
+    from tests.conftest import project_root, wait_until
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "offers_workers.ops.cli", "metrics", "serve", "--port", str(port)],
+        cwd=project_root(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def listening() -> set[str]:
+            found = psutil.Process(server.pid).net_connections(kind="tcp")
+            return {c.laddr.ip for c in found if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+        # The endpoint has no authentication: only this host reaches it unless --host says otherwise
+        assert wait_until(listening, timeout=30, message="metrics serve listening") == {"127.0.0.1"}
+    finally:
+        server.terminate()
+        server.wait(10)

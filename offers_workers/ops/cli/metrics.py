@@ -13,7 +13,12 @@ def metrics() -> None:
 
 
 @metrics.command("serve")
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; loopback unless a scraper on another host needs it (then that host's address).",
+)
 @click.option("--port", type=int, help="Default: OFFERS_METRICS_PORT (9464).")
 def metrics_serve(host: str, port: int | None) -> None:
     """Serve /metrics until stopped (the Procfile's metrics: process)."""
