@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import uuid
@@ -47,8 +48,7 @@ class OffersCelery(Celery):
         # What task-sent events and the message headers carry: ids only, whoever reads them.
         options["argsrepr"], options["kwargsrepr"] = event_reprs(args, kwargs)
         # Signed with this process's key (tasks/authority.py): the task id is chosen here to be covered.
-        task_id = options.setdefault("task_id", None) or str(uuid.uuid4())
-        options["task_id"] = task_id
+        task_id = options["task_id"] = options.get("task_id") or str(uuid.uuid4())
         signature = authority.sign(name, task_id, args, kwargs)
         if signature is not None:
             options["headers"] = {**(options.get("headers") or {}), HEADER: signature}
@@ -76,6 +76,7 @@ class OffersCelery(Celery):
             self.send_task(dispatch.task, kwargs=dispatch.kwargs)
 
 
+@functools.cache  # read on every send: parsed once per URL
 def broker_user(url: str | None) -> str | None:
     """The user a RabbitMQ URL logs in as (the first of several), or None (Redis, or no user given)."""
     if not url or not url.startswith(AMQP_SCHEMES):
