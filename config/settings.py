@@ -95,6 +95,10 @@ class Settings(BaseSettings):
 
     # Stores. Unset database/broker means "start embedded ones" for dev, demo and tests.
     database_url: str | None = None
+    #: The schema owner's login, read by `db migrate` alone (the Procfile's release): it applies the
+    #: migrations and grants OFFERS_DATABASE_URL's role what the fleet needs, nothing more. Required
+    #: by `db migrate` outside the sandbox; the fleet itself never holds it.
+    database_owner_url: str | None = None
     broker_url: str | None = None
     redis_url: str | None = None
     #: Every Redis key the fleet keeps for itself (caches, flags, locks, rate limits, the beat, partner
@@ -155,6 +159,15 @@ class Settings(BaseSettings):
     #: Postgres role the fleet connects as, when it is not the owner: `db migrate` grants it
     #: INSERT and SELECT on the audit trail and revokes UPDATE, DELETE and TRUNCATE.
     db_app_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    #: How long each audit export, manifest and chain anchor stays under S3 Object Lock (compliance
+    #: mode: nobody, the AWS account's root included, deletes or overwrites it before then). PCI DSS
+    #: 10.7 asks for a year; shorter is refused outside the sandbox.
+    audit_retention_days: int = Field(default=400, ge=1, le=36500)
+    #: How often the beat writes the audit chain's sealed head to S3 (an anchor): rows sealed since
+    #: the last anchor are what an owner of the database could still rewrite unseen.
+    audit_anchor_interval_seconds: float = Field(default=60, gt=0, le=3600)
+    #: How often the beat checks Postgres's audit trail against the anchors in S3 (`audit verify`).
+    audit_verify_interval_seconds: float = Field(default=3600, gt=0)
 
     #: Connect and read timeouts (seconds) for every partner call.
     partner_connect_timeout: float = Field(default=2.0, gt=0, le=30)
@@ -324,6 +337,12 @@ class Settings(BaseSettings):
             for name in REQUIRED_OUTSIDE_SANDBOX:
                 if getattr(self, name) in (None, ""):
                     raise ValueError(f"{env_name(name)} is required (or set OFFERS_SANDBOX=1)")
+        return self
+
+    @model_validator(mode="after")
+    def _audit_retention(self) -> Settings:
+        if self.audit_retention_days < 365 and not self.sandbox:
+            raise ValueError("OFFERS_AUDIT_RETENTION_DAYS below 365 is refused unless OFFERS_SANDBOX=1 (PCI DSS 10.7)")
         return self
 
     @model_validator(mode="after")

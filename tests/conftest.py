@@ -26,6 +26,8 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
+from offers_workers.store import roles
+
 RUN_ID = secrets.token_hex(4)
 #: The Postgres server this run's database lives on (for tests that need a scratch database).
 SERVER: dict[str, str] = {}
@@ -147,6 +149,18 @@ def redis_database(server_url: str) -> Iterator[str]:
             client.close()
 
 
+#: The fleet's database role in this run (roles are the server's: one per run, dropped at its end).
+RUNTIME_ROLE = f"offers_rt_{RUN_ID}"
+
+
+def migrate_for_fleet(env: dict[str, str]) -> None:
+    """What `db migrate` does for this run's stores: migrate as the owner, grant the runtime role."""
+    from offers_workers.store import db
+
+    db.migrate(env["OFFERS_DATABASE_OWNER_URL"])
+    roles.grant_runtime_role(env["OFFERS_DATABASE_OWNER_URL"], roles.login_role(env["OFFERS_DATABASE_URL"]))
+
+
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """OFFERS_DATABASE_URL, OFFERS_BROKER_URL (a Redis database) and OFFERS_REDIS_KEY_PREFIX private to this run."""
@@ -168,13 +182,22 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         SERVER["url"] = server_url
         SERVER["redis"] = broker_url
         db_url, db_name = _create_database(server_url)
+        # Two logins, as a deployment has them: the fleet runs as a role of its own, which owns
+        # nothing; the server's login owns the schema and is what `db migrate` uses.
+        runtime_url = roles.provision_runtime_role(db_url, RUNTIME_ROLE)
         # Not the default prefix: the fleet's own keys must follow the setting, queues must not.
         prefix = f"offers-test-{RUN_ID}:"
         try:
             with redis_database(broker_url) as run_redis:
-                yield {"OFFERS_DATABASE_URL": db_url, "OFFERS_BROKER_URL": run_redis, "OFFERS_REDIS_KEY_PREFIX": prefix}
+                yield {
+                    "OFFERS_DATABASE_URL": runtime_url,
+                    "OFFERS_DATABASE_OWNER_URL": db_url,
+                    "OFFERS_BROKER_URL": run_redis,
+                    "OFFERS_REDIS_KEY_PREFIX": prefix,
+                }
         finally:
             _drop_database(server_url, db_name)
+            roles.drop_role(server_url, RUNTIME_ROLE)
     finally:
         for server in reversed(started):
             server.stop()
@@ -191,6 +214,20 @@ def scratch_database(stores: dict[str, str]) -> Iterator[str]:
         yield url
     finally:
         _drop_database(SERVER["url"], name)
+
+
+@pytest.fixture
+def scratch_runtime(scratch_database: str) -> Iterator[str]:
+    """The fleet's login to ``scratch_database``: a role of its own with the grants `db migrate` gives."""
+    role = f"offers_rt_{RUN_ID}_{secrets.token_hex(3)}"
+    url = roles.provision_runtime_role(scratch_database, role)
+    try:
+        roles.grant_runtime_role(scratch_database, role)
+        yield url
+    finally:
+        with psycopg.connect(scratch_database, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
+        roles.drop_role(SERVER["url"], role)
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +266,7 @@ def offers_env(
     os.environ.update(env)
     settings_module.get_settings.cache_clear()
     settings = settings_module.get_settings()
-    db.migrate(settings.database_url)
+    migrate_for_fleet(env)
     load_sample_policy(settings)
     ensure_aws_resources(settings)
     try:

@@ -19,6 +19,7 @@ from offers_workers.local.fleet import PROJECT_ROOT, Fleet, read_procfile
 from offers_workers.partners.table import PARTNER_NAMES
 from offers_workers.runtime import Runtime
 from offers_workers.store.policy import read_policy_file
+from offers_workers.store.roles import SANDBOX_RUNTIME_ROLE, provision_runtime_role
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class Stack:
             pg = EmbeddedPostgres(state_dir)
             self.env["OFFERS_DATABASE_URL"] = pg.start()
             self._cleanup.callback(pg.stop)
+        if self.base_settings.sandbox and not self.base_settings.database_owner_url:
+            # Two logins, as outside the sandbox: the one given owns the schema (the release's
+            # `db migrate`), the fleet runs as a role of its own that owns nothing.
+            owner_url = self.env.get("OFFERS_DATABASE_URL") or self.base_settings.database_url or ""
+            self.env["OFFERS_DATABASE_OWNER_URL"] = owner_url
+            self.env["OFFERS_DATABASE_URL"] = provision_runtime_role(owner_url, SANDBOX_RUNTIME_ROLE)
         if not self.base_settings.broker_url:
             rd = EmbeddedRedis(state_dir)
             self.env["OFFERS_BROKER_URL"] = rd.start()

@@ -11,7 +11,7 @@ from typing import Any
 from config.celery import QUEUES
 from offers_workers.ops import reports
 from offers_workers.runtime import APPLICATION_NAME_PREFIX, Runtime
-from offers_workers.store import audit_trail, connections, hold_findings
+from offers_workers.store import audit_trail, connections, hold_findings, roles
 from offers_workers.store import reports as store_reports
 
 #: The runbook's SLOs.
@@ -78,6 +78,14 @@ RUNBOOK: dict[str, tuple[str, list[str]]] = {
             "Is the single beat running (it seals every OFFERS_AUDIT_SEAL_INTERVAL_SECONDS) and a `worker` consuming `offers.maintenance`?",
             "A transaction left open holds sealing back: look in pg_stat_activity for `idle in transaction` sessions.",
             "`offers-workers audit seal` seals what is written now and says what it is waiting for.",
+        ],
+    ),
+    "audit_privileges": (
+        "The fleet's database login can rewrite the audit trail",
+        [
+            "The fleet must log in (OFFERS_DATABASE_URL) as a role that is no superuser and owns nothing; the owner's login (OFFERS_DATABASE_OWNER_URL) is for `db migrate` alone.",
+            "Run `offers-workers db migrate` with both set: it grants the fleet's role what it needs and revokes the rest.",
+            "Someone granted more by hand: `\\dp audit_*` in psql shows who may do what; then run `offers-workers audit verify`.",
         ],
     ),
     "high_value_cancellations": (
@@ -167,6 +175,8 @@ class Figures:
     db_connections: connections.ConnectionUsage | None = None
     #: The product funnel's steps and conversion (what Segment should have received).
     funnel: store_reports.Funnel | None = None
+    #: What the fleet's login could do to the audit trail beyond appending and reading it.
+    audit_privileges: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +207,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         seal = audit_trail.seal_lag(conn)
         db_connections = connections.usage(conn, APPLICATION_NAME_PREFIX)
         funnel = store_reports.funnel(conn, scope)
+        breached = [b.what for b in roles.breaches(conn)]
     return Figures(
         window_seconds=window.total_seconds(),
         offers_by_state=offers_by_state,
@@ -225,6 +236,7 @@ def figures(rt: Runtime, window: timedelta) -> Figures:
         ),
         db_connections=db_connections,
         funnel=funnel,
+        audit_privileges=breached,
     )
 
 
@@ -283,6 +295,13 @@ def checks(rt: Runtime, found: Figures) -> list[Check]:
             else "all sealed",
             f"none older than {rt.settings.audit_seal_max_lag_seconds:g} s",
             found.audit_seal.lag_seconds < rt.settings.audit_seal_max_lag_seconds,
+        ),
+        Check(
+            "audit_privileges",
+            "append and read" if not found.audit_privileges else f"{len(found.audit_privileges)} breach(es)",
+            "append and read only",
+            not found.audit_privileges,
+            found.audit_privileges,
         ),
         Check(
             "high_value_cancellations",

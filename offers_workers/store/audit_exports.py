@@ -25,39 +25,31 @@ def start(
     manifest_key: str,
     storage_class: str,
 ) -> dict[str, Any]:
-    """The job for this window, marked running (one more attempt), or as it is if already done."""
+    """The job for this window, marked running (one more attempt), or as it is if already done.
+
+    The book is written through the owner's functions (migration 0015), which refuse a window that
+    does not start after the last exported row or does not end at a sealed one.
+    """
     return one_row(
         conn.execute(
-            """
-        INSERT INTO audit_exports (until, first_row_id, last_row_id, object_key, manifest_key, storage_class, status)
-        VALUES (%s, %s, %s, %s, %s, %s, 'running')
-        ON CONFLICT (object_key) DO UPDATE SET status = CASE WHEN audit_exports.status = 'done' THEN 'done' ELSE 'running' END,
-            attempts = audit_exports.attempts + CASE WHEN audit_exports.status = 'done' THEN 0 ELSE 1 END,
-            error = NULL
-        RETURNING *
-        """,
+            "SELECT * FROM audit_export_start(%s, %s, %s, %s, %s, %s)",
             (until, first_row_id, last_row_id, object_key, manifest_key, storage_class),
         )
     )
 
 
 def mark_failed(conn: Connection, export_id: int, error: str) -> dict[str, Any]:
-    return one_row(
-        conn.execute(
-            "UPDATE audit_exports SET status = 'failed', error = %s, finished_at = clock_timestamp() WHERE id = %s RETURNING *",
-            (error, export_id),
-        )
-    )
+    return one_row(conn.execute("SELECT * FROM audit_export_failed(%s, %s)", (export_id, error)))
 
 
 def mark_done(conn: Connection, export_id: int, *, row_count: int, sha256: str) -> dict[str, Any]:
-    return one_row(
-        conn.execute(
-            "UPDATE audit_exports SET status = 'done', row_count = %s, sha256 = %s, finished_at = clock_timestamp(), error = NULL"
-            " WHERE id = %s RETURNING *",
-            (row_count, sha256, export_id),
-        )
-    )
+    """Done, if ``row_count`` is what the window holds (the database counts it again)."""
+    return one_row(conn.execute("SELECT * FROM audit_export_done(%s, %s, %s)", (export_id, row_count, sha256)))
+
+
+def done(conn: Connection) -> list[dict[str, Any]]:
+    """Every finished export, in row order (what `audit verify` checks against S3)."""
+    return conn.execute("SELECT * FROM audit_exports WHERE status = 'done' ORDER BY first_row_id").fetchall()
 
 
 def load(conn: Connection, export_id: int) -> dict[str, Any] | None:

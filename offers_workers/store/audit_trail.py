@@ -201,31 +201,15 @@ def seal_step(conn: Connection) -> SealStep | None:
     """Link the pending window if its writers have all finished, then take the next window; in the
     caller's transaction, which must commit. None: another sealer is at work.
 
-    Row lock, not advisory lock: it lives and dies with the transaction, so it holds behind a
+    The step is the database's ``audit_seal_step()`` (migration 0015), run as the schema's owner:
+    the fleet's role may not write the sealer's state or the hash columns itself. It takes a row
+    lock, not an advisory lock: that lives and dies with the transaction, so it holds behind a
     transaction pooler.
     """
-    head = conn.execute(
-        "SELECT sealed_through, pending_through,"
-        " pg_snapshot_xmin(pg_current_snapshot()) >= pending_xmax AS writers_done"
-        " FROM audit_seal FOR UPDATE SKIP LOCKED"
-    ).fetchone()
-    if head is None:
+    row = conn.execute("SELECT linked, sealed_through, waiting FROM audit_seal_step()").fetchone()
+    if row is None:
         return None
-    sealed_through, linked = head["sealed_through"], 0
-    if head["pending_through"] > sealed_through:
-        if not head["writers_done"]:
-            return SealStep(0, sealed_through, waiting=True)
-        linked = one_row(conn.execute("SELECT audit_seal_through(%s) AS n", (head["pending_through"],)))["n"]
-        sealed_through = head["pending_through"]
-    # Two statements, in this order: the snapshot of the second is taken after the last id handed
-    # out was read, so every writer of an id up to it is below that snapshot's xmax.
-    handed_out = last_handed_out(conn)
-    if handed_out > sealed_through:
-        conn.execute(
-            "UPDATE audit_seal SET pending_through = %s, pending_xmax = pg_snapshot_xmax(pg_current_snapshot())",
-            (handed_out,),
-        )
-    return SealStep(linked, sealed_through, waiting=handed_out > sealed_through)
+    return SealStep(row["linked"], row["sealed_through"], waiting=row["waiting"])
 
 
 def last_handed_out(conn: Connection) -> int:

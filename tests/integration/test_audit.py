@@ -28,7 +28,7 @@ from offers_workers.store import audit_trail
 from tests.conftest import RUN_ID, cli, wait_until
 
 
-def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:
+def test_the_database_refuses_to_change_or_remove_audit_rows(runtime, offers_env) -> None:
     with runtime.db.transaction() as conn:
         audit_trail.record_audit(conn, None, "test_row", actor="test")
     for statement in (
@@ -36,11 +36,13 @@ def test_the_database_refuses_to_change_or_remove_audit_rows(runtime) -> None:
         "DELETE FROM audit_events",
         "TRUNCATE audit_events",
     ):
-        with (
-            pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"),
-            runtime.db.transaction() as conn,
-        ):
-            conn.execute(statement)
+        # The fleet's login has no such privilege; the owner's meets the append-only triggers
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            with runtime.db.transaction() as conn:
+                conn.execute(statement)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            with psycopg.connect(offers_env["OFFERS_DATABASE_OWNER_URL"]) as conn:
+                conn.execute(statement)
 
 
 def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: str) -> None:
@@ -257,7 +259,15 @@ def test_the_fleets_role_may_append_to_the_audit_trail_but_never_change_it(scrat
         conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
         try:
             conn.execute(psycopg.sql.SQL("GRANT ALL ON audit_events TO {}").format(psycopg.sql.Identifier(role)))
-            migrated = cli("db", "migrate", env={"OFFERS_DATABASE_URL": scratch_database, "OFFERS_DB_APP_ROLE": role})
+            migrated = cli(
+                "db",
+                "migrate",
+                env={
+                    "OFFERS_DATABASE_URL": scratch_database,
+                    "OFFERS_DATABASE_OWNER_URL": scratch_database,
+                    "OFFERS_DB_APP_ROLE": role,
+                },
+            )
             assert migrated.returncode == 0, migrated.stderr
             privileges = {
                 p: conn.execute("SELECT has_table_privilege(%s, 'audit_events', %s)", (role, p)).fetchone()[0]
@@ -271,14 +281,14 @@ def test_the_fleets_role_may_append_to_the_audit_trail_but_never_change_it(scrat
             [(row_id,)] = conn.execute("SELECT id FROM audit_events WHERE offer_id = 'off_role'").fetchall()
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 conn.execute("UPDATE audit_events SET actor = 'someone else' WHERE id = %s", (row_id,))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 conn.execute(
                     "UPDATE audit_events SET prev_hash = %s, row_hash = %s WHERE id = %s", ("0" * 64, "f" * 64, row_id)
                 )
             _seal_all(conn)
             [(sealed_hash,)] = conn.execute("SELECT row_hash FROM audit_events WHERE id = %s", (row_id,)).fetchall()
             assert sealed_hash is not None
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 conn.execute("UPDATE audit_events SET row_hash = %s WHERE id = %s", ("f" * 64, row_id))
             conn.execute("RESET ROLE")
         finally:
@@ -353,8 +363,10 @@ def _seal_all_bounded(conn: psycopg.Connection, attempts: int) -> int:
 
 
 @pytest.mark.usefixtures("offers_env")
-def test_health_reports_rows_left_unsealed_and_audit_seal_catches_up(scratch_database: str) -> None:
-    env = {"OFFERS_DATABASE_URL": scratch_database, "OFFERS_AUDIT_SEAL_MAX_LAG_SECONDS": "30"}
+def test_health_reports_rows_left_unsealed_and_audit_seal_catches_up(
+    scratch_database: str, scratch_runtime: str
+) -> None:
+    env = {"OFFERS_DATABASE_URL": scratch_runtime, "OFFERS_AUDIT_SEAL_MAX_LAG_SECONDS": "30"}
     # Given rows written two minutes ago that no sealer has linked (no beat running)
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         for n in range(3):
@@ -388,7 +400,15 @@ def test_a_temporary_audit_events_table_does_not_steer_the_chain_trigger(scratch
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
         try:
-            migrated = cli("db", "migrate", env={"OFFERS_DATABASE_URL": scratch_database, "OFFERS_DB_APP_ROLE": role})
+            migrated = cli(
+                "db",
+                "migrate",
+                env={
+                    "OFFERS_DATABASE_URL": scratch_database,
+                    "OFFERS_DATABASE_OWNER_URL": scratch_database,
+                    "OFFERS_DB_APP_ROLE": role,
+                },
+            )
             assert migrated.returncode == 0, migrated.stderr
             audit_trail.record_audit(conn, "off_before", "transition", actor="test", to_state="received")
             [(highest,)] = conn.execute("SELECT max(id) FROM audit_events").fetchall()
