@@ -1,9 +1,15 @@
-"""AWS S3: the audit archive (Glacier storage classes), written once a night and restored to verify."""
+"""AWS S3: the audit archive (Glacier storage classes), written once a night and restored to verify.
+
+Every object is written under S3 Object Lock in compliance mode: no one, the AWS account's root
+included, deletes a version or shortens its retention before ``audit_retention_days`` have passed.
+"""
 
 from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import boto3
@@ -15,6 +21,7 @@ from offers_workers.partners.aws_events import client_kwargs, sort_error
 from offers_workers.partners.interfaces import (
     NEEDS_RESTORE,
     ArchivedObject,
+    ObjectLock,
     ObjectVersion,
     RestoreInProgress,
     StoredObject,
@@ -25,6 +32,10 @@ __all__ = ["NEEDS_RESTORE", "AuditArchive", "RestoreInProgress"]
 
 def _stored(key: str, response: dict[str, Any]) -> StoredObject:
     return StoredObject(key, response.get("VersionId"), response.get("ChecksumSHA256"))
+
+
+def _version(version_id: str | None) -> dict[str, str]:
+    return {"VersionId": version_id} if version_id else {}
 
 
 class AuditArchive:
@@ -43,11 +54,17 @@ class AuditArchive:
         self.bucket = settings.audit_bucket
         self.storage_class = settings.audit_storage_class
         self.kms_key_id = settings.audit_kms_key_id
+        self.retention_days = settings.audit_retention_days
 
     def _encryption(self) -> dict[str, str]:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
+
+    def _retention(self) -> dict[str, Any]:
+        # Compliance, not governance: no permission (s3:BypassGovernanceRetention included) lifts it.
+        until = datetime.now(UTC) + timedelta(days=self.retention_days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
 
     def put_export(self, key: str, body: IO[bytes], sha256_hex: str, metadata: dict[str, str]) -> StoredObject:
         """Upload one export; S3 checks the SHA-256 we computed while writing it."""
@@ -63,6 +80,7 @@ class AuditArchive:
                 ContentEncoding="gzip",
                 Metadata=metadata,
                 **self._encryption(),
+                **self._retention(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
@@ -71,6 +89,13 @@ class AuditArchive:
     def put_manifest(self, key: str, body: bytes) -> StoredObject:
         """Upload a manifest in the standard class: readable without a restore."""
         # The manifest stays readable without a restore: it is what a restore is checked against.
+        return self._put_json(key, body)
+
+    def put_anchor(self, key: str, body: bytes) -> StoredObject:
+        """Upload a chain anchor (a small JSON object) in the standard class, under the same lock."""
+        return self._put_json(key, body)
+
+    def _put_json(self, key: str, body: bytes) -> StoredObject:
         try:
             response = self._s3.put_object(
                 Bucket=self.bucket,
@@ -79,10 +104,24 @@ class AuditArchive:
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
                 **self._encryption(),
+                **self._retention(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
         return _stored(key, response)
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Every key under ``prefix`` in key order, after ``start_after`` when given.
+
+        A key whose latest version is a delete marker is not listed (its versions are still kept).
+        """
+        after = {"StartAfter": start_after} if start_after is not None else {}
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **after):
+                for listed in page.get("Contents", []):
+                    yield listed["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise sort_error(exc) from exc
 
     def head(self, key: str) -> ArchivedObject:
         """What S3 knows of ``key`` (with its stored checksum)."""
@@ -147,10 +186,51 @@ class AuditArchive:
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
 
-    def read(self, key: str) -> bytes:
-        """The whole body of a small object (a manifest)."""
+    def read(self, key: str, version_id: str | None = None) -> bytes:
+        """The whole body of a small object (a manifest, an anchor): its latest version, or ``version_id``."""
         try:
-            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=key, **_version(version_id))["Body"].read()
             return body
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
+
+    def lock(self, key: str, version_id: str | None = None) -> ObjectLock:
+        """The retention and legal hold of ``key``'s latest version, or of ``version_id``."""
+        retention = self._lock_part(self._s3.get_object_retention, key, version_id).get("Retention", {})
+        hold = self._lock_part(self._s3.get_object_legal_hold, key, version_id).get("LegalHold", {})
+        until = retention.get("RetainUntilDate")
+        return ObjectLock(
+            mode=retention.get("Mode"),
+            retain_until=until.astimezone(UTC) if until else None,
+            legal_hold=hold.get("Status") == "ON",
+        )
+
+    def _lock_part(self, call: Callable[..., dict[str, Any]], key: str, version_id: str | None) -> dict[str, Any]:
+        try:
+            return call(Bucket=self.bucket, Key=key, **_version(version_id))
+        except ClientError as exc:
+            # S3's answer for a version that never had a retention (or a legal hold): none, not a failure.
+            if exc.response.get("Error", {}).get("Code") == "NoSuchObjectLockConfiguration":
+                return {}
+            raise sort_error(exc) from exc
+        except BotoCoreError as exc:
+            raise sort_error(exc) from exc
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Put a legal hold on ``key``'s latest version, or lift it: while on, no one deletes that version."""
+        try:
+            self._s3.put_object_legal_hold(Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"})
+        except (ClientError, BotoCoreError) as exc:
+            raise sort_error(exc) from exc
+
+    def lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock enabled (S3 never turns it off once on)."""
+        try:
+            config = self._s3.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                return False
+            raise sort_error(exc) from exc
+        except BotoCoreError as exc:
+            raise sort_error(exc) from exc
+        return bool(config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")

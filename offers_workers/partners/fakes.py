@@ -20,6 +20,7 @@ import itertools
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
@@ -29,6 +30,7 @@ from offers_workers.partners.interfaces import (
     ArchivedObject,
     Balance,
     Hold,
+    ObjectLock,
     ObjectVersion,
     OrderToScore,
     Published,
@@ -416,15 +418,25 @@ class _Object:
     checksum_sha256: str | None
     version_id: str
     restore: str | None = None
+    #: The compliance retention's end: the version cannot be deleted before then (None: no retention).
+    retain_until: datetime | None = None
+    legal_hold: bool = False
+    #: A delete marker: the key reads as missing, its earlier versions are kept.
+    delete_marker: bool = False
 
 
 class FakeArchive(_Scripted):
-    """``Archive`` in memory, with S3's checksum check and Glacier's restore rules.
+    """``Archive`` in memory, with S3's checksum check, Glacier's restore rules and Object Lock's.
+
+    Every put adds a version in compliance mode until ``retention_days`` from this fake's clock
+    (which ``advance_clock`` moves forward); ``delete`` refuses a version still under retention or
+    a legal hold, as S3 does.
 
     Parameters:
-        storage_class: the class exports are written in (manifests are always ``STANDARD``).
+        storage_class: the class exports are written in (manifests and anchors are always ``STANDARD``).
         restore_polls: how many ``head`` calls a requested restore takes to finish; None: it never
             finishes (Glacier Standard takes hours), so ``restore`` raises RestoreInProgress.
+        retention_days: each version's compliance retention (``audit_retention_days``).
         fail_with: raised by every call (see ``fail_next``).
     """
 
@@ -434,15 +446,18 @@ class FakeArchive(_Scripted):
         bucket: str = "offers-audit",
         storage_class: str = "GLACIER",
         restore_polls: int | None = 0,
+        retention_days: int = 400,
         fail_with: Exception | None = None,
     ) -> None:
         super().__init__(fail_with=fail_with)
         self.bucket = bucket
         self.storage_class = storage_class
         self.restore_polls = restore_polls
+        self.retention_days = retention_days
         self.objects: dict[str, list[_Object]] = {}
         self._pending: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self._advanced = timedelta(0)
 
     def put_export(self, key: str, body: IO[bytes], sha256_hex: str, metadata: dict[str, str]) -> StoredObject:
         """See ``interfaces.Archive.put_export``; a body that does not match ``sha256_hex`` is refused."""
@@ -458,6 +473,19 @@ class FakeArchive(_Scripted):
         """See ``interfaces.Archive.put_manifest``."""
         self._enter("put_manifest", key=key)
         return self._put(key, body, "STANDARD")
+
+    def put_anchor(self, key: str, body: bytes) -> StoredObject:
+        """See ``interfaces.Archive.put_anchor``."""
+        self._enter("put_anchor", key=key)
+        return self._put(key, body, "STANDARD")
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """See ``interfaces.Archive.list_keys``; in S3's order, by each key's UTF-8 bytes."""
+        self._enter("list_keys", prefix=prefix, start_after=start_after)
+        listed = sorted(
+            (k for k, v in self.objects.items() if k.startswith(prefix) and not v[-1].delete_marker), key=str.encode
+        )
+        return iter([k for k in listed if start_after is None or k.encode() > start_after.encode()])
 
     def head(self, key: str) -> ArchivedObject:
         """See ``interfaces.Archive.head``; each call moves a pending restore one poll on."""
@@ -482,7 +510,7 @@ class FakeArchive(_Scripted):
         """See ``interfaces.Archive.versions``."""
         self._enter("versions", key=key)
         stored = self.objects.get(key, [])
-        return [ObjectVersion(key, o.version_id, i == len(stored) - 1) for i, o in enumerate(stored)][::-1]
+        return [ObjectVersion(key, o.version_id, o is stored[-1]) for o in stored if not o.delete_marker][::-1]
 
     def restore(
         self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1
@@ -506,25 +534,77 @@ class FakeArchive(_Scripted):
         self._enter("download", key=key)
         into.write(self._readable(key).body)
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, version_id: str | None = None) -> bytes:
         """See ``interfaces.Archive.read``."""
-        self._enter("read", key=key)
-        return self._readable(key).body
+        self._enter("read", key=key, version_id=version_id)
+        return self._readable(key, version_id).body
+
+    def lock(self, key: str, version_id: str | None = None) -> ObjectLock:
+        """See ``interfaces.Archive.lock``."""
+        self._enter("lock", key=key, version_id=version_id)
+        obj = self._version(key, version_id)
+        return ObjectLock("COMPLIANCE" if obj.retain_until else None, obj.retain_until, obj.legal_hold)
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """See ``interfaces.Archive.set_legal_hold``."""
+        self._enter("set_legal_hold", key=key, on=on)
+        self._latest(key).legal_hold = on
+
+    def lock_enabled(self) -> bool:
+        """See ``interfaces.Archive.lock_enabled``: always, as the sandbox creates its bucket."""
+        self._enter("lock_enabled")
+        return True
+
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        """Delete as S3 does on a bucket with Object Lock (not a call: the archive never deletes).
+
+        Without ``version_id``, a delete marker hides the key and every version is kept; a version
+        still under retention or a legal hold is refused (PermanentError ``AccessDenied``, 403).
+        """
+        if version_id is None:
+            marker = _Object(b"", "STANDARD", None, f"v{next(self._ids)}", delete_marker=True)
+            self.objects.setdefault(key, []).append(marker)
+            return
+        stored = self.objects.get(key, [])
+        obj = next((o for o in stored if o.version_id == version_id), None)
+        if obj is None:
+            return  # S3 answers 204 for a version it does not have
+        if obj.legal_hold or (obj.retain_until is not None and obj.retain_until > self._now()):
+            raise PermanentError("aws", "AccessDenied", "Access Denied", 403)
+        stored.remove(obj)
+        if not stored:
+            del self.objects[key]
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move this fake's clock forward: retentions end on it (not a call)."""
+        self._advanced += timedelta(seconds=seconds)
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC) + self._advanced
 
     def _put(self, key: str, data: bytes, storage_class: str) -> StoredObject:
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        obj = _Object(data, storage_class, checksum, f"v{next(self._ids)}")
+        until = self._now() + timedelta(days=self.retention_days)
+        obj = _Object(data, storage_class, checksum, f"v{next(self._ids)}", retain_until=until)
         self.objects.setdefault(key, []).append(obj)
         return StoredObject(key, obj.version_id, checksum)
 
     def _latest(self, key: str) -> _Object:
         stored = self.objects.get(key)
-        if not stored:
+        if not stored or stored[-1].delete_marker:
             raise PermanentError("aws", "404", "Not Found", 404)  # what HEAD of a missing key gives botocore
         return stored[-1]
 
-    def _readable(self, key: str) -> _Object:
-        obj = self._latest(key)
+    def _version(self, key: str, version_id: str | None) -> _Object:
+        if version_id is None:
+            return self._latest(key)
+        for obj in self.objects.get(key, []):
+            if obj.version_id == version_id and not obj.delete_marker:
+                return obj
+        raise PermanentError("aws", "NoSuchVersion", "The specified version does not exist.", 404)
+
+    def _readable(self, key: str, version_id: str | None = None) -> _Object:
+        obj = self._version(key, version_id)
         if obj.storage_class in NEEDS_RESTORE and 'ongoing-request="false"' not in (obj.restore or ""):
             raise PermanentError(
                 "aws", "InvalidObjectState", "The operation is not valid for the object's storage class", 403

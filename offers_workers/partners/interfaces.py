@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any, Protocol, runtime_checkable
 
 from offers_workers.domain.errors import PermanentError
@@ -200,6 +201,21 @@ class ObjectVersion:
     is_latest: bool
 
 
+@dataclass(frozen=True)
+class ObjectLock:
+    """The S3 Object Lock on one version of an archive key.
+
+    Parameters:
+        mode: ``COMPLIANCE`` (what the archive writes) or ``GOVERNANCE``; None: no retention.
+        retain_until: when the retention ends (UTC); None: no retention.
+        legal_hold: True while a legal hold is on (no one deletes the version until it is lifted).
+    """
+
+    mode: str | None
+    retain_until: datetime | None
+    legal_hold: bool
+
+
 #: How long Stripe keeps an idempotency key: a request whose key is older is a new request.
 STRIPE_IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -364,8 +380,10 @@ class Archive(Protocol):
     """The audit archive: S3 in a Glacier storage class, written nightly and restored to verify.
 
     S3 writes to one key are idempotent by content: an export re-run writes the same key. Every
-    method raises TransientError on 5xx, throttling and lost connections (after the SDK's own
-    retries) and PermanentError on anything else (access denied, no such bucket or key).
+    write is under Object Lock in compliance mode for ``audit_retention_days``: a write to an
+    existing key adds a version, and no one deletes a version or shortens its retention before
+    then. Every method raises TransientError on 5xx, throttling and lost connections (after the
+    SDK's own retries) and PermanentError on anything else (access denied, no such bucket or key).
     """
 
     bucket: str
@@ -376,6 +394,14 @@ class Archive(Protocol):
 
     def put_manifest(self, key: str, body: bytes) -> StoredObject:
         """Upload a manifest in the standard class: readable without a restore."""
+        ...
+
+    def put_anchor(self, key: str, body: bytes) -> StoredObject:
+        """Upload a chain anchor (a small JSON object) in the standard class, with a SHA-256 checksum."""
+        ...
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Every key under ``prefix`` in key order (after ``start_after``), none hidden by a delete marker."""
         ...
 
     def head(self, key: str) -> ArchivedObject:
@@ -400,8 +426,20 @@ class Archive(Protocol):
         """Stream ``key`` into ``into`` (it must be readable: see ``restore``)."""
         ...
 
-    def read(self, key: str) -> bytes:
-        """The whole body of a small, readable object (a manifest)."""
+    def read(self, key: str, version_id: str | None = None) -> bytes:
+        """The whole body of a small, readable object (a manifest): its latest version, or ``version_id``."""
+        ...
+
+    def lock(self, key: str, version_id: str | None = None) -> ObjectLock:
+        """The retention and legal hold of ``key``'s latest version, or of ``version_id``."""
+        ...
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Put a legal hold on ``key``'s latest version (``on``), or lift it."""
+        ...
+
+    def lock_enabled(self) -> bool:
+        """Whether the archive's bucket has Object Lock enabled."""
         ...
 
 

@@ -12,17 +12,20 @@ import io
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 import stripe
+from botocore.exceptions import ClientError
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PartnerError, PermanentError
 from offers_workers.local.sandbox import Sandbox, advance_clock, clear_faults, set_fault
 from offers_workers.local.sandbox.sift_server import score_for
 from offers_workers.partners.aws_archive import AuditArchive
-from offers_workers.partners.aws_events import EventPublisher
+from offers_workers.partners.aws_events import EventPublisher, sort_error
 from offers_workers.partners.fakes import (
     PARTNER_DOWN,
     FakeArchive,
@@ -82,6 +85,8 @@ class Observed:
                 fields[name] = None if made_up is None else self._ids.setdefault(str(made_up), f"#{len(self._ids)}")
             if "restore" in fields:  # expiry dates are the partner's clock: compare the state only
                 fields["restore"] = fields["restore"] and fields["restore"].split(",")[0]
+            if fields.get("retain_until"):  # the partner's clock too: compare the days left
+                fields["retain_until"] = round((fields["retain_until"] - datetime.now(UTC)) / timedelta(days=1))
             return (type(value).__name__, fields)
         return value
 
@@ -302,6 +307,64 @@ def test_archive(settings: Settings) -> None:
     # moto finishes restores at once; the fake does too with restore_polls=0.
     # Not compared: a wrong checksum, which S3 refuses (BadDigest) and the fake too, but moto stores.
     both(archiving, FakeArchive(restore_polls=0), AuditArchive(settings), prefix=f"t/{uuid.uuid4().hex}")
+
+
+@dataclass
+class ArchiveSide:
+    archive: Archive
+    #: A delete from outside the archive (which never deletes): of one version, or of the key.
+    delete: Callable[[str, str | None], None]
+
+
+def locking(side: ArchiveSide, see: Observed, prefix: str) -> None:
+    a = side.archive
+    manifest, anchor = f"{prefix}/manifest.json", f"{prefix}/anchors/1.json"
+    first = see(lambda: a.put_manifest(manifest, b'{"rows": 1}'))
+    see(lambda: a.put_manifest(manifest, b'{"rows": 2}'))  # a second version, the first kept
+    see(lambda: a.put_anchor(anchor, b'{"head": 7}'))
+    see(lambda: a.lock(manifest, first.version_id))
+    see(lambda: a.read(manifest, first.version_id))
+    see(lambda: a.read(manifest))
+    see(lambda: a.set_legal_hold(anchor, True))
+    see(lambda: a.lock(anchor))
+    see(lambda: a.set_legal_hold(anchor, False))
+    see(lambda: a.lock(anchor))
+    see(lambda: side.delete(manifest, first.version_id))  # refused: under retention
+    see(lambda: side.delete(anchor, None))  # a delete marker: the version is kept
+    see(lambda: a.versions(anchor))
+    see(lambda: a.head(anchor))
+    see(lambda: a.read(anchor, a.versions(anchor)[0].version_id))
+    see(lambda: a.versions(manifest))
+    see(lambda: list(a.list_keys(prefix)))
+    see(lambda: list(a.list_keys(prefix, start_after=f"{prefix}/anchors/1.json")))
+    see(lambda: list(a.list_keys(f"{prefix}/anchors/")))
+    see(a.lock_enabled)
+
+
+def test_object_lock(settings: Settings) -> None:
+    raw = boto3.client(
+        "s3",
+        endpoint_url=settings.aws_endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+    def s3_delete(key: str, version_id: str | None) -> None:
+        try:
+            raw.delete_object(
+                Bucket=settings.audit_bucket, Key=key, **({"VersionId": version_id} if version_id else {})
+            )
+        except ClientError as exc:
+            raise sort_error(exc) from exc
+
+    fake = FakeArchive(retention_days=settings.audit_retention_days)
+    both(
+        locking,
+        ArchiveSide(fake, fake.delete),
+        ArchiveSide(AuditArchive(settings), s3_delete),
+        prefix=f"t/{uuid.uuid4().hex}",
+    )
 
 
 # --- the partner is down --------------------------------------------------------------------------
