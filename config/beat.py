@@ -39,6 +39,16 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "schedule": settings.audit_seal_interval_seconds,
             "options": {"expires": settings.audit_seal_interval_seconds},
         },
+        "anchor-audit-trail": {
+            "task": "offers.anchor_audit",
+            "schedule": settings.audit_anchor_interval_seconds,
+            "options": {"expires": settings.audit_anchor_interval_seconds},
+        },
+        "verify-audit-trail": {
+            "task": "offers.verify_audit",
+            "schedule": settings.audit_verify_interval_seconds,
+            "options": {"expires": settings.audit_verify_interval_seconds},
+        },
         "expire-offers-past-maker-sla": {
             "task": "offers.expire_offers",
             "schedule": settings.sla_check_interval_seconds,

@@ -32,6 +32,8 @@ ROUTES: dict[str, str] = {
     "offers.expire_offers": "offers.maintenance",
     "offers.seal_audit": "offers.maintenance",
     "offers.export_audit": "offers.maintenance",
+    "offers.anchor_audit": "offers.maintenance",
+    "offers.verify_audit": "offers.maintenance",
     "offers.synthetic_journey": "offers.maintenance",
     "offers.trim_draft_validations": "offers.maintenance",
 }

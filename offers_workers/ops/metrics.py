@@ -23,12 +23,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from config.celery import QUEUES, celery_config
 from offers_workers.ops import reports
 from offers_workers.runtime import Runtime
+from offers_workers.store import audit_anchors
 from offers_workers.store import reports as store_reports
 
 log = logging.getLogger(__name__)
 
 #: Figures cover offers received in this window (as `stats --window 1h`).
 WINDOW = timedelta(hours=1)
+#: A verify run's findings stay on the gauge this long, whatever later runs record (they are
+#: append-only rows: a login that may record a clean run cannot make a finding go away sooner).
+VERIFY_FINDINGS_WINDOW_S = 24 * 3600
 
 
 def partner_errors_key(prefix: str) -> str:
@@ -181,6 +185,7 @@ class OffersCollector:
         with self.rt.db.read() as conn:
             oldest = store_reports.oldest_hold_age_seconds(conn)
             exports = store_reports.export_status(conn)
+            verified = audit_anchors.verified(conn, VERIFY_FINDINGS_WINDOW_S)
         yield GaugeMetricFamily(
             "offers_oldest_hold_age_seconds",
             "Age of the oldest card authorization held (Stripe lets it lapse at 7 days); 0 with none",
@@ -200,6 +205,17 @@ class OffersCollector:
         if exports.last_done_at is not None:
             last_done.add_metric([], exports.last_done_at.timestamp())
         yield last_done
+        yield GaugeMetricFamily(
+            "offers_audit_verify_findings",
+            "Most findings of an audit verify run in the last 24 hours (the trail differs from its anchors in S3)",
+            value=verified.findings,
+        )
+        last_verified = GaugeMetricFamily(
+            "offers_audit_verify_last_run_timestamp_seconds", "When an audit verify run last finished"
+        )
+        if verified.last_finished_at is not None:
+            last_verified.add_metric([], verified.last_finished_at.timestamp())
+        yield last_verified
         if self.rt.redis is not None:
             yield GaugeMetricFamily(
                 "offers_beat_running",

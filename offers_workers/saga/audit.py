@@ -11,6 +11,7 @@ database that wrote it.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from offers_workers.runtime import Runtime
-from offers_workers.store import audit_exports, audit_trail
+from offers_workers.store import audit_anchors, audit_exports, audit_trail
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +314,27 @@ def _write(
             "until": job["until"].isoformat(),
             "storage_class": job["storage_class"],
         }
-        archive.put_export(job["object_key"], spool, sha256, {"export-id": str(job["id"]), "rows": str(check.rows)})
-    archive.put_manifest(job["manifest_key"], json.dumps(manifest, indent=2).encode())
+        # Under Object Lock a second write is a second version for good: a retry after a crash
+        # finds what the first run wrote and takes it.
+        if not _already_archived(archive, job["object_key"], sha256):
+            archive.put_export(job["object_key"], spool, sha256, {"export-id": str(job["id"]), "rows": str(check.rows)})
+    manifest_body = json.dumps(manifest, indent=2).encode()
+    if not _already_archived(archive, job["manifest_key"], hashlib.sha256(manifest_body).hexdigest()):
+        archive.put_manifest(job["manifest_key"], manifest_body)
     with rt.db.transaction() as conn:
         done = audit_exports.mark_done(conn, job["id"], row_count=check.rows, sha256=sha256)
     log.info("audit export done", extra={"export_id": job["id"], "rows": check.rows, "object_key": job["object_key"]})
     return done, hasher.size
+
+
+def _already_archived(archive: Any, key: str, sha256_hex: str) -> bool:
+    """True when ``key`` is in the archive with this content; a different content there is refused."""
+    if not archive.versions(key):
+        return False
+    held = archive.head(key).checksum_sha256
+    if held != _b64(sha256_hex):
+        raise ValueError(f"the archive already holds a different {key}: refusing to add a version")
+    return True
 
 
 def _written(
@@ -364,7 +380,11 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     if job["status"] != "done":
         return [f"export {export_id} is {job['status']}, not done"]
     archive = rt.archive
-    manifest = json.loads(archive.read(job["manifest_key"]))
+    versions = archive.versions(job["manifest_key"])
+    if not versions:
+        return [f"its manifest {job['manifest_key']} is missing from S3"]
+    # The version written first: a later one is a rewrite (`audit verify` names it).
+    manifest = json.loads(archive.read(job["manifest_key"], versions[-1].version_id))
     archive.restore(job["object_key"])
     problems: list[str] = []
     with tempfile.TemporaryFile() as spool:
@@ -393,3 +413,293 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     if held.last_hash != check.last_hash or held.first_prev_hash != manifest["first_prev_hash"]:
         problems.append("the archive's chain does not end where Postgres's does")
     return problems
+
+
+# --- anchors outside Postgres --------------------------------------------------------------------------
+#
+# An owner of the database can rewrite the trail and re-chain it: the hashes alone prove nothing to
+# them. So the chain's sealed head is written to S3 once a minute, under Object Lock in compliance
+# mode (no one deletes or overwrites it during its retention), with the hash of every row sealed
+# since the last anchor; the nightly export's manifest is one more anchor. `verify` checks Postgres
+# against them.
+
+#: Where anchors live in the archive bucket, one object per stretch of rows, named by its first id.
+ANCHOR_PREFIX = "audit-anchors/"
+ANCHOR_FORMAT = "offers-audit-anchor/1"
+#: Rows in one anchor at most: a backlog (the first anchor of an old trail) is cut in pieces.
+ANCHOR_MAX_ROWS = 50_000
+#: Clock steps a row's date may be off its anchor's bounds by without being called tampered.
+CLOCK_TOLERANCE = timedelta(seconds=1)
+
+
+class AnchorConflict(Exception):
+    """The archive holds a different anchor under the key of the one being written."""
+
+
+def anchor(rt: Runtime) -> int:
+    """Write every stretch of rows sealed since the last anchor to S3; returns the rows anchored.
+
+    Safe to run twice or crash midway: the stretch is cut once by the database and kept until it is
+    written; an object already in S3 under its key (a crash after the write) is taken, not rewritten.
+    """
+    total = 0
+    while True:
+        with rt.db.transaction() as conn:
+            cut = audit_anchors.next_cut(conn, ANCHOR_MAX_ROWS)
+            if cut is None:
+                return total
+            body = _anchor_body(cut, audit_anchors.hashes(conn, cut.first_id, cut.last_id))
+        version_id = _put_anchor_once(rt, cut.object_key, body)
+        with rt.db.transaction() as conn:
+            audit_anchors.written(conn, cut.id, version_id)
+        total += cut.rows
+        if cut.rows < ANCHOR_MAX_ROWS:
+            return total
+
+
+def _anchor_body(cut: audit_anchors.Cut, rows: Iterable[tuple[int, str]]) -> bytes:
+    return json.dumps(
+        {
+            "format": ANCHOR_FORMAT,
+            "first_id": cut.first_id,
+            "last_id": cut.last_id,
+            "rows": cut.rows,
+            "prev_hash": cut.prev_hash,
+            "last_hash": cut.last_hash,
+            "dated_from": cut.dated_from.isoformat() if cut.dated_from else None,
+            "sealed_at": cut.sealed_at.isoformat(),
+            "cut_at": cut.cut_at.isoformat(),
+            "hashes": [[row_id, row_hash] for row_id, row_hash in rows],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _put_anchor_once(rt: Runtime, key: str, body: bytes) -> str | None:
+    archive = rt.archive
+    held = archive.versions(key)
+    if held:
+        first = held[-1]  # S3 lists a key's versions newest first
+        if archive.read(key, first.version_id) != body:
+            raise AnchorConflict(f"{key} already holds a different anchor (version {first.version_id})")
+        return first.version_id
+    return archive.put_anchor(key, body).version_id
+
+
+# --- verification against the anchors ------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    """What ``verify`` found: each finding names a row, an export or an anchor and what differs."""
+
+    findings: list[str]
+    rows_checked: int = 0
+    anchors: int = 0
+    exports: int = 0
+    #: Sealed rows after the last anchor (checked by the chain alone).
+    unanchored: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def verify(rt: Runtime, *, full: bool = False, record: bool = True) -> Verification:
+    """Check Postgres's audit trail against the chain, the export manifests and the anchors in S3.
+
+    Seals and anchors what is written first. Every finished export is checked against its manifest
+    and object (both read at their first version); the anchors are read from the last export's end
+    on, or all of them with ``full``. The outcome is recorded (the alert reads it) when ``record``.
+    """
+    seal(rt, timeout_s=SEAL_WAIT_S)
+    anchor(rt)
+    result = Verification(findings=[])
+    chain = verify_chain(rt)
+    if not chain.ok:
+        result.findings.append(f"chain: {chain.first_break}")
+    result.rows_checked = chain.rows
+    exported_through = _verify_exports(rt, result)
+    _verify_anchors(rt, result, after_row=0 if full else exported_through)
+    if record:
+        with rt.db.transaction() as conn:
+            audit_anchors.record_verification(
+                conn,
+                findings=result.findings,
+                rows_checked=result.rows_checked,
+                anchors=result.anchors,
+                exports=result.exports,
+            )
+    if result.findings:
+        log.error(
+            "audit trail differs from its anchors",
+            extra={"findings": len(result.findings), "first": result.findings[0][:300]},
+        )
+    return result
+
+
+def _first_version(rt: Runtime, key: str, what: str, findings: list[str]) -> str | None:
+    """The version of ``key`` written first; a later one is named (a rewrite), a missing key too."""
+    held = rt.archive.versions(key)
+    if not held:
+        findings.append(f"{what}: {key} is missing from S3")
+        return None
+    if len(held) > 1:
+        findings.append(
+            f"{what}: {key} was overwritten after it was written ({len(held)} versions; the first is checked)"
+        )
+    first = held[-1]
+    lock = rt.archive.lock(key, first.version_id)
+    if lock.mode != "COMPLIANCE":
+        findings.append(f"{what}: {key} is not under Object Lock in compliance mode")
+    return first.version_id
+
+
+def _verify_exports(rt: Runtime, result: Verification) -> int:
+    """Check each finished export against S3; returns the last row id the exports hold."""
+    with rt.db.transaction() as conn:
+        jobs = audit_exports.done(conn)
+    archive = rt.archive
+    seen: set[str] = set()
+    prev_last_hash: str | None = None
+    through, borne_out = 0, True
+    for job in jobs:
+        result.exports += 1
+        before = len(result.findings)
+        what = f"export {job['id']} (rows {job['first_row_id']} to {job['last_row_id']})"
+        seen.add(job["manifest_key"])
+        version = _first_version(rt, job["manifest_key"], what, result.findings)
+        if version is None:
+            continue
+        manifest = json.loads(archive.read(job["manifest_key"], version))
+        for field_name, held in (
+            ("first_row_id", job["first_row_id"]),
+            ("last_row_id", job["last_row_id"]),
+            ("row_count", job["row_count"]),
+            ("sha256", job["sha256"]),
+        ):
+            if manifest.get(field_name) != held:
+                result.findings.append(
+                    f"{what}: Postgres's {field_name} is {held}, its manifest's {manifest.get(field_name)}"
+                )
+        object_version = _first_version(rt, job["object_key"], what, result.findings)
+        if object_version is not None:
+            stored = archive.head(job["object_key"])
+            if stored.checksum_sha256 and stored.checksum_sha256 != _b64(manifest["sha256"]):
+                result.findings.append(f"{what}: its object's SHA-256 differs from its manifest's")
+        with rt.db.transaction() as conn:
+            held_ends = audit_trail.chain_ends(conn, job["first_row_id"], job["last_row_id"])
+        if held_ends.rows != manifest.get("row_count"):
+            result.findings.append(
+                f"{what}: Postgres holds {held_ends.rows} rows in its window, its manifest {manifest.get('row_count')}"
+            )
+        elif held_ends.last_hash != manifest.get("last_hash") or held_ends.first_prev_hash != manifest.get(
+            "first_prev_hash"
+        ):
+            result.findings.append(f"{what}: Postgres's chain no longer ends where its manifest says")
+        if prev_last_hash is not None and manifest.get("first_prev_hash") != prev_last_hash:
+            result.findings.append(f"{what}: it does not follow on from the export before it")
+        prev_last_hash = manifest.get("last_hash")
+        # The anchors take over after the last of the exports S3 bears out, in order: never after
+        # one booked in Postgres alone.
+        borne_out = borne_out and len(result.findings) == before
+        if borne_out:
+            through = job["last_row_id"]
+    for key in archive.list_keys("audit/"):
+        if key.endswith(".manifest.json") and key not in seen:
+            result.findings.append(f"export manifest {key} is in S3, but no finished export in Postgres has it")
+    return through
+
+
+def _b64(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> None:
+    """Check the rows after ``after_row`` against every anchor that holds them."""
+    archive = rt.archive
+    with rt.db.read() as conn:
+        start = audit_anchors.first_key_after(conn, after_row) if after_row else None
+        sealed_through = audit_trail.seal_lag(conn).sealed_through
+    keys = list(archive.list_keys(ANCHOR_PREFIX))
+    if start is not None:
+        keys = [k for k in keys if k >= start]
+    expected_first: int | None = None if after_row else 1
+    expected_prev: str | None = None if after_row else GENESIS
+    last_anchored = after_row
+    for key in keys:
+        version = _first_version(rt, key, f"anchor {key}", result.findings)
+        if version is None:
+            continue
+        body = json.loads(archive.read(key, version))
+        if body.get("format") != ANCHOR_FORMAT:
+            result.findings.append(f"anchor {key}: not an anchor ({body.get('format')!r})")
+            continue
+        result.anchors += 1
+        what = f"anchor {key}"
+        if expected_first is not None and body["first_id"] != expected_first:
+            result.findings.append(
+                f"{what}: starts at row {body['first_id']}, the anchor before it ended at row {expected_first - 1}"
+                " (rows between them were never anchored)"
+                if body["first_id"] > expected_first
+                else f"{what}: overlaps the anchor before it (starts at row {body['first_id']})"
+            )
+        elif expected_prev is not None and body["prev_hash"] != expected_prev:
+            result.findings.append(f"{what}: its chain does not follow on from the anchor before it")
+        _check_anchored_rows(rt, body, what, result.findings)
+        expected_first, expected_prev = body["last_id"] + 1, body["last_hash"]
+        last_anchored = body["last_id"]
+    result.unanchored = max(0, sealed_through - last_anchored)
+    if sealed_through > last_anchored:
+        # verify anchored everything sealed a moment ago: rows beyond the last anchor in S3 mean
+        # the book says an anchor was written that S3 does not hold.
+        with rt.db.read() as conn:
+            book = audit_anchors.last_written(conn)
+        if book is not None and book["last_id"] > last_anchored:
+            result.findings.append(
+                f"rows {last_anchored + 1} to {book['last_id']}: anchored by the book, but S3 holds no anchor for them"
+            )
+
+
+def _check_anchored_rows(rt: Runtime, body: dict[str, Any], what: str, findings: list[str]) -> None:
+    anchored = {row_id: row_hash for row_id, row_hash in body["hashes"]}
+    dated_from = datetime.fromisoformat(body["dated_from"]) if body.get("dated_from") else None
+    sealed_at = datetime.fromisoformat(body["sealed_at"])
+    with rt.db.transaction() as conn:
+        for row in audit_trail.rows_between(conn, body["first_id"], body["last_id"]):
+            row_id = row["id"]
+            expected = anchored.pop(row_id, None)
+            if expected is None:
+                findings.append(f"row {row_id}: not in {what}: inserted after its stretch was sealed")
+            elif row["row_hash"] != expected:
+                if row["row_hash"] and digest(row, row["prev_hash"]) == row["row_hash"]:
+                    findings.append(f"row {row_id}: re-chained: its hash differs from {what}'s")
+                else:
+                    findings.append(f"row {row_id}: rewritten: its content or hash differs from {what}'s")
+            if dated_from is not None and row["at"] < dated_from - CLOCK_TOLERANCE:
+                findings.append(
+                    f"row {row_id}: dated {row['at'].isoformat()}, before rows already sealed"
+                    f" (rows of {what} were written from {dated_from.isoformat()} on)"
+                )
+            elif row["at"] > sealed_at + CLOCK_TOLERANCE:
+                findings.append(
+                    f"row {row_id}: dated {row['at'].isoformat()}, after its stretch was sealed ({sealed_at.isoformat()})"
+                )
+    for row_id in sorted(anchored):
+        findings.append(f"row {row_id}: deleted: {what} holds it, Postgres does not")
+
+
+# --- legal hold -------------------------------------------------------------------------------------------
+
+
+def legal_hold(rt: Runtime, export_id: int, on: bool) -> list[str]:
+    """Put a legal hold on an export's object and manifest (``on``), or lift it; returns the keys."""
+    with rt.db.transaction() as conn:
+        job = audit_exports.load(conn, export_id)
+    if job is None or job["status"] != "done":
+        raise LookupError(f"no finished export {export_id}")
+    keys = [job["object_key"], job["manifest_key"]]
+    for key in keys:
+        rt.archive.set_legal_hold(key, on)
+    log.warning("audit legal hold " + ("set" if on else "lifted"), extra={"export_id": export_id})
+    return keys

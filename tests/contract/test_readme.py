@@ -26,7 +26,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.sql
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from tests.brokers import RABBITMQ_URL, own_sandbox, rabbitmq_unavailable
@@ -195,6 +197,16 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
+def _drop_role(role: str, *, shared: bool = False) -> None:
+    """Drop a role this run made; ``shared``: unless another database still grants it something."""
+    with psycopg.connect(SERVER["url"], autocommit=True) as admin:
+        try:
+            admin.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(psycopg.sql.Identifier(role)))
+        except psycopg.errors.DependentObjectsStillExist:
+            if not shared:
+                raise
+
+
 @contextmanager
 def contract_fleet(
     name: str,
@@ -215,13 +227,20 @@ def contract_fleet(
     # A clone's config/ next to the reader's files (offers.json, envelope.json).
     (workdir / "config").symlink_to(ROOT / "config")
     with ExitStack() as stack:
+        # Two logins, as the README's "Two logins" says: the fleet's role is made with LOGIN alone,
+        # the server's login owns the schema and runs `db migrate`.
+        role = f"offers_docs_{RUN_ID}_{name.replace('-', '_')}"[:63]
+        stack.callback(_drop_role, role)
         db_url, db_name = _create_database(SERVER["url"], suffix=f"docs_{name.replace('-', '_')}")
         stack.callback(_drop_database, SERVER["url"], db_name)
+        with psycopg.connect(SERVER["url"], autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(psycopg.sql.Identifier(role)))
         redis_url = stack.enter_context(redis_database(SERVER["redis"]))
         _, sandbox_env = stack.enter_context(own_sandbox({}, log_dir / "sandbox"))
         env = {
             "OFFERS_SANDBOX": "1",
-            "OFFERS_DATABASE_URL": db_url,
+            "OFFERS_DATABASE_URL": make_conninfo(db_url, user=role),
+            "OFFERS_DATABASE_OWNER_URL": db_url,
             "OFFERS_STATE_DIR": str(log_dir / "state"),
             **sandbox_env,
             "OFFERS_BROKER_URL": redis_url,
@@ -506,6 +525,8 @@ def test_the_two_commands(offers_env: dict[str, str], tmp_path: Path) -> None:
     if subprocess.run(["make", "-q", "install"], cwd=ROOT, capture_output=True, timeout=60).returncode != 0:
         pytest.skip("the project's .venv is not installed by `make install`, which `make demo` would run first")
     with ExitStack() as stack:
+        # The demo makes the sandbox's runtime role on the server it is given: gone again after.
+        stack.callback(_drop_role, "offers_runtime", shared=True)
         db_url, db_name = _create_database(SERVER["url"], suffix="docs_demo")
         stack.callback(_drop_database, SERVER["url"], db_name)
         redis_url = stack.enter_context(redis_database(SERVER["redis"]))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import click
+from rich.table import Table
 
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
@@ -145,9 +148,55 @@ audit_exports_table = ListingTable(
 
 
 @audit.command("verify")
-@click.argument("export_id", type=int)
-def audit_verify(export_id: int) -> None:
-    """Restore an export from Glacier and check it against its manifest and Postgres (exit 1 on a discrepancy)."""
+@click.argument("export_id", type=int, required=False)
+@click.option("--full", is_flag=True, help="Read every anchor, not only those after the last export.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
+    """Check the audit trail in Postgres against its anchors in S3 (exit 1 on a finding).
+
+    Without EXPORT_ID: the chain, every export's manifest and object, and the anchors (the chain's
+    sealed heads, written once a minute under Object Lock); each finding names the row, export or
+    anchor and what differs. With EXPORT_ID: restore that export from Glacier and check it against
+    its manifest and Postgres (the runbook's quarterly restore check).
+    """
+    if export_id is not None:
+        _verify_one_export(export_id)
+        return
+    from offers_workers.saga import audit as audit_trail
+
+    rt = runtime_or_exit()
+    with console.status("checking the audit trail against its anchors in S3"):
+        found = audit_trail.verify(rt, full=full)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": found.ok,
+                    "findings": found.findings,
+                    "rows": found.rows_checked,
+                    "anchors": found.anchors,
+                    "exports": found.exports,
+                    "unanchored_rows": found.unanchored,
+                }
+            )
+        )
+        if not found.ok:
+            sys.exit(1)
+        return
+    summary = f"{found.rows_checked:,} rows, {found.exports:,} exports, {found.anchors:,} anchors checked" + (
+        f"; {found.unanchored:,} rows sealed since the last anchor" if found.unanchored else ""
+    )
+    if found.ok:
+        click.echo(f"audit trail verified against its anchors: {summary}")
+        return
+    table = Table("finding", title=f"{len(found.findings):,} finding(s): {summary}", show_lines=False)
+    for finding in found.findings:
+        table.add_row(finding)
+    err_console.print(table)
+    fail(f"audit trail differs from its anchors: {found.findings[0]}", 1)
+
+
+def _verify_one_export(export_id: int) -> None:
     from offers_workers.partners.aws_archive import RestoreInProgress
     from offers_workers.saga import audit as audit_trail
 
@@ -166,3 +215,46 @@ def audit_verify(export_id: int) -> None:
             f"export {export_id}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), 1
         )
     click.echo(f"export {export_id} verified: checksum, chain, manifest and Postgres agree")
+
+
+@audit.command("anchor")
+def audit_anchor() -> None:
+    """Write the chain's sealed head to S3 now (the beat does it every OFFERS_AUDIT_ANCHOR_INTERVAL_SECONDS)."""
+    from offers_workers.saga import audit as audit_trail
+
+    rt = runtime_or_exit()
+    with console.status("sealing and anchoring the audit trail"):
+        audit_trail.seal(rt)
+        rows = audit_trail.anchor(rt)
+    click.echo(f"{rows:,} rows anchored" if rows else "nothing sealed since the last anchor")
+
+
+@audit.group("legal-hold")
+def legal_hold() -> None:
+    """A legal hold on an export: its object and manifest cannot be deleted, whatever their retention, until it is lifted."""
+
+
+@legal_hold.command("set")
+@click.argument("export_id", type=int)
+def legal_hold_set(export_id: int) -> None:
+    """Put a legal hold on export EXPORT_ID."""
+    _legal_hold(export_id, on=True)
+
+
+@legal_hold.command("lift")
+@click.argument("export_id", type=int)
+def legal_hold_lift(export_id: int) -> None:
+    """Lift the legal hold on export EXPORT_ID (its Object Lock retention still holds)."""
+    _legal_hold(export_id, on=False)
+
+
+def _legal_hold(export_id: int, *, on: bool) -> None:
+    from offers_workers.saga import audit as audit_trail
+
+    rt = runtime_or_exit()
+    try:
+        keys = audit_trail.legal_hold(rt, export_id, on)
+    except LookupError as exc:
+        fail(str(exc), 1)
+    for key in keys:
+        click.echo(f"legal hold {'on' if on else 'lifted'}: {key}")
