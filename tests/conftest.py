@@ -250,7 +250,6 @@ def offers_env(
     from config import settings as settings_module
     from offers_workers.local.sandbox import ensure_aws_resources
     from offers_workers.local.stack import load_sample_policy
-    from offers_workers.store import db
 
     env = {
         **stores,

@@ -216,10 +216,14 @@ class AuditArchive:
         except BotoCoreError as exc:
             raise sort_error(exc) from exc
 
-    def set_legal_hold(self, key: str, on: bool) -> None:
-        """Put a legal hold on ``key``'s latest version, or lift it: while on, no one deletes that version."""
+    def set_legal_hold(self, key: str, on: bool, version_id: str | None = None) -> None:
+        """Put a legal hold on ``key``'s latest version (or ``version_id``), or lift it: while on, no
+        one deletes that version."""
+        version = {"VersionId": version_id} if version_id else {}
         try:
-            self._s3.put_object_legal_hold(Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"})
+            self._s3.put_object_legal_hold(
+                Bucket=self.bucket, Key=key, LegalHold={"Status": "ON" if on else "OFF"}, **version
+            )
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
 

@@ -545,10 +545,16 @@ class FakeArchive(_Scripted):
         obj = self._version(key, version_id)
         return ObjectLock("COMPLIANCE" if obj.retain_until else None, obj.retain_until, obj.legal_hold)
 
-    def set_legal_hold(self, key: str, on: bool) -> None:
+    def set_legal_hold(self, key: str, on: bool, version_id: str | None = None) -> None:
         """See ``interfaces.Archive.set_legal_hold``."""
         self._enter("set_legal_hold", key=key, on=on)
-        self._latest(key).legal_hold = on
+        if version_id is None:
+            self._latest(key).legal_hold = on
+            return
+        obj = next((o for o in self.objects.get(key, []) if o.version_id == version_id), None)
+        if obj is None:
+            raise PermanentError("aws", "NoSuchVersion", "The specified version does not exist.", 404)
+        obj.legal_hold = on
 
     def lock_enabled(self) -> bool:
         """See ``interfaces.Archive.lock_enabled``: always, as the sandbox creates its bucket."""

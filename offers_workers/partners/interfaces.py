@@ -434,8 +434,8 @@ class Archive(Protocol):
         """The retention and legal hold of ``key``'s latest version, or of ``version_id``."""
         ...
 
-    def set_legal_hold(self, key: str, on: bool) -> None:
-        """Put a legal hold on ``key``'s latest version (``on``), or lift it."""
+    def set_legal_hold(self, key: str, on: bool, version_id: str | None = None) -> None:
+        """Put a legal hold on ``key``'s latest version or ``version_id`` (``on``), or lift it."""
         ...
 
     def lock_enabled(self) -> bool:

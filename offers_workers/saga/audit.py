@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
+from psycopg.conninfo import conninfo_to_dict
+
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
 
@@ -163,6 +165,15 @@ def default_until(now: datetime | None = None) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def keyspace(rt: Runtime) -> str:
+    """What the archive's keys start with: nothing in a deployment (a bucket per fleet); in the
+    sandbox, where one S3 serves the databases of many local fleets and test runs, the database's
+    name, so that their chains' anchors and exports never meet."""
+    if not rt.settings.sandbox or not rt.settings.database_url:
+        return ""
+    return f"{conninfo_to_dict(rt.settings.database_url).get('dbname') or 'offers'}/"
+
+
 def object_key(until: datetime, first_id: int, last_id: int) -> str:
     return f"audit/{until:%Y/%m/%d}/audit-{until:%Y%m%dT%H%M%SZ}-{first_id:012d}-{last_id:012d}.jsonl.gz"
 
@@ -235,7 +246,7 @@ def _export_locked(
         window = audit_trail.rows_to_export(conn, audit_exports.last_exported_row(conn), until)
         if not window.rows or window.first is None or window.last is None:
             return None
-        key = object_key(until, window.first, window.last)
+        key = keyspace(rt) + object_key(until, window.first, window.last)
         job = audit_exports.start(
             conn,
             until=until,
@@ -449,7 +460,7 @@ def anchor(rt: Runtime) -> int:
             if cut is None:
                 return total
             body = _anchor_body(cut, audit_anchors.hashes(conn, cut.first_id, cut.last_id))
-        version_id = _put_anchor_once(rt, cut.object_key, body)
+        version_id = _put_anchor_once(rt, keyspace(rt) + cut.object_key, body)
         with rt.db.transaction() as conn:
             audit_anchors.written(conn, cut.id, version_id)
         total += cut.rows
@@ -605,7 +616,7 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         borne_out = borne_out and len(result.findings) == before
         if borne_out:
             through = job["last_row_id"]
-    for key in archive.list_keys("audit/"):
+    for key in archive.list_keys(keyspace(rt) + "audit/"):
         if key.endswith(".manifest.json") and key not in seen:
             result.findings.append(f"export manifest {key} is in S3, but no finished export in Postgres has it")
     return through
@@ -619,9 +630,10 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
     """Check the rows after ``after_row`` against every anchor that holds them."""
     archive = rt.archive
     with rt.db.read() as conn:
-        start = audit_anchors.first_key_after(conn, after_row) if after_row else None
+        booked = audit_anchors.first_key_after(conn, after_row) if after_row else None
+        start = keyspace(rt) + booked if booked else None
         sealed_through = audit_trail.seal_lag(conn).sealed_through
-    keys = list(archive.list_keys(ANCHOR_PREFIX))
+    keys = list(archive.list_keys(keyspace(rt) + ANCHOR_PREFIX))
     if start is not None:
         keys = [k for k in keys if k >= start]
     expected_first: int | None = None if after_row else 1
@@ -700,6 +712,10 @@ def legal_hold(rt: Runtime, export_id: int, on: bool) -> list[str]:
         raise LookupError(f"no finished export {export_id}")
     keys = [job["object_key"], job["manifest_key"]]
     for key in keys:
-        rt.archive.set_legal_hold(key, on)
+        # On the version written first: a later one is a rewrite, and not what is held.
+        versions = rt.archive.versions(key)
+        if not versions:
+            raise LookupError(f"export {export_id}: {key} is not in the archive")
+        rt.archive.set_legal_hold(key, on, versions[-1].version_id)
     log.warning("audit legal hold " + ("set" if on else "lifted"), extra={"export_id": export_id})
     return keys

@@ -37,12 +37,16 @@ def test_the_database_refuses_to_change_or_remove_audit_rows(runtime, offers_env
         "TRUNCATE audit_events",
     ):
         # The fleet's login has no such privilege; the owner's meets the append-only triggers
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
-            with runtime.db.transaction() as conn:
-                conn.execute(statement)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            with psycopg.connect(offers_env["OFFERS_DATABASE_OWNER_URL"]) as conn:
-                conn.execute(statement)
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
+            runtime.db.transaction() as conn,
+        ):
+            conn.execute(statement)
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"),
+            psycopg.connect(offers_env["OFFERS_DATABASE_OWNER_URL"]) as conn,
+        ):
+            conn.execute(statement)
 
 
 def test_verify_chain_names_the_first_changed_or_missing_row(scratch_database: str) -> None:

@@ -122,10 +122,10 @@ def test_schema_is_json_schema() -> None:
 def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
     # Given a brand-new database
     name = new_id("mig").lower()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(settings.database_url, dbname=name)
-    env = {"OFFERS_DATABASE_URL": url}
+    url = make_conninfo(settings.database_owner_url, dbname=name)
+    env = {"OFFERS_DATABASE_URL": url, "OFFERS_DATABASE_OWNER_URL": url}
     try:
         # When two release phases run at once
         runs = cli_at_once("db", "migrate", env=env, timeout=60)
@@ -139,7 +139,7 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
         again = cli("db", "migrate", env=env, timeout=60)
         assert again.returncode == 0 and "up to date" in again.stdout
     finally:
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -204,7 +204,11 @@ def test_an_unreachable_postgres_is_one_line_and_exit_1(args: tuple[str, ...]) -
     # Given Postgres down (nothing listens on the port)
     started = time.monotonic()
     # When a command that needs it runs
-    result = cli(*args, env={"OFFERS_DATABASE_URL": UNREACHABLE_POSTGRES}, timeout=60)
+    result = cli(
+        *args,
+        env={"OFFERS_DATABASE_URL": UNREACHABLE_POSTGRES, "OFFERS_DATABASE_OWNER_URL": UNREACHABLE_POSTGRES},
+        timeout=60,
+    )
     # Then it says so in one line naming the server (never the password), soon, with exit 1
     assert_one_line(result, "offers-workers: cannot reach PostgreSQL (127.0.0.1:1): ")
     assert "Connection refused" in result.stderr

@@ -8,6 +8,7 @@ exits 1. Each attack is a row of the drill table: what it did, and what stopped 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -52,8 +53,12 @@ class Trail:
             ]
 
     def verify(self, *args: str) -> tuple[int, str]:
-        done = cli("audit", "verify", *args, env=self.env)
-        return done.returncode, done.stdout + done.stderr
+        """`audit verify --json`: its exit code and its findings, a line each."""
+        done = cli("audit", "verify", "--json", *args, env=self.env)
+        try:
+            return done.returncode, "\n".join(json.loads(done.stdout)["findings"])
+        except ValueError:
+            return done.returncode, done.stdout + done.stderr
 
     def anchor(self) -> None:
         done = cli("audit", "anchor", env=self.env)
@@ -294,7 +299,7 @@ def test_exports_and_anchors_cannot_be_deleted_or_overwritten_during_their_reten
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=trail.bucket)["Contents"]]
     export_object = next(k for k in keys if k.endswith(".jsonl.gz"))
     manifest = next(k for k in keys if k.endswith(".manifest.json"))
-    anchor_key = next(k for k in keys if k.startswith("audit-anchors/"))
+    anchor_key = next(k for k in keys if "/audit-anchors/" in k)
     originals = {}
     for key in (export_object, manifest, anchor_key):
         [version] = s3.list_object_versions(Bucket=trail.bucket, Prefix=key)["Versions"]

@@ -189,7 +189,8 @@ def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
     if found.ok:
         click.echo(f"audit trail verified against its anchors: {summary}")
         return
-    table = Table("finding", title=f"{len(found.findings):,} finding(s): {summary}", show_lines=False)
+    table = Table(title=f"{len(found.findings):,} finding(s): {summary}")
+    table.add_column("finding", overflow="fold")  # a finding names a key: never cut short
     for finding in found.findings:
         table.add_row(finding)
     err_console.print(table)

@@ -31,11 +31,8 @@ def db_migrate() -> None:
                 2,
             )
         owner_url = settings.database_url  # the sandbox's one-role set-up, unless it made two
-    try:
-        runtime_role = settings.db_app_role or login_role(settings.database_url)
-        owner_role = login_role(owner_url)
-    except Exception as exc:
-        fail(f"db migrate: cannot log in: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", 1)
+    runtime_role = settings.db_app_role or login_role(settings.database_url)
+    owner_role = login_role(owner_url)
     if runtime_role == owner_role and not settings.sandbox:
         fail(
             f"invalid configuration: OFFERS_DATABASE_URL and OFFERS_DATABASE_OWNER_URL both log in as {owner_role}:"
