@@ -158,7 +158,10 @@ class Database:
             try:
                 yield conn
             finally:
-                if not conn.closed:
+                # A statement cut off mid-flight (a warm shutdown's signal in a solo worker) leaves the
+                # connection busy: psycopg refuses to switch it, and that error would replace the
+                # one that matters. The pool discards a connection returned busy.
+                if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                     conn.autocommit = False
 
     @contextmanager

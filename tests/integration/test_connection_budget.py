@@ -270,3 +270,33 @@ def test_no_test_leaves_a_role_behind(offers_env: dict[str, str]) -> None:
             "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (f"offers_budget_{RUN_ID}_",)
         ).fetchall()
     assert left == [], left
+
+
+def test_a_statement_cut_off_by_a_signal_surfaces_as_that_signal_not_a_psycopg_error(settings) -> None:
+    # A solo worker's warm shutdown raises in the task's own thread, mid-statement. What the task
+    # must see is the shutdown (its message is then redelivered), not "can't change 'autocommit'
+    # now", which it would take for a bug in its SQL and dead-letter the offer.
+    import signal
+
+    from offers_workers.store.db import Database
+
+    class Shutdown(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Shutdown
+
+    database = Database(settings.database_url, max_size=1)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Shutdown), database.read() as conn:
+            conn.execute("SELECT pg_sleep(2)")
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        # and the pool hands out a working connection afterwards
+        with database.read() as conn:
+            assert conn.execute("SELECT 1 AS one").fetchone()["one"] == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        database.close()
