@@ -29,7 +29,8 @@ from psycopg.conninfo import make_conninfo
 from offers_workers.store import roles
 
 RUN_ID = secrets.token_hex(4)
-#: The Postgres server this run's database lives on (for tests that need a scratch database).
+#: The Postgres server this run's database lives on (for tests that need a scratch database), and
+#: the owner's login to the run's database ("owner").
 SERVER: dict[str, str] = {}
 
 #: Figures of the fault drills this process ran (tests/integration/test_drills.py and others).
@@ -157,8 +158,8 @@ def migrate_for_fleet(env: dict[str, str]) -> None:
     """What `db migrate` does for this run's stores: migrate as the owner, grant the runtime role."""
     from offers_workers.store import db
 
-    db.migrate(env["OFFERS_DATABASE_OWNER_URL"])
-    roles.grant_runtime_role(env["OFFERS_DATABASE_OWNER_URL"], roles.login_role(env["OFFERS_DATABASE_URL"]))
+    db.migrate(SERVER["owner"])
+    roles.grant_runtime_role(SERVER["owner"], roles.login_role(env["OFFERS_DATABASE_URL"]))
 
 
 @pytest.fixture(scope="session")
@@ -189,9 +190,11 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         prefix = f"offers-test-{RUN_ID}:"
         try:
             with redis_database(broker_url) as run_redis:
+                # The owner's login is not in the environment: the fleet never holds it, and a
+                # fleet of a test's own (another database) must not inherit it.
+                SERVER["owner"] = db_url
                 yield {
                     "OFFERS_DATABASE_URL": runtime_url,
-                    "OFFERS_DATABASE_OWNER_URL": db_url,
                     "OFFERS_BROKER_URL": run_redis,
                     "OFFERS_REDIS_KEY_PREFIX": prefix,
                 }

@@ -21,6 +21,7 @@ from offers_workers.partners.aws_events import client_kwargs, sort_error
 from offers_workers.partners.interfaces import (
     NEEDS_RESTORE,
     ArchivedObject,
+    KeyHistory,
     ObjectLock,
     ObjectVersion,
     RestoreInProgress,
@@ -151,6 +152,23 @@ class AuditArchive:
             for v in listed.get("Versions", [])
             if v["Key"] == key
         ]
+
+    def histories(self, prefix: str) -> list[KeyHistory]:
+        """Every key under ``prefix`` that holds a version, with its versions newest first, from one
+        paginated listing (a verification reads thousands of anchors: a call per key would not do)."""
+        found: dict[str, list[ObjectVersion]] = {}
+        hidden: set[str] = set()
+        try:
+            for page in self._s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+                for v in page.get("Versions", []):
+                    found.setdefault(v["Key"], []).append(
+                        ObjectVersion(v["Key"], v["VersionId"], bool(v.get("IsLatest")))
+                    )
+                hidden.update(m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest"))
+        except (ClientError, BotoCoreError) as exc:
+            raise sort_error(exc) from exc
+        # S3 lists a key's versions newest first.
+        return [KeyHistory(key, found[key], key in hidden) for key in sorted(found)]
 
     def restore(
         self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1

@@ -30,6 +30,7 @@ from offers_workers.partners.interfaces import (
     ArchivedObject,
     Balance,
     Hold,
+    KeyHistory,
     ObjectLock,
     ObjectVersion,
     OrderToScore,
@@ -511,6 +512,17 @@ class FakeArchive(_Scripted):
         self._enter("versions", key=key)
         stored = self.objects.get(key, [])
         return [ObjectVersion(key, o.version_id, o is stored[-1]) for o in stored if not o.delete_marker][::-1]
+
+    def histories(self, prefix: str) -> list[KeyHistory]:
+        """See ``interfaces.Archive.histories``."""
+        self._enter("histories", prefix=prefix)
+        found = []
+        for key in sorted(k for k in self.objects if k.startswith(prefix)):
+            stored = self.objects[key]
+            versions = [ObjectVersion(key, o.version_id, o is stored[-1]) for o in stored if not o.delete_marker][::-1]
+            if versions:
+                found.append(KeyHistory(key, versions, hidden=stored[-1].delete_marker))
+        return found
 
     def restore(
         self, key: str, *, days: int = 1, tier: str = "Standard", timeout_s: float = 600, poll_s: float = 1

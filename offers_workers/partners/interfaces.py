@@ -202,6 +202,20 @@ class ObjectVersion:
 
 
 @dataclass(frozen=True)
+class KeyHistory:
+    """Every stored version of one key, newest first, and whether a delete marker hides it."""
+
+    key: str
+    versions: list[ObjectVersion]
+    hidden: bool = False
+
+    @property
+    def first(self) -> ObjectVersion:
+        """The version written first: the one the archive wrote (a later one is a rewrite)."""
+        return self.versions[-1]
+
+
+@dataclass(frozen=True)
 class ObjectLock:
     """The S3 Object Lock on one version of an archive key.
 
@@ -428,6 +442,10 @@ class Archive(Protocol):
 
     def read(self, key: str, version_id: str | None = None) -> bytes:
         """The whole body of a small, readable object (a manifest): its latest version, or ``version_id``."""
+        ...
+
+    def histories(self, prefix: str) -> list[KeyHistory]:
+        """Every key under ``prefix`` that holds a version, in key order, with its versions (one listing)."""
         ...
 
     def lock(self, key: str, version_id: str | None = None) -> ObjectLock:

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from psycopg.conninfo import conninfo_to_dict
 
+from offers_workers.domain.errors import PermanentError
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
 
@@ -304,6 +305,10 @@ def _write(
 ) -> tuple[dict[str, Any], int]:
     """Write the window's object and manifest; returns the export row, marked done, and the object's size."""
     archive = rt.archive
+    anchor(rt)  # the window is checked against its anchors before it is archived
+    differences = anchored_differences(rt, job["first_row_id"], job["last_row_id"])
+    if differences:
+        raise ValueError(f"the audit trail differs from its anchors, refusing to archive it: {differences[0]}")
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
         with rt.db.transaction() as conn, gzip.GzipFile(fileobj=hasher, mode="wb", mtime=0) as gz:
@@ -340,10 +345,10 @@ def _write(
 
 def _already_archived(archive: Any, key: str, sha256_hex: str) -> bool:
     """True when ``key`` is in the archive with this content; a different content there is refused."""
-    if not archive.versions(key):
+    found = _head(archive, key)
+    if found is None:
         return False
-    held = archive.head(key).checksum_sha256
-    if held != _b64(sha256_hex):
+    if found.checksum_sha256 != _b64(sha256_hex):
         raise ValueError(f"the archive already holds a different {key}: refusing to add a version")
     return True
 
@@ -437,8 +442,9 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
 #: Where anchors live in the archive bucket, one object per stretch of rows, named by its first id.
 ANCHOR_PREFIX = "audit-anchors/"
 ANCHOR_FORMAT = "offers-audit-anchor/1"
-#: Rows in one anchor at most: a backlog (the first anchor of an old trail) is cut in pieces.
-ANCHOR_MAX_ROWS = 50_000
+#: Rows in one anchor at most: a busy minute, or a backlog (the first anchor of an old trail), is
+#: cut in pieces, so that writing or checking one holds a bounded number of hashes in memory.
+ANCHOR_MAX_ROWS = 5_000
 #: Clock steps a row's date may be off its anchor's bounds by without being called tampered.
 CLOCK_TOLERANCE = timedelta(seconds=1)
 
@@ -488,13 +494,23 @@ def _anchor_body(cut: audit_anchors.Cut, rows: Iterable[tuple[int, str]]) -> byt
 
 def _put_anchor_once(rt: Runtime, key: str, body: bytes) -> str | None:
     archive = rt.archive
-    held = archive.versions(key)
-    if held:
-        first = held[-1]  # S3 lists a key's versions newest first
-        if archive.read(key, first.version_id) != body:
-            raise AnchorConflict(f"{key} already holds a different anchor (version {first.version_id})")
-        return first.version_id
+    held = _head(archive, key)
+    if held is not None:
+        if held.checksum_sha256 != _b64(hashlib.sha256(body).hexdigest()):
+            raise AnchorConflict(f"{key} already holds a different anchor (version {held.version_id})")
+        return held.version_id
     return archive.put_anchor(key, body).version_id
+
+
+def _head(archive: Any, key: str) -> Any:
+    """What the archive holds under ``key`` now (None: nothing). A HEAD, not a listing of versions:
+    S3 answers it at the same cost however full the bucket is."""
+    try:
+        return archive.head(key)
+    except PermanentError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
 
 
 # --- verification against the anchors ------------------------------------------------------------------
@@ -524,8 +540,11 @@ def verify(rt: Runtime, *, full: bool = False, record: bool = True) -> Verificat
     on, or all of them with ``full``. The outcome is recorded (the alert reads it) when ``record``.
     """
     seal(rt, timeout_s=SEAL_WAIT_S)
-    anchor(rt)
     result = Verification(findings=[])
+    try:
+        anchor(rt)
+    except AnchorConflict as exc:  # someone wrote under the next anchor's key before the fleet did
+        result.findings.append(f"anchor {exc}")
     chain = verify_chain(rt)
     if not chain.ok:
         result.findings.append(f"chain: {chain.first_break}")
@@ -616,9 +635,9 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         borne_out = borne_out and len(result.findings) == before
         if borne_out:
             through = job["last_row_id"]
-    for key in archive.list_keys(keyspace(rt) + "audit/"):
-        if key.endswith(".manifest.json") and key not in seen:
-            result.findings.append(f"export manifest {key} is in S3, but no finished export in Postgres has it")
+    for history in archive.histories(keyspace(rt) + "audit/"):
+        if history.key.endswith(".manifest.json") and history.key not in seen:
+            result.findings.append(f"export manifest {history.key} is in S3, but no finished export in Postgres has it")
     return through
 
 
@@ -631,24 +650,31 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
     archive = rt.archive
     with rt.db.read() as conn:
         booked = audit_anchors.first_key_after(conn, after_row) if after_row else None
-        start = keyspace(rt) + booked if booked else None
         sealed_through = audit_trail.seal_lag(conn).sealed_through
-    keys = list(archive.list_keys(keyspace(rt) + ANCHOR_PREFIX))
-    if start is not None:
-        keys = [k for k in keys if k >= start]
+        book = audit_anchors.last_written(conn)
+    start = keyspace(rt) + booked if booked else None
+    # One listing of every version: a delete marker hides nothing from it, and a rewrite shows.
+    histories = [h for h in archive.histories(keyspace(rt) + ANCHOR_PREFIX) if start is None or h.key >= start]
     expected_first: int | None = None if after_row else 1
     expected_prev: str | None = None if after_row else GENESIS
     last_anchored = after_row
-    for key in keys:
-        version = _first_version(rt, key, f"anchor {key}", result.findings)
-        if version is None:
-            continue
-        body = json.loads(archive.read(key, version))
+    for n, history in enumerate(histories):
+        what = f"anchor {history.key}"
+        if len(history.versions) > 1:
+            result.findings.append(
+                f"{what}: {history.key} was overwritten after it was written"
+                f" ({len(history.versions)} versions; the first is checked)"
+            )
+        if history.hidden:
+            result.findings.append(f"{what}: hidden behind a delete marker (the version written first is checked)")
+        if n == len(histories) - 1 and archive.lock(history.key, history.first.version_id).mode != "COMPLIANCE":
+            # The newest stands for the rest: one writer, one put call, for every anchor.
+            result.findings.append(f"{what}: not under Object Lock in compliance mode")
+        body = json.loads(archive.read(history.key, history.first.version_id))
         if body.get("format") != ANCHOR_FORMAT:
-            result.findings.append(f"anchor {key}: not an anchor ({body.get('format')!r})")
+            result.findings.append(f"{what}: not an anchor ({body.get('format')!r})")
             continue
         result.anchors += 1
-        what = f"anchor {key}"
         if expected_first is not None and body["first_id"] != expected_first:
             result.findings.append(
                 f"{what}: starts at row {body['first_id']}, the anchor before it ended at row {expected_first - 1}"
@@ -662,15 +688,37 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
         expected_first, expected_prev = body["last_id"] + 1, body["last_hash"]
         last_anchored = body["last_id"]
     result.unanchored = max(0, sealed_through - last_anchored)
-    if sealed_through > last_anchored:
-        # verify anchored everything sealed a moment ago: rows beyond the last anchor in S3 mean
-        # the book says an anchor was written that S3 does not hold.
-        with rt.db.read() as conn:
-            book = audit_anchors.last_written(conn)
-        if book is not None and book["last_id"] > last_anchored:
-            result.findings.append(
-                f"rows {last_anchored + 1} to {book['last_id']}: anchored by the book, but S3 holds no anchor for them"
-            )
+    # verify anchored everything sealed a moment ago: rows past the last anchor in S3 that the book
+    # says are anchored were booked by someone who never wrote them.
+    if book is not None and book["last_id"] > last_anchored:
+        result.findings.append(
+            f"rows {last_anchored + 1} to {book['last_id']}: anchored by the book, but S3 holds no anchor for them"
+        )
+
+
+def anchored_differences(rt: Runtime, first_id: int, last_id: int) -> list[str]:
+    """How rows ``first_id`` to ``last_id`` differ from their anchors in S3 (empty: they agree).
+
+    The export asks before it archives a window: the manifest it writes becomes the anchor of those
+    rows, so rows rewritten before the export must not get one.
+    """
+    findings: list[str] = []
+    with rt.db.read() as conn:
+        booked = audit_anchors.covering(conn, first_id, last_id)
+    covered_through = first_id - 1
+    for entry in booked:
+        # The version the book says was written: a later one is a rewrite (`verify` names those).
+        key = keyspace(rt) + entry["object_key"]
+        try:
+            body = json.loads(rt.archive.read(key, entry["version_id"]))
+        except PermanentError as exc:
+            findings.append(f"anchor {key}: version {entry['version_id']} cannot be read from S3 ({exc.code})")
+            continue
+        _check_anchored_rows(rt, body, f"anchor {key}", findings)
+        covered_through = max(covered_through, body["last_id"])
+    if covered_through < last_id:
+        findings.append(f"rows {covered_through + 1} to {last_id}: no anchor holds them")
+    return findings
 
 
 def _check_anchored_rows(rt: Runtime, body: dict[str, Any], what: str, findings: list[str]) -> None:

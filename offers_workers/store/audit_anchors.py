@@ -73,6 +73,15 @@ def first_key_after(conn: Connection, row_id: int) -> str | None:
     return row["object_key"] if row else None
 
 
+def covering(conn: Connection, first_id: int, last_id: int) -> list[dict[str, Any]]:
+    """The anchors written that hold rows ``first_id`` to ``last_id``, in row order."""
+    return conn.execute(
+        "SELECT * FROM audit_anchors WHERE written_at IS NOT NULL AND last_id >= %s AND first_id <= %s"
+        " ORDER BY first_id",
+        (first_id, last_id),
+    ).fetchall()
+
+
 def last_written(conn: Connection) -> dict[str, Any] | None:
     return conn.execute(
         "SELECT * FROM audit_anchors WHERE written_at IS NOT NULL ORDER BY last_id DESC LIMIT 1"

@@ -51,6 +51,18 @@ def login_role(url: str) -> str:
         return str(row[0]) if row else ""
 
 
+def same_database(a: str, b: str) -> bool:
+    """Whether two URLs name the same database (host, port and name; the login may differ).
+
+    Unset parts compare equal to anything: libpq fills them from the environment alike.
+    """
+    one, other = conninfo_to_dict(a), conninfo_to_dict(b)
+    return all(
+        one.get(part) is None or other.get(part) is None or str(one[part]) == str(other[part])
+        for part in ("host", "port", "dbname")
+    )
+
+
 def grant_runtime_role(owner_url: str, role: str) -> None:
     """As the owner: give ``role`` what the fleet needs in this database's schema, and no more.
 

@@ -14,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import intake, stages
-from tests.conftest import cli, cli_at_once, new_id
+from tests.conftest import SERVER, cli, cli_at_once, new_id
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +122,9 @@ def test_schema_is_json_schema() -> None:
 def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
     # Given a brand-new database
     name = new_id("mig").lower()
-    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
+    with psycopg.connect(SERVER["owner"], autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(settings.database_owner_url, dbname=name)
+    url = make_conninfo(SERVER["owner"], dbname=name)
     env = {"OFFERS_DATABASE_URL": url, "OFFERS_DATABASE_OWNER_URL": url}
     try:
         # When two release phases run at once
@@ -139,7 +139,7 @@ def test_db_migrate_from_two_processes_at_once_then_again(settings) -> None:
         again = cli("db", "migrate", env=env, timeout=60)
         assert again.returncode == 0 and "up to date" in again.stdout
     finally:
-        with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
+        with psycopg.connect(SERVER["owner"], autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

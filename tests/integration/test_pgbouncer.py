@@ -224,7 +224,7 @@ def test_two_migrations_at_once_through_the_pooler_apply_each_migration_once(
     applied = sorted(line for run in runs for line in run.stdout.splitlines() if line.startswith("applied "))
     assert applied == [f"applied {m.version:04d}_{m.name}" for m in db.migrations()]
     # and the schema is the one a direct migration makes (the run's database)
-    assert schema(direct) == schema(offers_env["OFFERS_DATABASE_URL"])
+    assert schema(direct) == schema(SERVER["owner"])
 
 
 def test_audit_export_through_the_pooler(pooled_database: tuple[str, str]) -> None:

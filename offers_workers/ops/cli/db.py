@@ -17,7 +17,7 @@ def db_migrate() -> None:
     """Apply pending migrations as the schema's owner, then grant the fleet's role what it needs
     (safe to run twice, and from two processes at once)."""
     from offers_workers.store.db import migrate
-    from offers_workers.store.roles import RoleError, grant_runtime_role, login_role
+    from offers_workers.store.roles import RoleError, grant_runtime_role, login_role, same_database
 
     settings = settings_or_exit()
     if not settings.database_url:
@@ -31,6 +31,12 @@ def db_migrate() -> None:
                 2,
             )
         owner_url = settings.database_url  # the sandbox's one-role set-up, unless it made two
+    if not same_database(owner_url, settings.database_url):
+        fail(
+            "invalid configuration: OFFERS_DATABASE_OWNER_URL and OFFERS_DATABASE_URL name different databases"
+            " (host, port or database name): db migrate would migrate one and grant on it what the fleet uses in the other",
+            2,
+        )
     runtime_role = settings.db_app_role or login_role(settings.database_url)
     owner_role = login_role(owner_url)
     if runtime_role == owner_role and not settings.sandbox:
