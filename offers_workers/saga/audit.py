@@ -26,6 +26,7 @@ from typing import IO, Any
 from psycopg.conninfo import conninfo_to_dict
 
 from offers_workers.domain.errors import PermanentError
+from offers_workers.partners.interfaces import Archive, ArchivedObject
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
 
@@ -343,7 +344,7 @@ def _write(
     return done, hasher.size
 
 
-def _already_archived(archive: Any, key: str, sha256_hex: str) -> bool:
+def _already_archived(archive: Archive, key: str, sha256_hex: str) -> bool:
     """True when ``key`` is in the archive with this content; a different content there is refused."""
     found = _head(archive, key)
     if found is None:
@@ -502,7 +503,7 @@ def _put_anchor_once(rt: Runtime, key: str, body: bytes) -> str | None:
     return archive.put_anchor(key, body).version_id
 
 
-def _head(archive: Any, key: str) -> Any:
+def _head(archive: Archive, key: str) -> ArchivedObject | None:
     """What the archive holds under ``key`` now (None: nothing). A HEAD, not a listing of versions:
     S3 answers it at the same cost however full the bucket is."""
     try:
