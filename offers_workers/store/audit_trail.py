@@ -172,6 +172,12 @@ class ChainEnds:
     last_hash: str | None
 
 
+def row_hash(conn: Connection, row_id: int) -> str | None:
+    """The chain's hash at row ``row_id`` (None: no such row, or not sealed)."""
+    row = conn.execute("SELECT row_hash FROM audit_events WHERE id = %s", (row_id,)).fetchone()
+    return row["row_hash"] if row else None
+
+
 def chain_ends(conn: Connection, first_id: int, last_id: int) -> ChainEnds:
     row = one_row(
         conn.execute(
