@@ -12,10 +12,13 @@ A Datadog agent scrapes it with its OpenMetrics check (``openmetrics_endpoint: h
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 
 #: Figures cover offers received in this window (as `stats --window 1h`).
 WINDOW = timedelta(hours=1)
+#: How often `metrics serve` asks the workers which queues they consume (a broadcast, a second long).
+CONSUMERS_REFRESH_S = 15.0
+#: Scrapes within this long of one another share one collection (Postgres queries, broker lengths).
+COLLECTION_MAX_AGE_S = 1.0
 #: A verify run's findings stay on the gauge this long, whatever later runs record (they are
 #: append-only rows: a login that may record a clean run cannot make a finding go away sooner).
 VERIFY_FINDINGS_WINDOW_S = 24 * 3600
@@ -87,11 +94,45 @@ def by_label(name: str, documentation: str, label: str, counts: Mapping[str, flo
     return gauge
 
 
+class Consumers:
+    """Which queues the workers consume, asked in a thread of its own every ``every_s``: a scrape
+    reads the last answer instead of waiting out a broadcast to every worker (a second each)."""
+
+    def __init__(self, app: Any, every_s: float = CONSUMERS_REFRESH_S) -> None:
+        self.app = app
+        self.every_s = every_s
+        self._latest: dict[str, int] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> Consumers:
+        self._refresh()  # the first scrape already has an answer
+        threading.Thread(target=self._run, name="metrics-consumers", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def latest(self) -> dict[str, int]:
+        return dict(self._latest)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            self._latest = reports.queue_consumers(self.app, QUEUES)
+        except Exception:
+            log.warning("metrics: the workers could not be asked what they consume", exc_info=True)
+
+
 class OffersCollector:
-    def __init__(self, rt: Runtime, app: Any = None) -> None:
+    def __init__(self, rt: Runtime, app: Any = None, consumers: Consumers | None = None) -> None:
         self.rt = rt
         #: A Celery app to ask the workers which queues they consume (None: not asked).
         self.app = app
+        #: Their last answer, kept fresh in the background (None: ask at each collection).
+        self.consumers = consumers
         self.beat_lock_key = f"{celery_config(rt.settings)['redbeat_key_prefix']}:lock"  # RedBeat's own lock key
 
     def collect(self) -> Iterator[Metric]:
@@ -222,12 +263,12 @@ class OffersCollector:
                 "1 while a beat holds the schedule's lock",
                 value=int(self.rt.redis.exists(self.beat_lock_key)),
             )
-        if self.app is not None:
+        if self.consumers is not None or self.app is not None:
             yield by_label(
                 "offers_queue_consumers",
                 "Workers consuming each queue, as they answer",
                 "queue",
-                reports.queue_consumers(self.app, QUEUES),
+                self.consumers.latest() if self.consumers is not None else reports.queue_consumers(self.app, QUEUES),
             )
 
     def _db_connections(self, used: Any) -> Iterator[Metric]:
@@ -298,19 +339,55 @@ class OffersCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: A connection that sends nothing is closed after this (socket time-out), freeing its thread.
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics: " + format, *args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection: an idle or slow client never holds up another's scrape."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: a connection ended badly", exc_info=True)
+
+
+class _Cached:
+    """A collector whose figures are reused for ``max_age_s``: scrapers at once cost one collection."""
+
+    def __init__(self, collector: Any, max_age_s: float = COLLECTION_MAX_AGE_S) -> None:
+        self.collector = collector
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._metrics: list[Metric] = []
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            if time.monotonic() - self._at > self.max_age_s:
+                self._metrics = list(self.collector.collect())
+                self._at = time.monotonic()
+            return list(self._metrics)
 
 
 def serve(rt: Runtime, host: str, port: int) -> None:
     from celery import Celery
 
     registry = CollectorRegistry()
-    app = None
+    consumers = None
     if rt.settings.broker_url:
         app = Celery("offers-metrics", set_as_current=False)
         app.config_from_object(celery_config(rt.settings))
-    registry.register(OffersCollector(rt, app))
-    with make_server(host, port, make_wsgi_app(registry), handler_class=_QuietHandler) as server:
+        consumers = Consumers(app).start()
+    registry.register(_Cached(OffersCollector(rt, consumers=consumers)))
+    server = make_server(host, port, make_wsgi_app(registry), server_class=_Server, handler_class=_QuietHandler)
+    try:
         log.info("serving /metrics", extra={"host": host, "port": server.server_port})
         server.serve_forever()
+    finally:
+        server.server_close()
+        if consumers is not None:
+            consumers.stop()
