@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from offers_workers import tracing
 
@@ -61,3 +63,18 @@ def setup(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Python warnings (Celery's running-as-root one, deprecations) become JSON lines too.
     logging.captureWarnings(True)
+
+
+def masked_url(url: str | None) -> str:
+    """A store's URL as it may be shown: its password replaced by ``***`` (a URL's ``user:pass@``,
+    or a libpq ``password=`` key)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        credentials, _, host = parts.netloc.rpartition("@")
+        user, has_password, _ = credentials.partition(":")
+        if has_password:
+            url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    # libpq takes a password as a key too, in a conninfo string or a URL's query.
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", url)

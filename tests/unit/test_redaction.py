@@ -137,3 +137,25 @@ def test_a_workers_configuration_shows_no_password() -> None:
     # Then every URL is there, without its password
     assert shown["redbeat_redis_url"] == "redis://:**@redis.internal:6379/0"
     assert [pw for pw in ("brokerpw", "beatpw", "resultpw") if pw in repr(shown)] == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://offers:pg-s3cret@db.internal:5432/offers", "postgresql://offers:***@db.internal:5432/offers"),
+        ("redis://:redis-s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("amqps://fleet:mq%40s3cret@mq:5671/offers", "amqps://fleet:***@mq:5671/offers"),
+        (
+            "postgresql://offers@db/offers?password=s3cret&sslmode=verify-full",
+            "postgresql://offers@db/offers?password=***&sslmode=verify-full",
+        ),
+        ("host=db user=offers password='s3 cret' dbname=offers", "host=db user=offers password=*** dbname=offers"),
+        ("user=postgres dbname=offers host=127.0.0.1", "user=postgres dbname=offers host=127.0.0.1"),
+        ("postgresql://postgres:@/postgres?host=/tmp/pg", "postgresql://postgres:***@/postgres?host=/tmp/pg"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    from offers_workers.logs import masked_url
+
+    assert masked_url(url) == shown
+    assert "s3cret" not in masked_url(url) and "s3 cret" not in masked_url(url)

@@ -77,6 +77,7 @@ def sandbox_faults_clear(partner: str | None) -> None:
 def dev() -> None:
     """Everything in the foreground: stores, sandbox, every Procfile process. Ctrl-C stops it all."""
     from offers_workers.local.stack import Stack
+    from offers_workers.logs import masked_url
 
     _stop_on_sigterm()
     os.environ.setdefault("OFFERS_SANDBOX", "1")  # dev talks to the sandbox it starts
@@ -86,7 +87,10 @@ def dev() -> None:
         console.print(
             f"[green]fleet running[/green]: {', '.join(stack.running.processes)}; logs in {stack.running.log_dir}"
         )
-        console.print(f"OFFERS_DATABASE_URL={settings.database_url}\nOFFERS_BROKER_URL={settings.broker_url}")
+        # Shown for a person to copy into another shell: never with its password.
+        console.print(
+            f"OFFERS_DATABASE_URL={masked_url(settings.database_url)}\nOFFERS_BROKER_URL={masked_url(settings.broker_url)}"
+        )
         while True:
             dead = stack.running.dead()
             if dead:
