@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -110,19 +110,6 @@ class AuditArchive:
         except (ClientError, BotoCoreError) as exc:
             raise sort_error(exc) from exc
         return _stored(key, response)
-
-    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """Every key under ``prefix`` in key order, after ``start_after`` when given.
-
-        A key whose latest version is a delete marker is not listed (its versions are still kept).
-        """
-        after = {"StartAfter": start_after} if start_after is not None else {}
-        try:
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **after):
-                for listed in page.get("Contents", []):
-                    yield listed["Key"]
-        except (ClientError, BotoCoreError) as exc:
-            raise sort_error(exc) from exc
 
     def head(self, key: str) -> ArchivedObject:
         """What S3 knows of ``key`` (with its stored checksum)."""

@@ -480,14 +480,6 @@ class FakeArchive(_Scripted):
         self._enter("put_anchor", key=key)
         return self._put(key, body, "STANDARD")
 
-    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """See ``interfaces.Archive.list_keys``; in S3's order, by each key's UTF-8 bytes."""
-        self._enter("list_keys", prefix=prefix, start_after=start_after)
-        listed = sorted(
-            (k for k, v in self.objects.items() if k.startswith(prefix) and not v[-1].delete_marker), key=str.encode
-        )
-        return iter([k for k in listed if start_after is None or k.encode() > start_after.encode()])
-
     def head(self, key: str) -> ArchivedObject:
         """See ``interfaces.Archive.head``; each call moves a pending restore one poll on."""
         self._enter("head", key=key)

@@ -414,10 +414,6 @@ class Archive(Protocol):
         """Upload a chain anchor (a small JSON object) in the standard class, with a SHA-256 checksum."""
         ...
 
-    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """Every key under ``prefix`` in key order (after ``start_after``), none hidden by a delete marker."""
-        ...
-
     def head(self, key: str) -> ArchivedObject:
         """What the archive knows of ``key``."""
         ...

@@ -26,7 +26,7 @@ from typing import IO, Any
 from psycopg.conninfo import conninfo_to_dict
 
 from offers_workers.domain.errors import PermanentError
-from offers_workers.partners.interfaces import Archive, ArchivedObject
+from offers_workers.partners.interfaces import Archive, ArchivedObject, KeyHistory
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
 
@@ -542,6 +542,8 @@ def verify(rt: Runtime, *, full: bool = False, record: bool = True) -> Verificat
     """
     seal(rt, timeout_s=SEAL_WAIT_S)
     result = Verification(findings=[])
+    if not rt.archive.lock_enabled():
+        result.findings.append(f"bucket {rt.archive.bucket}: Object Lock is off: exports and anchors can be deleted")
     try:
         anchor(rt)
     except AnchorConflict as exc:  # someone wrote under the next anchor's key before the fleet did
@@ -575,21 +577,23 @@ def verify(rt: Runtime, *, full: bool = False, record: bool = True) -> Verificat
     return result
 
 
-def _first_version(rt: Runtime, key: str, what: str, findings: list[str]) -> str | None:
-    """The version of ``key`` written first; a later one is named (a rewrite), a missing key too."""
-    held = rt.archive.versions(key)
-    if not held:
+def _first_version(
+    rt: Runtime, history: KeyHistory | None, key: str, what: str, findings: list[str], *, check_lock: bool = True
+) -> str | None:
+    """The version of ``key`` written first; a missing key, a later version (a rewrite), a delete
+    marker in front and, with ``check_lock``, a version not under compliance lock are named."""
+    if history is None:
         findings.append(f"{what}: {key} is missing from S3")
         return None
-    if len(held) > 1:
+    if len(history.versions) > 1:
         findings.append(
-            f"{what}: {key} was overwritten after it was written ({len(held)} versions; the first is checked)"
+            f"{what}: {key} was overwritten after it was written ({len(history.versions)} versions; the first is checked)"
         )
-    first = held[-1]
-    lock = rt.archive.lock(key, first.version_id)
-    if lock.mode != "COMPLIANCE":
+    if history.hidden:
+        findings.append(f"{what}: hidden behind a delete marker (the version written first is checked)")
+    if check_lock and rt.archive.lock(key, history.first.version_id).mode != "COMPLIANCE":
         findings.append(f"{what}: {key} is not under Object Lock in compliance mode")
-    return first.version_id
+    return history.first.version_id
 
 
 def _verify_exports(rt: Runtime, result: Verification) -> int:
@@ -597,6 +601,8 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
     with rt.db.transaction() as conn:
         jobs = audit_exports.done(conn)
     archive = rt.archive
+    # One listing of every version under the exports' prefix: rewrites and delete markers show.
+    histories = {h.key: h for h in archive.histories(keyspace(rt) + "audit/")}
     seen: set[str] = set()
     prev_last_hash: str | None = None
     through, borne_out = 0, True
@@ -605,7 +611,7 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         before = len(result.findings)
         what = f"export {job['id']} (rows {job['first_row_id']} to {job['last_row_id']})"
         seen.add(job["manifest_key"])
-        version = _first_version(rt, job["manifest_key"], what, result.findings)
+        version = _first_version(rt, histories.get(job["manifest_key"]), job["manifest_key"], what, result.findings)
         if version is None:
             continue
         manifest = json.loads(archive.read(job["manifest_key"], version))
@@ -619,8 +625,9 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
                 result.findings.append(
                     f"{what}: Postgres's {field_name} is {held}, its manifest's {manifest.get(field_name)}"
                 )
-        object_version = _first_version(rt, job["object_key"], what, result.findings)
-        if object_version is not None:
+        object_history = histories.get(job["object_key"])
+        _first_version(rt, object_history, job["object_key"], what, result.findings)
+        if object_history is not None and len(object_history.versions) == 1:  # a rewrite is named above
             stored = archive.head(job["object_key"])
             if stored.checksum_sha256 and stored.checksum_sha256 != _b64(manifest["sha256"]):
                 result.findings.append(f"{what}: its object's SHA-256 differs from its manifest's")
@@ -642,9 +649,9 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         borne_out = borne_out and len(result.findings) == before
         if borne_out:
             through = job["last_row_id"]
-    for history in archive.histories(keyspace(rt) + "audit/"):
-        if history.key.endswith(".manifest.json") and history.key not in seen:
-            result.findings.append(f"export manifest {history.key} is in S3, but no finished export in Postgres has it")
+    for key in sorted(histories):
+        if key.endswith(".manifest.json") and key not in seen:
+            result.findings.append(f"export manifest {key} is in S3, but no finished export in Postgres has it")
     return through
 
 
@@ -667,17 +674,9 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
     last_anchored = after_row
     for n, history in enumerate(histories):
         what = f"anchor {history.key}"
-        if len(history.versions) > 1:
-            result.findings.append(
-                f"{what}: {history.key} was overwritten after it was written"
-                f" ({len(history.versions)} versions; the first is checked)"
-            )
-        if history.hidden:
-            result.findings.append(f"{what}: hidden behind a delete marker (the version written first is checked)")
-        if n == len(histories) - 1 and archive.lock(history.key, history.first.version_id).mode != "COMPLIANCE":
-            # The newest stands for the rest: one writer, one put call, for every anchor.
-            result.findings.append(f"{what}: not under Object Lock in compliance mode")
-        body = json.loads(archive.read(history.key, history.first.version_id))
+        # The newest one's lock stands for the rest: one writer, one put call, for every anchor.
+        version = _first_version(rt, history, history.key, what, result.findings, check_lock=n == len(histories) - 1)
+        body = json.loads(archive.read(history.key, version))
         if body.get("format") != ANCHOR_FORMAT:
             result.findings.append(f"{what}: not an anchor ({body.get('format')!r})")
             continue

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from offers_workers.local.embedded import free_port
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import intake, stages
-from tests.conftest import SERVER, cli, cli_at_once, new_id
+from tests.conftest import SERVER, cli, cli_at_once, new_id, project_root, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -267,14 +274,9 @@ def test_a_send_to_a_virtual_host_no_worker_declared_fails_in_one_line(offers_en
     ]
 
 
-def test_metrics_serve_listens_on_loopback_only_by_default(offers_env: dict[str, str]) -> None:
-    import sys
-
-    import psutil
-
-    from offers_workers.local.embedded import free_port
-    from tests.conftest import project_root, wait_until
-
+@contextmanager
+def metrics_server() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`offers-workers metrics serve` on a free port, as the Procfile's line runs it; stopped after."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "offers_workers.ops.cli", "metrics", "serve", "--port", str(port)],
@@ -283,6 +285,15 @@ def test_metrics_serve_listens_on_loopback_only_by_default(offers_env: dict[str,
         stderr=subprocess.DEVNULL,
     )
     try:
+        yield server, port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.usefixtures("offers_env")
+def test_metrics_serve_listens_on_loopback_only_by_default() -> None:
+    with metrics_server() as (server, port):
 
         def listening() -> set[str]:
             found = psutil.Process(server.pid).net_connections(kind="tcp")
@@ -290,28 +301,11 @@ def test_metrics_serve_listens_on_loopback_only_by_default(offers_env: dict[str,
 
         # The endpoint has no authentication: only this host reaches it unless --host says otherwise
         assert wait_until(listening, timeout=30, message="metrics serve listening") == {"127.0.0.1"}
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
-def test_a_scrape_answers_at_once_while_idle_connections_are_held_open(offers_env: dict[str, str]) -> None:
-    import socket
-    import sys
-    import urllib.request
-
-    from offers_workers.local.embedded import free_port
-    from tests.conftest import project_root, wait_until
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "offers_workers.ops.cli", "metrics", "serve", "--port", str(port)],
-        cwd=project_root(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    idle: list[socket.socket] = []
-    try:
+@pytest.mark.usefixtures("offers_env")
+def test_a_scrape_answers_at_once_while_idle_connections_are_held_open() -> None:
+    with metrics_server() as (_, port), ExitStack() as idle:
 
         def scrape() -> bytes:
             # Well under the 10 s an idle connection is kept: a scrape queued behind one fails here
@@ -326,14 +320,10 @@ def test_a_scrape_answers_at_once_while_idle_connections_are_held_open(offers_en
 
         wait_until(answered, timeout=60, message="metrics serve answering")
         # Given 20 scrapers that connect and send nothing (a port scan, a stuck client, an attacker)
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        for _ in range(20):
+            idle.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
         # Then a scrape still answers, whole, and so do five more in a row (each in about 10 ms on
         # an idle 2-core machine; the test allows for a loaded one)
         for _ in range(6):
             body = scrape()
             assert b"offers_queue_consumers" in body and b"offers_audit_unsealed_rows" in body
-    finally:
-        for sock in idle:
-            sock.close()
-        server.terminate()
-        server.wait(10)

@@ -335,9 +335,8 @@ def locking(side: ArchiveSide, see: Observed, prefix: str) -> None:
     see(lambda: a.head(anchor))
     see(lambda: a.read(anchor, a.versions(anchor)[0].version_id))
     see(lambda: a.versions(manifest))
-    see(lambda: list(a.list_keys(prefix)))
-    see(lambda: list(a.list_keys(prefix, start_after=f"{prefix}/anchors/1.json")))
-    see(lambda: list(a.list_keys(f"{prefix}/anchors/")))
+    see(lambda: [(h.key, len(h.versions), h.hidden) for h in a.histories(prefix)])
+    see(lambda: [(h.key, len(h.versions), h.hidden) for h in a.histories(f"{prefix}/anchors/")])
     see(a.lock_enabled)
 
 

@@ -27,7 +27,7 @@ from config.settings import Settings
 from offers_workers.domain.errors import PermanentError
 from offers_workers.partners.aws_archive import AuditArchive
 from offers_workers.partners.fakes import FakeArchive
-from offers_workers.partners.interfaces import ObjectLock, ObjectVersion, StoredObject
+from offers_workers.partners.interfaces import KeyHistory, ObjectLock, ObjectVersion, StoredObject
 
 KINDS = ["export", "manifest", "anchor"]
 
@@ -143,8 +143,10 @@ def test_a_delete_without_a_version_only_adds_a_delete_marker(
     assert archive.versions(stored.key) == [ObjectVersion(stored.key, stored.version_id, is_latest=False)]
     assert archive.read(stored.key, stored.version_id) == body
     assert archive.lock(stored.key, stored.version_id).mode == "COMPLIANCE"
-    # And what an integrity check sees by key: the key is gone from the listing and reads as missing
-    assert stored.key not in list(archive.list_keys(prefix))
+    # And what an integrity check sees by key: the key reads as missing, its history shows it hidden
+    assert archive.histories(prefix) == [
+        KeyHistory(stored.key, [ObjectVersion(stored.key, stored.version_id, is_latest=False)], hidden=True)
+    ]
     with pytest.raises(PermanentError):
         archive.read(stored.key)
 
@@ -245,16 +247,17 @@ def test_lock_enabled_says_whether_the_bucket_has_object_lock(
     assert AuditArchive(settings.model_copy(update={"audit_bucket": plain})).lock_enabled() is False
 
 
-def test_list_keys_pages_through_every_key_in_order(archive: AuditArchive, attacker: Any, prefix: str) -> None:
+def test_histories_page_through_every_key_in_order(archive: AuditArchive, attacker: Any, prefix: str) -> None:
     # More keys than one page of S3's listing (1,000)
     keys = [f"{prefix}/anchors/{n:05d}.json" for n in range(1_005)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: attacker.put_object(Bucket=archive.bucket, Key=key, Body=b"{}"), keys))
     attacker.put_object(Bucket=archive.bucket, Key=f"{prefix}-sibling/not-under-the-prefix", Body=b"{}")
 
-    assert list(archive.list_keys(f"{prefix}/anchors/")) == keys
-    assert list(archive.list_keys(f"{prefix}/anchors/", start_after=keys[999])) == keys[1000:]
-    assert list(archive.list_keys(f"{prefix}/nothing/")) == []
+    histories = archive.histories(f"{prefix}/anchors/")
+    assert [h.key for h in histories] == keys
+    assert all(len(h.versions) == 1 and not h.hidden for h in histories)
+    assert archive.histories(f"{prefix}/nothing/") == []
 
 
 def test_the_fake_lets_a_version_go_only_once_its_retention_and_legal_hold_are_over() -> None:
