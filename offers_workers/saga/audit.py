@@ -543,11 +543,13 @@ def verify(rt: Runtime, *, full: bool = False, record: bool = True) -> Verificat
     seal(rt, timeout_s=SEAL_WAIT_S)
     result = Verification(findings=[])
     if not rt.archive.lock_enabled():
+        # Nothing can be anchored there (S3 refuses a locked write), and nothing there is kept.
         result.findings.append(f"bucket {rt.archive.bucket}: Object Lock is off: exports and anchors can be deleted")
-    try:
-        anchor(rt)
-    except AnchorConflict as exc:  # someone wrote under the next anchor's key before the fleet did
-        result.findings.append(f"anchor {exc}")
+    else:
+        try:
+            anchor(rt)
+        except AnchorConflict as exc:  # someone wrote under the next anchor's key before the fleet did
+            result.findings.append(f"anchor {exc}")
     exported_through = _verify_exports(rt, result)
     after_row = 0 if full else exported_through
     # The chain from the genesis hash, or from the end of the last export S3 bears out (its rows

@@ -365,3 +365,16 @@ def test_a_trail_written_before_anchors_existed_verifies_and_is_anchored_whole(o
         assert '"rows": 20' in done.stdout and '"anchors": 1' in done.stdout, done.stdout
     finally:
         _drop_database(SERVER["url"], name)
+
+
+def test_a_bucket_without_object_lock_is_named(trail: Trail) -> None:
+    # The archive pointed at a bucket made without Object Lock (by mistake, or to delete from later)
+    plain = f"{trail.bucket}-plain"
+    s3 = attacker_s3()
+    s3.create_bucket(Bucket=plain)
+    s3.put_bucket_versioning(Bucket=plain, VersioningConfiguration={"Status": "Enabled"})
+    trail.write(2)
+    code, out = Trail(trail.runtime_url, trail.owner_url, plain, {**trail.env, "OFFERS_AUDIT_BUCKET": plain}).verify()
+    assert code == 1, out
+    assert f"bucket {plain}: Object Lock is off: exports and anchors can be deleted" in out, out
+    drill("AWS account: a bucket without Object Lock", "named by audit verify")
