@@ -4,15 +4,49 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fuzz bench-audit bench-ceilings bench-pgbouncer bench-tracing clean
+# The lock: every package the venv gets, each pinned with its hashes (Python 3.11, Linux x86_64), from
+# pyproject.toml's dependencies and extras; RUNTIME_LOCK is the same pins for the dependencies alone (a
+# worker image). `make lock` writes both again, with uv from a venv of its own under TOOLS.
+LOCK := requirements/dev.lock
+RUNTIME_LOCK := requirements/runtime.lock
+TOOLS := .offers-workers/tools
+UV_VERSION := 0.13.10
+UV := $(TOOLS)/uv-$(UV_VERSION)/bin/uv
+PIP_AUDIT_VERSION := 2.10.1
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command "make lock"
+# LOCK_ARGS passes options to uv, e.g. LOCK_ARGS=--upgrade (every pin to the newest pyproject admits)
+# or LOCK_ARGS="--upgrade-package NAME"; without, `make lock` keeps every pin pyproject still admits.
+LOCK_ARGS ?=
+# The vulnerability service `make audit` asks: pypi (PyPI's JSON API) or osv.
+AUDIT_SERVICE ?= pypi
+
+.PHONY: install lock audit demo test lint unit fuzz bench-audit bench-ceilings bench-pgbouncer bench-tracing clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the lock's pins (pip checks every hash), then the project itself without resolving anything:
+# the pip `python3 -m venv` ships installs it as it is.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+## Write the locks again from pyproject.toml (README, "Dependencies and the lock").
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(LOCK_ARGS) -o $(LOCK)
+	$(UV) pip compile pyproject.toml -c $(LOCK) $(LOCK_FLAGS) -o $(RUNTIME_LOCK)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv-$(UV_VERSION)
+	$(TOOLS)/uv-$(UV_VERSION)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+## The lock's pins against a vulnerability service with pip-audit (needs the service reachable; says
+## so in one line and exits 2 where it is not, 1 on a known vulnerability).
+audit:
+	@$(PYTHON) -m offers_workers.local.dependency_audit --lock $(LOCK) --service $(AUDIT_SERVICE) \
+		--tools $(TOOLS) --pip-audit-version $(PIP_AUDIT_VERSION)
 
 ## Start everything (embedded Postgres/Redis when no URLs are set), push 200 sample offers, report.
 demo: install
