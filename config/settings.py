@@ -275,6 +275,15 @@ class Settings(BaseSettings):
 
     #: Port of `offers-workers metrics serve` (Prometheus /metrics).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: /metrics over TLS (PEM files, read by `metrics serve` at start-up); off loopback it is required
+    #: unless metrics_allow_plaintext says the network is private (a sidecar's, a VPN's).
+    metrics_tls_cert_file: Path | None = None
+    metrics_tls_key_file: Path | None = None
+    #: Mutual TLS: only a scraper with a certificate of this CA is served.
+    metrics_tls_client_ca_file: Path | None = None
+    #: USER:PASSWORD a scrape must send (HTTP basic auth); refused in the clear off loopback.
+    metrics_basic_auth: SecretStr | None = None
+    metrics_allow_plaintext: bool = False
 
     #: Seconds a worker keeps feature flags before reading them again (a change is seen within it).
     flag_cache_seconds: float = Field(default=2, ge=0, le=60)
@@ -401,6 +410,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{name}: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_endpoint(self) -> Settings:
+        # The files themselves are read by `metrics serve` alone: a worker's host need not have them.
+        if bool(self.metrics_tls_cert_file) != bool(self.metrics_tls_key_file):
+            raise ValueError(
+                "OFFERS_METRICS_TLS_CERT_FILE and OFFERS_METRICS_TLS_KEY_FILE go together: set both or neither"
+            )
+        if self.metrics_tls_client_ca_file and not self.metrics_tls_cert_file:
+            raise ValueError(
+                "OFFERS_METRICS_TLS_CLIENT_CA_FILE needs OFFERS_METRICS_TLS_CERT_FILE and OFFERS_METRICS_TLS_KEY_FILE"
+            )
+        if self.metrics_basic_auth is not None:
+            user, colon, password = self.metrics_basic_auth.get_secret_value().partition(":")
+            if not (user and colon and password):
+                raise ValueError("OFFERS_METRICS_BASIC_AUTH takes USER:PASSWORD (a user without ':', a password)")
         return self
 
     @model_validator(mode="after")

@@ -7,11 +7,13 @@ not counters kept by each worker: a fleet on many hosts has one truth, and a res
 nothing. Events that Postgres does not keep (partner errors) are counters, for ``rate()``.
 
 A Datadog agent scrapes it with its OpenMetrics check (``openmetrics_endpoint: http://host:port/metrics``).
+Off loopback it is served over TLS, with basic auth if set (``metrics_guard``).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from config.celery import QUEUES, celery_config
 from offers_workers.ops import reports
+from offers_workers.ops.metrics_guard import Guard
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors
 from offers_workers.store import reports as store_reports
@@ -351,6 +354,14 @@ class _Server(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake here, in the connection's thread and under its time-out, not in accept():
+        # a client that connects and never says hello holds only its own thread.
+        request.settimeout(_QuietHandler.timeout)
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
+        super().finish_request(request, client_address)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("metrics: a connection ended badly", exc_info=True)
 
@@ -373,7 +384,7 @@ class _Cached:
             return list(self._metrics)
 
 
-def serve(rt: Runtime, host: str, port: int) -> None:
+def serve(rt: Runtime, host: str, port: int, guard: Guard) -> None:
     from celery import Celery
 
     registry = CollectorRegistry()
@@ -383,9 +394,20 @@ def serve(rt: Runtime, host: str, port: int) -> None:
         app.config_from_object(celery_config(rt.settings))
         consumers = Consumers(app).start()
     registry.register(_Cached(OffersCollector(rt, consumers=consumers)))
-    server = make_server(host, port, make_wsgi_app(registry), server_class=_Server, handler_class=_QuietHandler)
+    wsgi_app = guard.wrap(make_wsgi_app(registry))
+    server = make_server(host, port, wsgi_app, server_class=_Server, handler_class=_QuietHandler)
+    if guard.tls is not None:
+        server.socket = guard.tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     try:
-        log.info("serving /metrics", extra={"host": host, "port": server.server_port})
+        log.info(
+            "serving /metrics",
+            extra={
+                "host": host,
+                "port": server.server_port,
+                "tls": guard.tls is not None,
+                "basic_auth": guard.credentials_digest is not None,
+            },
+        )
         server.serve_forever()
     finally:
         server.server_close()

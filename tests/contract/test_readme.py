@@ -62,6 +62,7 @@ RUN_BY = {
     "procfile-split-payment": "test_splitting_a_slow_partner_out",
     "offer-flow": "test_docs_agree.test_the_offer_flow_diagram_names_real_tasks_and_states",
     "flower-procfile": "test_flower.test_flower_shows_the_fleet_and_no_buyer_data",
+    "metrics-prometheus-scrape": "test_metrics_endpoint.test_prometheus_scrapes_it_with_the_readmes_config",
     "rabbitmq-users": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
     "rabbitmq-roles": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
     "least-privilege-client-rabbitmq": "test_broker_roles.TestRabbitMQ.test_the_upstream_user_submits_cancels_and_validates_with_the_guides_settings",

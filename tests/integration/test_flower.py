@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from celery import Celery
 
@@ -51,6 +52,12 @@ class Flower:
     port: int
     authorization: str
     log_dir: Path
+    pid: int
+
+    def listening_on(self) -> set[str]:
+        """The addresses Flower's process listens on at its port."""
+        found = psutil.Process(self.pid).net_connections(kind="tcp")
+        return {c.laddr.ip for c in found if c.status == psutil.CONN_LISTEN and c.laddr.port == self.port}
 
     def request(self, path: str, *, method: str = "GET", auth: bool = True) -> tuple[int, str]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
@@ -82,13 +89,14 @@ class Flower:
 
 @pytest.fixture
 def flower(offers_env: dict[str, str], celery_app: Any, tmp_path: Path) -> Iterator[Flower]:
-    """Flower as the README's line runs it, on a free port with basic auth; stopped at the end, failed or not."""
+    """Flower as the README's line runs it, on a free port with basic auth; stopped at the end, failed or not.
+    No FLOWER_ADDRESS: where it listens is the line's own doing."""
     password = secrets.token_hex(8)
-    env = {"FLOWER_PORT": str(free_port()), "FLOWER_ADDRESS": "127.0.0.1", "FLOWER_BASIC_AUTH": f"ops:{password}"}
+    env = {"FLOWER_PORT": str(free_port()), "FLOWER_BASIC_AUTH": f"ops:{password}"}
     authorization = "Basic " + base64.b64encode(f"ops:{password}".encode()).decode()
     with Fleet(offers_env | env, tmp_path) as running:
-        running.start(flower_line())
-        client = Flower(int(env["FLOWER_PORT"]), authorization, tmp_path)
+        process = running.start(flower_line())
+        client = Flower(int(env["FLOWER_PORT"]), authorization, tmp_path, process.pid)
         workers = {name for reply in celery_app.control.ping(timeout=1) or [] for name in reply}
         assert workers, "no worker of the fleet answers a ping"
         wait_until(
@@ -165,6 +173,10 @@ def test_flower_shows_the_fleet_and_no_buyer_data(
     upstream_offer, upstream = buyer_offer(1)
     cli_offer, operator = buyer_offer(2)
     buyer_data = upstream.buyer_data + operator.buyer_data
+    # Given Flower as the README's line runs it: on loopback alone, and no page without the password
+    assert flower.listening_on() == {"127.0.0.1"}
+    for path in ("/", "/workers", "/tasks", "/api/workers"):
+        assert flower.request(path, auth=False)[0] == 401, path
     with task_events(celery_app) as events:
         # Given an offer from an upstream's Celery client and one from the operator CLI
         send_as_upstream(offers_env, upstream_offer)
