@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from offers_workers.domain import authority
+from offers_workers.domain.secrets import PaymentKeys
 from offers_workers.partners.table import PARTNERS
 
 PREFIX = "OFFERS_"
@@ -35,6 +36,9 @@ SANDBOX_DEFAULTS: dict[str, str] = {
 
 #: The keys the sandbox's AWS (moto) is signed with. moto takes any; boto3 needs some to sign at all.
 SANDBOX_AWS_CREDENTIALS = ("testing", "testing")
+
+#: OFFERS_PAYMENT_SECRET_KEYS in the sandbox, where nothing is set: a known key for test tokens only.
+SANDBOX_PAYMENT_SECRET_KEYS = "sandbox=offers-sandbox-payment-secrets-not-for-real-tokens"
 
 #: Settings a production deployment must give (the sandbox fills them in).
 REQUIRED_OUTSIDE_SANDBOX = (
@@ -269,6 +273,9 @@ class Settings(BaseSettings):
     #: Upstreams' keys (ID is NAME or NAME.VERSION); with upstream_signing, offers.submit and
     #: offers.cancel must carry a MAC of one of them, and the offer records which upstream sent it.
     upstream_keys: SecretStr | None = None
+    #: Keys sealing Plaid access tokens and account ids at rest (ID=SECRET, comma-separated): the first
+    #: seals, every one opens (a rotation holds two; `secrets rotate` re-seals under the first).
+    payment_secret_keys: SecretStr | None = None
     upstream_signing: bool = False
     #: Off only in the sandbox (the bench's comparison): nothing is signed or checked.
     message_auth: bool = True
@@ -383,6 +390,25 @@ class Settings(BaseSettings):
             except authority.KeyringError as exc:
                 raise ValueError(str(exc)) from None
         return tuple(rings)
+
+    @model_validator(mode="after")
+    def _payment_secret_keys(self) -> Settings:
+        if self.payment_secret_keys is None and self.sandbox:
+            # A fixed key: sandbox data holds only test tokens, and every process of a dev stack agrees.
+            self.payment_secret_keys = SecretStr(SANDBOX_PAYMENT_SECRET_KEYS)
+        if self.payment_secret_keys is None:
+            raise ValueError("OFFERS_PAYMENT_SECRET_KEYS is required (or set OFFERS_SANDBOX=1)")
+        if not self.payment_keys.keys:  # parses the setting: a malformed one fails here, in one line
+            raise ValueError("OFFERS_PAYMENT_SECRET_KEYS holds no key")
+        return self
+
+    @property
+    def payment_keys(self) -> PaymentKeys:
+        """The key ring sealing payment secrets at rest (``offers_workers.domain.secrets``)."""
+        try:
+            return PaymentKeys.parse(self.secret("payment_secret_keys"), env_name("payment_secret_keys"))
+        except authority.KeyringError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _broker_scheme(self) -> Settings:

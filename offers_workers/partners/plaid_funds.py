@@ -75,13 +75,14 @@ class PlaidFunds:
         response = self._call(self._api.accounts_balance_get, request)
         account = next((a for a in response.accounts if a.account_id == account_id), None)
         if account is None:
-            raise PermanentError("plaid", "account_not_found", f"account {account_id} is not on this item")
+            # No id in the message: an account id is a payment secret.
+            raise PermanentError("plaid", "account_not_found", "the offer's account is not on this item")
         balance = account.balances.available
         from_current = balance is None
         if balance is None:
             balance = account.balances.current
         if balance is None:
-            raise PermanentError("plaid", "balance_unavailable", f"no balance for account {account_id}")
+            raise PermanentError("plaid", "balance_unavailable", "no balance for the offer's account")
         return Balance(account_id, _to_cents(balance), from_current)
 
     def return_risk(self, *, offer_id: str, access_token: str, account_id: str, amount_cents: int) -> ReturnRisk:

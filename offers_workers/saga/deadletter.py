@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from offers_workers.domain import states
+from offers_workers.domain import secrets, states
 from offers_workers.runtime import Runtime
 from offers_workers.saga.decisions import traced
 from offers_workers.saga.stages import Dispatch
@@ -49,10 +49,11 @@ def record(
             stage=stage,
             task_name=task_name,
             offer_id=offer_id,
-            kwargs=kwargs,
+            # Sealed, not removed: a replay re-sends them (an offers.submit's offer holds its Plaid token).
+            kwargs=rt.settings.payment_keys.seal_within(kwargs),
             error_type=type(error).__name__,
-            error_message=str(error)[:2000],
-            traceback_text=traceback_text,
+            error_message=secrets.redact_text(str(error)[:2000]),
+            traceback_text=secrets.redact_text(traceback_text),
             attempts=attempts,
         )
         if offer_id and from_state:
@@ -83,6 +84,8 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
         row = dead_letters.lock_pending(conn, entry_id)
         if row is None:
             return None
+        # Opened before anything changes: a key missing from the ring leaves the entry pending.
+        kwargs = rt.settings.payment_keys.open_within(row["kwargs"])
         stage = states.STAGE_BY_NAME.get(row["stage"])
         if stage and offer is not None:
             if offer.state != states.DEAD_LETTERED:
@@ -103,7 +106,7 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
         )
     # The replay, however many days later, is a span of the offer's own trace.
     trace_parent = offer.row.get("trace_parent") if offer is not None else None
-    return traced(Dispatch(row["task_name"], row["kwargs"]), trace_parent, "dlq replay")
+    return traced(Dispatch(row["task_name"], kwargs), trace_parent, "dlq replay")
 
 
 def discard(rt: Runtime, entry_id: int, *, reason: str, actor: str = "cli") -> bool:

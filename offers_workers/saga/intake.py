@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from offers_workers import tracing
-from offers_workers.domain import states
+from offers_workers.domain import secrets, states
 from offers_workers.domain.authority import UNAUTHENTICATED
 from offers_workers.domain.payload import (
     OFFER_ID,
@@ -55,14 +55,20 @@ class IntakeResult:
 
 
 def _raw_text(raw: Any) -> tuple[str, int]:
+    """The body as kept (payment secrets removed, truncated) and the size it came with."""
     try:
-        text = canonical_json(raw)
+        text, size = canonical_json(secrets.redact(raw)), len(canonical_json(raw).encode("utf-8", errors="replace"))
     except (TypeError, ValueError, RecursionError):
         text = repr(raw)
-    encoded = text.encode("utf-8", errors="replace")
+        size = len(text.encode("utf-8", errors="replace"))
+        text = secrets.redact_text(text)
+    return _kept(text), size
+
+
+def _kept(text: str) -> str:
     # Keep whole characters only; Postgres text refuses NUL, so it is escaped.
-    kept = encoded[:RAW_BODY_KEEP_BYTES].decode("utf-8", errors="ignore").replace("\x00", "\\u0000")
-    return kept, len(encoded)
+    encoded = text.encode("utf-8", errors="replace")
+    return encoded[:RAW_BODY_KEEP_BYTES].decode("utf-8", errors="ignore").replace("\x00", "\\u0000")
 
 
 def submit(
@@ -106,7 +112,13 @@ def _record(
         offers.lock_offer_id(conn, offer.offer_id)  # a cancel for this id waits, or went first
         signed_by = {"sender": sender} if sender else None
         if offers.insert_offer(
-            conn, offer, raw, actor=ACTOR, trace_parent=tracing.current_traceparent(), data=signed_by
+            conn,
+            offer,
+            raw,
+            actor=ACTOR,
+            keys=rt.settings.payment_keys,
+            trace_parent=tracing.current_traceparent(),
+            data=signed_by,
         ):
             log.info("offer received", extra={"offer_id": offer.offer_id, "stage": "intake"})
             tombstone = cancellation.apply_tombstone(conn, offer.offer_id)
@@ -135,11 +147,8 @@ def record_unreadable(
 ) -> int:
     """Record a message the workers could not read at all (an envelope that is not JSON, a body
     that does not decode, no or an unknown task name): the raw text, what was wrong, where."""
-    kept = (
-        raw.encode("utf-8", errors="replace")[:RAW_BODY_KEEP_BYTES]
-        .decode("utf-8", errors="ignore")
-        .replace("\x00", "\\u0000")
-    )
+    # Secrets out before the cut: a token cut in half would no longer be recognised.
+    kept = _kept(secrets.redact_text(raw))
     error = FieldError(field="", code=problem, message=f"{detail} (queue {queue})")
     with rt.db.transaction() as conn:
         rejection_id = intake_rejections.record(

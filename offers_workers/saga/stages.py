@@ -193,7 +193,9 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
         # Each start is counted (committed) before Stripe is called: a run that died after placing
         # the hold left a count behind, so the next run looks the hold up.
         first = offer.row["payment_attempts"] == 1
-        return payment_outcome(offer.payload, rt.stripe, rt.plaid, first_attempt=first)
+        # The one place besides the risk stage that opens the offer's sealed Plaid token.
+        payload = offer.for_partners(rt.settings.payment_keys)
+        return payment_outcome(payload, rt.stripe, rt.plaid, first_attempt=first)
 
     return run_stage(rt, states.STAGE_BY_NAME["payment"], offer_id, work, load=offers.start_payment)
 
@@ -241,7 +243,7 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
     def work(offer: offers.Offer) -> Outcome:
         return risk_outcome(
-            offer.payload,
+            offer.for_partners(settings.payment_keys),
             rt.sift,
             rt.plaid,
             risk_block_threshold=settings.risk_block_threshold,

@@ -12,8 +12,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from offers_workers.domain import states
-from offers_workers.domain.payload import OfferPayload, body_sha256
+from offers_workers.domain import secrets, states
+from offers_workers.domain.payload import BankAccountPayment, OfferPayload, body_sha256
+from offers_workers.domain.secrets import PaymentKeys
 from offers_workers.store.db import Connection
 from offers_workers.tracing import trace_id_of
 
@@ -31,6 +32,16 @@ STATE_TIMESTAMP = {
 #: Stamps that move to the latest entry: an offer dead-lettered again has waited since then. Every
 #: other stamp keeps the first entry (see ``transition``).
 RESTAMPED = frozenset({"dead_lettered_at"})
+#: States past the last Plaid call (the risk stage): an offer entering one keeps no payment secret.
+SECRETS_USED_UP = frozenset(
+    {states.RISK_CLEARED, states.AUCTION_TRIGGERED, states.SUBMITTED, states.REJECTED, states.CANCELLED}
+)
+#: Replaces a bank-account offer's Plaid token and account id by ``[dropped]`` (the payload stays valid).
+DROP_SECRETS = sql.SQL(
+    "payload = CASE WHEN payload->'payment' ? 'plaid_access_token' THEN jsonb_set(jsonb_set(payload,"
+    " '{payment,plaid_access_token}', '\"[dropped]\"'), '{payment,plaid_account_id}', '\"[dropped]\"')"
+    " ELSE payload END"
+)
 #: Columns a stage may set along with its transition.
 SETTABLE = frozenset({"payment_intent_id", "hold_status", "risk_score", "return_risk_score", "reason"})
 
@@ -68,12 +79,24 @@ class Offer:
             offer_id=row["offer_id"],
             state=row["state"],
             reason=row["reason"],
-            payload=OfferPayload.model_validate(row["payload"]),
+            # Sealed secrets show as placeholders: only a partner call opens them (``for_partners``).
+            payload=OfferPayload.model_validate(secrets.placeholders(row["payload"])),
             payment_intent_id=row["payment_intent_id"],
             hold_status=row["hold_status"],
             risk_score=row["risk_score"],
             row=row,
         )
+
+    def for_partners(self, keys: PaymentKeys) -> OfferPayload:
+        """The payload with its payment secrets opened, for the partner call that needs them (Plaid)."""
+        payment = self.payload.payment
+        stored = self.row["payload"].get("payment", {})
+        if not isinstance(payment, BankAccountPayment):
+            return self.payload
+        opened = {
+            field: keys.open(stored[field]) for field in secrets.SECRET_FIELDS if isinstance(stored.get(field), str)
+        }
+        return self.payload.model_copy(update={"payment": payment.model_copy(update=opened)})
 
 
 def offer_row(conn: Connection, offer_id: str) -> dict[str, Any] | None:
@@ -135,12 +158,14 @@ def insert_offer(
     raw: dict[str, Any],
     *,
     actor: str,
+    keys: PaymentKeys,
     trace_parent: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> bool:
     """Record a new offer as ``received``; False when the offer_id exists already. ``trace_parent``:
     the intake span's W3C traceparent, kept so a re-send or replay resumes the offer's trace; ``data``
-    goes on its audit row (who signed the message, when an upstream did)."""
+    goes on its audit row (who signed the message, when an upstream did). Its payment secrets are
+    sealed with ``keys``; ``body_sha256`` is of the body as it came, so a re-send still matches."""
     # The row and its audit event in one statement (one round trip).
     row = conn.execute(
         """
@@ -162,7 +187,7 @@ def insert_offer(
             offer.amount_cents,
             offer.currency,
             offer.payment.method,
-            Jsonb(offer.model_dump(mode="json")),
+            Jsonb(keys.seal_within(offer.model_dump(mode="json"))),
             body_sha256(raw),
             offer.synthetic,
             states.RECEIVED,
@@ -205,6 +230,8 @@ def transition(
         # A replay re-enters a state without re-running the stage that produced it: keep when that
         # stage really finished (the hold watch's clock, and honest stage latencies and auction lag).
         assignments.append(sql.SQL("{0} = coalesce({0}, clock_timestamp())").format(sql.Identifier(stamp)))
+    if to_state in SECRETS_USED_UP:
+        assignments.append(DROP_SECRETS)
     assignments.append(sql.SQL("updated_at = clock_timestamp()"))
     # The move and its audit row in one statement: one round trip. The row goes in unlinked; the
     # sealer links it into the chain after the commit (migration 0010).

@@ -110,6 +110,7 @@ def production(endpoint_url: str) -> Settings:
         sns_cancelled_topic_arn="arn:aws:sns:us-east-1:123456789012:offers-cancelled",
         audit_bucket="offers-audit",
         message_keys="fleet-1=" + "k" * 40,
+        payment_secret_keys="pay-1=" + "s" * 40,
         aws_endpoint_url=endpoint_url,
     )
 

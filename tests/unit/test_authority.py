@@ -175,6 +175,7 @@ def production_env(clean_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "OFFERS_SNS_SUBMITTED_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:offers-submitted",
         "OFFERS_SNS_CANCELLED_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:offers-cancelled",
         "OFFERS_AUDIT_BUCKET": "offers-audit",
+        "OFFERS_PAYMENT_SECRET_KEYS": "pay-1=" + "s" * 40,
     }.items():
         clean_env.setenv(name, value)
     return clean_env

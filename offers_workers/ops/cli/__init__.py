@@ -20,7 +20,20 @@ from psycopg_pool import PoolTimeout
 
 from config.settings import ConfigError, get_settings
 from offers_workers import tracing
-from offers_workers.ops.cli import audit, db, dlq, flags, holds, local, metrics, offers, policy, reports, synthetic
+from offers_workers.ops.cli import (
+    audit,
+    db,
+    dlq,
+    flags,
+    holds,
+    local,
+    metrics,
+    offers,
+    policy,
+    reports,
+    secrets,
+    synthetic,
+)
 from offers_workers.ops.cli.common import DB_WAIT_S, connection_lost, fail, first_line
 
 
@@ -127,6 +140,7 @@ for _command in (
     reports.health,
     synthetic.synthetic,
     metrics.metrics,
+    secrets.secrets_group,
     local.sandbox,
     local.dev,
     local.demo,

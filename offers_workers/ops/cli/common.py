@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, get_settings
+from offers_workers.domain import secrets
 from offers_workers.runtime import ProcessKind, Runtime
 from offers_workers.store import listings
 
@@ -92,8 +93,8 @@ def parse_moment(value: str, *, option: str) -> datetime:
 
 
 def print_json(value: Any) -> None:
-    """Print ``value`` as indented JSON (times and decimals as strings)."""
-    click.echo(json.dumps(value, indent=2, default=str))
+    """Print ``value`` as indented JSON (times and decimals as strings), payment secrets removed."""
+    click.echo(json.dumps(secrets.redact(value), indent=2, default=str))
 
 
 # --- listings: every row, or a page that says where it stopped -----------------------------------
@@ -151,7 +152,8 @@ def show_listing(
         return
     with rt.db.transaction() as conn:
         page = listings.read_page(conn, source, params, limit=limit or TABLE_ROWS, after=start, count_more=not as_json)
-    items = [shape(r) for r in page.rows]
+    # Payment secrets out of every row, whatever its record kept: the second net after intake's.
+    items = [secrets.redact(shape(r)) for r in page.rows]
     if as_json:
         print_json({"items": items, "truncated": page.next_cursor is not None, "next_cursor": page.next_cursor})
         return
@@ -192,7 +194,7 @@ def record_table(title: str, record: dict[str, Any], *, apart: str | tuple[str, 
     are left out, and so is ``apart``, which the command prints after it (a history, a traceback)."""
     apart = (apart,) if isinstance(apart, str) else apart
     table = Table(title=title, show_header=False)
-    for key, value in record.items():
+    for key, value in secrets.redact(record).items():
         if key not in apart and value is not None:
             table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     return table
@@ -215,7 +217,7 @@ def write_json_array(items: Iterable[Any]) -> None:
     written = 0
     try:
         for item in items:
-            sys.stdout.write(("[\n" if written == 0 else ",\n") + json.dumps(item, default=str))
+            sys.stdout.write(("[\n" if written == 0 else ",\n") + json.dumps(secrets.redact(item), default=str))
             written += 1
         sys.stdout.write("\n]\n" if written else "[]\n")
     except BrokenPipeError:

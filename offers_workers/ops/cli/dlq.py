@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from offers_workers.domain import secrets
 from offers_workers.ops.cli.common import (
     LISTING_HELP,
     ListingTable,
@@ -78,7 +79,7 @@ def dlq_show(entry_id: int, as_json: bool) -> None:
         return
     console.print(record_table(f"dead letter {entry_id}", row, apart="traceback"))
     if row["traceback"]:
-        console.print(row["traceback"], markup=False, highlight=False)
+        console.print(secrets.redact_text(row["traceback"]), markup=False, highlight=False)
 
 
 @dlq.command("replay")
