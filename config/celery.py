@@ -8,7 +8,9 @@ publish waits for the broker's confirm.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from kombu import Exchange, Queue
 
@@ -89,6 +91,10 @@ def celery_config(settings: Settings, *, declare: bool = True) -> dict[str, Any]
             config["result_backend_transport_options"] = {"global_keyprefix": settings.broker_key_prefix}
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
+        if results.startswith("rediss://"):
+            # RedBeat falls back on broker_use_ssl, an amqps:// broker's socket options, which redis refuses.
+            query = parse_qs(urlsplit(results).query)
+            config["redbeat_redis_use_ssl"] = {k: v[-1] for k, v in query.items() if k in REDIS_TLS_QUERY}
     return config
 
 
@@ -128,6 +134,7 @@ def rabbitmq_options(settings: Settings, declare: bool = True) -> dict[str, Any]
     worker at once, a host cut off once the broker misses its heartbeats. No visibility timeout.
     """
     return {
+        **({"broker_use_ssl": broker_tls(settings)} if (settings.broker_url or "").startswith("amqps://") else {}),
         # A send returns only once the broker has the message: a broker crash cannot eat a hand-on.
         "broker_transport_options": {"confirm_publish": True},
         "broker_heartbeat": settings.broker_heartbeat_seconds,
@@ -142,6 +149,23 @@ def rabbitmq_options(settings: Settings, declare: bool = True) -> dict[str, Any]
             )
             for q in QUEUES
         ],
+    }
+
+
+#: The TLS options a rediss:// URL carries in its query (what redis-py reads from it).
+REDIS_TLS_QUERY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_tls(settings: Settings) -> dict[str, Any]:
+    """amqps://: py-amqp's socket options. It checks the chain only when asked to, and the host name
+    only when given one: None makes kombu fill in the host of the node it connects to."""
+    return {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": str(settings.broker_tls_ca_file) if settings.broker_tls_ca_file else None,
+        "certfile": str(settings.broker_tls_cert_file) if settings.broker_tls_cert_file else None,
+        "keyfile": str(settings.broker_tls_key_file) if settings.broker_tls_key_file else None,
+        "server_hostname": None,
+        "tls_minimum_version": ssl.TLSVersion.TLSv1_2,
     }
 
 

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from config import links
 from offers_workers.domain import authority
 from offers_workers.domain.secrets import PaymentKeys
 from offers_workers.partners.table import PARTNERS
@@ -113,6 +114,16 @@ class Settings(BaseSettings):
     #: global_keyprefix). Every upstream client must then set the same prefix, or its offers wait
     #: where no worker looks.
     broker_key_prefix: str = ""
+    #: RabbitMQ over TLS (amqps://): the CA bundle the broker's certificate must chain to (unset:
+    #: the system's), and the fleet's client certificate and key where the broker asks for one.
+    #: Every connection checks the chain and the host name of the node it reaches.
+    broker_tls_ca_file: Path | None = None
+    broker_tls_cert_file: Path | None = None
+    broker_tls_key_file: Path | None = None
+    #: Links outside the sandbox that may be plain or unverified TLS (config/links.py names them:
+    #: database, broker, redis, smtp, a partner), comma-separated: a deployment's explicit choice,
+    #: e.g. a broker reached through a sidecar that terminates TLS. Empty: every such link is refused.
+    allow_insecure_links: str = ""
     #: Postgres connections per process whatever its type; unset, each type takes its own below
     #: (the connection budget, docs/operations.md section 3).
     db_pool_size: int | None = Field(default=None, ge=1, le=100)
@@ -436,6 +447,34 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{name}: a rediss:// URL needs ssl_cert_reqs=required (or optional, none) in its query string"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _links(self) -> Settings:
+        for name in sorted(links.allowed_insecure(self) - set(links.LINK_NAMES)):
+            raise ValueError(f"OFFERS_ALLOW_INSECURE_LINKS: '{name}' is not a link ({', '.join(links.LINK_NAMES)})")
+        tls_files = ("broker_tls_ca_file", "broker_tls_cert_file", "broker_tls_key_file")
+        if any(getattr(self, n) for n in tls_files):
+            if not (self.broker_url or "").startswith("amqps://"):
+                raise ValueError(
+                    f"{env_name(next(n for n in tls_files if getattr(self, n)))} applies to an amqps:// broker"
+                    " (a rediss:// URL takes ssl_ca_certs, ssl_certfile and ssl_keyfile in its query)"
+                )
+            if bool(self.broker_tls_cert_file) != bool(self.broker_tls_key_file):
+                raise ValueError("OFFERS_BROKER_TLS_CERT_FILE and OFFERS_BROKER_TLS_KEY_FILE go together")
+            for n in tls_files:
+                path = getattr(self, n)
+                if path and not os.access(path, os.R_OK):
+                    raise ValueError(f"{env_name(n)}: cannot read the file")
+        if self.broker_is_rabbitmq and self.broker_url:
+            for url in links.broker_urls(self.broker_url):
+                if set(parse_qs(urlsplit(url).query)) & set(links.AMQP_TLS_QUERY):
+                    raise ValueError(
+                        "OFFERS_BROKER_URL: TLS options do not go in an AMQP URL's query;"
+                        " use amqps:// and OFFERS_BROKER_TLS_CA_FILE (and _CERT_FILE, _KEY_FILE)"
+                    )
+        if refused := links.refusal(self):
+            raise ValueError(refused)
         return self
 
     @model_validator(mode="after")

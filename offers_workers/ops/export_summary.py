@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
+from config import links
 from config.settings import Settings
 from offers_workers.saga.audit import ExportSummary
 
@@ -139,6 +140,12 @@ def send(msg: EmailMessage, settings: Settings) -> dict[str, tuple[int, bytes]]:
     with smtplib.SMTP(settings.smtp_host or "", settings.smtp_port, timeout=settings.smtp_timeout_seconds) as smtp:
         smtp.ehlo()
         encrypted = smtp.has_extn("starttls")
+        if not encrypted and not plain_smtp_allowed(settings):
+            # A man in the middle strips STARTTLS from the greeting to read the mail: refuse, not downgrade.
+            raise smtplib.SMTPNotSupportedError(
+                "the server offers no STARTTLS; the summary is not sent in the clear"
+                " (name 'smtp' in OFFERS_ALLOW_INSECURE_LINKS to allow it)"
+            )
         if encrypted:
             smtp.starttls(context=ssl.create_default_context())
             smtp.ehlo()
@@ -149,6 +156,11 @@ def send(msg: EmailMessage, settings: Settings) -> dict[str, tuple[int, bytes]]:
                 )
             smtp.login(settings.smtp_username, settings.secret("smtp_password"))
         return smtp.send_message(msg)
+
+
+def plain_smtp_allowed(settings: Settings) -> bool:
+    """Mail may go without STARTTLS in the sandbox, to this host, or where the deployment says so."""
+    return settings.sandbox or links.is_local_host(settings.smtp_host) or "smtp" in links.allowed_insecure(settings)
 
 
 def moment(at: datetime | None) -> str:

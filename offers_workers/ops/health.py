@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from config import links
 from config.celery import QUEUES
+from config.settings import Settings
 from offers_workers.ops import reports
 from offers_workers.runtime import APPLICATION_NAME_PREFIX, Runtime
 from offers_workers.store import audit_trail, connections, hold_findings, roles
@@ -86,6 +88,14 @@ RUNBOOK: dict[str, tuple[str, list[str]]] = {
             "The fleet must log in (OFFERS_DATABASE_URL) as a role that is no superuser and owns nothing; the owner's login (OFFERS_DATABASE_OWNER_URL) is for `db migrate` alone.",
             "Run `offers-workers db migrate` with both set: it grants the fleet's role what it needs and revokes the rest.",
             "Someone granted more by hand: `\\dp audit_*` in psql shows who may do what; then run `offers-workers audit verify`.",
+        ],
+    ),
+    "links": (
+        "A link to another server is not verified TLS",
+        [
+            "The detail names each link, its target and its security; `health --json` gives the same.",
+            'Move the link to verified TLS (README, "Links and TLS"): rediss:// with ssl_cert_reqs=required, amqps://, sslmode=verify-full, https://.',
+            "Then take its name out of OFFERS_ALLOW_INSECURE_LINKS.",
         ],
     ),
     "high_value_cancellations": (
@@ -311,7 +321,27 @@ def checks(rt: Runtime, found: Figures) -> list[Check]:
             [f"{reason}: {n}" for reason, n in hv.by_reason.items()],
         ),
         *([db_connections_check(found.db_connections)] if found.db_connections else []),
+        links_check(rt.settings),
     ]
+
+
+def links_check(settings: Settings) -> Check:
+    """Each configured link and its security. A link start-up would refuse never gets here; one the
+    deployment allowed in clear (or any in the sandbox that leaves this host) is a warning."""
+    configured = [link for link in links.links(settings) if link.security != "none"]
+    weak = [link for link in configured if not link.acceptable]
+    return Check(
+        "links",
+        f"{sum(link.verified for link in configured)} of {len(configured)} verified TLS",
+        "verified TLS, or this host only",
+        True,
+        [
+            f"{link.name}: {link.target}: {link.security}{', this host only' if link.local and not link.verified else ''}"
+            f" ({link.detail})"
+            for link in configured
+        ],
+        warning=bool(weak),
+    )
 
 
 def db_connections_check(used: connections.ConnectionUsage) -> Check:

@@ -10,6 +10,8 @@ from typing import Any
 import kombu
 import redis
 
+from config.celery import broker_tls
+
 
 def ms_text(value: float | None) -> str:
     """Milliseconds for a report table ("-" when there is no figure)."""
@@ -19,7 +21,7 @@ def ms_text(value: float | None) -> str:
 def queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
     """Messages waiting per queue on the broker, Redis or RabbitMQ (not counting those a worker holds)."""
     if settings.broker_is_rabbitmq:
-        return _rabbitmq_queue_depths(settings.broker_url, queues)
+        return _rabbitmq_queue_depths(settings, queues)
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     try:
         return _redis_queue_depths(client, settings.broker_key_prefix, queues)
@@ -36,9 +38,11 @@ def _redis_queue_depths(client: redis.Redis, key_prefix: str, queues: list[str])
     return depths
 
 
-def _rabbitmq_queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
+def _rabbitmq_queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
     depths = {}
-    with kombu.Connection(broker_url, connect_timeout=5) as conn:
+    # amqps:// alone would be TLS without a certificate check: the fleet's own verified options.
+    tls = broker_tls(settings) if settings.broker_url.startswith("amqps://") else False
+    with kombu.Connection(settings.broker_url, connect_timeout=5, ssl=tls) as conn:
         for queue in queues:
             # A passive declare reads the count without creating the queue; a missing queue
             # closes the channel, so each queue gets one of its own.

@@ -40,6 +40,7 @@ BIN = Path(sys.executable).parent
 
 #: Every snippet and the test that runs it (the names in the Markdown markers).
 RUN_BY = {
+    "tls-links": "test_links.test_the_readmes_tls_example_is_a_verified_deployment",
     "two-commands": "test_the_two_commands",
     "payload": "test_the_operator_session (as offers.json)",
     "upstream-client": "test_the_upstream_client_submits_cancels_and_validates",

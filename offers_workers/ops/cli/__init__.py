@@ -15,6 +15,7 @@ import amqp.exceptions
 import click
 import kombu.exceptions
 import psycopg
+import redis
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
@@ -101,6 +102,15 @@ class OperatorCLI(click.Group):
             fail(broker_unreachable(exc), 1)
         except amqp.exceptions.AMQPError as exc:
             fail(broker_refused(exc), 1)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            fail(redis_unreachable(exc), 1)
+
+
+def redis_unreachable(exc: Exception) -> str:
+    # Host and port only: the URL may carry a password.
+    parts = urlsplit(get_settings().effective_redis_url or "")
+    where = f"{parts.hostname or 'localhost'}" + (f":{parts.port}" if parts.port else "")
+    return f"cannot reach Redis ({where}): {first_line(exc)}"
 
 
 def broker_refused(exc: amqp.exceptions.AMQPError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from rich.table import Table
@@ -118,6 +119,7 @@ def health(window: str) -> None:
         status = "[red]BREACH[/red]" if not c.ok else "[yellow]warn[/yellow]" if c.warning else "[green]ok[/green]"
         table.add_row(c.name, c.value, c.threshold, status)
     console.print(table)
+    console.print(links_table(rt.settings))
     breaches = [c for c in results if not c.ok]
     # A warning names its symptom and first checks too, but only a breach fails the command.
     for c in [*breaches, *(c for c in results if c.ok and c.warning)]:
@@ -131,3 +133,19 @@ def health(window: str) -> None:
     if breaches:
         sys.exit(1)
     console.print("[green]all runbook thresholds met[/green]")
+
+
+def links_table(settings: Any) -> Table:
+    """Each link to another server and how it is secured (README, "Links and TLS")."""
+    from config import links
+
+    table = Table(title="Links")
+    for col in ("link", "setting", "to", "security", "on"):
+        table.add_column(col)
+    for link in links.links(settings):
+        if link.security == "none":
+            continue
+        security = link.security + (", this host only" if link.local and not link.verified else "")
+        colour = "green" if link.verified else "yellow" if link.local else "red"
+        table.add_row(link.name, link.setting, link.target, f"[{colour}]{security}[/{colour}]", link.detail)
+    return table
