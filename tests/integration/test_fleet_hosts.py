@@ -142,12 +142,27 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(
 
 
 def _wait_for_nodes(d: Drill, nodes: set[str], timeout: float = 60) -> None:
+    silent = set(nodes)
+
     def answering() -> bool:
         assert not d.fleet.dead(), f"a process exited; logs in {d.fleet.log_dir}"
-        replies = d.app.control.ping(timeout=1.0) or []
-        return nodes <= {name for reply in replies for name in reply}
+        replies = d.app.control.ping(timeout=2.0) or []
+        silent.clear()
+        silent.update(nodes - {name for reply in replies for name in reply})
+        return not silent
 
-    wait_until(answering, timeout=timeout, message=f"workers {sorted(nodes)} to answer a ping")
+    try:
+        wait_until(answering, timeout=timeout, message=f"workers {sorted(nodes)} to answer a ping")
+    except AssertionError as exc:
+        # Which ones stayed silent, and what they logged last: a rejoin that fails names its cause.
+        tails = []
+        for node in sorted(silent):
+            kind, host = node.split("@")
+            ptype = next(t for t, n in NODE.items() if n == kind)
+            log = d.fleet.log_dir / f"{host}.{ptype}.log"
+            lines = log.read_text(errors="replace").splitlines()[-12:] if log.exists() else ["(no log)"]
+            tails.append(f"--- {node} ({log.name}):\n" + "\n".join(line[:300] for line in lines))
+        raise AssertionError(f"{exc}; silent: {sorted(silent)}\n" + "\n".join(tails)) from None
 
 
 def _tasks_done(d: Drill, host: str) -> int:
