@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import NotRegistered
 from celery.utils.objects import Bunch
 from celery.worker.consumer import Consumer
+from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from kombu.transport import redis as kombu_redis
 
 from offers_workers.domain.authority import HEADER
@@ -130,12 +131,36 @@ class RedisTransport(kombu_redis.Transport):
     Channel = GuardedChannel
 
 
+class DeclaringDelayedDelivery(DelayedDelivery):
+    """RabbitMQ's native delayed delivery, after declaring every queue of the fleet.
+
+    Celery binds each of the app's queues to the delay exchanges, but a worker declares only the
+    queues it consumes: started first on a fresh virtual host, ``worker_partners`` failed to bind
+    ``offers.audit`` (NOT_FOUND), the channel went with it, and a retry countdown had no binding to
+    come back through. Declaring is idempotent, and each queue's arguments are the fleet's own.
+    """
+
+    def start(self, c: Any) -> None:
+        queues = [q for q in c.app.amqp.queues.values() if not q.no_declare]
+        with c.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in queues:
+                queue.bind(channel).declare()
+        super().start(c)
+
+
 class RecordingConsumer(Consumer):
     """Celery's consumer, but a message it refuses is handed on for the record before it goes.
 
     Celery would log such a message with up to 1 KiB of its body (buyers' emails and IPs
     included) and drop it; here the log line names what was wrong and the body goes to Postgres.
     """
+
+    class Blueprint(Consumer.Blueprint):
+        default_steps = tuple(
+            "tasks.wire:DeclaringDelayedDelivery" if step.endswith(":DelayedDelivery") else step
+            for step in Consumer.Blueprint.default_steps
+        )
 
     #: A flush of the buffered task events is on the loop's timer.
     _events_flush_due = False
