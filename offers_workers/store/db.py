@@ -45,6 +45,10 @@ def connect(url: str, *, prepared_statements: bool = False, **kwargs: Any) -> ps
     return psycopg.connect(url, prepare_threshold=None if not prepared_statements else 5, **kwargs)
 
 
+#: How long the pool's reconnection attempts back off before it starts them afresh (``_retry_now``).
+RECONNECT_ROUND_S = 2.0
+
+
 def _check_if_readable(conn: psycopg.Connection) -> None:
     """Probe a pooled connection only if the server has said something since it was last used.
 
@@ -55,6 +59,12 @@ def _check_if_readable(conn: psycopg.Connection) -> None:
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+def _retry_now(pool: ConnectionPool) -> None:
+    """A round of reconnection attempts failed: start the next one now (``check`` grows an empty pool)."""
+    if not pool.closed:
+        pool.check()
 
 
 class Database:
@@ -116,6 +126,11 @@ class Database:
             configure=self._configure,
             # While Postgres is away a task gives up waiting and retries, instead of blocking.
             timeout=self.wait_s,
+            # psycopg_pool doubles the wait between attempts (1, 2, 4, 8 s...): after a failover the
+            # promoted standby would be found as late again as the outage had lasted. Short rounds of
+            # attempts, each followed at once by a fresh one, try about every second instead.
+            reconnect_timeout=RECONNECT_ROUND_S,
+            reconnect_failed=_retry_now,
             open=True,
             name="offers",
         )

@@ -156,3 +156,12 @@ def test_mail_without_starttls_goes_to_this_host_or_where_allowed_only() -> None
     assert plain_smtp_allowed(
         load_settings(**VERIFIED, **mail, smtp_host="smtp.example.com", allow_insecure_links="smtp")
     )
+
+
+def test_a_primary_and_standby_url_shows_both_hosts_and_is_judged_whole() -> None:
+    both = "postgresql://app@db-a.internal:5432,db-b.internal:5433/offers?target_session_attrs=read-write"
+    link = links.database_link("database", "OFFERS_DATABASE_URL", f"{both}&sslmode=verify-full")
+    assert (link.target, link.verified) == ("db-a.internal:5432, db-b.internal:5433", True)
+    # One host off this machine is enough for the link to need TLS.
+    mixed = "postgresql://app@127.0.0.1:5432,db-b.internal:5432/offers?target_session_attrs=read-write"
+    assert "OFFERS_DATABASE_URL: the link to 127.0.0.1:5432, db-b.internal:5432 is plain" in refusal(database_url=mixed)
