@@ -18,6 +18,7 @@ from config.beat import beat_schedule
 from config.retry import LONGEST_COUNTDOWN
 from config.settings import ConfigError, Settings
 from offers_workers.domain.states import STAGES
+from offers_workers.redis_client import is_sentinel, parse_sentinel_url, sentinel_kwargs
 
 #: Task name → queue. Upstream services depend on the first three names and queues.
 ROUTES: dict[str, str] = {
@@ -91,6 +92,12 @@ def celery_config(settings: Settings, *, declare: bool = True) -> dict[str, Any]
             config["result_backend_transport_options"] = {"global_keyprefix": settings.broker_key_prefix}
         config["result_expires"] = 3600
         config["redbeat_redis_url"] = results
+        if is_sentinel(results):
+            config["result_backend_transport_options"] = {
+                **config.get("result_backend_transport_options", {}),
+                **sentinel_options(settings),
+            }
+            config.update(redbeat_sentinel_options(settings, results))
         if results.startswith("rediss://"):
             # RedBeat falls back on broker_use_ssl, an amqps:// broker's socket options, which redis refuses.
             query = parse_qs(urlsplit(results).query)
@@ -109,13 +116,37 @@ BROKER_DELIVERY_LIMIT = 50
 EXCHANGE = Exchange("offers", type="topic", durable=True)
 
 
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """What kombu's and Celery's Sentinel support take beside a sentinel:// URL: the master's name,
+    and how to reach the sentinels (their password)."""
+    password = settings.secret("redis_sentinel_password") or None
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs(password)}
+
+
+def redbeat_sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """RedBeat finds the master through the sentinels given in its options, not in its URL."""
+    group = parse_sentinel_url(url)
+    password = settings.secret("redis_sentinel_password") or None
+    options = {
+        "sentinels": group.sentinels,
+        "service_name": settings.redis_sentinel_master,
+        "db": group.db,
+        "socket_timeout": 5,
+        "sentinel_kwargs": sentinel_kwargs(password),
+    }
+    options.update({k: v for k, v in (("username", group.username), ("password", group.password)) if v})
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
+
+
 def redis_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     visibility_timeout = broker_visibility_timeout(settings)
+    sentinel = is_sentinel(settings.broker_url)
     return {
         # kombu's Redis transport, but an envelope it cannot read is recorded instead of stopping
-        # the worker (the broker URL keeps its redis:// scheme).
-        "broker_transport": "tasks.wire:RedisTransport",
+        # the worker (the broker URL keeps its redis:// or sentinel:// scheme).
+        "broker_transport": "tasks.wire:SentinelTransport" if sentinel else "tasks.wire:RedisTransport",
         "broker_transport_options": {
+            **(sentinel_options(settings) if sentinel else {}),
             "visibility_timeout": visibility_timeout,
             # Queues carry their plain names unless a deployment opts in: the names are the contract.
             "global_keyprefix": settings.broker_key_prefix,
@@ -127,6 +158,14 @@ def redis_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     }
 
 
+#: kombu's retry of a send on RabbitMQ: 0, 0.5, 1, 1.5, then every 2 s, 12 tries in all.
+PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+#: Seconds a blocking read or write on a broker connection waits (a send's confirm, a declare's
+#: answer): a hung node (paused, cut off) must not hold a sender forever, and a worker's event
+#: loop that sends its events must get back to its heartbeats; the retry goes to the next node.
+BROKER_SOCKET_TIMEOUT_S = 10
+
+
 def rabbitmq_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     """Durable quorum queues (replicated, survive a broker node), publisher confirms, heartbeats.
 
@@ -136,8 +175,18 @@ def rabbitmq_options(settings: Settings, declare: bool = True) -> dict[str, Any]
     return {
         **({"broker_use_ssl": broker_tls(settings)} if (settings.broker_url or "").startswith("amqps://") else {}),
         # A send returns only once the broker has the message: a broker crash cannot eat a hand-on.
-        "broker_transport_options": {"confirm_publish": True},
+        "broker_transport_options": {
+            "confirm_publish": True,
+            "read_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "write_timeout": BROKER_SOCKET_TIMEOUT_S,
+        },
         "broker_heartbeat": settings.broker_heartbeat_seconds,
+        # OFFERS_BROKER_URL may list a cluster's nodes (amqp://a;amqp://b;amqp://c): each reconnection
+        # tries the next one.
+        "broker_failover_strategy": "round-robin",
+        # A send rides out a node's loss for ~20 s: the nacks while a quorum queue elects a new leader,
+        # and the move to the next node. Celery's default gives up after 0.6 s, and the stage dead-letters.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_queues": [
             Queue(
                 q,

@@ -91,6 +91,11 @@ def database_link(name: str, setting: str, url: str | None) -> Link:
 def redis_link(name: str, setting: str, url: str | None) -> Link:
     if not url:
         return Link(name, setting, "-", "none", True)
+    if url.startswith("sentinel://"):
+        # Every sentinel, and the master they name, is spoken to in plain Redis (no TLS with Sentinel).
+        found = [urlsplit(u) for u in broker_urls(url)]
+        hosts = [(p.hostname, p.port) for p in found]
+        return Link(name, setting, _target(hosts), "plain", all(is_local_host(h) for h, _ in hosts), "sentinel://")
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     target = _target([(parts.hostname, parts.port)])

@@ -24,6 +24,7 @@ from config import links
 from offers_workers.domain import authority
 from offers_workers.domain.secrets import PaymentKeys
 from offers_workers.partners.table import PARTNERS
+from offers_workers.redis_client import SENTINEL_SCHEME, is_sentinel, parse_sentinel_url
 
 PREFIX = "OFFERS_"
 
@@ -106,6 +107,10 @@ class Settings(BaseSettings):
     database_owner_url: str | None = None
     broker_url: str | None = None
     redis_url: str | None = None
+    #: Redis with Sentinel (a sentinel:// URL above): the name the sentinels monitor the master by,
+    #: and the sentinels' own password where they require one (the master's goes in the URL).
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     #: Every Redis key the fleet keeps for itself (caches, flags, locks, rate limits, the beat, partner
     #: error counters) starts with this prefix. Queues and results are not the fleet's own: upstream
     #: clients write and read them by their plain names (see broker_key_prefix).
@@ -427,8 +432,23 @@ class Settings(BaseSettings):
             if (getattr(self, name) or "").startswith("redis+socket://"):
                 # kombu takes it, but redis-py (caches, flags, queue depths) refuses it: every offer would dead-letter.
                 raise ValueError(f"{env_name(name)}: redis+socket:// is not supported; use redis:// or rediss://")
-        if self.broker_url and not self.broker_url.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
-            raise ValueError("OFFERS_BROKER_URL must be a Redis (redis://) or RabbitMQ (amqp://) URL")
+        if self.broker_url and not self.broker_url.startswith((*REDIS_SCHEMES, *AMQP_SCHEMES, SENTINEL_SCHEME)):
+            raise ValueError(
+                "OFFERS_BROKER_URL must be a Redis (redis://, or sentinel:// for Sentinel) or RabbitMQ (amqp://) URL"
+            )
+        if len({u.startswith(AMQP_SCHEMES) for u in links.broker_urls(self.broker_url or "")}) > 1:
+            # Celery fails over along a ';' list with one transport for all: the first URL's.
+            raise ValueError("OFFERS_BROKER_URL: a ';'-separated list takes RabbitMQ URLs only, or Redis ones only")
+        for name in ("broker_url", "redis_url"):
+            url = getattr(self, name)
+            if not is_sentinel(url):
+                continue
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{env_name(name)}: {exc}") from None
+            if not self.redis_sentinel_master:
+                raise ValueError(f"OFFERS_REDIS_SENTINEL_MASTER is required with a sentinel:// {env_name(name)}")
         if self.broker_is_rabbitmq and not self.redis_url:
             raise ValueError(
                 "OFFERS_REDIS_URL is required with a RabbitMQ broker (results, caches, flags and the beat's lock live in Redis)"
@@ -525,7 +545,7 @@ class Settings(BaseSettings):
         """Redis for caches and results: OFFERS_REDIS_URL, else the broker when it is Redis."""
         if self.redis_url:
             return self.redis_url
-        if self.broker_url and self.broker_url.startswith(REDIS_SCHEMES):
+        if self.broker_url and self.broker_url.startswith((*REDIS_SCHEMES, SENTINEL_SCHEME)):
             return self.broker_url
         return None
 

@@ -70,6 +70,9 @@ def masked_url(url: str | None) -> str:
     or a libpq ``password=`` key)."""
     if not url:
         return ""
+    if ";" in url and "://" in url.split(";", 1)[1]:
+        # A failover list (amqp://a;amqp://b): urlsplit reads the first URL only.
+        return ";".join(masked_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.scheme and "@" in parts.netloc:
         credentials, _, host = parts.netloc.rpartition("@")

@@ -16,6 +16,7 @@ from redis import Redis
 
 from config.settings import ConfigError, Settings, get_settings
 from offers_workers.partners.table import PARTNERS
+from offers_workers.redis_client import redis_client
 from offers_workers.store.db import Database
 from offers_workers.store.policy import PolicyStore
 
@@ -119,8 +120,9 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis | None:
-        url = self.settings.effective_redis_url
-        return redis.Redis.from_url(url, socket_timeout=5, health_check_interval=30) if url else None
+        if not self.settings.effective_redis_url:
+            return None
+        return redis_client(self.settings, socket_timeout=5, health_check_interval=30)
 
     @property
     def required_redis(self) -> Redis:

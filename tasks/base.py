@@ -8,6 +8,7 @@ import traceback
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from config.retry import STORE_OUTAGE, RetryPolicy
 from offers_workers import logs, tracing
@@ -21,6 +22,10 @@ from tasks import deliveries, failpoints
 from tasks.authority import STORE_ERRORS, AuthenticatedTask
 
 log = logging.getLogger("offers_workers.tasks")
+
+#: Our stores away, the broker too: a send after the commit that fails while a Redis master fails
+#: over is retried (the sweep re-sends it if the retry cannot be sent either), never dead-lettered.
+OUTAGE_ERRORS = (*STORE_ERRORS, BrokerUnreachable)
 
 
 class OffersTask(AuthenticatedTask):
@@ -71,7 +76,7 @@ class OffersTask(AuthenticatedTask):
                 exc,
                 stage=self.stage,
                 retries_done=self.request.retries,
-                store_errors=STORE_ERRORS,
+                store_errors=OUTAGE_ERRORS,
                 # A run that overstayed its soft time limit met a slow partner or lock; every stage is safe to rerun.
                 also_retryable=(SoftTimeLimitExceeded,),
             )
@@ -101,7 +106,7 @@ class OffersTask(AuthenticatedTask):
             "transient failure; retrying", extra={**fields, "error": str(exc)[:300], "countdown_s": round(countdown, 2)}
         )
         tracing.annotate(outcome="retry", reason=getattr(exc, "code", None) or type(exc).__name__)
-        if not isinstance(exc, STORE_ERRORS):
+        if not isinstance(exc, OUTAGE_ERRORS):
             self.note_retry_due(countdown)
         raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries if limit else None)
 

@@ -78,13 +78,25 @@ class RedactedTask(Task):
     Request = RedactedRequest
 
 
+def _redacted(value: Any) -> Any:
+    """A setting with no password in it: each URL of a ``;`` list (Sentinel, failover) sanitised,
+    and every option named like a password (RedBeat's and the sentinels' options) masked."""
+    if isinstance(value, str) and "://" in value:
+        return ";".join(maybe_sanitize_url(part) for part in value.split(";"))
+    if isinstance(value, dict):
+        return {k: "**" if isinstance(k, str) and "password" in k.lower() else _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 @inspect_command(alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", strtobool)])
 def conf(state: Any, with_defaults: bool = False, **kwargs: Any) -> Any:
     """List configuration."""
     # Replaces Celery's own, which masks the password of broker_url and *backend* settings only:
     # redbeat_redis_url showed the Redis password on Flower's worker page.
     table = state.app.conf.table(with_defaults=with_defaults)
-    table = {key: maybe_sanitize_url(v) if isinstance(v, str) and "://" in v else v for key, v in table.items()}
+    table = {key: _redacted(v) for key, v in table.items()}
     return jsonify(
         table, keyfilter=lambda key: isinstance(key, str) and not key.startswith("__"), unknown_type_filter=safe_repr
     )

@@ -131,6 +131,16 @@ class RedisTransport(kombu_redis.Transport):
     Channel = GuardedChannel
 
 
+class GuardedSentinelChannel(GuardedChannel, kombu_redis.SentinelChannel):
+    """The same guard on a channel that asks the sentinels for the master (on every reconnect)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """The fleet's transport for a ``sentinel://`` broker URL (Redis with Sentinel)."""
+
+    Channel = GuardedSentinelChannel
+
+
 class DeclaringDelayedDelivery(DelayedDelivery):
     """RabbitMQ's native delayed delivery, after declaring every queue of the fleet.
 

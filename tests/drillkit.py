@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 
 from config.celery import celery_config
@@ -25,6 +24,7 @@ from offers_workers.domain import states
 from offers_workers.local.demo import check, send_samples, settled
 from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from offers_workers.local.samples import Sample, make_samples
+from offers_workers.redis_client import redis_client
 from offers_workers.runtime import Runtime
 from offers_workers.saga import audit
 from offers_workers.store import audit_trail
@@ -269,7 +269,7 @@ def _running(
         fleet.stop()
         runtime.close()
         app.close()
-        client = redis.Redis.from_url(settings.effective_redis_url)
+        client = redis_client(settings)
         keys = list(client.scan_iter(match=f"{env['OFFERS_REDIS_KEY_PREFIX']}*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])

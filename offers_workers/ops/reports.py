@@ -10,7 +10,9 @@ from typing import Any
 import kombu
 import redis
 
+from config import links
 from config.celery import broker_tls
+from offers_workers.redis_client import broker_client
 
 
 def ms_text(value: float | None) -> str:
@@ -22,7 +24,7 @@ def queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
     """Messages waiting per queue on the broker, Redis or RabbitMQ (not counting those a worker holds)."""
     if settings.broker_is_rabbitmq:
         return _rabbitmq_queue_depths(settings, queues)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    client = broker_client(settings, socket_timeout=5)
     try:
         return _redis_queue_depths(client, settings.broker_key_prefix, queues)
     finally:
@@ -43,6 +45,9 @@ def _rabbitmq_queue_depths(settings: Any, queues: list[str]) -> dict[str, int]:
     # amqps:// alone would be TLS without a certificate check: the fleet's own verified options.
     tls = broker_tls(settings) if settings.broker_url.startswith("amqps://") else False
     with kombu.Connection(settings.broker_url, connect_timeout=5, ssl=tls) as conn:
+        # A cluster's list (amqp://a;amqp://b;amqp://c): each node once, in turn, until one answers
+        # (kombu's own first connection tries two at most).
+        conn.ensure_connection(max_retries=len(links.broker_urls(settings.broker_url)) - 1)
         for queue in queues:
             # A passive declare reads the count without creating the queue; a missing queue
             # closes the channel, so each queue gets one of its own.

@@ -159,6 +159,18 @@ def test_the_offer_flow_diagram_names_real_tasks_and_states() -> None:
         assert set(queues.split(", ")) <= set(QUEUE_NAMES()), worker
 
 
+def test_the_production_topology_names_real_processes_and_settings() -> None:
+    from offers_workers.local.fleet import read_procfile
+
+    diagram = snippet("production-topology").text
+    processes = {p.name for p in read_procfile()} - {"release"}
+    assert all(re.search(rf"\b{name}\b", diagram) for name in processes), "a process type is missing"
+    named = set(re.findall(r"\bOFFERS_([A-Z_]+)", diagram))
+    assert named and {n.lower() for n in named} <= set(Settings.model_fields), (
+        "the diagram names a setting the fleet lacks"
+    )
+
+
 def QUEUE_NAMES() -> list[str]:
     from config.celery import QUEUES
 

@@ -40,6 +40,7 @@ BIN = Path(sys.executable).parent
 
 #: Every snippet and the test that runs it (the names in the Markdown markers).
 RUN_BY = {
+    "production-topology": "test_docs_agree.test_the_production_topology_names_real_processes_and_settings",
     "tls-links": "test_links.test_the_readmes_tls_example_is_a_verified_deployment",
     "two-commands": "test_the_two_commands",
     "payload": "test_the_operator_session (as offers.json)",

@@ -116,7 +116,10 @@ def test_rabbitmq_gets_durable_quorum_queues_confirms_and_heartbeats(clean_env: 
     for name, queue in queues.items():
         assert queue.durable and queue.queue_arguments == {"x-queue-type": "quorum"}
         assert (queue.exchange.name, queue.exchange.type, queue.routing_key) == ("offers", "topic", name)
-    assert config["broker_transport_options"] == {"confirm_publish": True}
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    # A hung node of a cluster holds no read or write for ever, and a send retries past a failover
+    assert config["broker_transport_options"]["read_timeout"] == config["broker_transport_options"]["write_timeout"] > 0
+    assert config["task_publish_retry_policy"]["max_retries"] > 3
     assert config["broker_heartbeat"] == 30
     assert config["result_backend"] == "redis://127.0.0.1:6379/0"
     # The same routes on both brokers

@@ -19,6 +19,7 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
+from config import links
 from config.settings import ConfigError, get_settings
 from offers_workers import tracing
 from offers_workers.ops.cli import (
@@ -57,9 +58,11 @@ def postgres_unreachable(exc: psycopg.Error) -> str:
 
 
 def broker_unreachable(exc: BaseException) -> str:
-    # Host and port only: the URL may carry a password.
-    parts = urlsplit(get_settings().broker_url or "")
-    where = f"{parts.hostname or 'localhost'}" + (f":{parts.port}" if parts.port else "")
+    # Host and port only: the URL may carry a password. A cluster's list names every node tried.
+    where = ", ".join(
+        f"{parts.hostname or 'localhost'}" + (f":{parts.port}" if parts.port else "")
+        for parts in map(urlsplit, links.broker_urls(get_settings().broker_url or "") or [""])
+    )
     return f"cannot reach the broker ({where}): {first_line(exc)}"
 
 
