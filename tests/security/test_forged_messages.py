@@ -117,9 +117,11 @@ def test_an_attacker_with_a_broker_credential_moves_nothing(keyed_fleet: Drill) 
             {r["state"] for r in offer_rows(d.runtime, ids).values()} == {states.SUBMITTED}
             and offer_rows(d.runtime, [blocked["offer_id"]]).get(blocked["offer_id"], {}).get("state")
             == states.REJECTED
+            # the fleet's own release of the risky offer's hold comes after its rejection: not the attacker's
+            and offer_rows(d.runtime, [blocked["offer_id"]])[blocked["offer_id"]]["hold_status"] != "held"
         ),
         timeout=90,
-        message="the upstream's offers submitted and the risky one rejected",
+        message="the upstream's offers submitted and the risky one rejected, its hold released",
     )
     assert {o: s for o, s in holds_at_stripe(d, ids).items()} == {o: ["requires_capture"] for o in ids}
     before_exports = exports_of(d)

@@ -244,18 +244,26 @@ def test_the_right_ca_and_credentials_get_the_metrics(secured: int, pki: Pki) ->
 
 def test_connections_that_never_say_hello_do_not_delay_a_scrape(secured: int, pki: Pki) -> None:
     context, authorization = client_context(pki.ca), basic(USER, PASSWORD)
-    assert scrape(secured, context, authorization)[0] == 200
+
+    def timed_scrapes() -> list[float]:
+        times = []
+        for _ in range(5):
+            started = time.monotonic()
+            status, _, body = scrape(secured, context, authorization, timeout=15)
+            times.append(time.monotonic() - started)
+            assert status == 200 and b"offers_queue_depth" in body
+        return times
+
+    # What a scrape takes on this machine now, collection included (a loaded CI host is slower)
+    alone = timed_scrapes()
     with ExitStack() as idle:
         # Given 20 clients that open a TCP connection and never send a ClientHello
         for _ in range(20):
             idle.enter_context(socket.create_connection(("127.0.0.1", secured), timeout=5))
-        # Then each scrape still answers within a second (the handshake waits in its own thread)
-        for _ in range(5):
-            started = time.monotonic()
-            status, _, body = scrape(secured, context, authorization, timeout=5)
-            took = time.monotonic() - started
-            assert status == 200 and b"offers_queue_depth" in body
-            assert took < 1, f"a scrape took {took:.2f}s behind idle connections"
+        # Then each scrape still answers within a second, or as fast as without them: a handshake
+        # waiting in the accept loop would hold every scrape for the 10 s socket time-out
+        behind = timed_scrapes()
+    assert max(behind) < max(1.0, 2 * max(alone)), f"scrapes took {behind} behind idle connections, {alone} alone"
 
 
 def test_with_a_client_ca_only_a_client_with_its_certificate_is_served(pki: Pki, tmp_path: Path) -> None:
