@@ -353,6 +353,9 @@ class _Server(ThreadingMixIn, WSGIServer):
     """One thread per connection: an idle or slow client never holds up another's scrape."""
 
     daemon_threads = True
+    #: socketserver's default backlog is 5: a burst of connections (idle scrapers, a port scan) overflows
+    #: it before the accept thread runs, and a scrape's SYN dropped there waits 1 s for its retransmission.
+    request_queue_size = 128
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The TLS handshake here, in the connection's thread and under its time-out, not in accept():

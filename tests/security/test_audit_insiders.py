@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from config.settings import load_settings
 from offers_workers.local.sandbox import ensure_aws_resources
 from offers_workers.store import audit_trail, db, roles
-from tests.conftest import DRILL_RESULTS, RUN_ID, SERVER, _create_database, _drop_database, cli
+from tests.conftest import DRILL_RESULTS, RUN_ID, SERVER, _create_database, _drop_database, cli, wait_until
 
 pytestmark = pytest.mark.usefixtures("offers_env")
 
@@ -164,11 +164,16 @@ def test_work_the_fleets_login_books_but_never_did_is_named(trail: Trail) -> Non
     trail.write(3, "off_a")
     trail.export()
     trail.anchor()
-    trail.write(3, "off_b")
+    last = max(trail.write(3, "off_b"))
     with owner_session(trail.runtime_url) as conn:
-        conn.execute("SELECT * FROM audit_seal_step()")
-        conn.execute("SELECT * FROM audit_seal_step()")
-        [(sealed,)] = conn.execute("SELECT sealed_through FROM audit_seal").fetchall()
+
+        def sealed_through_last() -> int:
+            conn.execute("SELECT * FROM audit_seal_step()")
+            [(through,)] = conn.execute("SELECT sealed_through FROM audit_seal").fetchall()
+            return through if through >= last else 0
+
+        # Sealing waits for transactions still open anywhere on the server (another test's, on a busy CI)
+        sealed = wait_until(sealed_through_last, timeout=30, interval=0.2, message="the new rows sealed")
         [(after,)] = conn.execute("SELECT max(last_row_id) FROM audit_exports WHERE status = 'done'").fetchall()
         # It books an export of the new rows, and an anchor of them, without writing either to S3
         [job] = conn.execute(
