@@ -18,8 +18,10 @@ from typing import Any
 
 from celery.exceptions import NotRegistered
 from celery.utils.objects import Bunch
+from celery.worker import heartbeat
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
+from celery.worker.consumer.heart import Heart
 from kombu.transport import redis as kombu_redis
 
 from offers_workers.domain.authority import HEADER
@@ -159,6 +161,41 @@ class DeclaringDelayedDelivery(DelayedDelivery):
         super().start(c)
 
 
+#: A worker heartbeat's send: one reconnection, then it gives up (the event is kept for the next
+#: connection). Celery's has no limit (kombu's retry without max_retries), run in the worker's
+#: event loop: a worker cut off from its broker reconnected for its heartbeat until the link came
+#: back, and did nothing else meanwhile (no time limit, no notice of its own lost connection).
+HEARTBEAT_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 1, "interval_max": 1}
+
+
+class HeartbeatSends:
+    """The worker's event dispatcher as its heartbeat sees it: every send under HEARTBEAT_RETRY_POLICY."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        self._dispatcher = dispatcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+    def send(self, type: str, retry: bool = False, **fields: Any) -> Any:
+        return self._dispatcher.send(type, retry=retry, retry_policy=HEARTBEAT_RETRY_POLICY, **fields)
+
+
+class BoundedHeart(Heart):
+    """Celery's worker-heartbeat step, with sends that give up (HEARTBEAT_RETRY_POLICY)."""
+
+    def start(self, c: Any) -> None:
+        c.heart = heartbeat.Heart(c.timer, HeartbeatSends(c.event_dispatcher), self.heartbeat_interval)
+        c.heart.start()
+
+
+#: The consumer steps the fleet replaces: Celery's own, by where they are defined.
+REPLACED_STEPS = {
+    ":DelayedDelivery": "tasks.wire:DeclaringDelayedDelivery",
+    ":Heart": "tasks.wire:BoundedHeart",
+}
+
+
 class RecordingConsumer(Consumer):
     """Celery's consumer, but a message it refuses is handed on for the record before it goes.
 
@@ -168,7 +205,7 @@ class RecordingConsumer(Consumer):
 
     class Blueprint(Consumer.Blueprint):
         default_steps = tuple(
-            "tasks.wire:DeclaringDelayedDelivery" if step.endswith(":DelayedDelivery") else step
+            next((ours for theirs, ours in REPLACED_STEPS.items() if step.endswith(theirs)), step)
             for step in Consumer.Blueprint.default_steps
         )
 

@@ -9,9 +9,14 @@ take work again, and nothing they had in hand when the link went is done a secon
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +94,9 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(
             message="a quarter of the offers to settle",
         )
         open_at_cut = len(samples) - d.settled_count(samples)
+        logs_at_cut = {p: p.stat().st_size for p in _host_logs(d, CUT)}
         network.cut(CUT)
-        cut_at = time.monotonic()
+        cut_at, cut_wall = time.monotonic(), time.time()
 
         # Then every offer completes on h2 and h3 while h1 is still cut off
         d.drain(samples, timeout=90)
@@ -104,6 +110,17 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(
             d.drain(samples, timeout=90)
         assert d.settled_count(samples) == len(samples), "offers did not complete on the remaining hosts"
         clear_faults(sandbox)
+        # And h1's workers know they are cut off while they are: a worker that sees it only when the
+        # link comes back enforced no time limit and answered nothing in between
+        noticed: dict[Path, float | None] = dict.fromkeys(logs_at_cut)
+
+        def all_noticed() -> bool:
+            for log, offset in logs_at_cut.items():
+                noticed[log] = noticed[log] or _first_logged_since(log, offset, "Connection to broker lost")
+            return all(noticed.values())
+
+        wait_until(all_noticed, timeout=90, message=f"{CUT}'s workers to notice they lost the broker")
+        noticed_s = max(at for at in noticed.values() if at is not None) - cut_wall
 
         # When h1's link comes back
         network.restore(CUT)
@@ -121,7 +138,7 @@ def test_losing_a_worker_host_mid_run_loses_nothing_and_it_rejoins(
 
         d.figures["faults"] = (
             f"{len(HOSTS)} hosts; {CUT} cut off {cut_off_s:.0f} s with {open_at_cut} offers open;"
-            f" all done {drained_s:.1f} s after the cut; rejoined {rejoined_s:.1f} s after the link came back,"
+            f" all done {drained_s:.1f} s after the cut; {CUT} knew after {noticed_s:.1f} s; rejoined {rejoined_s:.1f} s after the link came back,"
             f" then ran {after - before} tasks; submits resent by upstream: {len(unrecorded)}"
         )
         d.figures["drain_s"] = first_batch_s
@@ -154,15 +171,36 @@ def _wait_for_nodes(d: Drill, nodes: set[str], timeout: float = 60) -> None:
     try:
         wait_until(answering, timeout=timeout, message=f"workers {sorted(nodes)} to answer a ping")
     except AssertionError as exc:
-        # Which ones stayed silent, and what they logged last: a rejoin that fails names its cause.
+        # Which ones stayed silent, where their main thread is and what they logged last: a rejoin
+        # that fails names its cause. (Celery's worker logs every thread's stack on SIGUSR1.)
+        for node in silent:
+            kind, host = node.split("@")
+            ptype = next(t for t, n in NODE.items() if n == kind)
+            with contextlib.suppress(KeyError, ProcessLookupError):
+                os.kill(d.fleet.processes[f"{host}.{ptype}"].pid, signal.SIGUSR1)
+        time.sleep(2)
         tails = []
         for node in sorted(silent):
             kind, host = node.split("@")
             ptype = next(t for t, n in NODE.items() if n == kind)
             log = d.fleet.log_dir / f"{host}.{ptype}.log"
-            lines = log.read_text(errors="replace").splitlines()[-12:] if log.exists() else ["(no log)"]
+            lines = log.read_text(errors="replace").splitlines()[-80:] if log.exists() else ["(no log)"]
             tails.append(f"--- {node} ({log.name}):\n" + "\n".join(line[:300] for line in lines))
         raise AssertionError(f"{exc}; silent: {sorted(silent)}\n" + "\n".join(tails)) from None
+
+
+def _host_logs(d: Drill, host: str) -> list[Path]:
+    return [d.fleet.log_dir / f"{host}.{ptype}.log" for ptype in HOSTS[host]]
+
+
+def _first_logged_since(log: Path, offset: int, text: str) -> float | None:
+    """When the log's first line after ``offset`` holding ``text`` was written (epoch seconds)."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            if text in line:
+                return datetime.fromisoformat(json.loads(line)["ts"]).timestamp()
+    return None
 
 
 def _tasks_done(d: Drill, host: str) -> int:
