@@ -70,7 +70,7 @@ def celery_config(settings: Settings, *, declare: bool = True) -> dict[str, Any]
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         # A message the workers refuse (undecodable, unknown task) is recorded, not only logged.
-        "worker_consumer": "tasks.wire:RecordingConsumer",
+        "worker_consumer": "tasks.consumer:FleetConsumer",
         # Recycle a pool child when it has grown, not every N tasks: the bench showed no growth in
         # the children, and a child forked from a grown parent starts at the parent's size.
         "worker_max_memory_per_child": 300_000,  # KiB
@@ -144,7 +144,9 @@ def redis_options(settings: Settings, declare: bool = True) -> dict[str, Any]:
     return {
         # kombu's Redis transport, but an envelope it cannot read is recorded instead of stopping
         # the worker (the broker URL keeps its redis:// or sentinel:// scheme).
-        "broker_transport": "tasks.wire:SentinelTransport" if sentinel else "tasks.wire:RedisTransport",
+        "broker_transport": (
+            "tasks.redis_envelopes:SentinelTransport" if sentinel else "tasks.redis_envelopes:RedisTransport"
+        ),
         "broker_transport_options": {
             **(sentinel_options(settings) if sentinel else {}),
             "visibility_timeout": visibility_timeout,

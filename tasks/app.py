@@ -60,7 +60,9 @@ class OffersCelery(Celery):
         # subscriber's set until a result arrives, which for these tasks is never.
         options.setdefault("ignore_result", name not in ANSWERED_TASKS)
         if (events := task_events.buffered()) is not None:
-            # In a worker, the task-sent event joins the others and goes out in the next batch.
+            # In a worker, the task-sent event joins the others and goes out in the next batch. An
+            # undocumented option of Celery's: fenced by tests/unit/test_celery_fences.py
+            # (test_send_task_hands_its_task_sent_event_to_the_dispatcher_it_is_given).
             options.setdefault("event_dispatcher", events)
         countdown = options.get("countdown")
         if self.conf.broker_url.startswith(AMQP_SCHEMES) and isinstance(countdown, (int, float)) and 0 < countdown < 1:
@@ -167,7 +169,7 @@ def _check_upstream_reach(sender: object = None, **_: object) -> None:
     # On RabbitMQ, say at start-up what would otherwise show as an upstream's PRECONDITION_FAILED.
     if not app.conf.broker_url.startswith(AMQP_SCHEMES):
         return
-    from tasks.wire import plain_clients_refused
+    from tasks.upstream_reach import plain_clients_refused
 
     try:
         refused = plain_clients_refused(app)

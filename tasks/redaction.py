@@ -55,6 +55,9 @@ def event_reprs(args: object, kwargs: object) -> tuple[str, str]:
 class RedactedRequest(Request):
     """A worker's request whose events and inspection answers show the ids only."""
 
+    # Celery's private request attributes, read and written, and its info and send_event: fenced by
+    # tests/unit/test_celery_fences.py (test_the_request_attributes_redaction_writes_are_the_ones_celery_reads,
+    # test_the_request_methods_redaction_overrides_keep_their_signatures).
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # An upstream client's headers carry the full repr; Celery's failure log lines read them too.
@@ -90,6 +93,8 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+# Takes the place of Celery's own command of that name: fenced by
+# tests/unit/test_celery_fences.py::test_the_conf_command_redaction_replaces_is_celerys_under_both_names.
 @inspect_command(alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", strtobool)])
 def conf(state: Any, with_defaults: bool = False, **kwargs: Any) -> Any:
     """List configuration."""

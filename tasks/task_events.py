@@ -3,7 +3,7 @@
 Celery publishes a ``task-sent`` event with every message a worker sends (each stage handing on to
 the next), one broker message each, synchronously. In a worker process they go into a buffer
 instead, and a thread of the process publishes the buffer every ``EVENTS_FLUSH_S`` as one
-``task.multi`` message, as Celery does with the worker's own task events (``tasks/wire.py``).
+``task.multi`` message, as Celery does with the worker's own task events (``tasks/consumer.py``).
 Processes that are not workers (the CLI, an upstream) publish each event at once, as before.
 """
 

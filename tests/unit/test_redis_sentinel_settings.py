@@ -58,7 +58,7 @@ def test_every_role_finds_the_master_through_the_sentinels_and_no_password_shows
     )
     config = celery_config(settings)
     # Then the broker, the results and the beat all ask the sentinels for the master named "offers"
-    assert config["broker_transport"] == "tasks.wire:SentinelTransport"
+    assert config["broker_transport"] == "tasks.redis_envelopes:SentinelTransport"
     for options in (config["broker_transport_options"], config["result_backend_transport_options"]):
         assert options["master_name"] == "offers"
         assert options["sentinel_kwargs"]["password"] == "sentinel-" + PASSWORD

@@ -2,8 +2,9 @@
 
 Celery sends each worker-heartbeat event with kombu's retry and no policy: with the broker out of
 reach, the worker's event loop reconnects for its heartbeat forever and does nothing else. The
-fleet's consumer replaces that step (tasks/wire.py); these tests fence the replacement against a
-Celery release that moves or changes what it replaces. The host-loss drill shows the effect.
+fleet's consumer replaces that step (tasks/consumer_steps.py); these tests fence the replacement
+against a Celery release that moves or changes what it replaces (tests/unit/test_celery_fences.py
+fences the other replacements). The host-loss drill shows the effect.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 from celery.worker import heartbeat
 from celery.worker.consumer import Consumer
 
-from tasks.wire import HEARTBEAT_RETRY_POLICY, REPLACED_STEPS, HeartbeatSends, RecordingConsumer
+from tasks.consumer import FleetConsumer
+from tasks.consumer_steps import HEARTBEAT_RETRY_POLICY, REPLACED_STEPS, HeartbeatSends
 
 
 class RecordingDispatcher:
@@ -42,7 +44,7 @@ class ManualTimer:
 
 def test_every_step_the_fleet_replaces_is_still_one_of_celerys() -> None:
     celery_steps = Consumer.Blueprint.default_steps
-    ours = RecordingConsumer.Blueprint.default_steps
+    ours = FleetConsumer.Blueprint.default_steps
     for theirs, replacement in REPLACED_STEPS.items():
         assert sum(step.endswith(theirs) for step in celery_steps) == 1, f"Celery has no step {theirs} to replace"
         assert replacement in ours
