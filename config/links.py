@@ -1,4 +1,4 @@
-"""Every link the fleet opens to another server, and how each is secured (README, "Links and TLS").
+"""Every link the fleet opens to another server, and how each is secured (docs/production.md, "Links and TLS").
 
 A link is *verified* when it is TLS and the client checks the server's certificate chain and host
 name; a link to this host only (loopback or a Unix socket) never leaves it and needs neither. Outside
@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from psycopg.conninfo import conninfo_to_dict
 
-from offers_workers.partners.table import PARTNERS
+from offers_workers.domain.partners import PARTNERS
 
 if TYPE_CHECKING:
     from config.settings import Settings

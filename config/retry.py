@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from offers_workers.domain import stage_tasks
+from offers_workers.domain.stage_tasks import RetryKind
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -26,24 +29,20 @@ class RetryPolicy:
         return random.uniform(delay / 2, delay) if self.jitter else delay
 
 
-DEFAULT = RetryPolicy(max_retries=5, base_delay=0.5, max_delay=30)
+#: Our own work (intake, validation, the audit check): about a minute and a half of trouble.
+BRIEF = RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30)
 
 #: Partner stages ride out about ten minutes of trouble (1+2+…+32 s, then 60 s steps) before the
 #: DLQ: a 30 % error rate on every partner then dead-letters roughly one offer in 100,000.
 PARTNER = RetryPolicy(max_retries=16, base_delay=1, max_delay=60)
 
-#: Per stage (DLQ stage names), for a partner's transient errors.
-POLICIES: dict[str, RetryPolicy] = {
-    "intake": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
-    "cancellation": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
-    "validation": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
-    "payment": PARTNER,
-    "risk": PARTNER,
-    "auction": PARTNER,
-    "audit": RetryPolicy(max_retries=8, base_delay=0.5, max_delay=30),
-    "events": PARTNER,
-    "compensation": PARTNER,
-}
+#: A periodic job: its next run picks up what this one left.
+PERIODIC = RetryPolicy(max_retries=5, base_delay=0.5, max_delay=30)
+
+BY_KIND: dict[RetryKind, RetryPolicy] = {"brief": BRIEF, "partner": PARTNER, "periodic": PERIODIC}
+
+#: Per stage (DLQ stage names), for a partner's transient errors: each stage's declared kind.
+POLICIES: dict[str, RetryPolicy] = {stage: BY_KIND[kind] for stage, kind in stage_tasks.STAGE_RETRY.items()}
 
 #: Our own stores away (Postgres restarting, Redis failing over): about twenty minutes at the cap.
 #: The DLQ lives in Postgres, so this budget is spent before an outage can dead-letter anything.
@@ -54,4 +53,5 @@ LONGEST_COUNTDOWN = max(p.max_delay for p in [*POLICIES.values(), STORE_OUTAGE])
 
 
 def policy_for(stage: str) -> RetryPolicy:
-    return POLICIES.get(stage, DEFAULT)
+    """The stage's policy; a stage not declared (``offers_workers.domain.stage_tasks``) is a KeyError."""
+    return POLICIES[stage]

@@ -22,13 +22,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from config import links
 from offers_workers.domain import authority
+from offers_workers.domain.partners import PARTNERS
 from offers_workers.domain.secrets import PaymentKeys
-from offers_workers.partners.table import PARTNERS
 from offers_workers.redis_client import SENTINEL_SCHEME, is_sentinel, parse_sentinel_url
 
 PREFIX = "OFFERS_"
 
-#: Ports of the local sandbox partners (README, "Sandbox"), from the partner table.
+#: Ports of the local sandbox partners (docs/development.md, "Sandbox"), from the partner table.
 SANDBOX_PORTS = {p.name: p.sandbox_port for p in PARTNERS}
 
 #: What OFFERS_SANDBOX=1 fills in where nothing is set. Test keys only: the sandbox accepts any.
@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     segment_host: str = "https://api.segment.io"
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
-    # The runbook's "commerce-offers-events@2025-09" is not a legal bus name ('@'); see README.
+    # The runbook's "commerce-offers-events@2025-09" is not a legal bus name ('@'); see docs/upstream.md, "Events".
     event_bus_name: str = Field(default="commerce-offers-events-2025-09", pattern=r"^[/\.\-_A-Za-z0-9]+$")
     sns_submitted_topic_arn: str | None = None
     sns_cancelled_topic_arn: str | None = None
@@ -281,7 +281,7 @@ class Settings(BaseSettings):
     smtp_to: str = ""
     smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
 
-    # Who may send what (README "Trust boundary"): keys as ID=SECRET, comma-separated, the first signing.
+    # Who may send what (docs/production.md, "Trust boundary"): keys as ID=SECRET, comma-separated, the first signing.
     #: The fleet's keys: its workers and beat sign every message that carries authority with the first.
     message_keys: SecretStr | None = None
     #: Ops' keys: the CLI signs with the first (a cancel as ops, a replay); the workers accept each.

@@ -15,8 +15,9 @@ import redis
 from redis import Redis
 
 from config.settings import ConfigError, Settings, get_settings
-from offers_workers.partners.table import PARTNERS
+from offers_workers.domain.partners import PARTNERS
 from offers_workers.redis_client import redis_client
+from offers_workers.store import counters
 from offers_workers.store.db import Database
 from offers_workers.store.policy import PolicyStore
 
@@ -173,10 +174,12 @@ class Runtime:
         thread are built at the first event, in the process that sends it."""
         if not self.settings.secret("segment_write_key"):
             return None
-        from offers_workers.ops.metrics import count_funnel_unsent
         from offers_workers.partners.segment_funnel import SegmentFunnel
 
-        return SegmentFunnel(self.settings, lambda cause, events: count_funnel_unsent(self, cause, events))
+        prefix = self.settings.redis_key_prefix
+        return SegmentFunnel(
+            self.settings, lambda cause, events: counters.count_funnel_unsent(self.redis, prefix, cause, events)
+        )
 
     @cached_property
     def flags(self) -> FlagStore:

@@ -155,9 +155,9 @@ def sender_of(task: Any) -> str | None:
 
 def refuse(task: Any, verdict: authority.Verdict) -> None:
     """Record and count a refused message; it is acknowledged and never acted upon."""
-    from offers_workers.ops.metrics import count_unauthenticated
     from offers_workers.runtime import get_runtime
     from offers_workers.saga import intake
+    from offers_workers.store import counters
 
     request = task.request
     queue = (request.delivery_info or {}).get("routing_key") or "unknown"
@@ -183,7 +183,7 @@ def refuse(task: Any, verdict: authority.Verdict) -> None:
         log.warning("could not record a refused message yet", extra={"task": task.name, "queue": queue})
         time.sleep(REQUEUE_PAUSE_S)
         raise Reject(exc, requeue=True) from None
-    count_unauthenticated(rt, task.name, authority.problem_kind(why))
+    counters.count_unauthenticated(rt.redis, rt.settings.redis_key_prefix, task.name, authority.problem_kind(why))
 
 
 class AuthenticatedTask(RedactedTask):

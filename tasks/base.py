@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -12,12 +13,13 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from config.retry import STORE_OUTAGE, RetryPolicy
 from offers_workers import logs, tracing
+from offers_workers.domain import stage_tasks
 from offers_workers.domain.errors import PartnerError
-from offers_workers.ops.metrics import count_partner_error
+from offers_workers.domain.states import State
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import deadletter, decisions
-from offers_workers.saga.stages import Dispatch
-from offers_workers.store import offers
+from offers_workers.saga.decisions import Dispatch
+from offers_workers.store import counters, offers
 from tasks import deliveries, failpoints
 from tasks.authority import STORE_ERRORS, AuthenticatedTask
 
@@ -32,16 +34,20 @@ class OffersTask(AuthenticatedTask):
     """A saga step. ``stage`` names its dead-letter queue and retry policy.
 
     The task body returns the messages to send next; they are sent here, after the body's
-    transaction has committed, never from inside it.
+    transaction has committed, never from inside it. Register one with ``stage_task``, which takes
+    its stage and state from its declaration.
     """
 
     abstract = True
-    stage: str = "intake"
+    #: No default: a task that forgot its stage would retry and dead-letter as another's.
+    stage: str
     #: The state an offer is moved out of when this step is dead-lettered (stages only).
-    from_state: str | None = None
+    from_state: State | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if getattr(cls, "stage", None) is None:
+            raise TypeError(f"task {cls.__name__}: no stage (register it with tasks.base.stage_task)")
         # A stage outside deadletter.STAGES would fill a queue `dlq list/replay --stage` cannot name.
         if cls.stage not in deadletter.STAGES:
             raise TypeError(f"task {cls.__name__}: stage {cls.stage!r} is not in offers_workers.saga.deadletter.STAGES")
@@ -95,7 +101,10 @@ class OffersTask(AuthenticatedTask):
         """Log fields of a partner failure (stripe_error, sift_error, plaid_error…), counted for /metrics."""
         if not isinstance(exc, PartnerError):
             return {}
-        count_partner_error(get_runtime(), exc.partner, exc.code or type(exc).__name__, exc.sns_topic)
+        rt = get_runtime()
+        counters.count_partner_error(
+            rt.redis, rt.settings.redis_key_prefix, exc.partner, exc.code or type(exc).__name__, exc.sns_topic
+        )
         return exc.log_fields()
 
     def retry_later(
@@ -156,3 +165,15 @@ class OffersTask(AuthenticatedTask):
             "stage failed; dead-lettered",
             extra={**fields, "error_type": type(exc).__name__, "error": str(exc)[:500], "dead_letter_id": entry_id},
         )
+
+
+def stage_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Register the task ``name`` as declared (``offers_workers.domain.stage_tasks``): its stage and the
+    state it starts from come from its row, its queue from the routes; ``options`` are Celery's."""
+    declared = stage_tasks.BY_NAME[name]
+    # The app is built from the settings when a task module loads, not when the base task's tests import this.
+    from tasks.app import app
+
+    return app.task(
+        name=name, base=OffersTask, bind=True, stage=declared.stage, from_state=declared.from_state, **options
+    )

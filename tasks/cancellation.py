@@ -7,13 +7,12 @@ from typing import Any
 from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import cancellation
-from offers_workers.saga.stages import Dispatch
+from offers_workers.saga.decisions import Dispatch
 from tasks import authority
-from tasks.app import app
-from tasks.base import OffersTask
+from tasks.base import OffersTask, stage_task
 
 
-@app.task(name="offers.cancel", base=OffersTask, bind=True, stage="cancellation")
+@stage_task("offers.cancel")
 def cancel(
     self: OffersTask, offer_id: Any = None, reason: Any = None, actor: Any = None, **unexpected: Any
 ) -> list[Dispatch]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import stages
-from tasks.app import app
-from tasks.base import OffersTask
+from tasks.base import OffersTask, stage_task
 
 
-@app.task(name="offers.publish_event", base=OffersTask, bind=True, stage="events")
+@stage_task("offers.publish_event")
 def publish_event(self: OffersTask, event_id: str) -> None:
     stages.publish_event(get_runtime(), event_id)

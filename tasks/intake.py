@@ -8,13 +8,12 @@ from typing import Any
 from offers_workers import tracing
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import intake
-from offers_workers.saga.stages import Dispatch
+from offers_workers.saga.decisions import Dispatch
 from tasks import authority
-from tasks.app import app
-from tasks.base import OffersTask
+from tasks.base import OffersTask, stage_task
 
 
-@app.task(name="offers.submit", base=OffersTask, bind=True, stage="intake")
+@stage_task("offers.submit")
 def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispatch]:
     # Missing or extra kwargs are a bad message, recorded like any other, not a crash.
     result = intake.submit(
@@ -32,9 +31,9 @@ def submit(self: OffersTask, offer: Any = None, **unexpected: Any) -> list[Dispa
     return result.dispatches
 
 
-@app.task(name="offers.record_unreadable", base=OffersTask, bind=True, stage="intake")
+@stage_task("offers.record_unreadable")
 def record_unreadable(self: OffersTask, queue: str, problem: str, detail: str, raw: str, raw_size: int) -> None:
-    # Sent by the workers themselves (tasks/wire.py) for a message they could not read.
+    # Sent by the workers themselves (tasks/unreadable.py, tasks/redis_envelopes.py) for a message they could not read.
     intake.record_unreadable(
         get_runtime(), queue=queue, problem=problem, detail=detail, raw=raw, raw_size=raw_size, task_id=self.request.id
     )

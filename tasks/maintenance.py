@@ -9,9 +9,9 @@ from typing import Any
 from offers_workers.ops import export_summary, synthetic
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import audit, cancellation, drafts, reconciliation, recovery
-from offers_workers.saga.stages import Dispatch
+from offers_workers.saga.decisions import Dispatch
 from tasks.app import app
-from tasks.base import OffersTask
+from tasks.base import OffersTask, stage_task
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def reported(dispatches: list[Dispatch], level: int, message: str, key: str = "m
 # (a beat of an earlier release still sends them as arguments, which are ignored).
 
 
-@app.task(name="offers.recover", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.recover")
 def recover(self: OffersTask, **_ignored: Any) -> list[Dispatch]:
     rt = get_runtime()
     return reported(
@@ -35,19 +35,19 @@ def recover(self: OffersTask, **_ignored: Any) -> list[Dispatch]:
     )
 
 
-@app.task(name="offers.release_expiring_holds", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.release_expiring_holds")
 def release_expiring_holds(self: OffersTask, **_ignored: Any) -> list[Dispatch]:
     rt = get_runtime()
     dispatches = recovery.expiring_holds(rt, older_than_s=rt.settings.hold_release_after.total_seconds())
     return reported(dispatches, logging.WARNING, "releasing holds before their authorization lapses", key="holds")
 
 
-@app.task(name="offers.expire_offers", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.expire_offers")
 def expire_offers(self: OffersTask) -> list[Dispatch]:
     return reported(cancellation.expire_overdue(get_runtime()), logging.INFO, "offers past their maker's SLA cancelled")
 
 
-@app.task(name="offers.trim_draft_validations", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.trim_draft_validations")
 def trim_draft_validations(self: OffersTask, **_ignored: Any) -> int:
     rt = get_runtime()
     deleted = drafts.trim_validations(rt, older_than_s=rt.settings.draft_validations_kept.total_seconds())
@@ -56,7 +56,7 @@ def trim_draft_validations(self: OffersTask, **_ignored: Any) -> int:
     return deleted
 
 
-@app.task(name="offers.reconcile_holds", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.reconcile_holds")
 def reconcile_holds(self: OffersTask) -> dict[str, int]:
     # A Stripe error is transient here and retried later by the base task; nothing is released
     # that the run was unsure about.
@@ -64,19 +64,19 @@ def reconcile_holds(self: OffersTask) -> dict[str, int]:
     return reconciliation.reconcile(rt, since=rt.settings.reconcile_window).counts()
 
 
-@app.task(name="offers.seal_audit", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.seal_audit")
 def seal_audit(self: OffersTask) -> int:
     # One step, no waiting: a worker child is never parked on open writers; the next run goes on.
     return audit.seal_step(get_runtime())
 
 
-@app.task(name="offers.anchor_audit", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.anchor_audit")
 def anchor_audit(self: OffersTask) -> int:
     # An S3 error is transient here: the stretch stays cut in the database and the next run writes it.
     return audit.anchor(get_runtime())
 
 
-@app.task(name="offers.verify_audit", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.verify_audit")
 def verify_audit(self: OffersTask) -> int:
     # The outcome is recorded in audit_verifications (the alert) and each finding logged; a run
     # that fails midway records nothing, and the alert on a stale verification fires.
@@ -86,7 +86,7 @@ def verify_audit(self: OffersTask) -> int:
     return len(found.findings)
 
 
-@app.task(name="offers.export_audit", base=OffersTask, bind=True, stage="maintenance")
+@stage_task("offers.export_audit")
 def export_audit(self: OffersTask, until: str | None = None) -> None:
     # Failures are recorded on the export row and logged with its id (the alert); the next night
     # picks the window up again, so the task itself does not retry.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from offers_workers.domain import states
 from offers_workers.runtime import get_runtime
 from offers_workers.saga import stages
-from offers_workers.saga.stages import Dispatch
-from tasks.app import app
-from tasks.base import OffersTask
+from offers_workers.saga.decisions import Dispatch
+from tasks.base import OffersTask, stage_task
 
 
-@app.task(name="offers.stage.validate", base=OffersTask, bind=True, stage="validation", from_state=states.RECEIVED)
+@stage_task("offers.stage.validate")
 def validate(self: OffersTask, offer_id: str) -> list[Dispatch]:
     return stages.validate(get_runtime(), offer_id)

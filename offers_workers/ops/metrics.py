@@ -1,6 +1,6 @@
 """Prometheus ``/metrics`` (the Procfile's ``metrics:`` process): the figures of ``stats``, read
 from Postgres and the broker at each scrape, plus partner errors, SNS publish failures and unsent
-funnel events counted fleet-wide in Redis. The alert rules in ``monitoring/alerts.yml`` read these names.
+funnel events counted fleet-wide in Redis (``store.counters``). The alert rules in ``monitoring/alerts.yml`` read these names.
 
 Figures of offers are windowed gauges (the last hour, exact from Postgres, as ``stats`` shows them),
 not counters kept by each worker: a fleet on many hosts has one truth, and a restarted worker loses
@@ -27,9 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from config.celery import QUEUES, celery_config
 from offers_workers.ops import reports
+from offers_workers.ops.figures import figures
 from offers_workers.ops.metrics_guard import Guard
 from offers_workers.runtime import Runtime
-from offers_workers.store import audit_anchors
+from offers_workers.store import audit_anchors, counters
 from offers_workers.store import reports as store_reports
 
 log = logging.getLogger(__name__)
@@ -43,50 +44,6 @@ COLLECTION_MAX_AGE_S = 1.0
 #: A verify run's findings stay on the gauge this long, whatever later runs record (they are
 #: append-only rows: a login that may record a clean run cannot make a finding go away sooner).
 VERIFY_FINDINGS_WINDOW_S = 24 * 3600
-
-
-def partner_errors_key(prefix: str) -> str:
-    return f"{prefix}metrics:partner_errors"
-
-
-def sns_failures_key(prefix: str) -> str:
-    return f"{prefix}metrics:sns_publish_failures"
-
-
-def funnel_unsent_key(prefix: str) -> str:
-    return f"{prefix}metrics:funnel_unsent"
-
-
-def unauthenticated_key(prefix: str) -> str:
-    return f"{prefix}metrics:unauthenticated_messages"
-
-
-def count_unauthenticated(rt: Runtime, task: str, why: str) -> None:
-    """A message refused for want of a valid MAC, by task and kind of refusal (best effort)."""
-    try:
-        if rt.redis is not None:
-            # Only registered task names get here (the unknown ones are refused earlier): the label stays small.
-            rt.redis.hincrby(unauthenticated_key(rt.settings.redis_key_prefix), f"{task}|{why}", 1)
-    except Exception:
-        log.warning("unauthenticated message not counted", exc_info=True)
-
-
-def count_funnel_unsent(rt: Runtime, cause: str, events: int) -> None:
-    """Funnel events Segment did not get, by cause, counted fleet-wide (the metrics process reads them)."""
-    if rt.redis is not None:
-        rt.redis.hincrby(funnel_unsent_key(rt.settings.redis_key_prefix), cause, events)
-
-
-def count_partner_error(rt: Runtime, partner: str, code: str, sns_topic: str | None = None) -> None:
-    """Best effort: a metrics counter must never fail a task."""
-    try:
-        if rt.redis is not None:
-            prefix = rt.settings.redis_key_prefix
-            rt.redis.hincrby(partner_errors_key(prefix), f"{partner}|{code}", 1)
-            if sns_topic:
-                rt.redis.hincrby(sns_failures_key(prefix), sns_topic, 1)
-    except Exception:
-        log.debug("partner error not counted", exc_info=True)
 
 
 def by_label(name: str, documentation: str, label: str, counts: Mapping[str, float]) -> GaugeMetricFamily:
@@ -139,8 +96,6 @@ class OffersCollector:
         self.beat_lock_key = f"{celery_config(rt.settings)['redbeat_key_prefix']}:lock"  # RedBeat's own lock key
 
     def collect(self) -> Iterator[Metric]:
-        from offers_workers.ops.health import figures
-
         found = figures(self.rt, WINDOW)
         yield from self._figures(found)
         yield from self._db_connections(found.db_connections)
@@ -303,9 +258,8 @@ class OffersCollector:
     def _counted(self, name: str, documentation: str, labels: list[str], key: str) -> Metric:
         """A counter kept fleet-wide in a Redis hash: one field per label set, ``|``-joined."""
         counter = CounterMetricFamily(name, documentation, labels=labels)
-        counts: dict[Any, Any] = self.rt.redis.hgetall(key) if self.rt.redis else {}
-        for field, n in counts.items():
-            counter.add_metric(field.decode().split("|", len(labels) - 1), int(n))
+        for field, n in counters.counts(self.rt.redis, key).items():
+            counter.add_metric(field.split("|", len(labels) - 1), n)
         return counter
 
     def _partner_errors(self) -> Metric:
@@ -313,7 +267,7 @@ class OffersCollector:
             "offers_partner_errors",
             "Partner call failures seen by the fleet",
             ["partner", "code"],
-            partner_errors_key(self.rt.settings.redis_key_prefix),
+            counters.partner_errors_key(self.rt.settings.redis_key_prefix),
         )
 
     def _sns_failures(self) -> Metric:
@@ -321,7 +275,7 @@ class OffersCollector:
             "offers_sns_publish_failures",
             "SNS publishes that failed, by topic",
             ["topic"],
-            sns_failures_key(self.rt.settings.redis_key_prefix),
+            counters.sns_failures_key(self.rt.settings.redis_key_prefix),
         )
 
     def _funnel_unsent(self) -> Metric:
@@ -329,7 +283,7 @@ class OffersCollector:
             "offers_funnel_unsent_events",
             "Product funnel events Segment did not get (queue full, send failed, left at shutdown), by cause",
             ["cause"],
-            funnel_unsent_key(self.rt.settings.redis_key_prefix),
+            counters.funnel_unsent_key(self.rt.settings.redis_key_prefix),
         )
 
     def _unauthenticated(self) -> Metric:
@@ -337,7 +291,7 @@ class OffersCollector:
             "offers_unauthenticated_messages",
             "Messages refused for want of a valid MAC (never acted upon; recorded as intake rejections), by task and why",
             ["task", "why"],
-            unauthenticated_key(self.rt.settings.redis_key_prefix),
+            counters.unauthenticated_key(self.rt.settings.redis_key_prefix),
         )
 
 

@@ -22,9 +22,9 @@ from offers_workers.local.demo import send_samples, settled
 from offers_workers.local.samples import Sample, base_offer
 from offers_workers.local.sandbox import clear_faults, forget_batches, funnel_counts, recorded_batches, set_fault
 from offers_workers.local.stack import load_sample_policy
-from offers_workers.ops.metrics import funnel_unsent_key
 from offers_workers.saga import funnel
 from offers_workers.store import reports as store_reports
+from offers_workers.store.counters import funnel_unsent_key
 from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database, cli, wait_until
 from tests.drillkit import Drill, drill, settings_for
 from tests.monitoring import scrape_once

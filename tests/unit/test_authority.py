@@ -189,8 +189,8 @@ def test_a_refusal_postgres_cannot_record_goes_back_to_the_broker_as_it_came(
     from celery.exceptions import Reject
 
     from config.settings import Settings
-    from offers_workers.ops import metrics
     from offers_workers.saga import intake
+    from offers_workers.store import counters
     from tasks import authority as wire
     from tasks.authority import AuthenticatedTask
 
@@ -201,7 +201,7 @@ def test_a_refusal_postgres_cannot_record_goes_back_to_the_broker_as_it_came(
         raise psycopg.OperationalError("the server closed the connection")
 
     monkeypatch.setattr(intake, "record_unauthenticated", postgres_away)
-    monkeypatch.setattr(metrics, "count_unauthenticated", lambda *a: counted.append(a))
+    monkeypatch.setattr(counters, "count_unauthenticated", lambda *a: counted.append(a))
     monkeypatch.setattr("offers_workers.runtime.get_runtime", lambda: None)
     monkeypatch.setattr(wire, "REQUEUE_PAUSE_S", 0)
     app = Celery("refusals", set_as_current=False)
