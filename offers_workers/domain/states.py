@@ -7,53 +7,75 @@ outcomes ``rejected``, ``cancelled`` and ``dead_lettered`` (waiting for an opera
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, Literal, get_args
 
-RECEIVED = "received"
-VALIDATED = "validated"
-PAYMENT_HELD = "payment_held"
-RISK_CLEARED = "risk_cleared"
-AUCTION_TRIGGERED = "auction_triggered"
-SUBMITTED = "submitted"
-REJECTED = "rejected"
-CANCELLED = "cancelled"
-DEAD_LETTERED = "dead_lettered"
+#: An offer's state, as the ``offers.state`` column and the events on the wire carry it (the contract).
+State = Literal[
+    "received",
+    "validated",
+    "payment_held",
+    "risk_cleared",
+    "auction_triggered",
+    "submitted",
+    "rejected",
+    "cancelled",
+    "dead_lettered",
+]
+RECEIVED: Final = "received"
+VALIDATED: Final = "validated"
+PAYMENT_HELD: Final = "payment_held"
+RISK_CLEARED: Final = "risk_cleared"
+AUCTION_TRIGGERED: Final = "auction_triggered"
+SUBMITTED: Final = "submitted"
+REJECTED: Final = "rejected"
+CANCELLED: Final = "cancelled"
+DEAD_LETTERED: Final = "dead_lettered"
 
-HAPPY_PATH = (RECEIVED, VALIDATED, PAYMENT_HELD, RISK_CLEARED, AUCTION_TRIGGERED, SUBMITTED)
-ALL_STATES = (*HAPPY_PATH, REJECTED, CANCELLED, DEAD_LETTERED)
+HAPPY_PATH: tuple[State, ...] = (RECEIVED, VALIDATED, PAYMENT_HELD, RISK_CLEARED, AUCTION_TRIGGERED, SUBMITTED)
+ALL_STATES: tuple[State, ...] = get_args(State)
 #: States no stage moves an offer out of (a submitted offer can still be cancelled).
-TERMINAL = frozenset({REJECTED, CANCELLED})
+TERMINAL: frozenset[State] = frozenset({REJECTED, CANCELLED})
 #: States in which the saga still has work to do.
-OPEN = frozenset({RECEIVED, VALIDATED, PAYMENT_HELD, RISK_CLEARED, AUCTION_TRIGGERED})
+OPEN: frozenset[State] = frozenset({RECEIVED, VALIDATED, PAYMENT_HELD, RISK_CLEARED, AUCTION_TRIGGERED})
 
-#: Reason codes of the contract.
-REJECTION_REASONS = frozenset(
-    {
-        "invalid_payload",
-        "submission_disabled",
-        "duplicate_conflict",
-        "listing_not_found",
-        "listing_unavailable",
-        "maker_mismatch",
-        "currency_mismatch",
-        "below_minimum",
-        "below_auto_reject_threshold",
-        "bank_payments_not_accepted",
-        "payment_declined",
-        "insufficient_funds",
-        "risk_blocked",
-    }
-)
+#: Whether an offer holds a card authorization (``offers.hold_status``).
+HoldStatus = Literal["none", "held", "released"]
+
+#: Reason codes of the contract: why an offer ended rejected.
+RejectionReason = Literal[
+    "invalid_payload",
+    "submission_disabled",
+    "duplicate_conflict",
+    "listing_not_found",
+    "listing_unavailable",
+    "maker_mismatch",
+    "currency_mismatch",
+    "below_minimum",
+    "below_auto_reject_threshold",
+    "bank_payments_not_accepted",
+    "payment_declined",
+    "insufficient_funds",
+    "risk_blocked",
+]
+REJECTION_REASONS: frozenset[RejectionReason] = frozenset(get_args(RejectionReason))
 #: Why a message became an intake rejection rather than an offer (``intake rejections --reason``);
-#: unauthenticated: a message whose task needs a sender it could not prove (README "Trust boundary").
-INTAKE_REJECTION_REASONS = ("invalid_payload", "submission_disabled", "duplicate_conflict", "unauthenticated")
+#: unauthenticated: a message whose task needs a sender it could not prove (docs/production.md, "Trust boundary").
+IntakeRejectionReason = Literal["invalid_payload", "submission_disabled", "duplicate_conflict", "unauthenticated"]
+INTAKE_REJECTION_REASONS: tuple[IntakeRejectionReason, ...] = get_args(IntakeRejectionReason)
 #: Reasons a cancel request (``offers.cancel``, ``offers-workers cancel``) may give.
-CANCEL_REASONS = ("buyer_withdrew", "maker_rejected", "ops")
+CancelReason = Literal["buyer_withdrew", "maker_rejected", "ops"]
+CANCEL_REASONS: tuple[CancelReason, ...] = get_args(CancelReason)
 #: Who may send a cancel request.
-CANCEL_ACTORS = ("buyer", "maker", "ops")
+CancelActor = Literal["buyer", "maker", "ops"]
+CANCEL_ACTORS: tuple[CancelActor, ...] = get_args(CancelActor)
 #: Every reason a cancelled offer may carry: a request's, or the maker SLA job's own.
-CANCELLATION_REASONS = frozenset({*CANCEL_REASONS, "maker_sla_expired"})
+CancellationReason = Literal[CancelReason, "maker_sla_expired"]
+CANCELLATION_REASONS: frozenset[CancellationReason] = frozenset({*CANCEL_REASONS, "maker_sla_expired"})
 #: What a cancel request did, as `cancel_requests.outcome` records it.
-CANCEL_OUTCOMES = ("cancelled", "tombstone", "tombstone_applied", "already_cancelled", "already_rejected", "invalid")
+CancelOutcome = Literal[
+    "cancelled", "tombstone", "tombstone_applied", "already_cancelled", "already_rejected", "invalid"
+]
+CANCEL_OUTCOMES: tuple[CancelOutcome, ...] = get_args(CancelOutcome)
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,8 @@ class Stage:
     """One step of the saga: the state it expects, the state it produces, its task and queue."""
 
     name: str
-    from_state: str
-    to_state: str
+    from_state: State
+    to_state: State
     task: str
     queue: str
 
@@ -78,7 +100,7 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 #: The stage that works on an offer sitting in a given state.
 STAGE_FOR_STATE = {s.from_state: s for s in STAGES}
 
-_ALLOWED = {s.from_state: {s.to_state} for s in STAGES}
+_ALLOWED: dict[State, set[State]] = {s.from_state: {s.to_state} for s in STAGES}
 for _state in OPEN:
     _ALLOWED[_state] |= {REJECTED, CANCELLED, DEAD_LETTERED}
 _ALLOWED[SUBMITTED] = {CANCELLED}
@@ -95,15 +117,15 @@ class IllegalTransition(Exception):
         self.to_state = to_state
 
 
-def can_transition(from_state: str, to_state: str) -> bool:
+def can_transition(from_state: State, to_state: State) -> bool:
     return to_state in _ALLOWED.get(from_state, set())
 
 
-def check_transition(from_state: str, to_state: str) -> None:
+def check_transition(from_state: State, to_state: State) -> None:
     if not can_transition(from_state, to_state):
         raise IllegalTransition(from_state, to_state)
 
 
-def next_stage(state: str) -> Stage | None:
+def next_stage(state: State) -> Stage | None:
     """The stage to run for an offer in ``state`` (None when the saga has nothing to do)."""
     return STAGE_FOR_STATE.get(state)

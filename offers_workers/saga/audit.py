@@ -29,6 +29,8 @@ from offers_workers.domain.errors import PermanentError
 from offers_workers.partners.interfaces import Archive, ArchivedObject, KeyHistory
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
+from offers_workers.store.audit_exports import ExportJob
+from offers_workers.store.audit_trail import TrailRow
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +40,19 @@ NULL = "\\N"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def digest(row: dict[str, Any], prev_hash: str) -> str:
+def digest(row: TrailRow, prev_hash: str) -> str:
     """SHA-256 of one row's content chained to ``prev_hash``, as the database computes it."""
-    at = row["at"] if isinstance(row["at"], datetime) else datetime.fromisoformat(row["at"])
-    micros = (at - EPOCH) // timedelta(microseconds=1)
+    micros = (row.at - EPOCH) // timedelta(microseconds=1)
     fields = [
-        str(row["id"]),
+        str(row.id),
         str(micros),
-        row["offer_id"] if row["offer_id"] is not None else NULL,
-        row["kind"],
-        row["from_state"] if row["from_state"] is not None else NULL,
-        row["to_state"] if row["to_state"] is not None else NULL,
-        row["reason"] if row["reason"] is not None else NULL,
-        row["actor"],
-        row["data"],
+        row.offer_id if row.offer_id is not None else NULL,
+        row.kind,
+        row.from_state if row.from_state is not None else NULL,
+        row.to_state if row.to_state is not None else NULL,
+        row.reason if row.reason is not None else NULL,
+        row.actor,
+        row.data,
         prev_hash,
     ]
     return hashlib.sha256(SEP.join(fields).encode("utf-8")).hexdigest()
@@ -71,7 +72,7 @@ class ChainCheck:
         return self.first_break is None
 
 
-def check_chain(rows: Iterable[dict[str, Any]], expected_prev: str | None = None) -> ChainCheck:
+def check_chain(rows: Iterable[TrailRow], expected_prev: str | None = None) -> ChainCheck:
     """Walk rows in id order; name the first row whose content or link does not hold.
 
     ``expected_prev``: the hash the first row must link to (None: trust the first row's link).
@@ -80,17 +81,17 @@ def check_chain(rows: Iterable[dict[str, Any]], expected_prev: str | None = None
     prev = expected_prev
     for row in rows:
         if result.rows == 0:
-            result.first_prev_hash = row["prev_hash"]
+            result.first_prev_hash = row.prev_hash
         result.rows += 1
-        if prev is not None and row["prev_hash"] != prev:
+        if prev is not None and row.prev_hash != prev:
             result.first_break = (
-                f"row {row['id']}: its link does not match the row before it (a row deleted, inserted or reordered)"
+                f"row {row.id}: its link does not match the row before it (a row deleted, inserted or reordered)"
             )
             return result
-        if digest(row, row["prev_hash"]) != row["row_hash"]:
-            result.first_break = f"row {row['id']}: its content does not match its hash (the row was changed)"
+        if row.prev_hash is None or digest(row, row.prev_hash) != row.row_hash:
+            result.first_break = f"row {row.id}: its content does not match its hash (the row was changed)"
             return result
-        prev = result.last_hash = row["row_hash"]
+        prev = result.last_hash = row.row_hash
     return result
 
 
@@ -258,40 +259,38 @@ def _export_locked(
             manifest_key=key.removesuffix(".jsonl.gz") + ".manifest.json",
             storage_class=rt.settings.audit_storage_class,
         )
-    if job["status"] == "done":
+    if job.status == "done":
         return _summary(job, window, started, size_bytes=None)
     try:
         done, size_bytes = _write(rt, job, window.rows, progress)
     except Exception as exc:
         with rt.db.transaction() as conn:
-            failed = audit_exports.mark_failed(conn, job["id"], f"{type(exc).__name__}: {str(exc)[:500]}")
+            failed = audit_exports.mark_failed(conn, job.id, f"{type(exc).__name__}: {str(exc)[:500]}")
         # The alert: names the job so on-call can find it (`offers-workers audit exports`).
         log.error(
             "audit export failed",
-            extra={"export_id": job["id"], "object_key": job["object_key"], "error": str(exc)[:300]},
+            extra={"export_id": job.id, "object_key": job.object_key, "error": str(exc)[:300]},
         )
         raise ExportFailed(_summary(failed, window, started, size_bytes=None)) from exc
     return _summary(done, window, started, size_bytes)
 
 
-def _summary(
-    job: dict[str, Any], window: audit_trail.RowWindow, started: float, size_bytes: int | None
-) -> ExportSummary:
+def _summary(job: ExportJob, window: audit_trail.RowWindow, started: float, size_bytes: int | None) -> ExportSummary:
     return ExportSummary(
-        export_id=job["id"],
-        status=job["status"],
+        export_id=job.id,
+        status=job.status,
         window_from=window.first_at,
-        window_until=job["until"],
-        first_row_id=job["first_row_id"],
-        last_row_id=job["last_row_id"],
-        rows=job["row_count"] if job["row_count"] is not None else window.rows,
+        window_until=job.until,
+        first_row_id=job.first_row_id,
+        last_row_id=job.last_row_id,
+        rows=job.row_count if job.row_count is not None else window.rows,
         size_bytes=size_bytes,
-        sha256=job["sha256"],
-        storage_class=job["storage_class"],
-        object_key=job["object_key"],
-        attempts=job["attempts"],
+        sha256=job.sha256,
+        storage_class=job.storage_class,
+        object_key=job.object_key,
+        attempts=job.attempts,
         duration_s=time.monotonic() - started,
-        error=job["error"],
+        error=job.error,
     )
 
 
@@ -302,45 +301,45 @@ class ExportFailed(Exception):
 
 
 def _write(
-    rt: Runtime, job: dict[str, Any], expected: int, progress: Callable[[int, int], None] | None
-) -> tuple[dict[str, Any], int]:
+    rt: Runtime, job: ExportJob, expected: int, progress: Callable[[int, int], None] | None
+) -> tuple[ExportJob, int]:
     """Write the window's object and manifest; returns the export row, marked done, and the object's size."""
     archive = rt.archive
     anchor(rt)  # the window is checked against its anchors before it is archived
-    differences = anchored_differences(rt, job["first_row_id"], job["last_row_id"])
+    differences = anchored_differences(rt, job.first_row_id, job.last_row_id)
     if differences:
         raise ValueError(f"the audit trail differs from its anchors, refusing to archive it: {differences[0]}")
     with tempfile.TemporaryFile() as spool:
         hasher = _HashingWriter(spool)
         with rt.db.transaction() as conn, gzip.GzipFile(fileobj=hasher, mode="wb", mtime=0) as gz:
-            rows = audit_trail.rows_between(conn, job["first_row_id"], job["last_row_id"])
+            rows = audit_trail.rows_between(conn, job.first_row_id, job.last_row_id)
             check = check_chain(_written(rows, gz, expected, progress))
         if not check.ok:
             raise ValueError(f"the audit chain is broken, refusing to archive it: {check.first_break}")
         spool.seek(0)
         sha256 = hasher.sha256.hexdigest()
         manifest = {
-            "export_id": job["id"],
-            "object_key": job["object_key"],
+            "export_id": job.id,
+            "object_key": job.object_key,
             "row_count": check.rows,
             "sha256": sha256,
-            "first_row_id": job["first_row_id"],
-            "last_row_id": job["last_row_id"],
+            "first_row_id": job.first_row_id,
+            "last_row_id": job.last_row_id,
             "first_prev_hash": check.first_prev_hash,
             "last_hash": check.last_hash,
-            "until": job["until"].isoformat(),
-            "storage_class": job["storage_class"],
+            "until": job.until.isoformat(),
+            "storage_class": job.storage_class,
         }
         # Under Object Lock a second write is a second version for good: a retry after a crash
         # finds what the first run wrote and takes it.
-        if not _already_archived(archive, job["object_key"], sha256):
-            archive.put_export(job["object_key"], spool, sha256, {"export-id": str(job["id"]), "rows": str(check.rows)})
+        if not _already_archived(archive, job.object_key, sha256):
+            archive.put_export(job.object_key, spool, sha256, {"export-id": str(job.id), "rows": str(check.rows)})
     manifest_body = json.dumps(manifest, indent=2).encode()
-    if not _already_archived(archive, job["manifest_key"], hashlib.sha256(manifest_body).hexdigest()):
-        archive.put_manifest(job["manifest_key"], manifest_body)
+    if not _already_archived(archive, job.manifest_key, hashlib.sha256(manifest_body).hexdigest()):
+        archive.put_manifest(job.manifest_key, manifest_body)
     with rt.db.transaction() as conn:
-        done = audit_exports.mark_done(conn, job["id"], row_count=check.rows, sha256=sha256)
-    log.info("audit export done", extra={"export_id": job["id"], "rows": check.rows, "object_key": job["object_key"]})
+        done = audit_exports.mark_done(conn, job.id, row_count=check.rows, sha256=sha256)
+    log.info("audit export done", extra={"export_id": job.id, "rows": check.rows, "object_key": job.object_key})
     return done, hasher.size
 
 
@@ -355,11 +354,10 @@ def _already_archived(archive: Archive, key: str, sha256_hex: str) -> bool:
 
 
 def _written(
-    rows: Iterable[dict[str, Any]], gz: gzip.GzipFile, expected: int, progress: Callable[[int, int], None] | None
-) -> Iterator[dict[str, Any]]:
+    rows: Iterable[TrailRow], gz: gzip.GzipFile, expected: int, progress: Callable[[int, int], None] | None
+) -> Iterator[TrailRow]:
     for n, row in enumerate(rows, 1):
-        record = {**row, "at": row["at"].isoformat()}
-        gz.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        gz.write(json.dumps(row.as_json(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
         if progress and (n % 1000 == 0 or n == expected):
             progress(n, expected)
         yield row
@@ -394,29 +392,30 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
         job = audit_exports.load(conn, export_id)
     if job is None:
         return [f"no export {export_id}"]
-    if job["status"] != "done":
-        return [f"export {export_id} is {job['status']}, not done"]
+    if job.status != "done":
+        return [f"export {export_id} is {job.status}, not done"]
     archive = rt.archive
-    versions = archive.versions(job["manifest_key"])
+    versions = archive.versions(job.manifest_key)
     if not versions:
-        return [f"its manifest {job['manifest_key']} is missing from S3"]
+        return [f"its manifest {job.manifest_key} is missing from S3"]
     # The version written first: a later one is a rewrite (`audit verify` names it).
-    manifest = json.loads(archive.read(job["manifest_key"], versions[-1].version_id))
-    archive.restore(job["object_key"])
+    manifest = json.loads(archive.read(job.manifest_key, versions[-1].version_id))
+    archive.restore(job.object_key)
     problems: list[str] = []
     with tempfile.TemporaryFile() as spool:
-        archive.download(job["object_key"], spool)
+        archive.download(job.object_key, spool)
         spool.seek(0)
         sha256 = hashlib.sha256()
         for block in iter(lambda: spool.read(1 << 20), b""):
             sha256.update(block)
         if sha256.hexdigest() != manifest["sha256"]:
             problems.append(f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest['sha256']}")
-        if manifest["sha256"] != job["sha256"]:
+        if manifest["sha256"] != job.sha256:
             problems.append("the manifest's checksum differs from the export record's")
         spool.seek(0)
         with gzip.GzipFile(fileobj=spool, mode="rb") as gz:
-            check = check_chain((json.loads(line) for line in gz), expected_prev=manifest["first_prev_hash"])
+            lines = (TrailRow.from_json(json.loads(line)) for line in gz)
+            check = check_chain(lines, expected_prev=manifest["first_prev_hash"])
     if not check.ok:
         problems.append(f"archived chain: {check.first_break}")
     if check.rows != manifest["row_count"]:
@@ -424,7 +423,7 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     if check.last_hash != manifest["last_hash"]:
         problems.append("the archive's last hash differs from the manifest's")
     with rt.db.transaction() as conn:
-        held = audit_trail.chain_ends(conn, job["first_row_id"], job["last_row_id"])
+        held = audit_trail.chain_ends(conn, job.first_row_id, job.last_row_id)
     if held.rows != check.rows:
         problems.append(f"Postgres holds {held.rows} rows in the window, the archive {check.rows}")
     if held.last_hash != check.last_hash or held.first_prev_hash != manifest["first_prev_hash"]:
@@ -611,30 +610,30 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
     for job in jobs:
         result.exports += 1
         before = len(result.findings)
-        what = f"export {job['id']} (rows {job['first_row_id']} to {job['last_row_id']})"
-        seen.add(job["manifest_key"])
-        version = _first_version(rt, histories.get(job["manifest_key"]), job["manifest_key"], what, result.findings)
+        what = f"export {job.id} (rows {job.first_row_id} to {job.last_row_id})"
+        seen.add(job.manifest_key)
+        version = _first_version(rt, histories.get(job.manifest_key), job.manifest_key, what, result.findings)
         if version is None:
             continue
-        manifest = json.loads(archive.read(job["manifest_key"], version))
+        manifest = json.loads(archive.read(job.manifest_key, version))
         for field_name, held in (
-            ("first_row_id", job["first_row_id"]),
-            ("last_row_id", job["last_row_id"]),
-            ("row_count", job["row_count"]),
-            ("sha256", job["sha256"]),
+            ("first_row_id", job.first_row_id),
+            ("last_row_id", job.last_row_id),
+            ("row_count", job.row_count),
+            ("sha256", job.sha256),
         ):
             if manifest.get(field_name) != held:
                 result.findings.append(
                     f"{what}: Postgres's {field_name} is {held}, its manifest's {manifest.get(field_name)}"
                 )
-        object_history = histories.get(job["object_key"])
-        _first_version(rt, object_history, job["object_key"], what, result.findings)
+        object_history = histories.get(job.object_key)
+        _first_version(rt, object_history, job.object_key, what, result.findings)
         if object_history is not None and len(object_history.versions) == 1:  # a rewrite is named above
-            stored = archive.head(job["object_key"])
+            stored = archive.head(job.object_key)
             if stored.checksum_sha256 and stored.checksum_sha256 != _b64(manifest["sha256"]):
                 result.findings.append(f"{what}: its object's SHA-256 differs from its manifest's")
         with rt.db.transaction() as conn:
-            held_ends = audit_trail.chain_ends(conn, job["first_row_id"], job["last_row_id"])
+            held_ends = audit_trail.chain_ends(conn, job.first_row_id, job.last_row_id)
         if held_ends.rows != manifest.get("row_count"):
             result.findings.append(
                 f"{what}: Postgres holds {held_ends.rows} rows in its window, its manifest {manifest.get('row_count')}"
@@ -650,7 +649,7 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         # one booked in Postgres alone.
         borne_out = borne_out and len(result.findings) == before
         if borne_out:
-            through = job["last_row_id"]
+            through = job.last_row_id
     for key in sorted(histories):
         if key.endswith(".manifest.json") and key not in seen:
             result.findings.append(f"export manifest {key} is in S3, but no finished export in Postgres has it")
@@ -698,9 +697,9 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
     result.unanchored = max(0, sealed_through - last_anchored)
     # verify anchored everything sealed a moment ago: rows past the last anchor in S3 that the book
     # says are anchored were booked by someone who never wrote them.
-    if book is not None and book["last_id"] > last_anchored:
+    if book is not None and book.last_id > last_anchored:
         result.findings.append(
-            f"rows {last_anchored + 1} to {book['last_id']}: anchored by the book, but S3 holds no anchor for them"
+            f"rows {last_anchored + 1} to {book.last_id}: anchored by the book, but S3 holds no anchor for them"
         )
 
 
@@ -716,11 +715,11 @@ def anchored_differences(rt: Runtime, first_id: int, last_id: int) -> list[str]:
     covered_through = first_id - 1
     for entry in booked:
         # The version the book says was written: a later one is a rewrite (`verify` names those).
-        key = keyspace(rt) + entry["object_key"]
+        key = keyspace(rt) + entry.object_key
         try:
-            body = json.loads(rt.archive.read(key, entry["version_id"]))
+            body = json.loads(rt.archive.read(key, entry.version_id))
         except PermanentError as exc:
-            findings.append(f"anchor {key}: version {entry['version_id']} cannot be read from S3 ({exc.code})")
+            findings.append(f"anchor {key}: version {entry.version_id} cannot be read from S3 ({exc.code})")
             continue
         _check_anchored_rows(rt, body, f"anchor {key}", findings)
         covered_through = max(covered_through, body["last_id"])
@@ -735,23 +734,23 @@ def _check_anchored_rows(rt: Runtime, body: dict[str, Any], what: str, findings:
     sealed_at = datetime.fromisoformat(body["sealed_at"])
     with rt.db.transaction() as conn:
         for row in audit_trail.rows_between(conn, body["first_id"], body["last_id"]):
-            row_id = row["id"]
+            row_id = row.id
             expected = anchored.pop(row_id, None)
             if expected is None:
                 findings.append(f"row {row_id}: not in {what}: inserted after its stretch was sealed")
-            elif row["row_hash"] != expected:
-                if row["row_hash"] and digest(row, row["prev_hash"]) == row["row_hash"]:
+            elif row.row_hash != expected:
+                if row.row_hash and row.prev_hash is not None and digest(row, row.prev_hash) == row.row_hash:
                     findings.append(f"row {row_id}: re-chained: its hash differs from {what}'s")
                 else:
                     findings.append(f"row {row_id}: rewritten: its content or hash differs from {what}'s")
-            if dated_from is not None and row["at"] < dated_from - CLOCK_TOLERANCE:
+            if dated_from is not None and row.at < dated_from - CLOCK_TOLERANCE:
                 findings.append(
-                    f"row {row_id}: dated {row['at'].isoformat()}, before rows already sealed"
+                    f"row {row_id}: dated {row.at.isoformat()}, before rows already sealed"
                     f" (rows of {what} were written from {dated_from.isoformat()} on)"
                 )
-            elif row["at"] > sealed_at + CLOCK_TOLERANCE:
+            elif row.at > sealed_at + CLOCK_TOLERANCE:
                 findings.append(
-                    f"row {row_id}: dated {row['at'].isoformat()}, after its stretch was sealed ({sealed_at.isoformat()})"
+                    f"row {row_id}: dated {row.at.isoformat()}, after its stretch was sealed ({sealed_at.isoformat()})"
                 )
     for row_id in sorted(anchored):
         findings.append(f"row {row_id}: deleted: {what} holds it, Postgres does not")
@@ -764,9 +763,9 @@ def legal_hold(rt: Runtime, export_id: int, on: bool) -> list[str]:
     """Put a legal hold on an export's object and manifest (``on``), or lift it; returns the keys."""
     with rt.db.transaction() as conn:
         job = audit_exports.load(conn, export_id)
-    if job is None or job["status"] != "done":
+    if job is None or job.status != "done":
         raise LookupError(f"no finished export {export_id}")
-    keys = [job["object_key"], job["manifest_key"]]
+    keys = [job.object_key, job.manifest_key]
     for key in keys:
         # On the version written first: a later one is a rewrite, and not what is held.
         versions = rt.archive.versions(key)

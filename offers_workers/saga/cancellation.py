@@ -18,8 +18,8 @@ import psycopg
 from offers_workers.domain import states
 from offers_workers.runtime import Runtime
 from offers_workers.saga import decisions, funnel
-from offers_workers.saga.decisions import SLA_ACTOR, SLA_EXPIRED
-from offers_workers.saga.stages import Dispatch, after_outcome, compensate_if_ended
+from offers_workers.saga.decisions import SLA_ACTOR, SLA_EXPIRED, Dispatch
+from offers_workers.saga.stages import after_outcome, compensate_if_ended
 from offers_workers.store import cancel_requests, dead_letters, offers
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ SLA_BATCH = 500
 class CancelResult:
     """``outcome``: cancelled, tombstone, already_cancelled, already_rejected or invalid."""
 
-    outcome: str
+    outcome: states.CancelOutcome
     offer_id: str | None
     dispatches: list[Dispatch]
 
@@ -53,10 +53,10 @@ def request_cancel(
     if errors:
         kept = decisions.kept_cancel_arguments(offer_id, reason, actor)
         with rt.db.transaction() as conn:
-            asked = cancel_requests.Asked(kept["offer_id"], kept["reason"], kept["actor"], task_id)
+            asked = cancel_requests.Asked(kept.offer_id, kept.reason, kept.actor, task_id)
             cancel_requests.record(conn, asked, "invalid", errors)
-        log.warning("cancel refused", extra={"offer_id": kept["offer_id"], "errors": [e.field for e in errors]})
-        return CancelResult("invalid", kept["offer_id"], [])
+        log.warning("cancel refused", extra={"offer_id": kept.offer_id, "errors": [e.field for e in errors]})
+        return CancelResult("invalid", kept.offer_id, [])
     return cancel(rt, offer_id, reason, actor, task_id=task_id, sender=sender)
 
 
@@ -87,8 +87,9 @@ def cancel(
     log.info("offer cancelled", extra={"offer_id": offer_id, "reason": reason, "from_state": offer.state})
     funnel.send(rt, funnel.cancelled(offer.payload, reason))
     # The cancel came in a trace of its own (the upstream's); its event and release join the offer's.
-    trace_parent = offer.row.get("trace_parent")
-    return CancelResult("cancelled", offer_id, [decisions.traced(d, trace_parent, "cancellation") for d in dispatches])
+    return CancelResult(
+        "cancelled", offer_id, [decisions.traced(d, offer.trace_parent, "cancellation") for d in dispatches]
+    )
 
 
 def _cancel_locked(

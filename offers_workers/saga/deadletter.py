@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from offers_workers.domain import secrets, states
+from offers_workers.domain import secrets, stage_tasks, states
 from offers_workers.runtime import Runtime
-from offers_workers.saga.decisions import traced
-from offers_workers.saga.stages import Dispatch
+from offers_workers.saga.decisions import Dispatch, traced
 from offers_workers.store import audit_trail, dead_letters, offers
 
 log = logging.getLogger(__name__)
 
 #: Every dead-letter queue, by the ``stage`` of the tasks that fill it: the saga's stages, then the
-#: rest of tasks/. The one list: `dlq --stage` offers these, and OffersTask refuses any other stage.
-STAGES = (*states.STAGE_BY_NAME, "intake", "cancellation", "events", "compensation", "maintenance")
+#: rest of tasks/, as declared (``domain.stage_tasks``). `dlq --stage` offers these, and OffersTask
+#: refuses any other stage.
+STAGES = stage_tasks.STAGES
 
 
 def offer_id_of(kwargs: dict[str, Any]) -> str | None:
@@ -39,7 +39,7 @@ def record(
     error: BaseException,
     traceback_text: str,
     attempts: int,
-    from_state: str | None,
+    from_state: states.State | None,
 ) -> int:
     """Record a stage run that failed for good and move its offer to ``dead_lettered``; the entry's id."""
     offer_id = offer_id_of(kwargs)
@@ -81,12 +81,12 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
             return None
         # Lock the offer before the entry, in the same order as a cancel does: no deadlock between them.
         offer = offers.load_offer(conn, found.offer_id, for_update=True) if found.offer_id else None
-        row = dead_letters.lock_pending(conn, entry_id)
-        if row is None:
+        entry = dead_letters.lock_pending(conn, entry_id)
+        if entry is None:
             return None
         # Opened before anything changes: a key missing from the ring leaves the entry pending.
-        kwargs = rt.settings.payment_keys.open_within(row["kwargs"])
-        stage = states.STAGE_BY_NAME.get(row["stage"])
+        kwargs = rt.settings.payment_keys.open_within(entry.kwargs)
+        stage = states.STAGE_BY_NAME.get(entry.stage)
         if stage and offer is not None:
             if offer.state != states.DEAD_LETTERED:
                 # The offer moved on (cancelled, or resumed some other way): nothing left to replay.
@@ -94,7 +94,7 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
                 return None
             offers.transition(
                 conn,
-                row["offer_id"],
+                offer.offer_id,
                 states.DEAD_LETTERED,
                 stage.from_state,
                 actor=actor,
@@ -102,11 +102,11 @@ def claim_for_replay(rt: Runtime, entry_id: int, *, actor: str = "cli") -> Dispa
             )
         dead_letters.mark_replayed(conn, entry_id)
         audit_trail.record_audit(
-            conn, row["offer_id"], "dead_letter_replayed", actor=actor, data={"dead_letter_id": entry_id}
+            conn, entry.offer_id, "dead_letter_replayed", actor=actor, data={"dead_letter_id": entry_id}
         )
     # The replay, however many days later, is a span of the offer's own trace.
-    trace_parent = offer.row.get("trace_parent") if offer is not None else None
-    return traced(Dispatch(row["task_name"], kwargs), trace_parent, "dlq replay")
+    trace_parent = offer.trace_parent if offer is not None else None
+    return traced(Dispatch(entry.task_name, kwargs), trace_parent, "dlq replay")
 
 
 def discard(rt: Runtime, entry_id: int, *, reason: str, actor: str = "cli") -> bool:

@@ -20,7 +20,7 @@ from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
 from offers_workers.domain.payload import OFFER_ID, FieldError, OfferPayload
 from offers_workers.domain.policy import ListingPolicy
-from offers_workers.domain.states import Stage
+from offers_workers.domain.states import Stage, State
 from offers_workers.domain.validation import check_offer
 
 PUBLISH_EVENT_TASK = "offers.publish_event"
@@ -74,7 +74,7 @@ def traced(dispatch: Dispatch, trace_parent: str | None, resent_by: str) -> Disp
     return replace(dispatch, trace_parent=trace_parent, resent_by=resent_by)
 
 
-def hand_on(offer_id: str, state: str) -> list[Dispatch]:
+def hand_on(offer_id: str, state: State) -> list[Dispatch]:
     """The stage to send for an offer sitting in ``state`` (none once the saga is done with it)."""
     stage = states.next_stage(state)
     return [Dispatch(stage.task, {"offer_id": offer_id})] if stage else []
@@ -95,7 +95,7 @@ class Arrival(Enum):
     NOTHING = "nothing"
 
 
-def on_arrival(stage: Stage, state: str | None) -> Arrival:
+def on_arrival(stage: Stage, state: State | None) -> Arrival:
     """Decide from the offer's current state (None: no such offer) whether ``stage`` works on it."""
     if state is None:
         return Arrival.NOTHING
@@ -154,7 +154,7 @@ def auction_triggered(
     )
 
 
-def decide_audit(reached: Sequence[str]) -> Advance:
+def decide_audit(reached: Sequence[State]) -> Advance:
     """The offer is submitted only when its trail shows every step, in order; a replayed offer
     passes some states twice, which is fine. Raises ``PermanentError`` (dead letter) otherwise."""
     expected = list(states.HAPPY_PATH[:-1])
@@ -175,7 +175,7 @@ def on_end(offer_id: str, event_id: str, hold_status: str) -> list[Dispatch]:
     return dispatches
 
 
-def on_lost_race(offer_id: str, state: str | None, hold_status: str | None) -> list[Dispatch]:
+def on_lost_race(offer_id: str, state: State | None, hold_status: str | None) -> list[Dispatch]:
     """Someone else moved the offer while a stage worked (a duplicate delivery, a cancel). If it
     has ended holding a hold (one this stage placed meanwhile, say), release it; else nothing."""
     if state in states.TERMINAL and hold_status == "held":
@@ -257,15 +257,25 @@ def cancel_request_errors(
     return errors
 
 
-def kept_cancel_arguments(offer_id: object, reason: object, actor: object) -> dict[str, str | None]:
+@dataclass(frozen=True, slots=True)
+class KeptArguments:
+    """What of a refused cancel's arguments is recorded (None: missing, not a string, or too long)."""
+
+    offer_id: str | None
+    reason: str | None
+    actor: str | None
+
+
+def kept_cancel_arguments(offer_id: object, reason: object, actor: object) -> KeptArguments:
     """What of a refused cancel's arguments is worth recording: short strings only."""
-    return {
-        k: v if isinstance(v, str) and len(v) <= 64 else None
-        for k, v in (("offer_id", offer_id), ("reason", reason), ("actor", actor))
-    }
+
+    def short(value: object) -> str | None:
+        return value if isinstance(value, str) and len(value) <= 64 else None
+
+    return KeptArguments(short(offer_id), short(reason), short(actor))
 
 
-def decide_cancel(state: str | None) -> CancelOutcome:
+def decide_cancel(state: State | None) -> CancelOutcome:
     """A valid cancel of an offer in ``state`` (None: not received yet). A missing offer leaves a
     tombstone its late submit honours; an ended one stays as it is; any other (in flight,
     submitted or dead-lettered) is cancelled."""
@@ -360,7 +370,7 @@ def duplicate_conflict_error() -> FieldError:
     )
 
 
-def on_resubmit(offer_id: str, *, stored_sha256: str, body_sha256: str, stored_state: str) -> Resubmit:
+def on_resubmit(offer_id: str, *, stored_sha256: str, body_sha256: str, stored_state: State) -> Resubmit:
     """The same body again is processed once; a redelivery after a crash between commit and send
     must still hand a ``received`` offer on. Another body under the same id is a conflict."""
     if stored_sha256 != body_sha256:

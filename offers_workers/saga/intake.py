@@ -27,7 +27,8 @@ from offers_workers.domain.payload import (
 )
 from offers_workers.runtime import Runtime
 from offers_workers.saga import cancellation, decisions, funnel
-from offers_workers.saga.stages import Dispatch, hand_on
+from offers_workers.saga.decisions import Dispatch
+from offers_workers.saga.stages import hand_on
 from offers_workers.store import audit_trail, intake_rejections, offers, policy
 
 __all__ = ["ACTOR", "OFFER_ID", "IntakeResult", "record_unauthenticated", "record_unreadable", "submit"]

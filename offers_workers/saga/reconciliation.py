@@ -160,19 +160,19 @@ def _reconcile(
 
     with rt.db.read() as conn:
         held = offers.held_offers(conn, since.total_seconds() if since else None)
-    for row in held:
-        if row["payment_intent_id"] in at_stripe:
+    for one in held:
+        if one.payment_intent_id in at_stripe:
             continue
         result.offers_checked += 1
-        status = _stripe_status(rt, row["payment_intent_id"])
+        status = _stripe_status(rt, one.payment_intent_id)
         with rt.db.read() as conn:
-            still = offers.load_offer(conn, row["offer_id"])
+            still = offers.load_offer(conn, one.offer_id)
         if status != "requires_capture" and still is not None and still.hold_status == "held":
             why = "Stripe has no such intent" if status is None else f"Stripe says {status}"
-            _flag(rt, result, Finding(HELD_NOT_AT_STRIPE, row["offer_id"], row["payment_intent_id"], why))
+            _flag(rt, result, Finding(HELD_NOT_AT_STRIPE, one.offer_id, one.payment_intent_id, why))
 
     if not dry_run:
-        checked = sorted(at_stripe | {r["payment_intent_id"] for r in held})
+        checked = sorted(at_stripe | {h.payment_intent_id for h in held})
         with rt.db.transaction() as conn:
             hold_findings.resolve_cleared(conn, list(FLAGS), checked, [f.payment_intent_id for f in result.flagged])
     log.info(

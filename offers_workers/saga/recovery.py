@@ -9,8 +9,8 @@ work that was merely slow costs a duplicate message, nothing more.
 from __future__ import annotations
 
 from offers_workers.runtime import Runtime
-from offers_workers.saga.decisions import traced
-from offers_workers.saga.stages import PUBLISH_EVENT_TASK, RELEASE_HOLD_TASK, Dispatch, hand_on
+from offers_workers.saga.decisions import Dispatch, traced
+from offers_workers.saga.stages import PUBLISH_EVENT_TASK, RELEASE_HOLD_TASK, hand_on
 from offers_workers.store import offers, outbox
 
 #: Why a hold was released by the authorization-window job (audit trail, `holds list`).

@@ -38,7 +38,7 @@ from offers_workers.store.db import Connection
 if TYPE_CHECKING:
     from offers_workers.partners.interfaces import AuctionEvents, BankFunds, Payments, RiskScoring
 
-__all__ = ["PUBLISH_EVENT_TASK", "RELEASE_HOLD_TASK", "Advance", "Dispatch", "Outcome", "Reject", "hand_on"]
+__all__ = ["PUBLISH_EVENT_TASK", "RELEASE_HOLD_TASK", "Advance", "Outcome", "Reject", "hand_on"]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> 
     assert offer is not None
     detail = outbox.build_event(offer, detail_type, state=offer.state, reason=offer.reason)
     outbox.add_event(conn, detail, detail_type, published=False)
-    return decisions.on_end(offer_id, detail["event_id"], offer.hold_status)
+    return decisions.on_end(offer_id, outbox.event_id(offer_id, detail_type), offer.hold_status)
 
 
 def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatch]:
@@ -192,7 +192,7 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer) -> Outcome:
         # Each start is counted (committed) before Stripe is called: a run that died after placing
         # the hold left a count behind, so the next run looks the hold up.
-        first = offer.row["payment_attempts"] == 1
+        first = offer.payment_attempts == 1
         # The one place besides the risk stage that opens the offer's sealed Plaid token.
         payload = offer.for_partners(rt.settings.payment_keys)
         return payment_outcome(payload, rt.stripe, rt.plaid, first_attempt=first)
@@ -276,7 +276,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
 
     def work(offer: offers.Offer) -> Outcome:
         with rt.db.read() as conn:
-            reached = [e["to_state"] for e in audit_trail.offer_trail(conn, offer_id) if e["kind"] == "transition"]
+            reached = audit_trail.offer_states(conn, offer_id)
         return decisions.decide_audit(reached)
 
     return run_stage(rt, states.STAGE_BY_NAME["audit"], offer_id, work)
@@ -289,14 +289,14 @@ def publish_event(rt: Runtime, event_id: str) -> None:
     """Publish one outbox event to EventBridge (and SNS for submitted/cancelled); at least once."""
     with rt.db.read() as conn:
         event = outbox.load_event(conn, event_id)
-    if event is None or event["published_at"] is not None:
+    if event is None or event.published_at is not None:
         return
     topic = {
         "offer.submitted": rt.settings.sns_submitted_topic_arn,
         "offer.cancelled": rt.settings.sns_cancelled_topic_arn,
-    }.get(event["detail_type"])
+    }.get(event.detail_type)
     delivery = rt.events.publish(
-        event_id=event_id, detail_type=event["detail_type"], detail=event["detail"], sns_topic_arn=topic
+        event_id=event_id, detail_type=event.detail_type, detail=event.detail, sns_topic_arn=topic
     )
     with rt.db.transaction() as conn:
         outbox.mark_published(

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from offers_workers.store.db import Connection, one_row
+from offers_workers.store.db import Connection, one_row, typed
 
 
 @dataclass(frozen=True)
@@ -73,19 +72,35 @@ def first_key_after(conn: Connection, row_id: int) -> str | None:
     return row["object_key"] if row else None
 
 
-def covering(conn: Connection, first_id: int, last_id: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """An anchor the book says was written: its stretch of rows, and the object version S3 gave it."""
+
+    first_id: int
+    last_id: int
+    object_key: str
+    version_id: str | None
+
+
+def covering(conn: Connection, first_id: int, last_id: int) -> list[Anchor]:
     """The anchors written that hold rows ``first_id`` to ``last_id``, in row order."""
-    return conn.execute(
-        "SELECT * FROM audit_anchors WHERE written_at IS NOT NULL AND last_id >= %s AND first_id <= %s"
-        " ORDER BY first_id",
-        (first_id, last_id),
-    ).fetchall()
+    return (
+        typed(conn, Anchor)
+        .execute(
+            "SELECT * FROM audit_anchors WHERE written_at IS NOT NULL AND last_id >= %s AND first_id <= %s"
+            " ORDER BY first_id",
+            (first_id, last_id),
+        )
+        .fetchall()
+    )
 
 
-def last_written(conn: Connection) -> dict[str, Any] | None:
-    return conn.execute(
-        "SELECT * FROM audit_anchors WHERE written_at IS NOT NULL ORDER BY last_id DESC LIMIT 1"
-    ).fetchone()
+def last_written(conn: Connection) -> Anchor | None:
+    return (
+        typed(conn, Anchor)
+        .execute("SELECT * FROM audit_anchors WHERE written_at IS NOT NULL ORDER BY last_id DESC LIMIT 1")
+        .fetchone()
+    )
 
 
 def record_verification(

@@ -20,7 +20,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from offers_workers.store.db import Connection, connect, one_row
+from offers_workers.domain.states import State
+from offers_workers.store.db import Connection, connect, fields_row, one_row, typed
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +54,120 @@ def record_audit(
     )
 
 
-def offer_trail(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit row of an offer as the saga reads it: what happened, moved from where to where."""
+
+    id: int
+    at: datetime
+    kind: str
+    #: Set on a ``transition`` row (``from_state`` None on the offer's first).
+    from_state: State | None
+    to_state: State | None
+    reason: str | None
+    actor: str
+    data: dict[str, Any]
+
+
+def offer_trail(conn: Connection, offer_id: str) -> list[AuditEvent]:
     """Every audit row of one offer, oldest first."""
-    return conn.execute(
-        "SELECT id, at, kind, from_state, to_state, reason, actor, data FROM audit_events"
-        " WHERE offer_id = %s ORDER BY id",
-        (offer_id,),
-    ).fetchall()
+    return (
+        typed(conn, AuditEvent)
+        .execute(
+            "SELECT id, at, kind, from_state, to_state, reason, actor, data FROM audit_events"
+            " WHERE offer_id = %s ORDER BY id",
+            (offer_id,),
+        )
+        .fetchall()
+    )
 
 
-def offer_history(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
+def offer_states(conn: Connection, offer_id: str) -> list[State]:
+    """The states the offer's trail shows it entered, in order (a replayed offer's twice)."""
+    return [e.to_state for e in offer_trail(conn, offer_id) if e.kind == "transition" and e.to_state is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStep:
+    """One state the offer entered, as `offers show` prints it: when, why and by whom."""
+
+    state: State
+    at: datetime
+    reason: str | None
+    by: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "at": self.at.isoformat(), "reason": self.reason, "by": self.by}
+
+
+def offer_history(conn: Connection, offer_id: str) -> list[HistoryStep]:
     """The offer's states in order, as `offers show` prints them."""
-    rows = conn.execute(
-        "SELECT to_state, at, reason, actor FROM audit_events WHERE offer_id = %s AND kind = 'transition' ORDER BY id",
-        (offer_id,),
-    ).fetchall()
-    return [{"state": r["to_state"], "at": r["at"].isoformat(), "reason": r["reason"], "by": r["actor"]} for r in rows]
+    return (
+        typed(conn, HistoryStep)
+        .execute(
+            "SELECT to_state AS state, at, reason, actor AS by FROM audit_events"
+            " WHERE offer_id = %s AND kind = 'transition' ORDER BY id",
+            (offer_id,),
+        )
+        .fetchall()
+    )
 
 
-def _stream(conn: Connection, where: sql.Composable, params: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
-    """Audit rows in id order through a server-side cursor: memory stays flat however many rows."""
+@dataclass(frozen=True, slots=True)
+class TrailRow:
+    """One row of the hash chain, as exported and hashed: ``data`` as the text the chain hashed,
+    ``prev_hash`` and ``row_hash`` None until the sealer links it."""
+
+    id: int
+    at: datetime
+    offer_id: str | None
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    reason: str | None
+    actor: str
+    data: str
+    prev_hash: str | None
+    row_hash: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as an export line holds it (``ROW_COLUMNS``' order, ``at`` in ISO 8601)."""
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "offer_id": self.offer_id,
+            "kind": self.kind,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "reason": self.reason,
+            "actor": self.actor,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+            "row_hash": self.row_hash,
+        }
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> TrailRow:
+        """A row read back from an export line (``as_json``)."""
+        return cls(
+            id=line["id"],
+            at=datetime.fromisoformat(line["at"]),
+            offer_id=line["offer_id"],
+            kind=line["kind"],
+            from_state=line["from_state"],
+            to_state=line["to_state"],
+            reason=line["reason"],
+            actor=line["actor"],
+            data=line["data"],
+            prev_hash=line["prev_hash"],
+            row_hash=line["row_hash"],
+        )
+
+
+def _stream(conn: Connection, where: sql.Composable, params: tuple[Any, ...]) -> Iterator[TrailRow]:
+    """Trail rows in id order through a server-side cursor: memory stays flat however many rows."""
     query = sql.SQL("SELECT {} FROM audit_events WHERE {} ORDER BY id").format(ROW_COLUMNS, where)
-    with conn.cursor(name="audit_rows") as cur:
+    with conn.cursor(name="audit_rows", row_factory=fields_row(TrailRow)) as cur:
         cur.itersize = BATCH
         cur.execute(query, params)
         yield from cur
@@ -84,17 +177,17 @@ def _stream(conn: Connection, where: sql.Composable, params: tuple[Any, ...]) ->
 SEALED = sql.SQL("id <= (SELECT sealed_through FROM audit_seal)")
 
 
-def every_row(conn: Connection) -> Iterator[dict[str, Any]]:
+def every_row(conn: Connection) -> Iterator[TrailRow]:
     """The whole sealed trail, from its first row."""
     return _stream(conn, SEALED, ())
 
 
-def rows_since(conn: Connection, since: datetime) -> Iterator[dict[str, Any]]:
+def rows_since(conn: Connection, since: datetime) -> Iterator[TrailRow]:
     """The sealed trail from its first row at or after ``since``."""
     return _stream(conn, sql.SQL("at >= %s AND {}").format(SEALED), (since,))
 
 
-def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[dict[str, Any]]:
+def rows_between(conn: Connection, first_id: int, last_id: int) -> Iterator[TrailRow]:
     """The rows with ids ``first_id`` to ``last_id``, both included."""
     return _stream(conn, sql.SQL("id BETWEEN %s AND %s"), (first_id, last_id))
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from offers_workers.domain.payload import FieldError
+from offers_workers.domain.states import CancelOutcome
 from offers_workers.store.db import Connection
 
 
@@ -20,7 +23,7 @@ class Asked:
     task_id: str | None = None
 
 
-def record(conn: Connection, asked: Asked, outcome: str, errors: list[FieldError] | None = None) -> None:
+def record(conn: Connection, asked: Asked, outcome: CancelOutcome, errors: list[FieldError] | None = None) -> None:
     """Record one request and its outcome (``cancelled`` ones are applied at once)."""
     conn.execute(
         "INSERT INTO cancel_requests (offer_id, reason, actor, outcome, errors, task_id, applied_at)"
@@ -35,6 +38,25 @@ def record(conn: Connection, asked: Asked, outcome: str, errors: list[FieldError
             outcome == "cancelled",
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One cancel request as `cancel-requests list` shows it: who asked, why, and what it did."""
+
+    id: int
+    received_at: datetime
+    offer_id: str | None
+    reason: str | None
+    actor: str | None
+    outcome: CancelOutcome
+    #: The field errors of a refused request (``field``, ``code``, ``message``); None otherwise.
+    errors: list[dict[str, Any]] | None
+    applied_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        applied_at = self.applied_at.isoformat() if self.applied_at else None
+        return asdict(self) | {"received_at": self.received_at.isoformat(), "applied_at": applied_at}
 
 
 @dataclass(frozen=True)

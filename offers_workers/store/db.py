@@ -12,17 +12,20 @@ import re
 import secrets
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, RowMaker, dict_row, no_result
 from psycopg_pool import ConnectionPool
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +213,36 @@ def one_row(cursor: psycopg.Cursor[Any]) -> dict[str, Any]:
     if row is None:
         raise LookupError("the statement returned no row")
     return dict(row)
+
+
+Row = TypeVar("Row", bound="DataclassInstance")
+
+
+def fields_row(cls: type[Row]) -> RowFactory[Row]:
+    """A row factory that builds ``cls`` from the columns named like its fields.
+
+    Like psycopg's ``class_row``, but columns the dataclass does not name are left out: a
+    ``SELECT *`` keeps working when a migration adds a column.
+    """
+    names = {f.name for f in fields(cls)}
+
+    def factory(cursor: psycopg.cursor.BaseCursor[Any, Any]) -> RowMaker[Row]:
+        description = cursor.description
+        if description is None:
+            return no_result
+        picked = [(i, c.name) for i, c in enumerate(description) if c.name in names]
+
+        def make(values: Sequence[Any]) -> Row:
+            return cls(**{name: values[i] for i, name in picked})
+
+        return make
+
+    return factory
+
+
+def typed(conn: Connection, cls: type[Row]) -> psycopg.Cursor[Row]:
+    """A cursor on ``conn`` whose rows are ``cls`` (``fields_row``), whatever rows the connection makes."""
+    return conn.cursor(row_factory=fields_row(cls))
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from offers_workers.store.db import Connection, one_row
+from offers_workers.store.db import Connection, one_row, typed
 
+#: The columns `entries` and `dlq list` read: every one but the traceback and ``resolved_at``.
+LISTED = (
+    "id",
+    "stage",
+    "task_name",
+    "offer_id",
+    "kwargs",
+    "error_type",
+    "error_message",
+    "attempts",
+    "first_failed_at",
+    "last_failed_at",
+    "replay_count",
+    "status",
+    "resolution",
+)
 #: Entries of a stage (or every stage) in a status (or any), unordered: `entries` and `dlq list` read them.
 ENTRIES = sql.SQL(
-    "SELECT id, stage, task_name, offer_id, kwargs, error_type, error_message, attempts, first_failed_at,"
-    " last_failed_at, replay_count, status, resolution FROM dead_letters"
+    "SELECT {} FROM dead_letters"
     " WHERE (%(stage)s::text IS NULL OR stage = %(stage)s) AND (%(status)s::text IS NULL OR status = %(status)s)"
-)
+).format(sql.SQL(", ").join(map(sql.Identifier, LISTED)))
 
 #: The one way an entry is discarded: pending entries only, by id or all of one offer's.
 DISCARD = sql.SQL(
@@ -65,14 +81,46 @@ def record_failure(
     return int(row["id"])
 
 
-def entries(conn: Connection, *, stage: str | None = None, status: str | None = "pending") -> list[dict[str, Any]]:
+#: Where an entry stands (``dead_letters.status``).
+Status = Literal["pending", "replayed", "discarded"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One dead letter: the run that failed for good (its task and kwargs, sealed), why, and what
+    became of it; its fields in the table's order. ``entries`` leaves out the traceback and
+    ``resolved_at`` (None there)."""
+
+    id: int
+    stage: str
+    task_name: str
+    offer_id: str | None
+    kwargs: dict[str, Any]
+    error_type: str
+    error_message: str
+    traceback: str | None = None
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    replay_count: int
+    status: Status
+    resolved_at: datetime | None = None
+    resolution: str | None
+
+    def listed(self) -> dict[str, Any]:
+        """The entry as `dlq list --json` prints it: the ``LISTED`` columns."""
+        return {column: getattr(self, column) for column in LISTED}
+
+
+def entries(conn: Connection, *, stage: str | None = None, status: Status | None = "pending") -> list[Entry]:
     """Entries of ``stage`` (None: every stage) in ``status`` (None: any), oldest first."""
-    return conn.execute(sql.SQL("{} ORDER BY id").format(ENTRIES), {"stage": stage, "status": status}).fetchall()
+    query = sql.SQL("{} ORDER BY id").format(ENTRIES)
+    return typed(conn, Entry).execute(query, {"stage": stage, "status": status}).fetchall()
 
 
-def entry(conn: Connection, entry_id: int) -> dict[str, Any] | None:
+def entry(conn: Connection, entry_id: int) -> Entry | None:
     """One entry with every column (kwargs, traceback), None if there is none."""
-    return conn.execute("SELECT * FROM dead_letters WHERE id = %s", (entry_id,)).fetchone()
+    return typed(conn, Entry).execute("SELECT * FROM dead_letters WHERE id = %s", (entry_id,)).fetchone()
 
 
 @dataclass(frozen=True)
@@ -88,11 +136,13 @@ def peek(conn: Connection, entry_id: int) -> Found | None:
     return Found(row["offer_id"]) if row else None
 
 
-def lock_pending(conn: Connection, entry_id: int) -> dict[str, Any] | None:
+def lock_pending(conn: Connection, entry_id: int) -> Entry | None:
     """The entry, locked, if it is pending and no one else holds it; else None."""
-    return conn.execute(
-        "SELECT * FROM dead_letters WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED", (entry_id,)
-    ).fetchone()
+    return (
+        typed(conn, Entry)
+        .execute("SELECT * FROM dead_letters WHERE id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED", (entry_id,))
+        .fetchone()
+    )
 
 
 def mark_replayed(conn: Connection, entry_id: int) -> None:

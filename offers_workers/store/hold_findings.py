@@ -42,21 +42,3 @@ def open_counts(conn: Connection) -> dict[str, int]:
     """Open findings by kind: what waits for an operator."""
     rows = conn.execute("SELECT kind, count(*) AS n FROM hold_findings WHERE resolved_at IS NULL GROUP BY kind")
     return {r["kind"]: int(r["n"]) for r in rows}
-
-
-def open_findings(conn: Connection, limit: int = 1000) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT id, found_at, kind, offer_id, payment_intent_id, detail FROM hold_findings"
-        " WHERE resolved_at IS NULL ORDER BY id LIMIT %s",
-        (limit,),
-    ).fetchall()
-
-
-def counts_since(conn: Connection, seconds: float) -> dict[str, int]:
-    """Findings of the last ``seconds`` by kind, released holds included."""
-    rows = conn.execute(
-        "SELECT kind, count(*) AS n FROM hold_findings"
-        " WHERE found_at > clock_timestamp() - make_interval(secs => %s) GROUP BY kind",
-        (seconds,),
-    )
-    return {r["kind"]: int(r["n"]) for r in rows}

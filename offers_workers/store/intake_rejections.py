@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -31,6 +32,24 @@ def record(
         )
     )
     return int(row["id"])
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    """One intake rejection as `intake rejections` lists it, its raw body with it."""
+
+    id: int
+    received_at: datetime
+    task_id: str | None
+    offer_id: str | None
+    reason: str
+    #: The field errors as recorded (``field``, ``code``, ``message``).
+    errors: list[dict[str, Any]]
+    raw_size: int
+    raw_body: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self) | {"received_at": self.received_at.isoformat()}
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,17 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic
 
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from offers_workers.store.db import Connection, Database, one_row
-from offers_workers.store.dead_letters import ENTRIES
+from offers_workers.store.audit_exports import ExportJob
+from offers_workers.store.cancel_requests import Request
+from offers_workers.store.db import Connection, Database, Row, fields_row, one_row
+from offers_workers.store.dead_letters import ENTRIES, Entry
+from offers_workers.store.intake_rejections import RejectionRecord
+from offers_workers.store.offers import Holding, OfferRecord
 
 #: Rows fetched per round trip when a whole listing is streamed.
 BATCH = 2000
@@ -48,32 +52,38 @@ class Key:
 
 
 @dataclass(frozen=True)
-class Listing:
+class Listing(Generic[Row]):
     #: Carried in its cursors, so a cursor of one listing is refused by another.
     name: str
     #: SELECT … FROM … [WHERE …] with named parameters and no ORDER BY; it selects every key column.
     query: sql.Composable
     #: The sort key; its last column is unique, which makes the order total.
     key: tuple[Key, ...]
+    #: What one row is read as: a dataclass with a field for every key column (``db.fields_row``).
+    row: type[Row]
     descending: bool = False
+
+    def key_of(self, row: Row) -> tuple[Any, ...]:
+        """The row's sort key: where a page that ends with it says the next one starts."""
+        return tuple(getattr(row, k.column) for k in self.key)
 
 
 @dataclass(frozen=True)
-class Page:
-    rows: list[dict[str, Any]]
+class Page(Generic[Row]):
+    rows: list[Row]
     #: Where the next page starts; None when no row matches after this page.
     next_cursor: str | None
     #: How many rows match after this page (None when not counted).
     more: int | None
 
 
-def encode_cursor(listing: Listing, row: dict[str, Any]) -> str:
-    values = [row[k.column].isoformat() if isinstance(row[k.column], datetime) else row[k.column] for k in listing.key]
+def encode_cursor(listing: Listing[Row], row: Row) -> str:
+    values = [v.isoformat() if isinstance(v, datetime) else v for v in listing.key_of(row)]
     text = json.dumps({"listing": listing.name, "after": values}, separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(listing: Listing, cursor: str) -> tuple[Any, ...]:
+def decode_cursor(listing: Listing[Any], cursor: str) -> tuple[Any, ...]:
     """The sort key a cursor holds, checked against the listing's key; BadCursor if it is not one."""
     if not CURSOR.fullmatch(cursor):
         raise BadCursor("not a cursor (use the next_cursor a page printed)")
@@ -105,7 +115,7 @@ def _key_value(key: Key, value: Any) -> Any:
     raise BadCursor("not a cursor of this listing")
 
 
-def _after(listing: Listing, after: tuple[Any, ...] | None) -> tuple[sql.Composable, dict[str, Any]]:
+def _after(listing: Listing[Any], after: tuple[Any, ...] | None) -> tuple[sql.Composable, dict[str, Any]]:
     """The rows past ``after`` in the listing's order, as a row comparison (Postgres reads it off an index)."""
     if after is None:
         return sql.SQL("TRUE"), {}
@@ -120,13 +130,13 @@ def _after(listing: Listing, after: tuple[Any, ...] | None) -> tuple[sql.Composa
     return condition, {f"after_{i}": value for i, value in enumerate(after)}
 
 
-def _select(listing: Listing, where: sql.Composable) -> sql.Composed:
+def _select(listing: Listing[Any], where: sql.Composable) -> sql.Composed:
     direction = sql.SQL(" DESC" if listing.descending else "")
     order = sql.SQL(", ").join(sql.Composed([k.sorted_as(sql.Identifier(k.column)), direction]) for k in listing.key)
     return sql.SQL("SELECT * FROM ({}) AS listed WHERE {} ORDER BY {}").format(listing.query, where, order)
 
 
-def stream(db: Database, listing: Listing, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def stream(db: Database, listing: Listing[Row], params: dict[str, Any]) -> Iterator[Row]:
     """Every matching row, BATCH rows at a time, each batch read after the last one's key in a short
     transaction of its own: memory stays flat however many rows match, and a reader that pauses (a
     pager left open) holds no transaction, which Postgres would end after
@@ -140,18 +150,18 @@ def stream(db: Database, listing: Listing, params: dict[str, Any]) -> Iterator[d
         yield from page.rows
         if page.next_cursor is None:
             return
-        after = tuple(page.rows[-1][k.column] for k in listing.key)
+        after = listing.key_of(page.rows[-1])
 
 
 def read_page(
     conn: Connection,
-    listing: Listing,
+    listing: Listing[Row],
     params: dict[str, Any],
     *,
     limit: int,
     after: tuple[Any, ...] | None = None,
     count_more: bool = False,
-) -> Page:
+) -> Page[Row]:
     """Up to ``limit`` rows after the cursor ``after``; with ``count_more``, how many match past them.
 
     Call it first in its transaction: the page and the count then read one snapshot.
@@ -162,15 +172,14 @@ def read_page(
     where, after_params = _after(listing, after)
     query = sql.SQL("{} LIMIT {}").format(_select(listing, where), sql.Placeholder("page_rows"))
     # One row past the page says whether more follow, without counting them.
-    rows = (
-        conn.cursor(row_factory=dict_row).execute(query, {**params, **after_params, "page_rows": limit + 1}).fetchall()
-    )
+    page_params = {**params, **after_params, "page_rows": limit + 1}
+    rows = conn.cursor(row_factory=fields_row(listing.row)).execute(query, page_params).fetchall()
     if len(rows) <= limit:
         return Page(rows, None, 0)
     rows = rows[:limit]
     more = None
     if count_more:
-        last = tuple(rows[-1][k.column] for k in listing.key)
+        last = listing.key_of(rows[-1])
         where, after_params = _after(listing, last)
         count = sql.SQL("SELECT count(*) AS n FROM ({}) AS listed WHERE {}").format(listing.query, where)
         more = one_row(conn.cursor(row_factory=dict_row).execute(count, {**params, **after_params}))["n"]
@@ -187,6 +196,7 @@ OFFERS = Listing(
         " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
     ),
     key=(Key("received_at", datetime), Key("offer_id", str)),
+    row=OfferRecord,
     descending=True,
 )
 
@@ -199,6 +209,7 @@ INTAKE_REJECTIONS = Listing(
         " AND (%(reason)s::text IS NULL OR reason = %(reason)s)"
     ),
     key=(Key("id", int),),
+    row=RejectionRecord,
     descending=True,
 )
 
@@ -212,11 +223,12 @@ CANCEL_REQUESTS = Listing(
         " AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s)"
     ),
     key=(Key("id", int),),
+    row=Request,
     descending=True,
 )
 
 #: `dlq list`: entries of a stage (or every stage) in a status (or any), oldest first.
-DEAD_LETTERS = Listing("dead_letters", ENTRIES, key=(Key("id", int),))
+DEAD_LETTERS = Listing("dead_letters", ENTRIES, key=(Key("id", int),), row=Entry)
 
 #: `holds list` and `holds release`: offers holding an authorization, oldest hold first; of one offer,
 #: only dead-lettered ones, or only holds placed before a time, when asked.
@@ -234,7 +246,10 @@ HOLDS = Listing(
         Key("payment_held_at", datetime, null_as=sql.SQL("'infinity'::timestamptz")),
         Key("offer_id", str),
     ),
+    row=Holding,
 )
 
 #: `audit exports`: export jobs, newest first.
-AUDIT_EXPORTS = Listing("audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(Key("id", int),), descending=True)
+AUDIT_EXPORTS = Listing(
+    "audit_exports", sql.SQL("SELECT * FROM audit_exports"), key=(Key("id", int),), row=ExportJob, descending=True
+)

@@ -6,16 +6,20 @@ transaction: a redelivered task finds the state already moved and changes nothin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from offers_workers.domain import secrets, states
 from offers_workers.domain.payload import BankAccountPayment, OfferPayload, body_sha256
 from offers_workers.domain.secrets import PaymentKeys
-from offers_workers.store.db import Connection
+from offers_workers.domain.states import HoldStatus, State
+from offers_workers.store.db import Connection, typed
 from offers_workers.tracing import trace_id_of
 
 #: The stage timestamp column each state sets when an offer first enters it.
@@ -60,21 +64,28 @@ def stuck_params(older_than_s: float) -> dict[str, Any]:
     return {"open": list(states.OPEN), "age": older_than_s}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offer:
-    """One offer row, with its payload parsed."""
+    """One offer as the saga reads it, with its payload parsed (its payment secrets sealed)."""
 
     offer_id: str
-    state: str
+    state: State
     reason: str | None
     payload: OfferPayload
     payment_intent_id: str | None
-    hold_status: str
+    hold_status: HoldStatus
     risk_score: float | None
-    row: dict[str, Any]
+    #: Starts of the payment stage so far (1: the first, so no hold of the offer can exist yet).
+    payment_attempts: int
+    #: The intake span's W3C traceparent: a re-send or replay resumes the offer's trace with it.
+    trace_parent: str | None
+    #: The payment secrets as stored, sealed (``for_partners`` opens them).
+    sealed_secrets: Mapping[str, str]
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Offer:
+    def from_row(cls, row: Mapping[str, Any]) -> Offer:
+        """The offer from its ``offers`` row (``SELECT *``)."""
+        stored = row["payload"].get("payment", {})
         return cls(
             offer_id=row["offer_id"],
             state=row["state"],
@@ -84,24 +95,49 @@ class Offer:
             payment_intent_id=row["payment_intent_id"],
             hold_status=row["hold_status"],
             risk_score=row["risk_score"],
-            row=row,
+            payment_attempts=row["payment_attempts"],
+            trace_parent=row["trace_parent"],
+            sealed_secrets={f: stored[f] for f in secrets.SECRET_FIELDS if isinstance(stored.get(f), str)},
         )
 
     def for_partners(self, keys: PaymentKeys) -> OfferPayload:
         """The payload with its payment secrets opened, for the partner call that needs them (Plaid)."""
         payment = self.payload.payment
-        stored = self.row["payload"].get("payment", {})
         if not isinstance(payment, BankAccountPayment):
             return self.payload
-        opened = {
-            field: keys.open(stored[field]) for field in secrets.SECRET_FIELDS if isinstance(stored.get(field), str)
-        }
+        opened = {field: keys.open(sealed) for field, sealed in self.sealed_secrets.items()}
         return self.payload.model_copy(update={"payment": payment.model_copy(update=opened)})
 
 
-def offer_row(conn: Connection, offer_id: str) -> dict[str, Any] | None:
-    """The offer's row as it is stored (``offers show``), None if there is none."""
-    return conn.execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
+@dataclass(frozen=True, slots=True)
+class OfferRecord:
+    """One offer as an operator sees it (``offers show``, ``offers list``): what it is, where it
+    stands, and when it got there; its payload left out."""
+
+    offer_id: str
+    listing_id: str
+    maker_id: str
+    buyer_id: str
+    amount_cents: int
+    #: As stored: ``char(3)``.
+    currency: str
+    payment_method: str
+    synthetic: bool
+    state: State
+    reason: str | None
+    payment_intent_id: str | None
+    hold_status: HoldStatus
+    risk_score: float | None
+    return_risk_score: int | None
+    received_at: datetime
+    auction_triggered_at: datetime | None
+    updated_at: datetime
+    trace_parent: str | None
+
+
+def offer_record(conn: Connection, offer_id: str) -> OfferRecord | None:
+    """The offer as `offers show` prints it (``offer_summary``); None if there is none."""
+    return typed(conn, OfferRecord).execute("SELECT * FROM offers WHERE offer_id = %s", (offer_id,)).fetchone()
 
 
 def load_offer(conn: Connection, offer_id: str, *, for_update: bool = False) -> Offer | None:
@@ -122,8 +158,9 @@ def start_payment(conn: Connection, offer_id: str) -> Offer | None:
 
 
 def offers_by_id(conn: Connection, offer_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Where each of these offers stands (state, reason, hold), by offer id; missing ones left out."""
-    rows = conn.execute(
+    """Where each of these offers stands (state, reason, hold), by offer id; missing ones left out.
+    For the demo's and the drills' checks, which compare them with what each sample expects."""
+    rows = conn.cursor(row_factory=dict_row).execute(
         "SELECT offer_id, state, reason, hold_status, payment_intent_id FROM offers WHERE offer_id = ANY(%s)",
         (offer_ids,),
     )
@@ -139,7 +176,7 @@ class Submitted:
     """What intake needs of an offer already taken in, to tell a redelivery from a conflict."""
 
     body_sha256: str
-    state: str
+    state: State
 
 
 def submitted(conn: Connection, offer_id: str) -> Submitted | None:
@@ -202,8 +239,8 @@ def insert_offer(
 def transition(
     conn: Connection,
     offer_id: str,
-    from_state: str,
-    to_state: str,
+    from_state: State,
+    to_state: State,
     *,
     actor: str,
     reason: str | None = None,
@@ -277,13 +314,41 @@ def mark_hold_released(conn: Connection, offer_id: str) -> bool:
     )
 
 
-def held_offers(conn: Connection, placed_after_s: float | None) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class HeldOffer:
+    """An offer that says it holds an authorization, and which."""
+
+    offer_id: str
+    payment_intent_id: str
+
+
+def held_offers(conn: Connection, placed_after_s: float | None) -> list[HeldOffer]:
     """Offers that say they hold an authorization (placed within ``placed_after_s``, if given)."""
-    return conn.execute(
-        "SELECT offer_id, payment_intent_id FROM offers WHERE hold_status = 'held' AND payment_intent_id IS NOT NULL"
-        " AND (%s::float8 IS NULL OR payment_held_at > clock_timestamp() - make_interval(secs => %s::float8))",
-        (placed_after_s, placed_after_s),
-    ).fetchall()
+    return (
+        typed(conn, HeldOffer)
+        .execute(
+            "SELECT offer_id, payment_intent_id FROM offers WHERE hold_status = 'held' AND payment_intent_id IS NOT NULL"
+            " AND (%s::float8 IS NULL OR payment_held_at > clock_timestamp() - make_interval(secs => %s::float8))",
+            (placed_after_s, placed_after_s),
+        )
+        .fetchall()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """An offer holding an authorization, as `holds list` and `holds release` read it."""
+
+    offer_id: str
+    state: State
+    reason: str | None
+    payment_intent_id: str | None
+    amount_cents: int
+    #: As stored: ``char(3)``.
+    currency: str
+    #: None for a hold placed while its offer was cancelled (its transition lost).
+    payment_held_at: datetime | None
+    updated_at: datetime
 
 
 def holds_placed_before(conn: Connection, older_than_s: float, limit: int) -> list[str]:
@@ -310,7 +375,7 @@ def note_retry_due(conn: Connection, offer_id: str, countdown_s: float) -> None:
 @dataclass(frozen=True)
 class StuckOffer:
     offer_id: str
-    state: str
+    state: State
     trace_parent: str | None = None
 
 
@@ -360,32 +425,27 @@ def past_maker_sla(conn: Connection, limit: int) -> list[str]:
 # --- what an operator sees ------------------------------------------------------------------------
 
 
-def offer_summary(row: dict[str, Any]) -> dict[str, Any]:
+def offer_summary(offer: OfferRecord) -> dict[str, Any]:
     """The JSON an operator sees for one offer (`offers show --json`, `offers list --json`)."""
-
-    def ms_between(a: str, b: str) -> float | None:
-        if row.get(a) and row.get(b):
-            return round((row[b] - row[a]).total_seconds() * 1000, 1)
-        return None
-
+    lag = offer.auction_triggered_at - offer.received_at if offer.auction_triggered_at else None
     return {
-        "offer_id": row["offer_id"],
-        "state": row["state"],
-        "reason": row["reason"],
-        "amount_cents": row["amount_cents"],
-        "currency": row["currency"].strip(),
-        "listing_id": row["listing_id"],
-        "maker_id": row["maker_id"],
-        "buyer_id": row["buyer_id"],
-        "payment_method": row["payment_method"],
-        "payment_intent_id": row["payment_intent_id"],
-        "hold_status": row["hold_status"],
-        "risk_score": row["risk_score"],
-        "return_risk_score": row["return_risk_score"],
-        "synthetic": row["synthetic"],
-        "received_at": row["received_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
-        "auction_lag_ms": ms_between("received_at", "auction_triggered_at"),
+        "offer_id": offer.offer_id,
+        "state": offer.state,
+        "reason": offer.reason,
+        "amount_cents": offer.amount_cents,
+        "currency": offer.currency.strip(),
+        "listing_id": offer.listing_id,
+        "maker_id": offer.maker_id,
+        "buyer_id": offer.buyer_id,
+        "payment_method": offer.payment_method,
+        "payment_intent_id": offer.payment_intent_id,
+        "hold_status": offer.hold_status,
+        "risk_score": offer.risk_score,
+        "return_risk_score": offer.return_risk_score,
+        "synthetic": offer.synthetic,
+        "received_at": offer.received_at.isoformat(),
+        "updated_at": offer.updated_at.isoformat(),
+        "auction_lag_ms": round(lag.total_seconds() * 1000, 1) if lag is not None else None,
         # The offer's trace in the tracing backend (None when the fleet ran untraced).
-        "trace_id": trace_id_of(row.get("trace_parent")),
+        "trace_id": trace_id_of(offer.trace_parent),
     }

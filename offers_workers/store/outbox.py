@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from offers_workers.store.db import Connection
+from offers_workers.store.db import Connection, typed
 from offers_workers.store.offers import Offer
 
 #: Namespace for event ids: stable per offer and event type, so consumers can drop repeats.
@@ -65,18 +67,60 @@ def add_event(
     )
 
 
-def offer_events(conn: Connection, offer_id: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event of an offer and what its delivery got back (None: not published yet, or no SNS topic)."""
+
+    event_id: str
+    detail_type: str
+    published_at: datetime | None
+    bus_event_id: str | None
+    sns_message_id: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        published_at = self.published_at.isoformat() if self.published_at else None
+        return {
+            "event_id": self.event_id,
+            "detail_type": self.detail_type,
+            "published_at": published_at,
+            "bus_event_id": self.bus_event_id,
+            "sns_message_id": self.sns_message_id,
+        }
+
+
+def offer_events(conn: Connection, offer_id: str) -> list[Delivery]:
     """The offer's events, oldest first, with what their delivery got back (``offers show``)."""
-    rows = conn.execute(
-        "SELECT event_id, detail_type, published_at, bus_event_id, sns_message_id FROM offer_events"
-        " WHERE offer_id = %s ORDER BY created_at, event_id",
-        (offer_id,),
-    ).fetchall()
-    return [{**r, "published_at": r["published_at"].isoformat() if r["published_at"] else None} for r in rows]
+    return (
+        typed(conn, Delivery)
+        .execute(
+            "SELECT event_id, detail_type, published_at, bus_event_id, sns_message_id FROM offer_events"
+            " WHERE offer_id = %s ORDER BY created_at, event_id",
+            (offer_id,),
+        )
+        .fetchall()
+    )
 
 
-def load_event(conn: Connection, event_id_: str) -> dict[str, Any] | None:
-    return conn.execute("SELECT * FROM offer_events WHERE event_id = %s", (event_id_,)).fetchone()
+@dataclass(frozen=True, slots=True)
+class OfferEvent:
+    """One event in the outbox: its detail as partners see it, and whether EventBridge has it."""
+
+    event_id: str
+    offer_id: str
+    detail_type: str
+    detail: dict[str, Any]
+    published_at: datetime | None
+
+
+def load_event(conn: Connection, event_id_: str) -> OfferEvent | None:
+    return (
+        typed(conn, OfferEvent)
+        .execute(
+            "SELECT event_id, offer_id, detail_type, detail, published_at FROM offer_events WHERE event_id = %s",
+            (event_id_,),
+        )
+        .fetchone()
+    )
 
 
 def mark_published(

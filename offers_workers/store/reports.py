@@ -16,7 +16,6 @@ from typing import Any
 
 from psycopg import sql
 
-from offers_workers.domain import states
 from offers_workers.store.db import Connection, one_row
 from offers_workers.store.offers import STUCK, stuck_params
 
@@ -163,12 +162,6 @@ def stage_latencies(conn: Connection, scope: Scope) -> dict[str, Percentiles]:
 def auction_lag(conn: Connection, scope: Scope) -> Percentiles:
     """Intake → auction trigger, in milliseconds (the runbook's "auction-trigger lag")."""
     return _percentiles(conn, scope, "received_at", "auction_triggered_at")
-
-
-def open_offers(conn: Connection, scope: Scope) -> int:
-    where, params = scope.where()
-    query = sql.SQL("SELECT count(*) AS n FROM offers WHERE state = ANY(%s) AND {}").format(where)
-    return int(one_row(conn.execute(query, [list(states.OPEN), *params]))["n"])
 
 
 # --- the product funnel --------------------------------------------------------------------------
@@ -416,7 +409,7 @@ def oldest_hold_age_seconds(conn: Connection) -> float | None:
             " FROM offers WHERE hold_status = 'held'"
         )
     )
-    return row["age"]
+    return float(row["age"]) if row["age"] is not None else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -192,8 +191,8 @@ def test_a_poison_message_ends_in_our_dead_letter_queue(fleet_on: Drill) -> None
     # The operator sees it in `dlq list`, with the payload and the history of its deliveries in `dlq show`
     listed = cli("dlq", "list", "--stage", "intake", "--json", env=d.env)
     assert listed.returncode == 0, listed.stderr
-    assert [e["id"] for e in json.loads(listed.stdout) if e["offer_id"] == poison["offer_id"]] == [entry["id"]]
-    shown = cli("dlq", "show", str(entry["id"]), "--json", env=d.env)
+    assert [e["id"] for e in json.loads(listed.stdout) if e["offer_id"] == poison["offer_id"]] == [entry.id]
+    shown = cli("dlq", "show", str(entry.id), "--json", env=d.env)
     assert shown.returncode == 0, shown.stderr
     found = json.loads(shown.stdout)
     assert (found["error_type"], found["attempts"], found["kwargs"]) == ("PoisonMessage", limit, {"offer": poison})
@@ -215,9 +214,9 @@ def test_a_poison_message_ends_in_our_dead_letter_queue(fleet_on: Drill) -> None
     assert crashes == limit
 
 
-def intake_dead_letter(d: Drill, offer_id: str) -> dict[str, Any] | None:
+def intake_dead_letter(d: Drill, offer_id: str) -> dead_letters.Entry | None:
     with d.runtime.db.read() as conn:
-        return next((e for e in dead_letters.entries(conn, stage="intake") if e["offer_id"] == offer_id), None)
+        return next((e for e in dead_letters.entries(conn, stage="intake") if e.offer_id == offer_id), None)
 
 
 def test_stats_reads_the_queue_depths_from_the_broker(fleet_on: Drill) -> None:

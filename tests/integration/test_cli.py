@@ -247,7 +247,7 @@ def test_an_unreachable_broker_is_one_line_and_exit_1_and_replays_nothing(runtim
         assert_one_line(cli(*args, env=down, timeout=60), "offers-workers: cannot reach the broker (127.0.0.1:1): ")
     # and the dead letter was not claimed: a replay once the broker is back still sends it
     with runtime.db.transaction() as conn:
-        assert dead_letters.entry(conn, entry_id)["status"] == "pending"
+        assert dead_letters.entry(conn, entry_id).status == "pending"
     assert cli("dlq", "discard", str(entry_id), "--reason", "test over").returncode == 0
 
 

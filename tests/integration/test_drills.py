@@ -133,7 +133,7 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(
                 "intake to record every message, with stage messages waiting in Redis",
             )
             waiting = _stage_messages_waiting(d.runtime)
-            open_at_flush = _open_offers(d.runtime, samples)
+            open_at_flush = _still_open(d.runtime, samples)
             redis.Redis.from_url(url).flushall()
             clear_faults(box)
             d.figures["faults"] = f"FLUSHALL with {open_at_flush} offers mid-saga, {waiting} stage messages waiting"
@@ -160,7 +160,7 @@ def test_a_postgres_restart_mid_run_is_ridden_out_by_retries(
         # When Postgres stops (fast shutdown: every connection cut) mid-run, for longer than a
         # task waits for a pooled connection
         _wait(lambda: d.settled_count(samples) >= 10, "the first offers to settle")
-        open_at_restart = _open_offers(d.runtime, samples)
+        open_at_restart = _still_open(d.runtime, samples)
         restart(DB_DOWNTIME_S)
         clear_faults(box)
         d.figures["faults"] = f"Postgres down {DB_DOWNTIME_S} s with {open_at_restart} offers open"
@@ -190,6 +190,6 @@ def _stage_messages_waiting(rt: Runtime) -> int:
     return sum(queue_depths(rt.settings, stages).values())
 
 
-def _open_offers(rt: Runtime, samples: list[Sample]) -> int:
+def _still_open(rt: Runtime, samples: list[Sample]) -> int:
     _, offers, _ = settled(rt, samples)
     return sum(1 for row in offers.values() if row["state"] in states.OPEN)

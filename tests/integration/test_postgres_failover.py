@@ -22,7 +22,7 @@ from offers_workers.store import db
 from tests.brokers import own_sandbox
 from tests.conftest import RUN_ID, new_id, offer_rows, wait_until
 from tests.drillkit import NO_RECOVERY, Drill, drill, settings_for
-from tests.integration.test_drills import _open_offers, _partners_take_their_time
+from tests.integration.test_drills import _partners_take_their_time, _still_open
 from tests.pg_standby import ServerNotStarted, StandbyPair, primary_with_standby, standby_unavailable
 from tests.races import settled_cancelled
 
@@ -104,7 +104,7 @@ def test_a_primary_killed_mid_run_fails_over_to_the_synchronous_standby(
             # When the primary dies (kill -9) once about a third of the offers have settled
             wait_until(lambda: d.settled_count(samples) >= len(samples) // 3, 120, 0.05, "a third to settle")
             cancel(cancels[5:10])
-            open_at_kill = _open_offers(d.runtime, samples)
+            open_at_kill = _still_open(d.runtime, samples)
             pair.kill_primary()
             killed = time.monotonic()
             cancel(cancels[10:])

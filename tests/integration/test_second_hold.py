@@ -42,8 +42,8 @@ def test_payment_dead_letter_replayed_25_hours_later_places_no_second_hold(celer
     finally:
         clear_faults(sandbox, "stripe")
     with runtime.db.read() as conn:
-        [entry] = [e for e in dead_letters.entries(conn, stage="payment") if e["offer_id"] == offer_id]
-    assert entry["error_type"] == "TransientError"
+        [entry] = [e for e in dead_letters.entries(conn, stage="payment") if e.offer_id == offer_id]
+    assert entry.error_type == "TransientError"
 
     # When the operator replays the payment queue 25 hours later: Stripe has forgotten the key
     advance_clock(sandbox, PAST_THE_KEY_S)

@@ -66,12 +66,10 @@ def test_unexpected_arguments_are_named_in_order_before_the_rest() -> None:
 
 
 def test_a_refused_cancel_keeps_only_short_strings() -> None:
-    assert decisions.kept_cancel_arguments("off_1", "x" * 65, 7) == {"offer_id": "off_1", "reason": None, "actor": None}
-    assert decisions.kept_cancel_arguments("x" * 64, "ops", "buyer") == {
-        "offer_id": "x" * 64,
-        "reason": "ops",
-        "actor": "buyer",
-    }
+    assert decisions.kept_cancel_arguments("off_1", "x" * 65, 7) == decisions.KeptArguments("off_1", None, None)
+    assert decisions.kept_cancel_arguments("x" * 64, "ops", "buyer") == decisions.KeptArguments(
+        "x" * 64, "ops", "buyer"
+    )
 
 
 def test_a_cancel_before_the_offer_arrives_leaves_a_tombstone() -> None:

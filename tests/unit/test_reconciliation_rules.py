@@ -22,6 +22,8 @@ def offer(state: str, payment_intent_id: str | None = "pi_1", **changes) -> Offe
             "payment_intent_id": payment_intent_id,
             "hold_status": "held" if payment_intent_id else "none",
             "risk_score": None,
+            "payment_attempts": 1,
+            "trace_parent": None,
         }
     )
 

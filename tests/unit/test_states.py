@@ -41,7 +41,7 @@ def test_a_submitted_offer_can_still_be_cancelled_but_not_rejected() -> None:
     assert not can_transition(states.SUBMITTED, states.DEAD_LETTERED)
 
 
-def test_open_offers_can_end_any_way() -> None:
+def test_an_open_offer_can_end_any_way() -> None:
     for state in states.OPEN:
         for outcome in (states.REJECTED, states.CANCELLED, states.DEAD_LETTERED):
             assert can_transition(state, outcome)

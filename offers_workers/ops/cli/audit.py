@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -36,12 +37,12 @@ def audit() -> None:
 )
 def audit_verify_chain(since: str | None) -> None:
     """Walk the hash chain; name the first broken link (exit 1)."""
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     start = parse_moment(since, option="--since") if since is not None else None
     rt = runtime_or_exit()
     with console.status("walking the audit chain"):
-        check = audit_trail.verify_chain(rt, start)
+        check = trail.verify_chain(rt, start)
     if not check.ok:
         fail(f"audit chain broken after {check.rows - 1:,} good rows: {check.first_break}", 1)
     click.echo(f"audit chain intact: {check.rows:,} rows" + (f" since {start.isoformat()}" if start else ""))
@@ -60,11 +61,11 @@ def audit_verify_chain(since: str | None) -> None:
 def audit_seal(timeout: float) -> None:
     """Link every row written so far into the hash chain (the beat does this every second); exit 1
     if some are still unsealed after --timeout."""
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     rt = runtime_or_exit()
     with console.status("sealing the audit trail"):
-        sealed = audit_trail.seal(rt, timeout_s=timeout)
+        sealed = trail.seal(rt, timeout_s=timeout)
     lag = sealed.lag
     if not sealed.caught_up:
         oldest = f", the oldest written {moment_text(lag.oldest_unsealed_at)}" if lag.oldest_unsealed_at else ""
@@ -87,22 +88,22 @@ def audit_export(until: str | None) -> None:
 
     from offers_workers import logs
     from offers_workers.ops import export_summary
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     cutoff = parse_moment(until, option="--until") if until else None
     rt = runtime_or_exit()
     # The export and its summary log JSON lines on stderr, as the nightly run does in a worker.
     logs.setup()
-    failed: audit_trail.ExportFailed | None = None
+    failed: trail.ExportFailed | None = None
     with Progress(TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
         task = bar.add_task("rows", total=None)
         try:
-            summary = audit_trail.run_export(
+            summary = trail.run_export(
                 rt, cutoff, progress=lambda done, total: bar.update(task, completed=done, total=total)
             )
-        except audit_trail.ExportBusy as exc:
+        except trail.ExportBusy as exc:
             fail(str(exc), 1)
-        except audit_trail.ExportFailed as exc:
+        except trail.ExportFailed as exc:
             failed, summary = exc, exc.summary
     if summary is None:
         click.echo("nothing to export: every row before the cut-off is archived")
@@ -128,7 +129,14 @@ def audit_exports(limit: int | None, after: str | None, as_json: bool) -> None:
     """Export jobs, newest first."""
     rt = runtime_or_exit()
     show_listing(
-        rt, listings.AUDIT_EXPORTS, {}, limit=limit, after=after, as_json=as_json, shape=dict, table=audit_exports_table
+        rt,
+        listings.AUDIT_EXPORTS,
+        {},
+        limit=limit,
+        after=after,
+        as_json=as_json,
+        shape=asdict,
+        table=audit_exports_table,
     )
 
 
@@ -162,11 +170,11 @@ def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
     if export_id is not None:
         _verify_one_export(export_id)
         return
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     rt = runtime_or_exit()
     with console.status("checking the audit trail against its anchors in S3"):
-        found = audit_trail.verify(rt, full=full)
+        found = trail.verify(rt, full=full)
     if as_json:
         click.echo(
             json.dumps(
@@ -199,12 +207,12 @@ def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
 
 def _verify_one_export(export_id: int) -> None:
     from offers_workers.partners.aws_archive import RestoreInProgress
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     rt = runtime_or_exit()
     with console.status(f"restoring and checking export {export_id}"):
         try:
-            problems = audit_trail.verify_export(rt, export_id)
+            problems = trail.verify_export(rt, export_id)
         except RestoreInProgress as exc:
             # A Glacier Standard restore takes hours; the request stands, so a later run finds it done.
             fail(
@@ -221,12 +229,12 @@ def _verify_one_export(export_id: int) -> None:
 @audit.command("anchor")
 def audit_anchor() -> None:
     """Write the chain's sealed head to S3 now (the beat does it every OFFERS_AUDIT_ANCHOR_INTERVAL_SECONDS)."""
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     rt = runtime_or_exit()
     with console.status("sealing and anchoring the audit trail"):
-        audit_trail.seal(rt)
-        rows = audit_trail.anchor(rt)
+        trail.seal(rt)
+        rows = trail.anchor(rt)
     click.echo(f"{rows:,} rows anchored" if rows else "nothing sealed since the last anchor")
 
 
@@ -250,11 +258,11 @@ def legal_hold_lift(export_id: int) -> None:
 
 
 def _legal_hold(export_id: int, *, on: bool) -> None:
-    from offers_workers.saga import audit as audit_trail
+    from offers_workers.saga import audit as trail
 
     rt = runtime_or_exit()
     try:
-        keys = audit_trail.legal_hold(rt, export_id, on)
+        keys = trail.legal_hold(rt, export_id, on)
     except LookupError as exc:
         fail(str(exc), 1)
     for key in keys:

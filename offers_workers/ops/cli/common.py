@@ -21,6 +21,7 @@ from config.settings import ConfigError, Settings, get_settings
 from offers_workers.domain import secrets
 from offers_workers.runtime import ProcessKind, Runtime
 from offers_workers.store import listings
+from offers_workers.store.db import Row
 
 console = Console()
 err_console = Console(stderr=True)
@@ -133,16 +134,17 @@ def listing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def show_listing(
     rt: Runtime,
-    source: listings.Listing,
+    source: listings.Listing[Row],
     params: dict[str, Any],
     *,
     limit: int | None,
     after: str | None,
     as_json: bool,
-    shape: Callable[[dict[str, Any]], dict[str, Any]],
+    shape: Callable[[Row], dict[str, Any]],
     table: Callable[[list[dict[str, Any]]], Table],
 ) -> None:
-    """Print a listing: every row as a streamed JSON array, or one page (JSON object or table)."""
+    """Print a listing: every row as a streamed JSON array, or one page (JSON object or table).
+    ``shape`` makes a row the JSON object printed for it; ``table`` lays out a page of those."""
     try:
         start = listings.decode_cursor(source, after) if after is not None else None
     except listings.BadCursor as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -45,7 +46,7 @@ def dlq_list(stage: str | None, include_resolved: bool, limit: int | None, after
         limit=limit,
         after=after,
         as_json=as_json,
-        shape=dict,
+        shape=dead_letters.Entry.listed,
         table=dead_letters_table,
     )
 
@@ -71,15 +72,15 @@ def dlq_show(entry_id: int, as_json: bool) -> None:
     """One entry with its kwargs and traceback."""
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
-        row = dead_letters.entry(conn, entry_id)
-    if row is None:
+        entry = dead_letters.entry(conn, entry_id)
+    if entry is None:
         fail(f"no dead letter {entry_id}", 1)
     if as_json:
-        print_json(row)
+        print_json(asdict(entry))
         return
-    console.print(record_table(f"dead letter {entry_id}", row, apart="traceback"))
-    if row["traceback"]:
-        console.print(secrets.redact_text(row["traceback"]), markup=False, highlight=False)
+    console.print(record_table(f"dead letter {entry_id}", asdict(entry), apart="traceback"))
+    if entry.traceback:
+        console.print(secrets.redact_text(entry.traceback), markup=False, highlight=False)
 
 
 @dlq.command("replay")
@@ -96,15 +97,15 @@ def dlq_replay(entry_id: int | None, replay_all: bool, stage: str | None, dry_ru
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
         if replay_all:
-            ids = [r["id"] for r in dead_letters.entries(conn, stage=stage)]
+            ids = [e.id for e in dead_letters.entries(conn, stage=stage)]
         else:
             assert entry_id is not None  # checked with --all above
-            row = dead_letters.entry(conn, entry_id)
-            if row is None:
+            entry = dead_letters.entry(conn, entry_id)
+            if entry is None:
                 fail(f"no dead letter {entry_id}", 1)
-            ids = [entry_id] if row["status"] == "pending" else []
+            ids = [entry_id] if entry.status == "pending" else []
             if not ids:
-                click.echo(f"dead letter {entry_id} is {row['status']}; nothing to replay")
+                click.echo(f"dead letter {entry_id} is {entry.status}; nothing to replay")
                 return
     if dry_run:
         click.echo(f"would replay {len(ids)} dead letter(s): {', '.join(map(str, ids[:50]))}")

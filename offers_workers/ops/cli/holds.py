@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from offers_workers.ops.cli.common import (
 )
 from offers_workers.runtime import Runtime
 from offers_workers.store import listings
+from offers_workers.store.offers import Holding
 
 
 @click.group()
@@ -38,7 +40,7 @@ def _hold_filters(
 
 def _holds(
     rt: Runtime, offer_id: str | None = None, dead_lettered: bool = False, older_than: timedelta | None = None
-) -> list[dict[str, Any]]:
+) -> list[Holding]:
     return list(listings.stream(rt.db, listings.HOLDS, _hold_filters(offer_id, dead_lettered, older_than)))
 
 
@@ -48,11 +50,10 @@ def holds_list(limit: int | None, after: str | None, as_json: bool) -> None:
     """Offers holding a card authorization, oldest first."""
     rt = runtime_or_exit()
 
-    def with_release_due(r: dict[str, Any]) -> dict[str, Any]:
+    def with_release_due(h: Holding) -> dict[str, Any]:
         # When the beat releases it at the latest (OFFERS_HOLD_RELEASE_AFTER), before Stripe lets it lapse.
-        return r | {
-            "release_due_at": r["payment_held_at"] + rt.settings.hold_release_after if r["payment_held_at"] else None
-        }
+        due = h.payment_held_at + rt.settings.hold_release_after if h.payment_held_at else None
+        return asdict(h) | {"release_due_at": due}
 
     show_listing(
         rt,
@@ -92,20 +93,20 @@ def holds_release(offer_id: str | None, dead_lettered: bool, older_than: str | N
     if not (offer_id or dead_lettered or age):
         raise click.UsageError("choose holds with --offer, --dead-lettered or --older-than")
     rt = runtime_or_exit()
-    rows = _holds(rt, offer_id, dead_lettered, age)
-    if offer_id and not rows:
+    held = _holds(rt, offer_id, dead_lettered, age)
+    if offer_id and not held:
         fail(f"offer {offer_id!r} has no active hold", 1)
     if dry_run:
-        for r in rows:
-            click.echo(f"would release {r['payment_intent_id']} of {r['offer_id']} ({r['state']})")
-        click.echo(f"{len(rows)} hold(s) would be released")
+        for h in held:
+            click.echo(f"would release {h.payment_intent_id} of {h.offer_id} ({h.state})")
+        click.echo(f"{len(held)} hold(s) would be released")
         return
     released = 0
-    for r in track(rows, description="releasing", console=err_console, disable=len(rows) < 2):
-        status = stages.release_hold(rt, r["offer_id"], why="released by an operator", actor="cli")
+    for h in track(held, description="releasing", console=err_console, disable=len(held) < 2):
+        status = stages.release_hold(rt, h.offer_id, why="released by an operator", actor="cli")
         if status is not None:
             released += 1
-            click.echo(f"released {r['payment_intent_id']} of {r['offer_id']} ({r['state']}): {status}")
+            click.echo(f"released {h.payment_intent_id} of {h.offer_id} ({h.state}): {status}")
     click.echo(f"{released} hold(s) released")
 
 

@@ -30,6 +30,8 @@ from offers_workers.ops.cli.common import (
 )
 from offers_workers.store import audit_trail, listings, outbox
 from offers_workers.store import offers as offer_rows
+from offers_workers.store.cancel_requests import Request
+from offers_workers.store.intake_rejections import RejectionRecord
 
 
 @click.command()
@@ -114,32 +116,34 @@ def offers_show(offer_id: str, as_json: bool) -> None:
     """One offer with its state history and its events (with what EventBridge and SNS answered)."""
     rt = runtime_or_exit()
     with rt.db.transaction() as conn:
-        row = offer_rows.offer_row(conn, offer_id)
-        if row is None:
+        record = offer_rows.offer_record(conn, offer_id)
+        if record is None:
             fail(f"no offer {offer_id!r}", 1)
-        summary = offer_rows.offer_summary(row) | {
-            "history": audit_trail.offer_history(conn, offer_id),
-            "events": outbox.offer_events(conn, offer_id),
-        }
+        history = audit_trail.offer_history(conn, offer_id)
+        deliveries = outbox.offer_events(conn, offer_id)
+    summary = offer_rows.offer_summary(record) | {
+        "history": [step.as_json() for step in history],
+        "events": [delivery.as_json() for delivery in deliveries],
+    }
     if as_json:
         print_json(summary)
         return
     console.print(record_table(f"offer {offer_id}", summary, apart=("history", "events")))
-    history = Table(title="history")
+    steps = Table(title="history")
     for col in ("state", "at", "reason", "by"):
-        history.add_column(col)
-    for step in summary["history"]:
-        history.add_row(step["state"], step["at"], step["reason"] or "", step["by"])
-    console.print(history)
+        steps.add_column(col)
+    for step in history:
+        steps.add_row(step.state, step.at.isoformat(), step.reason or "", step.by)
+    console.print(steps)
     events = Table(title="events")
     for col in ("event", "published", "EventBridge id", "SNS MessageId"):
         events.add_column(col)
-    for event in summary["events"]:
+    for delivery in deliveries:
         events.add_row(
-            event["detail_type"],
-            moment_text(event["published_at"]) or "not yet",
-            event["bus_event_id"] or "",
-            event["sns_message_id"] or "",
+            delivery.detail_type,
+            moment_text(delivery.published_at) or "not yet",
+            delivery.bus_event_id or "",
+            delivery.sns_message_id or "",
         )
     console.print(events)
 
@@ -205,7 +209,7 @@ def intake_rejections(
         limit=limit,
         after=after,
         as_json=as_json,
-        shape=lambda r: {**r, "received_at": r["received_at"].isoformat()},
+        shape=RejectionRecord.as_json,
         table=rejections_table,
     )
 
@@ -243,11 +247,7 @@ def cancel_requests_list(
         limit=limit,
         after=after,
         as_json=as_json,
-        shape=lambda r: {
-            **r,
-            "received_at": r["received_at"].isoformat(),
-            "applied_at": r["applied_at"] and r["applied_at"].isoformat(),
-        },
+        shape=Request.as_json,
         table=cancel_requests_table,
     )
 

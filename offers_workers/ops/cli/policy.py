@@ -19,7 +19,8 @@ def policy() -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 def policy_load(file: Path) -> None:
     """Load makers and listings from a YAML or JSON FILE; caches are invalidated at once."""
-    from offers_workers.store.policy import PolicyFileError, read_policy_file
+    from offers_workers.domain.policy import PolicyFileError
+    from offers_workers.store.policy import read_policy_file
 
     try:
         policy_file = read_policy_file(file)

@@ -18,7 +18,7 @@ from offers_workers.store.reports import Funnel
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(window: str, as_json: bool) -> None:
     """Offers by state, success rate, latencies, dead letters, holds, the product funnel, cancellations and queues."""
-    from offers_workers.ops.health import figures
+    from offers_workers.ops.figures import figures
 
     age = parse_duration(window, option="--window")
     rt = runtime_or_exit()
@@ -107,7 +107,8 @@ def _funnel_table(funnel: Funnel, window: str) -> Table:
 @click.option("--window", default="1h", show_default=True, help="The window the rates and latencies cover.")
 def health(window: str) -> None:
     """Check the runbook's thresholds; exit 1 on a breach, naming the symptom and its first checks."""
-    from offers_workers.ops.health import checks, figures
+    from offers_workers.ops.figures import figures
+    from offers_workers.ops.health import checks
 
     age = parse_duration(window, option="--window")
     rt = runtime_or_exit()
@@ -136,7 +137,7 @@ def health(window: str) -> None:
 
 
 def links_table(settings: Any) -> Table:
-    """Each link to another server and how it is secured (README, "Links and TLS")."""
+    """Each link to another server and how it is secured (docs/production.md, "Links and TLS")."""
     from config import links
 
     table = Table(title="Links")
