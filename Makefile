@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-## Write the locks again from pyproject.toml (README, "Dependencies and the lock").
+## Write the locks again from pyproject.toml (docs/development.md, "Dependencies and the lock").
 lock: $(UV)
 	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(LOCK_ARGS) -o $(LOCK)
 	$(UV) pip compile pyproject.toml -c $(LOCK) $(LOCK_FLAGS) -o $(RUNTIME_LOCK)

@@ -56,7 +56,7 @@ WORKER_ARGS = ("--include", "tasks.bench")
 #: The process the bench runs in: its driver and the partner sandbox (not the fleet's CPU).
 DRIVER = "bench + sandbox"
 #: Half the fleet's own CPU per offer measured before the second performance round (42.5 ms on the
-#: 2-core reference machine, README "Performance"): the round's target.
+#: 2-core reference machine, docs/performance.md): the round's target.
 CPU_MS_PER_OFFER_TARGET = 21.2
 MEMORY_BATCH = 2500
 

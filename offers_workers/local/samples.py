@@ -1,7 +1,7 @@
 """Sample offers covering every path of the saga, each with the outcome it is built for.
 
 Used by ``offers-workers demo`` and the integration tests. They rely on the listings of
-``config/policy/sample.yaml`` and the sandbox's deterministic behaviours (README, "Sandbox").
+``config/policy/sample.yaml`` and the sandbox's deterministic behaviours (docs/development.md, "Sandbox").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The shipped alert rules: valid for promtool, each tested firing and quiet, and each documented in
-the README's "On call" section with the link its `runbook_url` gives."""
+docs/on-call.md's "Alerts" section with the link its `runbook_url` gives."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import yaml
 
 from tests import monitoring
 from tests.conftest import project_root
-from tests.contract.markdown import anchors
+from tests.contract.markdown import anchors, section
 
-README = (project_root() / "README.md").read_text()
+ON_CALL = project_root() / "docs" / "on-call.md"
 RULES = monitoring.alert_rules()
 TESTS = yaml.safe_load((monitoring.MONITORING / "alerts.test.yml").read_text())
 
@@ -54,16 +54,16 @@ def test_every_alert_says_how_bad_what_and_where_to_read(rule) -> None:
     assert rule["labels"]["severity"] in {"page", "warning"}
     assert rule["annotations"]["summary"] and rule["annotations"]["first_checks"]
     link = rule["annotations"]["runbook_url"]
-    assert link == f"README.md#{rule['alert'].lower()}", link
-    assert link.split("#")[1] in anchors(README), f"README has no heading for {rule['alert']}"
+    assert link == f"docs/on-call.md#{rule['alert'].lower()}", link
+    assert link.split("#")[1] in anchors(ON_CALL.read_text()), f"docs/on-call.md has no heading for {rule['alert']}"
 
 
-def test_the_readme_lists_every_alert_and_no_other() -> None:
-    on_call = README[README.index("\n## On call") : README.index("\n## Audit trail")]
-    listed = re.findall(r"^#### (Offers\w+)$", on_call, flags=re.M)
+def test_the_on_call_page_lists_every_alert_and_no_other() -> None:
+    on_call = section(ON_CALL, "## Alerts")
+    listed = re.findall(r"^### (Offers\w+)$", on_call, flags=re.M)
     assert listed == [rule["alert"] for rule in RULES]
     for rule in RULES:
-        entry = on_call[on_call.index(f"#### {rule['alert']}\n") :].split("\n\n")[0]
+        entry = on_call[on_call.index(f"### {rule['alert']}\n") :].split("\n\n")[0]
         assert f"`{rule['labels']['severity']}`" in entry, entry
 
 

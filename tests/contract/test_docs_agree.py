@@ -1,5 +1,6 @@
-"""The README lists what the code has: every setting in its configuration table (with its default),
-every command in its command list. A setting or a command added without its row fails the build."""
+"""The docs list what the code has: every setting in the production guide's configuration table (with
+its default), every command in the CLI page's command list, every package in the README's Layout. A
+setting or a command added without its row fails the build."""
 
 from __future__ import annotations
 
@@ -13,25 +14,34 @@ import click
 
 from config.settings import Settings, env_name
 from offers_workers.ops.cli import main
-from tests.contract.markdown import ROOT, table_rows
+from tests.contract.markdown import DOCS, README, ROOT, Snippet, table_rows
 from tests.contract.test_readme import command_path, snippet
 
-README = ROOT / "README.md"
+#: Where each section the checks read lives.
+PRODUCTION = DOCS / "production.md"
+CONFIGURATION = "### Configuration (environment, prefix `OFFERS_`)"
 #: A setting and what follows its name in the table: `OFFERS_X` (default; range)
 SETTING = re.compile(r"`(OFFERS_[A-Z0-9_]+)`(?:\s*\(([^)]*)\))?")
 
 
-def documented_settings(path: Path = README) -> dict[str, str]:
+def on_page(page: str, name: str) -> Snippet:
+    """A snippet the check reads, from the page the check says it is on."""
+    block = snippet(name)
+    assert block.document == page, f"'{name}' moved from {page} to {block.document}: point this check at its page"
+    return block
+
+
+def documented_settings(path: Path = PRODUCTION) -> dict[str, str]:
     """Each setting named in the configuration table, with the text in parentheses after it."""
     found: dict[str, str] = {}
-    for cells in table_rows(path, "### Configuration (environment, prefix `OFFERS_`)"):
+    for cells in table_rows(path, CONFIGURATION):
         for name, note in SETTING.findall(cells[0]):
             found[name] = note
     return found
 
 
 def spellings(default: Any) -> set[str]:
-    """How the README may write a default."""
+    """How the configuration table may write a default."""
     if isinstance(default, bool):
         return {"on", "1"} if default else {"off"}
     if isinstance(default, timedelta):
@@ -46,8 +56,12 @@ def spellings(default: Any) -> set[str]:
 def test_every_setting_has_a_row_in_the_configuration_table() -> None:
     documented = documented_settings()
     in_code = {env_name(name): field for name, field in Settings.model_fields.items()}
-    assert sorted(set(in_code) - set(documented)) == [], "settings missing from the README's configuration table"
-    assert sorted(set(documented) - set(in_code)) == [], "the README's table names settings the code does not read"
+    assert sorted(set(in_code) - set(documented)) == [], (
+        "settings missing from docs/production.md's configuration table"
+    )
+    assert sorted(set(documented) - set(in_code)) == [], (
+        "docs/production.md's table names settings the code does not read"
+    )
 
 
 def test_the_table_gives_every_default() -> None:
@@ -58,7 +72,7 @@ def test_the_table_gives_every_default() -> None:
         if default is None:
             continue  # required, or derived (the table says from what)
         if not any(spelled in note.replace("`", "") for spelled in spellings(default)):
-            wrong[env_name(name)] = f"code: {default!r}, README: ({note})"
+            wrong[env_name(name)] = f"code: {default!r}, docs/production.md: ({note})"
     assert wrong == {}
 
 
@@ -72,16 +86,16 @@ def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> set[str]:
     return found
 
 
-def test_every_command_is_in_the_readme_command_list() -> None:
-    listed = {" ".join(command_path(line)[0]) for line in snippet("cli-reference").lines()}
+def test_every_command_is_in_the_cli_pages_command_list() -> None:
+    listed = {" ".join(command_path(line)[0]) for line in on_page("docs/cli.md", "cli-reference").lines()}
     in_code = leaf_commands(main)
-    assert sorted(in_code - listed) == [], "commands missing from the README's Operator CLI list"
-    assert sorted(listed - in_code) == [], "the README lists commands the CLI does not have"
+    assert sorted(in_code - listed) == [], "commands missing from docs/cli.md's command list"
+    assert sorted(listed - in_code) == [], "docs/cli.md lists commands the CLI does not have"
 
 
-def test_every_option_of_a_listed_command_is_in_the_readme() -> None:
+def test_every_option_of_a_listed_command_is_on_the_cli_page() -> None:
     listed: dict[str, set[str]] = {}
-    for line in snippet("cli-reference").lines():
+    for line in on_page("docs/cli.md", "cli-reference").lines():
         path, options = command_path(line)
         listed.setdefault(" ".join(path), set()).update(options)
     missing = {}
@@ -98,10 +112,10 @@ def test_every_option_of_a_listed_command_is_in_the_readme() -> None:
         }
         if in_code - options - {"--help"}:
             missing[path] = sorted(in_code - options - {"--help"})
-    assert missing == {}, "options the README's Operator CLI list does not show"
+    assert missing == {}, "options docs/cli.md's command list does not show"
 
 
-ARCHITECTURE = ROOT / "docs" / "architecture.md"
+ARCHITECTURE = DOCS / "architecture.md"
 BACKTICKED = re.compile(r"`([^`\s]+)`")
 
 
@@ -148,7 +162,7 @@ def test_the_offer_flow_diagram_names_real_tasks_and_states() -> None:
     from config.celery import ROUTES
     from offers_workers.domain import states
 
-    diagram = snippet("offer-flow").text
+    diagram = on_page("README.md", "offer-flow").text
     tasks = set(re.findall(r"\b(offers\.[a-z_.]+[a-z])\b", diagram)) - set(QUEUE_NAMES())
     assert tasks - set(ROUTES) == set(), "the diagram names tasks the fleet does not route"
     assert {s.task for s in states.STAGES} <= tasks, "a stage is missing from the diagram"
@@ -162,7 +176,7 @@ def test_the_offer_flow_diagram_names_real_tasks_and_states() -> None:
 def test_the_production_topology_names_real_processes_and_settings() -> None:
     from offers_workers.local.fleet import read_procfile
 
-    diagram = snippet("production-topology").text
+    diagram = on_page("docs/operations.md", "production-topology").text
     processes = {p.name for p in read_procfile()} - {"release"}
     assert all(re.search(rf"\b{name}\b", diagram) for name in processes), "a process type is missing"
     named = set(re.findall(r"\bOFFERS_([A-Z_]+)", diagram))
@@ -181,7 +195,7 @@ def test_the_guides_delivery_limit_policy_is_the_one_the_tests_set() -> None:
     from config.celery import BROKER_DELIVERY_LIMIT
     from tests.brokers import delivery_limit_policy
 
-    [line] = [line for line in snippet("rabbitmq-vhost").lines() if "set_policy" in line]
+    [line] = [line for line in on_page("docs/operations.md", "rabbitmq-vhost").lines() if "set_policy" in line]
     assert tuple(shlex.split(line)[1:]) == delivery_limit_policy("$VHOST")
     # RabbitMQ's limit is the backstop: the workers' own, at its highest, must decide well before it.
     highest = next(m.le for m in Settings.model_fields["poison_deliveries"].metadata if hasattr(m, "le"))

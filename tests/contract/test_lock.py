@@ -19,6 +19,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.contract.markdown import section
+
 ROOT = Path(__file__).resolve().parents[2]
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
@@ -28,7 +30,7 @@ SELF = canonicalize_name(PROJECT["name"])
 TARGET = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
           "implementation_name": "cpython", "platform_python_implementation": "CPython"}  # fmt: skip
-#: The one command that writes the locks, as their header, the Makefile and the README name it.
+#: The one command that writes the locks, as their header, the Makefile and docs/development.md name it.
 LOCK_COMMAND = "make lock"
 HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 
@@ -152,7 +154,8 @@ def test_make_lock_writes_both_locks_with_hashes_under_the_documented_command() 
     assert "--extra dev" in compiles[0] and "-c requirements/dev.lock" in compiles[1], compiles
 
 
-def test_the_readme_says_how_the_lock_is_used_updated_and_audited() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_say_how_the_lock_is_used_updated_and_audited() -> None:
+    # "Dependencies and the lock" lives in docs/development.md; the README's Layout names the locks too
+    guide = section(ROOT / "docs" / "development.md", "## Dependencies and the lock")
     for said in (f"`{LOCK_COMMAND}`", "`make audit`", "`requirements/dev.lock`", "`requirements/runtime.lock`"):
-        assert said in readme, f"README no longer mentions {said}"
+        assert said in guide, f"docs/development.md's Dependencies and the lock no longer mentions {said}"

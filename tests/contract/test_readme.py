@@ -1,11 +1,12 @@
-"""The README and the operations guide, run as a stranger runs them.
+"""The README and every page under docs/, run as a stranger runs them.
 
-Every code block in README.md and docs/operations.md is marked with its name and run here exactly as
-written, against fleets started from the Procfile on default settings; the only edits are the
-placeholders a reader fills in (the broker and backend URLs, a virtual host's name). The clients are
-the snippets themselves, in an isolated interpreter: nothing of this project is imported by them and
-no setting of the fleet is copied into them. Changing a snippet without keeping it working, or adding
-a block nobody runs, fails the build.
+Every code block in README.md and docs/*.md is marked with its name and run here exactly as written,
+against fleets started from the Procfile on default settings; the only edits are the placeholders a
+reader fills in (the broker and backend URLs, a virtual host's name). The clients are the snippets
+themselves, in an isolated interpreter: nothing of this project is imported by them and no setting
+of the fleet is copied into them. Changing a snippet without keeping it working, adding a block
+nobody runs, or moving one to another page without saying so here, fails the build. So does a README
+past a ten-minute read, or a link to a page or heading that does not exist.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,58 +35,136 @@ from psycopg.conninfo import make_conninfo
 from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from tests.brokers import RABBITMQ_URL, own_sandbox, rabbitmq_unavailable
 from tests.conftest import RUN_ID, SERVER, _create_database, _drop_database, redis_database, wait_until
-from tests.contract.markdown import ROOT, Snippet, read_blocks
+from tests.contract.markdown import README, ROOT, Snippet, anchors, documents, links, read_blocks
 
 BLOCKS = read_blocks()
 BIN = Path(sys.executable).parent
 
-#: Every snippet and the test that runs it (the names in the Markdown markers).
-RUN_BY = {
-    "production-topology": "test_docs_agree.test_the_production_topology_names_real_processes_and_settings",
-    "tls-links": "test_links.test_the_readmes_tls_example_is_a_verified_deployment",
-    "two-commands": "test_the_two_commands",
-    "payload": "test_the_operator_session (as offers.json)",
-    "upstream-client": "test_the_upstream_client_submits_cancels_and_validates",
-    "upstream-cancel": "test_the_upstream_client_submits_cancels_and_validates",
-    "validate-draft": "test_the_upstream_client_submits_cancels_and_validates",
-    "rabbitmq-quorum-client": "test_on_a_virtual_host_without_the_quorum_default",
-    "raw-amqp": "test_a_producer_of_another_language",
-    "raw-redis-envelope": "test_a_producer_of_another_language",
-    "raw-redis-cli": "test_a_producer_of_another_language",
-    "upstream-signed-client": "test_upstream_signing.test_the_readmes_python_client_signs_and_its_offer_names_the_upstream",
-    "upstream-signed-node": "test_upstream_signing.test_the_readmes_node_producer_signs_and_its_offer_names_the_upstream",
-    "broker-key-prefix-client": "test_the_upgrade_with_a_legacy_worker",
-    "upgrade-legacy-worker": "test_the_upgrade_with_a_legacy_worker",
-    "cli-reference": "test_every_cli_line_parses",
-    "operator-session": "test_the_operator_session",
-    "dlq-rehearsal": "test_the_dead_letter_rehearsal",
-    "audit-commands": "test_every_cli_line_parses",
-    "bench": "test_every_cli_line_parses",
-    "rabbitmq-vhost": "the RabbitMQ fleets' virtual host (contract_fleet)",
-    "procfile-split-payment": "test_splitting_a_slow_partner_out",
-    "offer-flow": "test_docs_agree.test_the_offer_flow_diagram_names_real_tasks_and_states",
-    "flower-procfile": "test_flower.test_flower_shows_the_fleet_and_no_buyer_data",
-    "metrics-prometheus-scrape": "test_metrics_endpoint.test_prometheus_scrapes_it_with_the_readmes_config",
-    "rabbitmq-users": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
-    "rabbitmq-roles": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
-    "least-privilege-client-rabbitmq": "test_broker_roles.TestRabbitMQ.test_the_upstream_user_submits_cancels_and_validates_with_the_guides_settings",
-    "redis-acl": "test_broker_roles (the Redis ACL users, acl_redis)",
-    "least-privilege-client-redis": "test_broker_roles.TestRedis.test_the_upstream_user_submits_cancels_and_validates_with_the_guides_settings",
+#: Every snippet, by the page it lives on, and the test that runs it (the names in the Markdown markers).
+RUN_BY: dict[str, dict[str, str]] = {
+    "README.md": {
+        "two-commands": "test_the_two_commands",
+        "offer-flow": "test_docs_agree.test_the_offer_flow_diagram_names_real_tasks_and_states",
+        "upstream-client": "test_the_upstream_client_submits_cancels_and_validates",
+    },
+    "docs/upstream.md": {
+        "payload": "test_the_operator_session (as offers.json)",
+        "upstream-cancel": "test_the_upstream_client_submits_cancels_and_validates",
+        "validate-draft": "test_the_upstream_client_submits_cancels_and_validates",
+        "rabbitmq-quorum-client": "test_on_a_virtual_host_without_the_quorum_default",
+        "raw-amqp": "test_a_producer_of_another_language",
+        "raw-redis-envelope": "test_a_producer_of_another_language",
+        "raw-redis-cli": "test_a_producer_of_another_language",
+        "broker-key-prefix-client": "test_the_upgrade_with_a_legacy_worker",
+        "upstream-signed-client": "test_upstream_signing.test_the_readmes_python_client_signs_and_its_offer_names_the_upstream",
+        "upstream-signed-node": "test_upstream_signing.test_the_readmes_node_producer_signs_and_its_offer_names_the_upstream",
+    },
+    "docs/cli.md": {
+        "cli-reference": "test_every_cli_line_parses",
+        "operator-session": "test_the_operator_session",
+    },
+    "docs/on-call.md": {
+        "metrics-prometheus-scrape": "test_metrics_endpoint.test_prometheus_scrapes_it_with_the_readmes_config",
+        "dlq-rehearsal": "test_the_dead_letter_rehearsal",
+    },
+    "docs/production.md": {
+        "tls-links": "test_links.test_the_readmes_tls_example_is_a_verified_deployment",
+        "flower-procfile": "test_flower.test_flower_shows_the_fleet_and_no_buyer_data",
+        "upgrade-legacy-worker": "test_the_upgrade_with_a_legacy_worker",
+        "audit-commands": "test_every_cli_line_parses",
+    },
+    "docs/performance.md": {
+        "bench": "test_every_cli_line_parses",
+    },
+    "docs/operations.md": {
+        "production-topology": "test_docs_agree.test_the_production_topology_names_real_processes_and_settings",
+        "rabbitmq-vhost": "the RabbitMQ fleets' virtual host (contract_fleet)",
+        "procfile-split-payment": "test_splitting_a_slow_partner_out",
+        "rabbitmq-users": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
+        "rabbitmq-roles": "test_broker_roles (the RabbitMQ users, rabbitmq_roles)",
+        "least-privilege-client-rabbitmq": "test_broker_roles.TestRabbitMQ.test_the_upstream_user_submits_cancels_and_validates_with_the_guides_settings",
+        "redis-acl": "test_broker_roles (the Redis ACL users, acl_redis)",
+        "least-privilege-client-redis": "test_broker_roles.TestRedis.test_the_upstream_user_submits_cancels_and_validates_with_the_guides_settings",
+    },
 }
+#: The same, by snippet name alone (names are unique across the pages).
+RUNNER = {name: test for page in RUN_BY.values() for name, test in page.items()}
+#: A newcomer reads the README in ten minutes: everything else has a page under docs/.
+README_MAX_LINES = 250
 
 
 def snippet(name: str) -> Snippet:
-    assert name in BLOCKS.snippets, f"the docs lost their '{name}' snippet, which {RUN_BY[name]} runs"
+    assert name in BLOCKS.snippets, f"the docs lost their '{name}' snippet, which {RUNNER[name]} runs"
     return BLOCKS.snippets[name]
 
 
 def test_every_code_block_is_named_and_run() -> None:
     assert not BLOCKS.unmarked, f"code blocks without a '<!-- snippet: NAME -->' marker: {BLOCKS.unmarked}"
     assert not BLOCKS.duplicates, f"snippet names used twice: {BLOCKS.duplicates}"
-    assert set(BLOCKS.snippets) == set(RUN_BY), (
-        f"blocks no test runs: {sorted(set(BLOCKS.snippets) - set(RUN_BY))}; "
-        f"snippets the tests expect but the docs lost: {sorted(set(RUN_BY) - set(BLOCKS.snippets))}"
+    named_twice = [name for name, n in Counter(n for page in RUN_BY.values() for n in page).items() if n > 1]
+    assert named_twice == [], f"RUN_BY lists these names under more than one page: {named_twice}"
+    pages = {str(path.relative_to(ROOT)) for path in documents()}
+    assert set(RUN_BY) <= pages, f"RUN_BY names pages that do not exist: {sorted(set(RUN_BY) - pages)}"
+    for page in sorted(pages):
+        found = {name for name, block in BLOCKS.snippets.items() if block.document == page}
+        expected = set(RUN_BY.get(page, {}))
+        assert found == expected, (
+            f"{page}: blocks no test runs: {sorted(found - expected)}; "
+            f"snippets the tests expect on this page but it lost: {sorted(expected - found)}"
+        )
+
+
+def test_the_readme_is_read_in_ten_minutes() -> None:
+    length = len(README.read_text().splitlines())
+    assert length <= README_MAX_LINES, (
+        f"README.md has {length} lines; move sections to docs/ (at most {README_MAX_LINES})"
     )
+
+
+def test_the_readme_links_every_page_under_docs() -> None:
+    linked = {(README.parent / target.split("#")[0]).resolve() for _, target in links(README)}
+    unlinked = [str(page.relative_to(ROOT)) for page in documents()[1:] if page.resolve() not in linked]
+    assert unlinked == [], f"pages the README does not link: {unlinked}"
+
+
+def broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    """The page's relative links whose file, or whose heading (GitHub's slug), does not exist."""
+    broken = []
+    for line, target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:|^//", target, flags=re.I):
+            continue  # a web address or mail: not the tree's to check
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        where = f"{page.relative_to(root)}:{line}: {target}"
+        if not resolved.is_relative_to(root) or not resolved.exists():
+            broken.append(f"{where} (no such file)")
+        elif anchor and (resolved.suffix != ".md" or anchor not in anchors(resolved.read_text())):
+            broken.append(f"{where} (no such heading in {resolved.relative_to(root)})")
+    return broken
+
+
+@pytest.mark.parametrize("page", documents(), ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_reaches_a_file_and_heading(page: Path) -> None:
+    assert links(page) or page != README, "the scan found no links in the README"
+    assert broken_links(page) == []
+
+
+def test_the_link_check_finds_a_missing_file_heading_or_a_way_out(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("# Project\n\n## Quick start\n\n## Quick start\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(
+        "# A page\n\n[ok](#a-page), [fine](../README.md#quick-start-1), [gone](missing.md),\n"
+        "[wrong](../README.md#no-such-heading), [out](../../elsewhere.md), `[code](x.md)`\n\n"
+        "[a link whose text\nwraps](../README.md#quick-starts)\n\n"
+        "```sh\n# not a heading, [not a link](nowhere.md)\n```\n"
+    )
+    assert broken_links(page, tmp_path) == [
+        "docs/page.md:3: missing.md (no such file)",
+        "docs/page.md:4: ../README.md#no-such-heading (no such heading in README.md)",
+        "docs/page.md:4: ../../elsewhere.md (no such file)",
+        "docs/page.md:6: ../README.md#quick-starts (no such heading in README.md)",
+    ]
 
 
 # --- a stranger's environment -------------------------------------------------------------------
@@ -104,7 +184,7 @@ def stranger_env(settings: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def with_urls(code: str, *, broker: str, backend: str | None = None) -> str:
-    """The reader's edit: their broker and backend in place of the README's example URLs."""
+    """The reader's edit: their broker and backend in place of the docs' example URLs."""
     code = re.sub(r'broker="[^"]*"', f'broker="{broker}"', code)
     code = re.sub(r'pika\.URLParameters\("[^"]*"\)', f'pika.URLParameters("{broker}")', code)
     code = re.sub(r"redis-cli -u \S+", f"redis-cli -u {broker}", code)
@@ -114,7 +194,7 @@ def with_urls(code: str, *, broker: str, backend: str | None = None) -> str:
 
 
 def after_app_created(code: str, fragment: str) -> str:
-    """A fragment the README says goes "right after creating the app"."""
+    """A fragment the upstream contract says goes "right after creating the app"."""
     lines = code.splitlines()
     at = next(n for n, line in enumerate(lines) if "= Celery(" in line)
     return "\n".join([*lines[: at + 1], fragment.rstrip("\n"), *lines[at + 1 :]]) + "\n"
@@ -230,7 +310,7 @@ def contract_fleet(
     # A clone's config/ next to the reader's files (offers.json, envelope.json).
     (workdir / "config").symlink_to(ROOT / "config")
     with ExitStack() as stack:
-        # Two logins, as the README's "Two logins" says: the fleet's role is made with LOGIN alone,
+        # Two logins, as the production guide's "Two logins" says: the fleet's role is made with LOGIN alone,
         # the server's login owns the schema and runs `db migrate`.
         role = f"offers_docs_{RUN_ID}_{name.replace('-', '_')}"[:63]
         stack.callback(_drop_role, role)
@@ -336,7 +416,7 @@ def test_the_upstream_client_submits_cancels_and_validates(upstream_fleet: Contr
     assert sent.returncode == 0, sent.stderr
     # Then the offer ends as designed: submitted, through every stage
     f.wait_for("off_1001", "submitted")
-    # When the README's cancel follows
+    # When the upstream contract's cancel follows
     cancelled = run_python(with_urls(snippet("upstream-cancel").text, broker=f.broker), f.workdir)
     assert cancelled.returncode == 0, cancelled.stderr
     f.wait_for("off_1001", "cancelled")
@@ -354,7 +434,7 @@ def test_a_producer_of_another_language(upstream_fleet: ContractFleet) -> None:
         assert sent.returncode == 0, sent.stderr
         f.wait_for("off_1003", "submitted")
     else:
-        # redis-cli pushes the README's envelope, saved as envelope.json
+        # redis-cli pushes the upstream contract's envelope, saved as envelope.json
         (f.workdir / "envelope.json").write_text(snippet("raw-redis-envelope").text)
         pushed = subprocess.run(
             ["bash", "-c", with_urls(snippet("raw-redis-cli").text, broker=f.broker)],
@@ -398,7 +478,7 @@ def test_on_a_virtual_host_without_the_quorum_default(offers_env: dict[str, str]
         # A plain client is refused, and says why
         plain = run_python(with_urls(snippet("upstream-client").text, broker=f.broker), f.workdir)
         assert plain.returncode != 0 and "PRECONDITION_FAILED" in plain.stderr
-        # With the README's one line it reaches the workers
+        # With the upstream contract's one line it reaches the workers
         fixed = after_app_created(
             with_urls(snippet("upstream-client").text, broker=f.broker), snippet("rabbitmq-quorum-client").text
         )
@@ -418,7 +498,7 @@ def procfile_with(lines: str, *, drop: tuple[str, ...] = ()) -> list[ProcessType
 
 
 def test_the_upgrade_with_a_legacy_worker(offers_env: dict[str, str], tmp_path: Path) -> None:
-    # Given the Procfile plus the README's legacy worker, on Redis
+    # Given the Procfile plus the production guide's legacy worker, on Redis
     procfile = procfile_with(snippet("upgrade-legacy-worker").text)
     with contract_fleet("upgrade", tmp_path, procfile=procfile) as f:
         # When an old client (still setting the prefix) and a new one send offers
@@ -483,7 +563,7 @@ def cli_lines() -> list[tuple[str, str]]:
 
 
 def command_path(line: str) -> tuple[list[str], list[str]]:
-    """The subcommand words and the --options a README line uses."""
+    """The subcommand words and the --options a docs line uses."""
     tokens = shlex.split(line, comments=True)
     assert tokens[0] == "offers-workers", line
     path = []

@@ -1,4 +1,4 @@
-"""Signed upstreams, as the README's *Signed upstreams* tells a producer to sign: its Python client
+"""Signed upstreams, as docs/upstream.md's *Signed upstreams* tells a producer to sign: its Python client
 and its Node.js producer, run as written (only the broker URL and the secrets filled in), against the
 Procfile's fleet with ``OFFERS_UPSTREAM_SIGNING`` on. Each signed offer is submitted and names its
 upstream on its audit trail; an unsigned one, and an upstream's cancel claiming ops, are refused.
@@ -59,7 +59,7 @@ def refusals(d: Drill) -> list[str]:
 
 
 def signed(secret: str, key_id: str, task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """As the README's Python client signs (the test's own copy, for the messages it sends itself)."""
+    """As the upstream contract's Python client signs (the test's own copy, for the messages it sends itself)."""
     task_id = str(uuid.uuid4())
     text = "\n".join(
         ("offers-auth-v1", task, task_id, json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
@@ -93,7 +93,7 @@ def test_the_readmes_python_client_signs_and_its_offer_names_the_upstream(signin
 def test_the_readmes_node_producer_signs_and_its_offer_names_the_upstream(signing_fleet: Drill, tmp_path) -> None:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("Node.js is not installed, so the README's JavaScript producer cannot run here")
+        pytest.skip("Node.js is not installed, so the upstream contract's JavaScript producer cannot run here")
     d = signing_fleet
     code = SNIPPETS["upstream-signed-node"].text.replace(
         "the mobile service's secret from OFFERS_UPSTREAM_KEYS", MOBILE
@@ -101,7 +101,7 @@ def test_the_readmes_node_producer_signs_and_its_offer_names_the_upstream(signin
     made = subprocess.run([node, "-e", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     (tmp_path / "envelope.json").write_text(made.stdout)
-    # Pushed as the README's raw-redis-cli line pushes an envelope.
+    # Pushed as the upstream contract's raw-redis-cli line pushes an envelope.
     push = with_urls(SNIPPETS["raw-redis-cli"].text, broker=d.env["OFFERS_BROKER_URL"])
     pushed = subprocess.run(["bash", "-c", push], capture_output=True, text=True, cwd=tmp_path, env=stranger_env())
     assert pushed.returncode == 0, pushed.stderr

@@ -63,11 +63,11 @@ def test_a_sift_outage_pages_with_runbook_links_and_clearing_it_resolves(offers_
 
         ids = through_sift_outage(d.app, d.runtime, sandbox, "alerting", 10)
         wait_until(lambda: paged(pagerduty.alerts("firing"), PAGES) == PAGES, timeout=90, message="the outage's pages")
-        readme = anchors((project_root() / "README.md").read_text())
+        on_call = anchors((project_root() / "docs" / "on-call.md").read_text())
         for alert in pagerduty.alerts("firing"):
             if alert["labels"]["alertname"] in {name for name, _, _ in PAGES}:
                 link = alert["annotations"]["runbook_url"]
-                assert link.startswith("README.md#") and link.split("#", 1)[1] in readme, link
+                assert link.startswith("docs/on-call.md#") and link.split("#", 1)[1] in on_call, link
                 assert alert["labels"]["severity"] in {"warning", "page"} and alert["annotations"]["first_checks"]
         assert not paged(pagerduty.alerts("resolved"), PAGES)
 

@@ -1,4 +1,4 @@
-"""Flower, started as the README's line says, against the running fleet: it lists the workers and
+"""Flower, started as docs/production.md's line says, against the running fleet: it lists the workers and
 the saga's tasks, and nothing it answers holds a buyer's email, IP or message, whether the offer came
 from an upstream's Celery client or from the operator CLI (the fleet's own send)."""
 
@@ -41,7 +41,7 @@ SAGA = {
 
 
 def flower_line() -> ProcessType:
-    """The README's Procfile line for Flower."""
+    """The production guide's Procfile line for Flower."""
     [line] = read_blocks().snippets["flower-procfile"].lines()
     name, _, command = line.partition(":")
     return ProcessType(name.strip(), command.strip())

@@ -1,4 +1,4 @@
-"""Rotating the fleet's key without a stop, as README *Trust boundary* says: every process restarted
+"""Rotating the fleet's key without a stop, as docs/production.md's *Trust boundary* says: every process restarted
 in turn with ``OLD,NEW``, then ``NEW,OLD``, then (the old key's messages gone) ``NEW`` alone, on
 Redis and on RabbitMQ, while offers keep coming. Nothing is refused, nothing lost or held twice.
 """

@@ -1,6 +1,6 @@
 """Distributed traces across real processes: the Procfile's workers export OTLP/HTTP to a receiver
 this test runs (decoding the protobuf with opentelemetry-proto), configured by the standard
-``OTEL_*`` variables alone, as README's "Tracing" says.
+``OTEL_*`` variables alone, as docs/production.md's "Tracing" says.
 
 One connected trace per offer spanning both worker types, with partner spans; a partner retry and
 a dead-letter replay stay in the offer's trace; an upstream's own ``traceparent`` is continued; a
@@ -33,7 +33,7 @@ from tests.outages import all_in
 
 pytestmark = pytest.mark.integration
 
-#: What an operator sets (README, "Tracing"): the endpoint, and a short batch delay so the test need not wait 5 s.
+#: What an operator sets (docs/production.md, "Tracing"): the endpoint, and a short batch delay so the test need not wait 5 s.
 TRACED = {"OTEL_SERVICE_NAME": "offers-workers", "OTEL_BSP_SCHEDULE_DELAY": "200"}
 #: The demo's default size (`offers-workers demo --offers`).
 DEMO_OFFERS = 200

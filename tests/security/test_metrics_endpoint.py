@@ -336,14 +336,14 @@ def test_plaintext_off_loopback_is_served_when_said_so(tmp_path: Path) -> None:
     assert b"offers_queue_depth" in body
 
 
-# --- the README's scrape config, as Prometheus runs it --------------------------------------------
+# --- docs/on-call.md's scrape config, as Prometheus runs it --------------------------------------------
 
 needs_prometheus = pytest.mark.skipif(bool(reason := monitoring.missing(monitoring.PROMETHEUS)), reason=reason or "")
 
 
 @needs_prometheus
 def test_prometheus_scrapes_it_with_the_readmes_config(secured: int, pki: Pki, tmp_path: Path) -> None:
-    """The README's scrape config with the reader's paths and target filled in."""
+    """docs/on-call.md's scrape config with the reader's paths and target filled in."""
     [job] = yaml.safe_load(read_blocks().snippets["metrics-prometheus-scrape"].text)["scrape_configs"]
     (tmp_path / "password").write_text(PASSWORD + "\n")
     job["tls_config"]["ca_file"] = str(pki.ca)

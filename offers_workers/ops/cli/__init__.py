@@ -132,7 +132,7 @@ def main() -> None:
     """Operate the offer-submission worker fleet."""
     from tasks import authority
 
-    # What an operator sends (a cancel as ops, a replay) is signed with the ops key (README "Trust boundary").
+    # What an operator sends (a cancel as ops, a replay) is signed with the ops key (docs/production.md, "Trust boundary").
     authority.sign_as("ops")
 
 

@@ -191,7 +191,7 @@ def demo(count: int, timeout: int) -> None:
     "--message-auth/--no-message-auth",
     default=True,
     show_default=True,
-    help="Sign and check messages (README, Trust boundary); off measures what that costs.",
+    help="Sign and check messages (docs/production.md, Trust boundary); off measures what that costs.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout; the table and progress go to stderr."
