@@ -8,7 +8,7 @@ from typing import Any
 
 from offers_workers.ops import export_summary, synthetic
 from offers_workers.runtime import get_runtime
-from offers_workers.saga import audit, cancellation, drafts, reconciliation, recovery
+from offers_workers.saga import cancellation, drafts, reconciliation, recovery, trail
 from offers_workers.saga.decisions import Dispatch
 from tasks.app import app
 from tasks.base import OffersTask, stage_task
@@ -67,20 +67,20 @@ def reconcile_holds(self: OffersTask) -> dict[str, int]:
 @stage_task("offers.seal_audit")
 def seal_audit(self: OffersTask) -> int:
     # One step, no waiting: a worker child is never parked on open writers; the next run goes on.
-    return audit.seal_step(get_runtime())
+    return trail.seal_step(get_runtime())
 
 
 @stage_task("offers.anchor_audit")
 def anchor_audit(self: OffersTask) -> int:
     # An S3 error is transient here: the stretch stays cut in the database and the next run writes it.
-    return audit.anchor(get_runtime())
+    return trail.anchor(get_runtime())
 
 
 @stage_task("offers.verify_audit")
 def verify_audit(self: OffersTask) -> int:
     # The outcome is recorded in audit_verifications (the alert) and each finding logged; a run
     # that fails midway records nothing, and the alert on a stale verification fires.
-    found = audit.verify(get_runtime())
+    found = trail.verify(get_runtime())
     for finding in found.findings[:50]:
         log.error("audit finding", extra={"finding": finding[:300]})
     return len(found.findings)
@@ -92,11 +92,11 @@ def export_audit(self: OffersTask, until: str | None = None) -> None:
     # picks the window up again, so the task itself does not retry.
     rt = get_runtime()
     try:
-        summary = audit.run_export(rt, datetime.fromisoformat(until) if until else None)
-    except audit.ExportBusy:
+        summary = trail.run_export(rt, datetime.fromisoformat(until) if until else None)
+    except trail.ExportBusy:
         log.warning("audit export skipped: another export is running")
         return
-    except audit.ExportFailed as exc:
+    except trail.ExportFailed as exc:
         summary = exc.summary
     if summary is not None:
         # Never raises: an unsent summary is a warning, not a failed export.

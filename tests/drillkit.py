@@ -26,7 +26,7 @@ from offers_workers.local.fleet import Fleet, ProcessType, read_procfile
 from offers_workers.local.samples import Sample, make_samples
 from offers_workers.redis_client import redis_client
 from offers_workers.runtime import Runtime
-from offers_workers.saga import audit
+from offers_workers.saga import trail
 from offers_workers.store import audit_trail
 from tests.conftest import DRILL_RESULTS, RUN_ID, offer_rows, redis_database
 
@@ -163,7 +163,7 @@ class Drill:
                 f"{self.name}: {lag.unsealed_rows} audit rows still unsealed after {timeout:g} s"
             )
             time.sleep(0.2)
-        check = audit.verify_chain(self.runtime)
+        check = trail.verify_chain(self.runtime)
         assert check.ok and check.unsealed == 0, f"{self.name}: {check.first_break}"
         return f"{check.rows:,} rows ok"
 

@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 
 from config import links
 from config.settings import Settings
-from offers_workers.saga.audit import ExportSummary
+from offers_workers.saga.trail import ExportSummary
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ chain in id order.
 
 Rows are appended unlinked in the writer's transaction; ``seal_step`` links them into the hash chain
 after they commit (migration 0010 says why that order is safe). Readers of the chain see sealed
-rows only. ``saga.audit`` seals, checks and exports it.
+rows only. ``saga.trail`` seals, checks and exports it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from offers_workers.local.samples import make_samples
 from offers_workers.local.sandbox import clear_faults, set_fault
 from offers_workers.partners.aws_archive import AuditArchive, RestoreInProgress
 from offers_workers.runtime import Runtime
-from offers_workers.saga import audit
+from offers_workers.saga import trail
 from offers_workers.store import audit_trail
 from tests.conftest import RUN_ID, SERVER, cli, wait_until
 
@@ -218,14 +218,14 @@ def test_an_export_streams_its_rows(scratch_database: str, settings) -> None:
                 (count,),
             )
 
-    def export_peak(until: datetime) -> tuple[audit.ExportSummary, int]:
+    def export_peak(until: datetime) -> tuple[trail.ExportSummary, int]:
         # Anchored first, as the beat does each minute: the sandbox's S3 runs in this process and
         # keeps what it is sent in memory, which is not the export's to count.
-        audit.seal(rt)
-        audit.anchor(rt)
+        trail.seal(rt)
+        trail.anchor(rt)
         tracemalloc.start()
         try:
-            summary = audit.run_export(rt, until)
+            summary = trail.run_export(rt, until)
             return summary, tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

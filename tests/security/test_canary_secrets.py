@@ -93,7 +93,7 @@ def tables_holding(marker: str) -> list[str]:
 
 def exported_objects(runtime: Any) -> list[str]:
     """The text of every object the audit export wrote for this database (restored from Glacier)."""
-    from offers_workers.saga.audit import keyspace
+    from offers_workers.saga.trail import keyspace
 
     archive = runtime.archive
     texts = []

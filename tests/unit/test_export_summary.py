@@ -10,7 +10,7 @@ import pytest
 
 from config.settings import Settings, load_settings
 from offers_workers.ops import export_summary
-from offers_workers.saga.audit import ExportSummary
+from offers_workers.saga.trail import ExportSummary
 
 DONE = ExportSummary(
     export_id=42,

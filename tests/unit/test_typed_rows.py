@@ -14,7 +14,7 @@ from psycopg.rows import no_result
 from offers_workers.domain.payload import BankAccountPayment
 from offers_workers.domain.secrets import PaymentKeys
 from offers_workers.local.samples import bank, base_offer
-from offers_workers.saga.audit import digest
+from offers_workers.saga.trail import digest
 from offers_workers.store.audit_trail import TrailRow
 from offers_workers.store.db import fields_row
 from offers_workers.store.offers import Offer

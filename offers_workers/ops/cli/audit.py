@@ -37,7 +37,7 @@ def audit() -> None:
 )
 def audit_verify_chain(since: str | None) -> None:
     """Walk the hash chain; name the first broken link (exit 1)."""
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     start = parse_moment(since, option="--since") if since is not None else None
     rt = runtime_or_exit()
@@ -61,7 +61,7 @@ def audit_verify_chain(since: str | None) -> None:
 def audit_seal(timeout: float) -> None:
     """Link every row written so far into the hash chain (the beat does this every second); exit 1
     if some are still unsealed after --timeout."""
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     rt = runtime_or_exit()
     with console.status("sealing the audit trail"):
@@ -88,7 +88,7 @@ def audit_export(until: str | None) -> None:
 
     from offers_workers import logs
     from offers_workers.ops import export_summary
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     cutoff = parse_moment(until, option="--until") if until else None
     rt = runtime_or_exit()
@@ -170,7 +170,7 @@ def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
     if export_id is not None:
         _verify_one_export(export_id)
         return
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     rt = runtime_or_exit()
     with console.status("checking the audit trail against its anchors in S3"):
@@ -207,7 +207,7 @@ def audit_verify(export_id: int | None, full: bool, as_json: bool) -> None:
 
 def _verify_one_export(export_id: int) -> None:
     from offers_workers.partners.aws_archive import RestoreInProgress
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     rt = runtime_or_exit()
     with console.status(f"restoring and checking export {export_id}"):
@@ -229,7 +229,7 @@ def _verify_one_export(export_id: int) -> None:
 @audit.command("anchor")
 def audit_anchor() -> None:
     """Write the chain's sealed head to S3 now (the beat does it every OFFERS_AUDIT_ANCHOR_INTERVAL_SECONDS)."""
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     rt = runtime_or_exit()
     with console.status("sealing and anchoring the audit trail"):
@@ -258,7 +258,7 @@ def legal_hold_lift(export_id: int) -> None:
 
 
 def _legal_hold(export_id: int, *, on: bool) -> None:
-    from offers_workers.saga import audit as trail
+    from offers_workers.saga import trail
 
     rt = runtime_or_exit()
     try:
