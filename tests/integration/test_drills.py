@@ -124,9 +124,9 @@ def test_a_flushed_redis_delays_offers_and_the_sweep_completes_them(
             _partners_take_their_time(box)
             # Stripe slower than intake, so stage messages wait in Redis behind the partner threads:
             # those a worker already holds outlive the flush in its memory and need no sweep
-            # (4 s: on a busy host intake took longer than 75 offers' 2 s holds on 40 threads, and
-            # nothing waited when it had recorded them all)
-            set_fault(box, "stripe", latency_ms=4000)
+            # (10 s: worker_partners holds up to 80 messages, 40 running and 40 reserved; on a busy host
+            # validation fed it no faster than 2 s or 4 s holds emptied it, and nothing ever waited)
+            set_fault(box, "stripe", latency_ms=10_000)
             samples = d.send(150, seed=14)
             # When Redis loses everything (queues, unacked messages, the beat's schedule and lock)
             # once intake has recorded every message and stage messages wait on the broker
