@@ -5,13 +5,11 @@ project imports itself through others (no import cycle), and settings read no pa
 from __future__ import annotations
 
 import ast
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.worker_probe import probe_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "offers_workers"
@@ -106,16 +104,7 @@ def test_a_production_worker_loads_nothing_local_and_no_bench_task() -> None:
         " 'prometheus': sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'offers_workers.ops.metrics'))),"
         " 'tasks': sorted(app.tasks)}))\n"
     )
-    # Settings a worker needs to start; nothing is contacted while modules load.
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "OFFERS_BROKER_URL": "redis://127.0.0.1:9/0",
-        "OFFERS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
-        "OFFERS_SANDBOX": "1",
-    }
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    loaded = probe_worker(probe)
     assert loaded["local"] == []
     # /metrics is the metrics process's own: a worker counts in Redis (store.counters) without it.
     assert loaded["prometheus"] == []

@@ -4,10 +4,6 @@ the retry policies and the dead-letter queues all agree with that one declaratio
 from __future__ import annotations
 
 import ast
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ from config.celery import ROUTES
 from offers_workers.domain import stage_tasks, states
 from offers_workers.saga import deadletter
 from tasks.base import OffersTask, stage_task
+from tests.unit.worker_probe import probe_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,16 +33,7 @@ def registered() -> dict[str, Any]:
         "print(json.dumps({name: {'stage': t.stage, 'from_state': t.from_state, 'queue': routes[name]['queue']}"
         " for name, t in app.tasks.items() if isinstance(t, OffersTask)}))\n"
     )
-    # Settings a worker needs to start; nothing is contacted while modules load.
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "OFFERS_BROKER_URL": "redis://127.0.0.1:9/0",
-        "OFFERS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
-        "OFFERS_SANDBOX": "1",
-    }
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    found: dict[str, Any] = probe_worker(probe)
     return found
 
 
