@@ -89,13 +89,12 @@ class Stage:
     queue: str
 
 
-STAGES = (
-    Stage("validation", RECEIVED, VALIDATED, "offers.stage.validate", "offers.validation"),
-    Stage("payment", VALIDATED, PAYMENT_HELD, "offers.stage.hold_payment", "offers.payment"),
-    Stage("risk", PAYMENT_HELD, RISK_CLEARED, "offers.stage.score_risk", "offers.risk"),
-    Stage("auction", RISK_CLEARED, AUCTION_TRIGGERED, "offers.stage.trigger_auction", "offers.auction"),
-    Stage("audit", AUCTION_TRIGGERED, SUBMITTED, "offers.stage.complete", "offers.audit"),
-)
+VALIDATION_STAGE = Stage("validation", RECEIVED, VALIDATED, "offers.stage.validate", "offers.validation")
+PAYMENT_STAGE = Stage("payment", VALIDATED, PAYMENT_HELD, "offers.stage.hold_payment", "offers.payment")
+RISK_STAGE = Stage("risk", PAYMENT_HELD, RISK_CLEARED, "offers.stage.score_risk", "offers.risk")
+AUCTION_STAGE = Stage("auction", RISK_CLEARED, AUCTION_TRIGGERED, "offers.stage.trigger_auction", "offers.auction")
+AUDIT_STAGE = Stage("audit", AUCTION_TRIGGERED, SUBMITTED, "offers.stage.complete", "offers.audit")
+STAGES = (VALIDATION_STAGE, PAYMENT_STAGE, RISK_STAGE, AUCTION_STAGE, AUDIT_STAGE)
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 #: The stage that works on an offer sitting in a given state.
 STAGE_FOR_STATE = {s.from_state: s for s in STAGES}

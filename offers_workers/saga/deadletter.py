@@ -24,10 +24,12 @@ STAGES = stage_tasks.STAGES
 
 def offer_id_of(kwargs: dict[str, Any]) -> str | None:
     """The offer a task's message is about: its ``offer_id``, or the id inside a submit's ``offer``."""
-    offer_id = kwargs.get("offer_id") if isinstance(kwargs.get("offer_id"), str) else None
-    if offer_id is None and isinstance(kwargs.get("offer"), dict):
-        offer_id = kwargs["offer"].get("offer_id") if isinstance(kwargs["offer"].get("offer_id"), str) else None
-    return offer_id
+    offer_id = kwargs.get("offer_id")
+    if not isinstance(offer_id, str):
+        offer = kwargs.get("offer")
+        offer_id = offer.get("offer_id") if isinstance(offer, dict) else None
+    # A message's kwargs are whatever its sender wrote: anything but a string names no offer.
+    return offer_id if isinstance(offer_id, str) else None
 
 
 def record(

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from config.retry import STORE_OUTAGE, RetryPolicy, policy_for
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.events import EventDetail
 from offers_workers.domain.payload import OFFER_ID, FieldError, OfferPayload
 from offers_workers.domain.policy import ListingPolicy
 from offers_workers.domain.states import Stage, State
@@ -51,7 +52,7 @@ class Advance:
     #: A hold placed by this stage, recorded even if the offer moved meanwhile (so it is released).
     payment_intent_id: str | None = None
     #: An event this stage has already published, kept in the outbox as published.
-    published: tuple[dict[str, Any], str] | None = None
+    published: tuple[EventDetail, str] | None = None
     #: What EventBridge and SNS answered for that event (SNS's MessageId: None without a topic).
     bus_event_id: str | None = None
     sns_message_id: str | None = None
@@ -142,13 +143,13 @@ def decide_risk(
 
 
 def auction_triggered(
-    detail: dict[str, Any], *, bus_event_id: str | None = None, sns_message_id: str | None = None
+    detail: EventDetail, *, bus_event_id: str | None = None, sns_message_id: str | None = None
 ) -> Advance:
     """The submitted event went out: keep it in the outbox as published, with the ids EventBridge
     and SNS gave it (in the audit row too), and advance."""
     return Advance(
         published=(detail, "offer.submitted"),
-        data={"event_id": detail["event_id"], "bus_event_id": bus_event_id, "sns_message_id": sns_message_id},
+        data={"event_id": detail.event_id, "bus_event_id": bus_event_id, "sns_message_id": sns_message_id},
         bus_event_id=bus_event_id,
         sns_message_id=sns_message_id,
     )

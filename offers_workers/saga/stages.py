@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from offers_workers import tracing
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected
+from offers_workers.domain.events import EventDetail
 from offers_workers.domain.payload import BankAccountPayment, CardPayment, OfferPayload
 from offers_workers.domain.states import Stage
 from offers_workers.partners.interfaces import OrderToScore
@@ -166,7 +167,7 @@ def validate(rt: Runtime, offer_id: str) -> list[Dispatch]:
     def work(offer: offers.Offer, conn: psycopg.Connection) -> Outcome:
         return decisions.decide_validation(offer.payload, rt.policies.lookup(conn, offer.payload.listing_id))
 
-    return run_stage(rt, states.STAGE_BY_NAME["validation"], offer_id, work, local=True)
+    return run_stage(rt, states.VALIDATION_STAGE, offer_id, work, local=True)
 
 
 def payment_outcome(p: OfferPayload, payments: Payments, funds: BankFunds, *, first_attempt: bool = False) -> Outcome:
@@ -197,7 +198,7 @@ def hold_payment(rt: Runtime, offer_id: str) -> list[Dispatch]:
         payload = offer.for_partners(rt.settings.payment_keys)
         return payment_outcome(payload, rt.stripe, rt.plaid, first_attempt=first)
 
-    return run_stage(rt, states.STAGE_BY_NAME["payment"], offer_id, work, load=offers.start_payment)
+    return run_stage(rt, states.PAYMENT_STAGE, offer_id, work, load=offers.start_payment)
 
 
 def risk_outcome(
@@ -250,13 +251,13 @@ def score_risk(rt: Runtime, offer_id: str) -> list[Dispatch]:
             return_risk_block_threshold=settings.return_risk_block_threshold,
         )
 
-    return run_stage(rt, states.STAGE_BY_NAME["risk"], offer_id, work)
+    return run_stage(rt, states.RISK_STAGE, offer_id, work)
 
 
-def auction_outcome(detail: dict[str, Any], events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
+def auction_outcome(detail: EventDetail, events: AuctionEvents, sns_topic_arn: str | None) -> Outcome:
     """The auction stage's partner call: publish the ``offer.submitted`` event (EventBridge, then SNS)."""
     delivery = events.publish(
-        event_id=detail["event_id"], detail_type="offer.submitted", detail=detail, sns_topic_arn=sns_topic_arn
+        event_id=detail.event_id, detail_type="offer.submitted", detail=detail.as_json(), sns_topic_arn=sns_topic_arn
     )
     return decisions.auction_triggered(
         detail, bus_event_id=delivery.bus_event_id, sns_message_id=delivery.sns_message_id
@@ -268,7 +269,7 @@ def trigger_auction(rt: Runtime, offer_id: str) -> list[Dispatch]:
         detail = outbox.build_event(offer, "offer.submitted", state=states.SUBMITTED, reason=None)
         return auction_outcome(detail, rt.events, rt.settings.sns_submitted_topic_arn)
 
-    return run_stage(rt, states.STAGE_BY_NAME["auction"], offer_id, work)
+    return run_stage(rt, states.AUCTION_STAGE, offer_id, work)
 
 
 def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
@@ -279,7 +280,7 @@ def complete(rt: Runtime, offer_id: str) -> list[Dispatch]:
             reached = audit_trail.offer_states(conn, offer_id)
         return decisions.decide_audit(reached)
 
-    return run_stage(rt, states.STAGE_BY_NAME["audit"], offer_id, work)
+    return run_stage(rt, states.AUDIT_STAGE, offer_id, work)
 
 
 # --- follow-ups ---------------------------------------------------------------------------------

@@ -2,44 +2,39 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from offers_workers.domain.events import EventDetail, event_id
 from offers_workers.store.db import Connection, typed
 from offers_workers.store.offers import Offer
 
-#: Namespace for event ids: stable per offer and event type, so consumers can drop repeats.
-EVENT_NAMESPACE = uuid.UUID("6f2b3c1e-8d0a-4f6e-9b1c-0ffe25000001")
+__all__ = ["Delivery", "EventDetail", "OfferEvent", "add_event", "build_event", "event_id"]
 
 
-def event_id(offer_id: str, detail_type: str) -> str:
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{offer_id}/{detail_type}"))
-
-
-def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | None) -> dict[str, Any]:
+def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | None) -> EventDetail:
     """The event's detail as partners see it."""
     p = offer.payload
-    return {
-        "event_id": event_id(offer.offer_id, detail_type),
-        "offer_id": offer.offer_id,
-        "listing_id": p.listing_id,
-        "maker_id": p.maker_id,
-        "state": state,
-        "reason": reason,
-        "amount_cents": p.amount_cents,
-        "currency": p.currency,
-        "payment_method": p.payment.method,
-        "synthetic": p.synthetic,
-    }
+    return EventDetail(
+        event_id=event_id(offer.offer_id, detail_type),
+        offer_id=offer.offer_id,
+        listing_id=p.listing_id,
+        maker_id=p.maker_id,
+        state=state,
+        reason=reason,
+        amount_cents=p.amount_cents,
+        currency=p.currency,
+        payment_method=p.payment.method,
+        synthetic=p.synthetic,
+    )
 
 
 def add_event(
     conn: Connection,
-    detail: dict[str, Any],
+    detail: EventDetail,
     detail_type: str,
     *,
     published: bool,
@@ -56,10 +51,10 @@ def add_event(
         " bus_event_id = COALESCE(offer_events.bus_event_id, EXCLUDED.bus_event_id),"
         " sns_message_id = COALESCE(offer_events.sns_message_id, EXCLUDED.sns_message_id)",
         (
-            detail["event_id"],
-            detail["offer_id"],
+            detail.event_id,
+            detail.offer_id,
             detail_type,
-            Jsonb(detail),
+            Jsonb(detail.as_json()),
             published,
             bus_event_id,
             sns_message_id,

@@ -17,6 +17,7 @@ import pytest
 from config.retry import policy_for
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.events import EventDetail
 from offers_workers.domain.payload import OfferPayload, parse_offer
 from offers_workers.domain.policy import Listing, ListingPolicy, MakerPolicy
 from offers_workers.local.samples import CARD, bank, base_offer
@@ -393,8 +394,19 @@ def test_the_risk_stage_retried_after_sift_recovers_decides_as_before() -> None:
 # --- auction --------------------------------------------------------------------------------------
 
 
-def detail(event_id: str = "evt_1") -> dict[str, Any]:
-    return {"event_id": event_id, "offer_id": "off_1", "state": states.SUBMITTED, "reason": None}
+def detail(event_id: str = "evt_1") -> EventDetail:
+    return EventDetail(
+        event_id=event_id,
+        offer_id="off_1",
+        listing_id="lst_1",
+        maker_id="mkr_1",
+        state=states.SUBMITTED,
+        reason=None,
+        amount_cents=1000,
+        currency="usd",
+        payment_method="card",
+        synthetic=False,
+    )
 
 
 def test_the_auction_stage_publishes_offer_submitted_once_and_keeps_it_as_published() -> None:
