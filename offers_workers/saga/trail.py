@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import IO
 
 from psycopg.conninfo import conninfo_to_dict
 
 from offers_workers.domain.errors import PermanentError
+from offers_workers.domain.trail_objects import ANCHOR_FORMAT, Anchor, ExportManifest, NotWritten
 from offers_workers.partners.interfaces import Archive, ArchivedObject, KeyHistory
 from offers_workers.runtime import Runtime
 from offers_workers.store import audit_anchors, audit_exports, audit_trail
@@ -318,23 +319,23 @@ def _write(
             raise ValueError(f"the audit chain is broken, refusing to archive it: {check.first_break}")
         spool.seek(0)
         sha256 = hasher.sha256.hexdigest()
-        manifest = {
-            "export_id": job.id,
-            "object_key": job.object_key,
-            "row_count": check.rows,
-            "sha256": sha256,
-            "first_row_id": job.first_row_id,
-            "last_row_id": job.last_row_id,
-            "first_prev_hash": check.first_prev_hash,
-            "last_hash": check.last_hash,
-            "until": job.until.isoformat(),
-            "storage_class": job.storage_class,
-        }
+        manifest = ExportManifest(
+            export_id=job.id,
+            object_key=job.object_key,
+            row_count=check.rows,
+            sha256=sha256,
+            first_row_id=job.first_row_id,
+            last_row_id=job.last_row_id,
+            first_prev_hash=check.first_prev_hash,
+            last_hash=check.last_hash,
+            until=job.until,
+            storage_class=job.storage_class,
+        )
         # Under Object Lock a second write is a second version for good: a retry after a crash
         # finds what the first run wrote and takes it.
         if not _already_archived(archive, job.object_key, sha256):
             archive.put_export(job.object_key, spool, sha256, {"export-id": str(job.id), "rows": str(check.rows)})
-    manifest_body = json.dumps(manifest, indent=2).encode()
+    manifest_body = manifest.to_bytes()
     if not _already_archived(archive, job.manifest_key, hashlib.sha256(manifest_body).hexdigest()):
         archive.put_manifest(job.manifest_key, manifest_body)
     with rt.db.transaction() as conn:
@@ -399,7 +400,10 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
     if not versions:
         return [f"its manifest {job.manifest_key} is missing from S3"]
     # The version written first: a later one is a rewrite (`audit verify` names it).
-    manifest = json.loads(archive.read(job.manifest_key, versions[-1].version_id))
+    try:
+        manifest = ExportManifest.parse(archive.read(job.manifest_key, versions[-1].version_id))
+    except NotWritten as exc:
+        return [f"its manifest {job.manifest_key} is not one the fleet wrote ({exc})"]
     archive.restore(job.object_key)
     problems: list[str] = []
     with tempfile.TemporaryFile() as spool:
@@ -408,25 +412,25 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
         sha256 = hashlib.sha256()
         for block in iter(lambda: spool.read(1 << 20), b""):
             sha256.update(block)
-        if sha256.hexdigest() != manifest["sha256"]:
-            problems.append(f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest['sha256']}")
-        if manifest["sha256"] != job.sha256:
+        if sha256.hexdigest() != manifest.sha256:
+            problems.append(f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest.sha256}")
+        if manifest.sha256 != job.sha256:
             problems.append("the manifest's checksum differs from the export record's")
         spool.seek(0)
         with gzip.GzipFile(fileobj=spool, mode="rb") as gz:
             lines = (TrailRow.from_json(json.loads(line)) for line in gz)
-            check = check_chain(lines, expected_prev=manifest["first_prev_hash"])
+            check = check_chain(lines, expected_prev=manifest.first_prev_hash)
     if not check.ok:
         problems.append(f"archived chain: {check.first_break}")
-    if check.rows != manifest["row_count"]:
-        problems.append(f"the archive holds {check.rows} rows, its manifest says {manifest['row_count']}")
-    if check.last_hash != manifest["last_hash"]:
+    if check.rows != manifest.row_count:
+        problems.append(f"the archive holds {check.rows} rows, its manifest says {manifest.row_count}")
+    if check.last_hash != manifest.last_hash:
         problems.append("the archive's last hash differs from the manifest's")
     with rt.db.transaction() as conn:
         held = audit_trail.chain_ends(conn, job.first_row_id, job.last_row_id)
     if held.rows != check.rows:
         problems.append(f"Postgres holds {held.rows} rows in the window, the archive {check.rows}")
-    if held.last_hash != check.last_hash or held.first_prev_hash != manifest["first_prev_hash"]:
+    if held.last_hash != check.last_hash or held.first_prev_hash != manifest.first_prev_hash:
         problems.append("the archive's chain does not end where Postgres's does")
     return problems
 
@@ -441,7 +445,6 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
 
 #: Where anchors live in the archive bucket, one object per stretch of rows, named by its first id.
 ANCHOR_PREFIX = "audit-anchors/"
-ANCHOR_FORMAT = "offers-audit-anchor/1"
 #: Rows in one anchor at most: a busy minute, or a backlog (the first anchor of an old trail), is
 #: cut in pieces, so that writing or checking one holds a bounded number of hashes in memory.
 ANCHOR_MAX_ROWS = 5_000
@@ -475,21 +478,18 @@ def anchor(rt: Runtime) -> int:
 
 
 def _anchor_body(cut: audit_anchors.Cut, rows: Iterable[tuple[int, str]]) -> bytes:
-    return json.dumps(
-        {
-            "format": ANCHOR_FORMAT,
-            "first_id": cut.first_id,
-            "last_id": cut.last_id,
-            "rows": cut.rows,
-            "prev_hash": cut.prev_hash,
-            "last_hash": cut.last_hash,
-            "dated_from": cut.dated_from.isoformat() if cut.dated_from else None,
-            "sealed_at": cut.sealed_at.isoformat(),
-            "cut_at": cut.cut_at.isoformat(),
-            "hashes": [[row_id, row_hash] for row_id, row_hash in rows],
-        },
-        separators=(",", ":"),
-    ).encode()
+    return Anchor(
+        format=ANCHOR_FORMAT,
+        first_id=cut.first_id,
+        last_id=cut.last_id,
+        rows=cut.rows,
+        prev_hash=cut.prev_hash,
+        last_hash=cut.last_hash,
+        dated_from=cut.dated_from,
+        sealed_at=cut.sealed_at,
+        cut_at=cut.cut_at,
+        hashes=tuple(rows),
+    ).to_bytes()
 
 
 def _put_anchor_once(rt: Runtime, key: str, body: bytes) -> str | None:
@@ -615,36 +615,37 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         version = _first_version(rt, histories.get(job.manifest_key), job.manifest_key, what, result.findings)
         if version is None:
             continue
-        manifest = json.loads(archive.read(job.manifest_key, version))
-        for field_name, held in (
-            ("first_row_id", job.first_row_id),
-            ("last_row_id", job.last_row_id),
-            ("row_count", job.row_count),
-            ("sha256", job.sha256),
+        try:
+            manifest = ExportManifest.parse(archive.read(job.manifest_key, version))
+        except NotWritten as exc:
+            result.findings.append(f"{what}: its manifest {job.manifest_key} is not one the fleet wrote ({exc})")
+            borne_out = False
+            continue
+        for field_name, held, written in (
+            ("first_row_id", job.first_row_id, manifest.first_row_id),
+            ("last_row_id", job.last_row_id, manifest.last_row_id),
+            ("row_count", job.row_count, manifest.row_count),
+            ("sha256", job.sha256, manifest.sha256),
         ):
-            if manifest.get(field_name) != held:
-                result.findings.append(
-                    f"{what}: Postgres's {field_name} is {held}, its manifest's {manifest.get(field_name)}"
-                )
+            if written != held:
+                result.findings.append(f"{what}: Postgres's {field_name} is {held}, its manifest's {written}")
         object_history = histories.get(job.object_key)
         _first_version(rt, object_history, job.object_key, what, result.findings)
         if object_history is not None and len(object_history.versions) == 1:  # a rewrite is named above
             stored = archive.head(job.object_key)
-            if stored.checksum_sha256 and stored.checksum_sha256 != _b64(manifest["sha256"]):
+            if stored.checksum_sha256 and stored.checksum_sha256 != _b64(manifest.sha256):
                 result.findings.append(f"{what}: its object's SHA-256 differs from its manifest's")
         with rt.db.transaction() as conn:
             held_ends = audit_trail.chain_ends(conn, job.first_row_id, job.last_row_id)
-        if held_ends.rows != manifest.get("row_count"):
+        if held_ends.rows != manifest.row_count:
             result.findings.append(
-                f"{what}: Postgres holds {held_ends.rows} rows in its window, its manifest {manifest.get('row_count')}"
+                f"{what}: Postgres holds {held_ends.rows} rows in its window, its manifest {manifest.row_count}"
             )
-        elif held_ends.last_hash != manifest.get("last_hash") or held_ends.first_prev_hash != manifest.get(
-            "first_prev_hash"
-        ):
+        elif held_ends.last_hash != manifest.last_hash or held_ends.first_prev_hash != manifest.first_prev_hash:
             result.findings.append(f"{what}: Postgres's chain no longer ends where its manifest says")
-        if prev_last_hash is not None and manifest.get("first_prev_hash") != prev_last_hash:
+        if prev_last_hash is not None and manifest.first_prev_hash != prev_last_hash:
             result.findings.append(f"{what}: it does not follow on from the export before it")
-        prev_last_hash = manifest.get("last_hash")
+        prev_last_hash = manifest.last_hash
         # The anchors take over after the last of the exports S3 bears out, in order: never after
         # one booked in Postgres alone.
         borne_out = borne_out and len(result.findings) == before
@@ -677,23 +678,24 @@ def _verify_anchors(rt: Runtime, result: Verification, *, after_row: int) -> Non
         what = f"anchor {history.key}"
         # The newest one's lock stands for the rest: one writer, one put call, for every anchor.
         version = _first_version(rt, history, history.key, what, result.findings, check_lock=n == len(histories) - 1)
-        body = json.loads(archive.read(history.key, version))
-        if body.get("format") != ANCHOR_FORMAT:
-            result.findings.append(f"{what}: not an anchor ({body.get('format')!r})")
+        try:
+            body = Anchor.parse(archive.read(history.key, version))
+        except NotWritten as exc:
+            result.findings.append(f"{what}: not an anchor the fleet wrote ({exc})")
             continue
         result.anchors += 1
-        if expected_first is not None and body["first_id"] != expected_first:
+        if expected_first is not None and body.first_id != expected_first:
             result.findings.append(
-                f"{what}: starts at row {body['first_id']}, the anchor before it ended at row {expected_first - 1}"
+                f"{what}: starts at row {body.first_id}, the anchor before it ended at row {expected_first - 1}"
                 " (rows between them were never anchored)"
-                if body["first_id"] > expected_first
-                else f"{what}: overlaps the anchor before it (starts at row {body['first_id']})"
+                if body.first_id > expected_first
+                else f"{what}: overlaps the anchor before it (starts at row {body.first_id})"
             )
-        elif expected_prev is not None and body["prev_hash"] != expected_prev:
+        elif expected_prev is not None and body.prev_hash != expected_prev:
             result.findings.append(f"{what}: its chain does not follow on from the anchor before it")
         _check_anchored_rows(rt, body, what, result.findings)
-        expected_first, expected_prev = body["last_id"] + 1, body["last_hash"]
-        last_anchored = body["last_id"]
+        expected_first, expected_prev = body.last_id + 1, body.last_hash
+        last_anchored = body.last_id
     result.unanchored = max(0, sealed_through - last_anchored)
     # verify anchored everything sealed a moment ago: rows past the last anchor in S3 that the book
     # says are anchored were booked by someone who never wrote them.
@@ -717,23 +719,25 @@ def anchored_differences(rt: Runtime, first_id: int, last_id: int) -> list[str]:
         # The version the book says was written: a later one is a rewrite (`verify` names those).
         key = keyspace(rt) + entry.object_key
         try:
-            body = json.loads(rt.archive.read(key, entry.version_id))
+            body = Anchor.parse(rt.archive.read(key, entry.version_id))
         except PermanentError as exc:
             findings.append(f"anchor {key}: version {entry.version_id} cannot be read from S3 ({exc.code})")
             continue
+        except NotWritten as exc:
+            findings.append(f"anchor {key}: version {entry.version_id} is not an anchor the fleet wrote ({exc})")
+            continue
         _check_anchored_rows(rt, body, f"anchor {key}", findings)
-        covered_through = max(covered_through, body["last_id"])
+        covered_through = max(covered_through, body.last_id)
     if covered_through < last_id:
         findings.append(f"rows {covered_through + 1} to {last_id}: no anchor holds them")
     return findings
 
 
-def _check_anchored_rows(rt: Runtime, body: dict[str, Any], what: str, findings: list[str]) -> None:
-    anchored = {row_id: row_hash for row_id, row_hash in body["hashes"]}
-    dated_from = datetime.fromisoformat(body["dated_from"]) if body.get("dated_from") else None
-    sealed_at = datetime.fromisoformat(body["sealed_at"])
+def _check_anchored_rows(rt: Runtime, body: Anchor, what: str, findings: list[str]) -> None:
+    anchored = dict(body.hashes)
+    dated_from, sealed_at = body.dated_from, body.sealed_at
     with rt.db.transaction() as conn:
-        for row in audit_trail.rows_between(conn, body["first_id"], body["last_id"]):
+        for row in audit_trail.rows_between(conn, body.first_id, body.last_id):
             row_id = row.id
             expected = anchored.pop(row_id, None)
             if expected is None:

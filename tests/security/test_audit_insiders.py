@@ -383,3 +383,48 @@ def test_a_bucket_without_object_lock_is_named(trail: Trail) -> None:
     assert code == 1, out
     assert f"bucket {plain}: Object Lock is off: exports and anchors can be deleted" in out, out
     drill("AWS account: a bucket without Object Lock", "named by audit verify")
+
+
+def test_objects_the_fleets_aws_keys_slip_among_anchors_and_manifests_are_named(trail: Trail) -> None:
+    trail.write(3, "off_a")
+    trail.anchor()
+    trail.write(3, "off_b")
+    export_id = trail.export()
+    s3 = attacker_s3()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=trail.bucket)["Contents"]]
+    anchors = sorted(k for k in keys if "/audit-anchors/" in k)
+    folder = anchors[-1].rsplit("/", 1)[0]
+    # After the fleet's anchors (a listing is in key order): bytes that are not JSON, and JSON in the
+    # anchor's format with its fields missing or of the wrong type
+    not_json, hollow, mistyped = f"{folder}/~1.json", f"{folder}/~2.json", f"{folder}/~3.json"
+    s3.put_object(Bucket=trail.bucket, Key=not_json, Body=b"\x00not json")
+    s3.put_object(Bucket=trail.bucket, Key=hollow, Body=b'{"format": "offers-audit-anchor/1"}')
+    s3.put_object(
+        Bucket=trail.bucket,
+        Key=mistyped,
+        Body=json.dumps({"format": "offers-audit-anchor/1", "first_id": "1", "hashes": "all"}).encode(),
+    )
+    # The owner books an export whose manifest is such an object
+    fake_manifest = f"{folder.rsplit('/', 1)[0]}/audit/forged.manifest.json"
+    s3.put_object(Bucket=trail.bucket, Key=fake_manifest, Body=b'{"export_id": 1}')
+    with owner_session(trail.owner_url) as conn:
+        [(fake,)] = conn.execute(
+            "INSERT INTO audit_exports (until, first_row_id, last_row_id, row_count, object_key, manifest_key,"
+            " storage_class, status, sha256) VALUES (now(), 1000, 1001, 2, %s, %s, 'GLACIER', 'done',"
+            " repeat('b', 64)) RETURNING id",
+            (fake_manifest.removesuffix(".manifest.json") + ".jsonl.gz", fake_manifest),
+        ).fetchall()
+    code, out = trail.verify()
+    assert code == 1, out
+    assert f"anchor {not_json}: not an anchor the fleet wrote (not JSON)" in out, out
+    assert f"anchor {hollow}: not an anchor the fleet wrote (first_id: Field required)" in out, out
+    assert f"anchor {mistyped}: not an anchor the fleet wrote (first_id: Input should be a valid integer)" in out, out
+    assert f"export {fake} (rows 1000 to 1001): its manifest {fake_manifest} is not one the fleet wrote" in out, out
+    # Restored end to end, the forged export is named and the real one still checks out
+    forged = cli("audit", "verify", str(fake), env=trail.env)
+    assert forged.returncode == 1, forged.stdout + forged.stderr
+    assert f"export {fake}: its manifest {fake_manifest} is not one the fleet wrote" in forged.stderr, forged.stderr
+    restored = cli("audit", "verify", str(export_id), env=trail.env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    drill("AWS keys: slip junk among the anchors", "named by audit verify")
+    drill("owner + AWS keys: book an export with a forged manifest", "named by audit verify")
