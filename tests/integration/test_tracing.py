@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +56,22 @@ def traced(offers_env: dict[str, str], receiver: Receiver, tmp_path_factory: pyt
         yield d
 
 
-def quiet(receiver: Receiver, for_s: float = 1.5, timeout: float = 60) -> list[Span]:
-    """The spans once none has arrived for ``for_s`` (the workers' batches are out)."""
+def quiet(receiver: Receiver, traces: Collection[str], for_s: float = 1.5, timeout: float = 60) -> list[Span]:
+    """The spans once none of ``traces`` has arrived for ``for_s`` (the workers' batches are out).
+
+    Only those traces: the fleet's periodic jobs (the sweep every 2 s, the sealer) send spans of
+    their own all the time, so the whole stream is never quiet for long.
+    """
     deadline = time.monotonic() + timeout
     seen, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        count = len(receiver.kept)
+        count = sum(1 for span in receiver.kept if span.trace_id in traces)
         if count != seen:
             seen, since = count, time.monotonic()
         elif time.monotonic() - since >= for_s:
-            break
+            return receiver.kept
         time.sleep(0.1)
-    return receiver.kept
+    raise AssertionError(f"spans of {len(traces)} trace(s) still arriving after {timeout:.0f} s")
 
 
 def trace_ids(d: Drill, offer_ids: list[str]) -> dict[str, str]:
@@ -129,10 +134,10 @@ def test_each_offer_is_one_connected_trace_across_both_worker_types(
         upstream.close()
     d.figures["faults"] = "Stripe 503 on 20 % of requests; OTLP to a test receiver"
     d.verify(samples)
-    spans = quiet(receiver)
-    traces = receiver.traces()
     offered = [s.offer_id for s in samples if s.scenario.state is not None]
     ids = trace_ids(d, [*offered, upstream_offer["offer_id"]])
+    spans = quiet(receiver, set(ids.values()))
+    traces = receiver.traces()
 
     # Then every offer recorded its trace, and the trace is one connected tree
     assert set(ids) == {*offered, upstream_offer["offer_id"]}
@@ -221,10 +226,10 @@ def test_a_replay_from_the_dlq_continues_the_offers_trace(traced: Drill, receive
     replay = cli("dlq", "replay", str(entry), env=d.env)
     assert replay.returncode == 0, replay.stderr
     wait_until(lambda: all_in(d.runtime, [offer_id], states.SUBMITTED), message="replayed offer to be submitted")
-    quiet(receiver)
     # Then `offers show` names the trace, and the whole story is that one trace
     shown = cli("offers", "show", offer_id, "--json", env=d.env)
     trace_id = json.loads(shown.stdout)["trace_id"]
+    quiet(receiver, {trace_id})
     assert trace_id and trace_id in cli("offers", "show", offer_id, env=d.env).stdout
     spans = receiver.traces()[trace_id]
     assert len(connected(spans)) == 1
@@ -251,7 +256,7 @@ def test_a_replay_from_the_dlq_continues_the_offers_trace(traced: Drill, receive
     wait_until(
         lambda: offer_rows(d.runtime, [offer_id])[offer_id]["hold_status"] == "released", message="hold released"
     )
-    quiet(receiver)
+    quiet(receiver, {trace_id, cancel_trace})
     # Then the cancel runs in the upstream's trace, and the hold's release and the offer's event in the offer's
     cancel_runs = [s for s in receiver.traces()[cancel_trace] if s.attributes.get("offer.stage") == "cancellation"]
     assert [s.attributes.get("offer.outcome") for s in cancel_runs] == ["cancelled"]
@@ -276,13 +281,15 @@ def test_the_recovery_sweeps_resend_continues_the_offers_trace(traced: Drill, re
     # When the worker is back, the recovery sweep finds the offer stuck and re-sends its stage
     d.restart_dead_workers()
     wait_until(lambda: all_in(d.runtime, [offer_id], states.SUBMITTED), timeout=90, message="swept offer submitted")
-    quiet(receiver)
-    # Then the re-send and the rest of the saga are in the offer's one trace, linked to the sweep's run
     trace_id = trace_ids(d, [offer_id])[offer_id]
+    quiet(receiver, {trace_id})
+    # Then the re-send and the rest of the saga are in the offer's one trace, linked to the sweep's run
     spans = receiver.traces()[trace_id]
     assert len(connected(spans)) == 1
     swept = [s for s in spans if s.name == "recovery sweep offers.stage.hold_payment"]
     assert len(swept) == 1 and swept[0].links and swept[0].links[0][0] != trace_id
+    # the sweep's run is a trace of its own: its span ends after the re-send's
+    wait_until(lambda: any(s.span_id == swept[0].links[0][1] for s in receiver.kept), message="the sweep's span")
     sweep_run = [s for s in receiver.kept if s.span_id == swept[0].links[0][1]]
     assert [s.name for s in sweep_run] == ["run/offers.recover"]
     assert [s.attributes.get("offer.outcome") for s in spans if s.attributes.get("offer.stage") == "payment"] == [
