@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+from offers_workers.domain.states import RejectionReason
+
 
 class OfferRejected(Exception):
     """The offer cannot proceed for a business reason; ``reason`` is a contract reason code."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: RejectionReason, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

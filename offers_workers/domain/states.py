@@ -7,7 +7,7 @@ outcomes ``rejected``, ``cancelled`` and ``dead_lettered`` (waiting for an opera
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeGuard, get_args
 
 #: An offer's state, as the ``offers.state`` column and the events on the wire carry it (the contract).
 State = Literal[
@@ -58,6 +58,12 @@ RejectionReason = Literal[
     "risk_blocked",
 ]
 REJECTION_REASONS: frozenset[RejectionReason] = frozenset(get_args(RejectionReason))
+
+
+def is_rejection_reason(code: str) -> TypeGuard[RejectionReason]:
+    return code in REJECTION_REASONS
+
+
 #: Why a message became an intake rejection rather than an offer (``intake rejections --reason``);
 #: unauthenticated: a message whose task needs a sender it could not prove (docs/production.md, "Trust boundary").
 IntakeRejectionReason = Literal["invalid_payload", "submission_disabled", "duplicate_conflict", "unauthenticated"]

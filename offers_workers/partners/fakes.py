@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.states import RejectionReason
 from offers_workers.partners.interfaces import (
     NEEDS_RESTORE,
     STRIPE_IDEMPOTENCY_TTL_S,
@@ -282,7 +283,7 @@ class FakePayments(_Scripted):
         if intent.decline is None:
             return intent.hold
         _, decline_code = intent.decline
-        reason = "insufficient_funds" if decline_code == "insufficient_funds" else "payment_declined"
+        reason: RejectionReason = "insufficient_funds" if decline_code == "insufficient_funds" else "payment_declined"
         raise OfferRejected(reason, decline_code)
 
 

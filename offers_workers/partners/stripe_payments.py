@@ -10,6 +10,7 @@ from stripe.params import PaymentIntentCreateParams
 
 from config.settings import Settings
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
+from offers_workers.domain.states import RejectionReason
 from offers_workers.partners.interfaces import Hold, adopt_or_key
 
 __all__ = ["Hold", "StripePayments", "sort_error"]
@@ -31,7 +32,9 @@ def sort_error(exc: stripe.StripeError) -> Exception:
     message = " ".join((exc.user_message or type(exc).__name__).split())[:300]
     if isinstance(exc, stripe.CardError):
         decline = exc.error.decline_code if exc.error else None
-        reason = "insufficient_funds" if "insufficient_funds" in (decline, exc.code) else "payment_declined"
+        reason: RejectionReason = (
+            "insufficient_funds" if "insufficient_funds" in (decline, exc.code) else "payment_declined"
+        )
         return OfferRejected(reason, decline or code)
     if isinstance(exc, stripe.RateLimitError):
         return TransientError("stripe", code, message, status)

@@ -62,7 +62,7 @@ class Advance:
 class Reject:
     """A business outcome: the offer ends ``rejected`` with ``reason``."""
 
-    reason: str
+    reason: states.RejectionReason
     fields: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -117,7 +117,11 @@ def decide_validation(payload: OfferPayload, found: ListingPolicy | None) -> Out
     """Reject with the first (most fundamental) rule the offer breaks, listing them all; else advance."""
     problems = check_offer(payload, found)
     if problems:
-        return Reject(problems[0].code, data={"errors": [p.model_dump() for p in problems]})
+        reason = problems[0].code
+        # A rule that named a code outside the contract is a bug: dead-lettered, not sent to upstreams.
+        if not states.is_rejection_reason(reason):
+            raise PermanentError("validation", "unknown_reason", f"validation named {reason!r}, not a contract reason")
+        return Reject(reason, data={"errors": [p.model_dump() for p in problems]})
     return Advance()
 
 
