@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic
 
 ANCHOR_FORMAT: Final = "offers-audit-anchor/1"
+
+
+#: A SHA-256 as the fleet writes it: the chain's row hashes and an export's checksum.
+Sha256 = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class NotWritten(ValueError):
@@ -28,11 +32,11 @@ class ExportManifest:
     export_id: int
     object_key: str
     row_count: int
-    sha256: str
+    sha256: Sha256
     first_row_id: int
     last_row_id: int
-    first_prev_hash: str | None
-    last_hash: str | None
+    first_prev_hash: Sha256 | None
+    last_hash: Sha256 | None
     until: datetime
     storage_class: str
 
@@ -53,15 +57,15 @@ class Anchor:
     first_id: int
     last_id: int
     rows: int
-    prev_hash: str
-    last_hash: str
+    prev_hash: Sha256
+    last_hash: Sha256
     #: Rows of the stretch are dated at or after this (None: no bound, rows from before anchors) ...
     dated_from: datetime | None
     #: ... and at or before this.
     sealed_at: datetime
     cut_at: datetime
     #: (row id, row hash) of every row in the stretch, in id order.
-    hashes: tuple[tuple[int, str], ...]
+    hashes: tuple[tuple[int, Sha256], ...]
 
     def to_bytes(self) -> bytes:
         body: dict[str, Any] = asdict(self)

@@ -414,9 +414,34 @@ def test_objects_the_fleets_aws_keys_slip_among_anchors_and_manifests_are_named(
             " repeat('b', 64)) RETURNING id",
             (fake_manifest.removesuffix(".manifest.json") + ".jsonl.gz", fake_manifest),
         ).fetchall()
+    # and one whose manifest is whole but for a checksum that is not hex, beside an object S3 checksummed
+    odd_key = f"{folder.rsplit('/', 1)[0]}/audit/odd.jsonl.gz"
+    odd_manifest = odd_key.removesuffix(".jsonl.gz") + ".manifest.json"
+    s3.put_object(Bucket=trail.bucket, Key=odd_key, Body=b"rows", ChecksumAlgorithm="SHA256")
+    manifest = {
+        "export_id": 1,
+        "object_key": odd_key,
+        "row_count": 2,
+        "sha256": "z" * 64,
+        "first_row_id": 2000,
+        "last_row_id": 2001,
+        "first_prev_hash": "0" * 64,
+        "last_hash": "0" * 64,
+        "until": datetime.now(UTC).isoformat(),
+        "storage_class": "GLACIER",
+    }
+    s3.put_object(Bucket=trail.bucket, Key=odd_manifest, Body=json.dumps(manifest).encode())
+    with owner_session(trail.owner_url) as conn:
+        [(odd,)] = conn.execute(
+            "INSERT INTO audit_exports (until, first_row_id, last_row_id, row_count, object_key, manifest_key,"
+            " storage_class, status, sha256) VALUES (now(), 2000, 2001, 2, %s, %s, 'GLACIER', 'done',"
+            " repeat('z', 64)) RETURNING id",
+            (odd_key, odd_manifest),
+        ).fetchall()
     code, out = trail.verify()
     assert code == 1, out
     assert f"anchor {not_json}: not an anchor the fleet wrote (not JSON)" in out, out
+    assert f"export {odd} (rows 2000 to 2001): its manifest {odd_manifest} is not one the fleet wrote (sha256:" in out
     assert f"anchor {hollow}: not an anchor the fleet wrote (first_id: Field required)" in out, out
     assert f"anchor {mistyped}: not an anchor the fleet wrote (first_id: Input should be a valid integer)" in out, out
     assert f"export {fake} (rows 1000 to 1001): its manifest {fake_manifest} is not one the fleet wrote" in out, out

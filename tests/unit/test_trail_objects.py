@@ -85,6 +85,7 @@ def test_the_bytes_written_are_the_bytes_always_written_and_read_back_whole() ->
         (ANCHOR_BYTES.replace(b'"first_id":1,', b""), "first_id: Field required"),
         (ANCHOR_BYTES.replace(b'[2,"', b'["2","'), "hashes.1.0: Input should be a valid integer"),
         (ANCHOR_BYTES.replace(b"2026-12-07T18:00:00.123456+00:00", b"yesterday", 1), "sealed_at: Input should be"),
+        (ANCHOR_BYTES.replace(b'[2,"' + b"b" * 64, b'[2,"zz'), "hashes.1.1: String should match pattern"),
     ],
 )
 def test_an_anchor_the_fleet_did_not_write_is_refused_naming_what_is_wrong(body: bytes, named: str) -> None:
@@ -98,3 +99,6 @@ def test_a_manifest_missing_a_field_or_of_another_type_is_refused() -> None:
         ExportManifest.parse(b'{"export_id": 1}')
     with pytest.raises(NotWritten, match=r"^sha256: Input should be a valid string$"):
         ExportManifest.parse(MANIFEST_BYTES.replace(b'"' + b"c" * 64 + b'"', b"0"))
+    # a checksum the verification turns into bytes: not hex would stop it with a ValueError
+    with pytest.raises(NotWritten, match=r"^sha256: String should match pattern"):
+        ExportManifest.parse(MANIFEST_BYTES.replace(b"c" * 64, b"zz"))
