@@ -412,14 +412,20 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
         sha256 = hashlib.sha256()
         for block in iter(lambda: spool.read(1 << 20), b""):
             sha256.update(block)
-        if sha256.hexdigest() != manifest.sha256:
-            problems.append(f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest.sha256}")
         if manifest.sha256 != job.sha256:
             problems.append("the manifest's checksum differs from the export record's")
+        if sha256.hexdigest() != manifest.sha256:
+            # Not what the fleet archived (an overwrite is served as the latest version): not read.
+            problems.insert(0, f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest.sha256}")
+            return problems
         spool.seek(0)
-        with gzip.GzipFile(fileobj=spool, mode="rb") as gz:
-            lines = (TrailRow.from_json(json.loads(line)) for line in gz)
-            check = check_chain(lines, expected_prev=manifest.first_prev_hash)
+        try:
+            with gzip.GzipFile(fileobj=spool, mode="rb") as gz:
+                lines = (TrailRow.from_json(json.loads(line)) for line in gz)
+                check = check_chain(lines, expected_prev=manifest.first_prev_hash)
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            # Its checksum matched a manifest the fleet did not write either: named, not a traceback.
+            return [*problems, f"the archive is not an export the fleet wrote ({type(exc).__name__}: {exc})"[:300]]
     if not check.ok:
         problems.append(f"archived chain: {check.first_break}")
     if check.rows != manifest.row_count:

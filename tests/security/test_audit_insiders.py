@@ -8,6 +8,7 @@ exits 1. Each attack is a row of the drill table: what it did, and what stopped 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -340,6 +341,11 @@ def test_exports_and_anchors_cannot_be_deleted_or_overwritten_during_their_reten
     assert f"{export_object} was overwritten after it was written" in out, out
     assert f"anchor {anchor_key}: hidden behind a delete marker" in out, out
     drill("AWS keys: overwrite an export and its manifest", "named by audit verify")
+    # The restore check reads the export as S3 serves it now: the rewrite is named, not parsed
+    restored = cli("audit", "verify", str(export_id), env=trail.env)
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert f"export {export_id}: object checksum" in restored.stderr, restored.stderr
+    assert "Traceback" not in restored.stderr, restored.stderr
     drill("AWS keys: hide an anchor behind a delete marker", "named by audit verify")
     # A legal hold, from the CLI, on the export
     held = cli("audit", "legal-hold", "set", str(export_id), env=trail.env)
@@ -451,5 +457,26 @@ def test_objects_the_fleets_aws_keys_slip_among_anchors_and_manifests_are_named(
     assert f"export {fake}: its manifest {fake_manifest} is not one the fleet wrote" in forged.stderr, forged.stderr
     restored = cli("audit", "verify", str(export_id), env=trail.env)
     assert restored.returncode == 0, restored.stdout + restored.stderr
+    # A forged export whose manifest matches its object's checksum: the restore check reads the
+    # object, finds no export in it, and says so
+    junk_key = f"{folder.rsplit('/', 1)[0]}/audit/junk.jsonl.gz"
+    junk_manifest = junk_key.removesuffix(".jsonl.gz") + ".manifest.json"
+    s3.put_object(Bucket=trail.bucket, Key=junk_key, Body=b"junk")
+    checksum = hashlib.sha256(b"junk").hexdigest()
+    s3.put_object(
+        Bucket=trail.bucket,
+        Key=junk_manifest,
+        Body=json.dumps({**manifest, "object_key": junk_key, "sha256": checksum}).encode(),
+    )
+    with owner_session(trail.owner_url) as conn:
+        [(junk,)] = conn.execute(
+            "INSERT INTO audit_exports (until, first_row_id, last_row_id, row_count, object_key, manifest_key,"
+            " storage_class, status, sha256) VALUES (now(), 2000, 2001, 2, %s, %s, 'GLACIER', 'done', %s)"
+            " RETURNING id",
+            (junk_key, junk_manifest, checksum),
+        ).fetchall()
+    read = cli("audit", "verify", str(junk), env=trail.env)
+    assert read.returncode == 1, read.stdout + read.stderr
+    assert f"export {junk}: the archive is not an export the fleet wrote (BadGzipFile" in read.stderr, read.stderr
     drill("AWS keys: slip junk among the anchors", "named by audit verify")
     drill("owner + AWS keys: book an export with a forged manifest", "named by audit verify")
