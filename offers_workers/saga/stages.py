@@ -149,7 +149,7 @@ def after_outcome(conn: psycopg.Connection, offer_id: str, detail_type: str) -> 
     assert offer is not None
     detail = outbox.build_event(offer, detail_type, state=offer.state, reason=offer.reason)
     outbox.add_event(conn, detail, detail_type, published=False)
-    return decisions.on_end(offer_id, outbox.event_id(offer_id, detail_type), offer.hold_status)
+    return decisions.on_end(offer_id, detail.event_id, offer.hold_status)
 
 
 def compensate_if_ended(conn: psycopg.Connection, offer_id: str) -> list[Dispatch]:

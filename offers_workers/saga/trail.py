@@ -412,11 +412,13 @@ def verify_export(rt: Runtime, export_id: int) -> list[str]:
         sha256 = hashlib.sha256()
         for block in iter(lambda: spool.read(1 << 20), b""):
             sha256.update(block)
+        checksum = sha256.hexdigest()
+        if checksum != manifest.sha256:
+            problems.append(f"object checksum {checksum} differs from the manifest's {manifest.sha256}")
         if manifest.sha256 != job.sha256:
             problems.append("the manifest's checksum differs from the export record's")
-        if sha256.hexdigest() != manifest.sha256:
+        if checksum != manifest.sha256:
             # Not what the fleet archived (an overwrite is served as the latest version): not read.
-            problems.insert(0, f"object checksum {sha256.hexdigest()} differs from the manifest's {manifest.sha256}")
             return problems
         spool.seek(0)
         try:
@@ -620,6 +622,7 @@ def _verify_exports(rt: Runtime, result: Verification) -> int:
         seen.add(job.manifest_key)
         version = _first_version(rt, histories.get(job.manifest_key), job.manifest_key, what, result.findings)
         if version is None:
+            borne_out = False
             continue
         try:
             manifest = ExportManifest.parse(archive.read(job.manifest_key, version))

@@ -12,8 +12,6 @@ from offers_workers.domain.events import EventDetail, event_id
 from offers_workers.store.db import Connection, typed
 from offers_workers.store.offers import Offer
 
-__all__ = ["Delivery", "EventDetail", "OfferEvent", "add_event", "build_event", "event_id"]
-
 
 def build_event(offer: Offer, detail_type: str, *, state: str, reason: str | None) -> EventDetail:
     """The event's detail as partners see it."""

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from offers_workers.domain import states
+from offers_workers.domain.events import event_id
 from offers_workers.local.samples import base_offer
 from offers_workers.saga import cancellation, intake, recovery, stages
-from offers_workers.store import outbox
 from tests.conftest import new_id, offer_rows, wait_until
 from tests.drillkit import drill
 
@@ -136,7 +136,7 @@ def test_the_sweep_publishes_a_lost_event_once_per_window(runtime) -> None:
     def resent() -> bool:
         return any(
             d.task == stages.PUBLISH_EVENT_TASK
-            and d.kwargs["event_id"] == outbox.event_id(offer["offer_id"], "offer.cancelled")
+            and d.kwargs["event_id"] == event_id(offer["offer_id"], "offer.cancelled")
             for d in recovery.sweep(runtime, stuck_after_s=1)
         )
 

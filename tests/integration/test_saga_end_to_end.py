@@ -15,9 +15,10 @@ import pytest
 import stripe
 
 from offers_workers.domain import states
+from offers_workers.domain.events import event_id
 from offers_workers.local.demo import settled
 from offers_workers.local.samples import SCENARIOS, base_offer, make_samples
-from offers_workers.store import audit_trail, outbox
+from offers_workers.store import audit_trail
 from tests.bus import BusReader
 from tests.conftest import cli, new_id, offer_rows, wait_until
 
@@ -109,7 +110,7 @@ def test_every_outcome_path_ends_right_with_the_right_side_effects(celery_app, r
     for offer_id in submitted:
         event = events[(offer_id, "offer.submitted")]
         assert event["source"] == "offers.submission"
-        assert event["detail"]["event_id"] == outbox.event_id(offer_id, "offer.submitted")
+        assert event["detail"]["event_id"] == event_id(offer_id, "offer.submitted")
         assert event["detail"]["state"] == states.SUBMITTED
     for offer_id in rejected:
         event = events[(offer_id, "offer.rejected")]

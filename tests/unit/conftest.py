@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from offers_workers.domain import states
+from offers_workers.domain.events import EventDetail
+
 
 class NetworkUsed(AssertionError):
     """A unit test (or the code under it) tried to reach the network."""
@@ -40,3 +43,19 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket, "create_connection", _refuse)
     monkeypatch.setattr(socket, "getaddrinfo", _refuse)
     yield
+
+
+def submitted_event(event_id: str = "evt_1") -> EventDetail:
+    """A submitted offer's event, as the auction stage publishes it."""
+    return EventDetail(
+        event_id=event_id,
+        offer_id="off_1",
+        listing_id="lst_1",
+        maker_id="mkr_1",
+        state=states.SUBMITTED,
+        reason=None,
+        amount_cents=1000,
+        currency="usd",
+        payment_method="card",
+        synthetic=False,
+    )

@@ -9,7 +9,6 @@ import pytest
 
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError
-from offers_workers.domain.events import EventDetail
 from offers_workers.domain.payload import parse_offer
 from offers_workers.domain.policy import Listing, ListingPolicy, MakerPolicy
 from offers_workers.local.samples import bank, base_offer
@@ -22,6 +21,7 @@ from offers_workers.saga.decisions import (
     Dispatch,
     Reject,
 )
+from tests.unit.conftest import submitted_event
 
 MAKER = MakerPolicy(maker_id="mkr_1", min_offer_cents=1000, auto_reject_below_pct=Decimal("50"))
 LISTING = Listing(listing_id="lst_1", maker_id="mkr_1", asking_price_cents=20000, currency="USD")
@@ -192,18 +192,7 @@ def test_the_risk_threshold_is_the_deployments(threshold) -> None:
 
 
 def test_the_published_submitted_event_is_kept_and_named_with_its_delivery_ids() -> None:
-    detail = EventDetail(
-        event_id="evt_1",
-        offer_id="off_1",
-        listing_id="lst_1",
-        maker_id="mkr_1",
-        state=states.SUBMITTED,
-        reason=None,
-        amount_cents=1000,
-        currency="usd",
-        payment_method="card",
-        synthetic=False,
-    )
+    detail = submitted_event()
     outcome = decisions.auction_triggered(detail, bus_event_id="bus_1", sns_message_id="msg_1")
     assert outcome.published == (detail, "offer.submitted")
     assert (outcome.bus_event_id, outcome.sns_message_id) == ("bus_1", "msg_1")

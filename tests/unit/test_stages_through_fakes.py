@@ -17,7 +17,6 @@ import pytest
 from config.retry import policy_for
 from offers_workers.domain import states
 from offers_workers.domain.errors import OfferRejected, PermanentError, TransientError
-from offers_workers.domain.events import EventDetail
 from offers_workers.domain.payload import OfferPayload, parse_offer
 from offers_workers.domain.policy import Listing, ListingPolicy, MakerPolicy
 from offers_workers.local.samples import CARD, bank, base_offer
@@ -32,6 +31,7 @@ from offers_workers.partners.interfaces import Hold, OrderToScore, ReturnRisk, a
 from offers_workers.saga import decisions
 from offers_workers.saga.decisions import RELEASE_HOLD_TASK, Advance, DeadLetter, Dispatch, Reject, RetryLater
 from offers_workers.saga.stages import auction_outcome, payment_outcome, risk_outcome
+from tests.unit.conftest import submitted_event
 
 THRESHOLDS = {"risk_block_threshold": 0.8, "return_risk_block_threshold": 80}
 TOPIC = "arn:aws:sns:us-east-1:123456789012:offers-submitted"
@@ -394,41 +394,28 @@ def test_the_risk_stage_retried_after_sift_recovers_decides_as_before() -> None:
 # --- auction --------------------------------------------------------------------------------------
 
 
-def detail(event_id: str = "evt_1") -> EventDetail:
-    return EventDetail(
-        event_id=event_id,
-        offer_id="off_1",
-        listing_id="lst_1",
-        maker_id="mkr_1",
-        state=states.SUBMITTED,
-        reason=None,
-        amount_cents=1000,
-        currency="usd",
-        payment_method="card",
-        synthetic=False,
-    )
-
-
 def test_the_auction_stage_publishes_offer_submitted_once_and_keeps_it_as_published() -> None:
     events = FakeAuctionEvents()
-    result = auction_outcome(detail(), events, TOPIC)
+    result = auction_outcome(submitted_event(), events, TOPIC)
     ids = {"bus_event_id": "fake-event-1", "sns_message_id": "fake-message-fake-event-1"}
-    assert result == Advance(published=(detail(), "offer.submitted"), data={"event_id": "evt_1", **ids}, **ids)
+    assert result == Advance(published=(submitted_event(), "offer.submitted"), data={"event_id": "evt_1", **ids}, **ids)
     assert events.event_ids("offer.submitted") == ["evt_1"]
     assert events.notified == [(TOPIC, "evt_1", "offer.submitted")]
 
 
 def test_without_a_topic_the_event_goes_to_the_bus_only() -> None:
     events = FakeAuctionEvents()
-    auction_outcome(detail(), events, None)
+    auction_outcome(submitted_event(), events, None)
     assert events.event_ids() == ["evt_1"] and events.notified == []
 
 
 def test_a_failed_sns_publish_is_retried_and_the_repeat_carries_the_same_event_id() -> None:
     events = FakeAuctionEvents(sns_fail_with=PARTNER_DOWN["aws"])
-    assert failure("auction", lambda: auction_outcome(detail(), events, TOPIC)) == RetryLater(policy_for("auction"))
+    assert failure("auction", lambda: auction_outcome(submitted_event(), events, TOPIC)) == RetryLater(
+        policy_for("auction")
+    )
     events.sns_fail_with = None
-    auction_outcome(detail(), events, TOPIC)
+    auction_outcome(submitted_event(), events, TOPIC)
     # EventBridge does not deduplicate: two puts, one event id, which consumers drop repeats by.
     assert events.event_ids() == ["evt_1", "evt_1"]
     assert events.notified == [(TOPIC, "evt_1", "offer.submitted")]
@@ -436,7 +423,7 @@ def test_a_failed_sns_publish_is_retried_and_the_repeat_carries_the_same_event_i
 
 def test_a_permanent_aws_error_dead_letters_the_auction_stage() -> None:
     events = FakeAuctionEvents(fail_with=PermanentError("aws", "AccessDeniedException", "denied", 403))
-    assert failure("auction", lambda: auction_outcome(detail(), events, TOPIC)) == DeadLetter()
+    assert failure("auction", lambda: auction_outcome(submitted_event(), events, TOPIC)) == DeadLetter()
 
 
 # --- compensation ---------------------------------------------------------------------------------
@@ -525,7 +512,7 @@ def test_a_good_offer_advances_through_every_stage_to_submitted(offer) -> None:
         "validation": lambda: decisions.decide_validation(offer, found),
         "payment": lambda: payment_outcome(offer, payments, funds),
         "risk": lambda: risk_outcome(offer, risk, funds, **THRESHOLDS),
-        "auction": lambda: auction_outcome(detail(), events, TOPIC),
+        "auction": lambda: auction_outcome(submitted_event(), events, TOPIC),
         "audit": lambda: decisions.decide_audit(trail),
     }
     while (stage := states.next_stage(state)) is not None:
