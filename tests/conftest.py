@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +52,35 @@ DRILL_COLUMNS = (
     "drain_s",
     "chain",
 )
+
+
+#: Whether the sandbox's runtime role stood on the run's server before the run, by server URL.
+_SANDBOX_ROLE_BEFORE: dict[str, bool] = {}
+
+
+def _sandbox_role_exists(server_url: str) -> bool:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        return (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (roles.SANDBOX_RUNTIME_ROLE,)).fetchone()
+            is not None
+        )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Once per run, before any test process starts: `demo`, `dev` and `bench` make the sandbox's
+    # runtime role on the server they are given, and several tests run them there.
+    server_url = os.environ.get("OFFERS_DATABASE_URL")
+    if server_url and not hasattr(session.config, "workerinput"):
+        _SANDBOX_ROLE_BEFORE[server_url] = _sandbox_role_exists(server_url)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Once every test process has ended: the role goes unless it stood before the run, or another
+    # run's database still grants it something.
+    for server_url, existed in _SANDBOX_ROLE_BEFORE.items():
+        if not existed:
+            with suppress(psycopg.errors.DependentObjectsStillExist):
+                roles.drop_role(server_url, roles.SANDBOX_RUNTIME_ROLE)
 
 
 @pytest.hookimpl(wrapper=True)
